@@ -1,0 +1,1 @@
+"""One adapter per framework. Each module imports its own framework and nothing else does."""

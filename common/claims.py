@@ -1,0 +1,109 @@
+"""What D2L section 6.2 (and the lazy-init part of 6.4 it leans on) claims or prints, as data.
+
+Each claim names the backend tab it comes from, quotes the book, and says which measurement of a
+behaviour record decides it and what value the book expects. The outcome is never written here:
+``evaluate`` computes it from a real probe record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Record = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Claim:
+    backend: str
+    section: str
+    quote: str
+    measure: str  # a key of MEASURES
+    expected: Any
+
+
+def _tied(record: Record) -> Record:
+    return record["models"]["tied"]
+
+
+def _top_level_param_groups(record: Record) -> int:
+    # Flax: len(params['params']) counts submodule entries, the 2nd component of "params/layers_0/kernel".
+    names = _tied(record)["facts"]["listing_names"]
+    return len({name.split("/")[1] for name in names if name.count("/") >= 2})
+
+
+def _first_unbuilt_shape(record: Record) -> str:
+    """How the first layer's weight looks before the first forward, under its native name."""
+    mlp = record["models"]["mlp"]
+    native = next(p["native_name"] for p in mlp["params"] if p["name"] == "layers.0.weight")
+    return mlp["unbuilt"].get(native, "no parameters yet")
+
+
+def _layer_2_native_weight_shape(record: Record) -> tuple[int, ...]:
+    params = {p["name"]: p for p in record["models"]["mlp"]["params"]}
+    return tuple(params["layers.2.weight"]["native_shape"])
+
+
+MEASURES: dict[str, Callable[[Record], Any]] = {
+    "layer list length == unique layer objects (tied)": lambda r: (
+        _tied(r)["facts"]["layer_list_length"] == _tied(r)["facts"]["unique_layer_objects"]),
+    "len(params['params']) (tied)": _top_level_param_groups,
+    "grad before backward": lambda r: r["models"]["mlp"]["grad_state_before_backward"],
+    "write at one tied position is seen at the other": lambda r: _tied(r)["ties"]["write_seen_at_other_position"],
+    "tied gradient == sum over its uses": lambda r: _tied(r)["ties"]["tied_grad_is_sum_of_uses"],
+    "layer 2 native weight shape (mlp)": _layer_2_native_weight_shape,
+    "first parameter's shape before the first forward": _first_unbuilt_shape,
+    "parameters exist before the first forward": lambda r: bool(r["models"]["mlp"]["unbuilt"]),
+}
+
+BOOK_CLAIMS: tuple[Claim, ...] = (
+    Claim("tensorflow", "6.2.3", "len(net.layers) == 3: tf.keras removes the duplicate layer automatically",
+          "layer list length == unique layer objects (tied)", True),
+    Claim("jax", "6.2.3", "len(params['params']) == 3: the shared Dense has one entry",
+          "len(params['params']) (tied)", 3),
+    Claim("torch", "6.2.1.3", "net[2].weight.grad == None before backward", "grad before backward", "none"),
+    Claim("mxnet", "6.2.1.3", "net[1].weight.grad() is all zeros before backward",
+          "grad before backward", "zeros"),
+    Claim("jax", "6.2.1.3", "gradients are not stored with the parameters", "grad before backward", "not stored"),
+    Claim("tensorflow", "6.2.1.3", "gradients are not stored with the variables",
+          "grad before backward", "not stored"),
+    Claim("torch", "6.2.1.1", "net[2].state_dict(): weight torch.Size([1, 8])",
+          "layer 2 native weight shape (mlp)", (1, 8)),
+    Claim("mxnet", "6.2.1.1", "net[1].params: weight shape (1, 8) in (out, in) layout",
+          "layer 2 native weight shape (mlp)", (1, 8)),
+    Claim("jax", "6.2.1.1", "params['params']['layers_2']['kernel'] is (in, out)",
+          "layer 2 native weight shape (mlp)", (8, 1)),
+    Claim("tensorflow", "6.2.1.1", "net.layers[2].weights[0] is the kernel, (in, out)",
+          "layer 2 native weight shape (mlp)", (8, 1)),
+    Claim("mxnet", "6.4", "before the first forward: Parameter dense0_weight (shape=(8, -1))",
+          "first parameter's shape before the first forward", "(8, -1)"),
+    Claim("torch", "6.4", "before the first forward: net[0].weight is <UninitializedParameter>",
+          "first parameter's shape before the first forward", "<UninitializedParameter>"),
+    Claim("jax", "6.4", "params do not exist until net.init(key, X)",
+          "parameters exist before the first forward", False),
+    Claim("tensorflow", "6.4", "[l.get_weights() for l in net.layers] is all [] before the first call",
+          "parameters exist before the first forward", False),
+    *(Claim(name, "6.2.3", "tied parameters: changing net[2] changes net[4]; they are the same object",
+            "write at one tied position is seen at the other", True)
+      for name in ("torch", "mxnet", "jax", "tensorflow")),
+    *(Claim(name, "6.2.3", "the gradients of the shared layer are added together during backpropagation",
+            "tied gradient == sum over its uses", True)
+      for name in ("torch", "mxnet", "jax", "tensorflow")),
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: Claim
+    status: str  # "holds", "does not hold", "not run"
+    observed: Any
+
+
+def evaluate(claim: Claim, record: Record | None) -> Verdict:
+    if not record or not record.get("ok"):
+        return Verdict(claim, "not run", (record or {}).get("error", "no record"))
+    observed = MEASURES[claim.measure](record)
+    expected = tuple(claim.expected) if isinstance(claim.expected, list) else claim.expected
+    observed = tuple(observed) if isinstance(observed, list) else observed
+    return Verdict(claim, "holds" if observed == expected else "does not hold", observed)

@@ -1,0 +1,63 @@
+"""What every backend is held to, written once as data.
+
+Shapes and tie positions of the book's models are spelled out by hand here (not derived from
+common.spec), so the spec machinery is itself checked against them in tests/common.
+Per-backend entries are facts about a framework, not exceptions to a rule.
+"""
+
+from __future__ import annotations
+
+from common.interface import GradState, WeightLayout
+
+# float32 forward/backward of these small MLPs against the float64 oracle, same weights.
+RTOL = 1e-5
+ATOL = 1e-6
+
+BOOK_PARAM_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
+    "mlp": {
+        "layers.0.weight": (8, 4), "layers.0.bias": (8,),
+        "layers.2.weight": (1, 8), "layers.2.bias": (1,),
+    },
+    "tied": {
+        "layers.0.weight": (8, 4), "layers.0.bias": (8,),
+        "layers.2.weight": (8, 8), "layers.2.bias": (8,),
+        "layers.6.weight": (1, 8), "layers.6.bias": (1,),
+    },
+    "nest": {
+        "layers.0.0.0.weight": (64, 20), "layers.0.0.0.bias": (64,),
+        "layers.0.0.2.weight": (32, 64), "layers.0.0.2.bias": (32,),
+        "layers.0.1.weight": (16, 32), "layers.0.1.bias": (16,),
+        "layers.1.weight": (20, 16), "layers.1.bias": (20,),
+    },
+}
+
+# Output shape of the book's ``net(X)`` with X of batch 2.
+BOOK_OUTPUT_SHAPES: dict[str, tuple[int, ...]] = {"mlp": (2, 1), "tied": (2, 1), "nest": (2, 20)}
+
+# Tied model: unique parameter -> every position using it.
+TIED_POSITIONS: dict[str, tuple[str, ...]] = {
+    "layers.2.weight": ("layers.2.weight", "layers.4.weight"),
+    "layers.2.bias": ("layers.2.bias", "layers.4.bias"),
+}
+
+# NestMLP level by level: the canonical layer names under each block.
+NEST_LEVELS: dict[str, tuple[str, ...]] = {
+    "layers": ("layers.0", "layers.1"),
+    "layers.0": ("layers.0.0", "layers.0.1"),
+    "layers.0.0": ("layers.0.0.0", "layers.0.0.2"),
+}
+
+# D2L 6.2.1.3: torch's grad is None, Gluon's is zeros, JAX and Keras keep no gradient on a parameter.
+GRAD_STATE_BEFORE_BACKWARD: dict[str, str] = {
+    "torch": GradState.NONE,
+    "mxnet": GradState.ZEROS,
+    "jax": GradState.NOT_STORED,
+    "tensorflow": GradState.NOT_STORED,
+}
+
+WEIGHT_LAYOUT: dict[str, str] = {
+    "torch": WeightLayout.OUT_IN,
+    "mxnet": WeightLayout.OUT_IN,
+    "jax": WeightLayout.IN_OUT,
+    "tensorflow": WeightLayout.IN_OUT,
+}

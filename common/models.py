@@ -1,0 +1,24 @@
+"""The book's three models (D2L section 6.2 and the NestMLP of 6.3) as named specs."""
+
+from __future__ import annotations
+
+from common.spec import Block, Dense, ModelSpec, ReLU
+
+# net = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1)); X = torch.rand(2, 4)
+MLP = ModelSpec("mlp", in_features=4, layers=(Dense(8), ReLU(), Dense(1)))
+
+# shared = nn.LazyLinear(8)
+# net = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.LazyLinear(1))
+TIED = ModelSpec(
+    "tied",
+    in_features=4,
+    layers=(Dense(8), ReLU(), Dense(8), ReLU(), Dense(8), ReLU(), Dense(1)),
+    ties=((2, 4),),
+)
+
+# NestMLP: net = Sequential(Dense 64, ReLU, Dense 32, ReLU); linear = Dense 16.
+# chimera = Sequential(NestMLP(), Dense 20); X = torch.rand(2, 20)
+NEST_MLP = Block((Block((Dense(64), ReLU(), Dense(32), ReLU()), "net"), Dense(16)), "NestMLP")
+NEST = ModelSpec("nest", in_features=20, layers=(NEST_MLP, Dense(20)))
+
+BOOK_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (MLP, TIED, NEST)}

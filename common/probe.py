@@ -1,0 +1,151 @@
+"""The behaviour probe: run in one backend's environment, it drives the adapter through the book's
+scenarios and writes a JSON behaviour record. `python -m common.probe --backend torch --out rec.json`
+
+Framework code runs only inside the adapter; this module records what the adapter observes.
+Everything but the "timing" field is deterministic, so two runs give identical records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import oracle
+from common.errors import USAGE_EXIT_CODE, UsageError
+from common.interface import Backend
+from common.models import BOOK_SPECS
+from common.oracle import Loss
+from common.registry import load_backend
+from common.spec import ModelSpec
+
+RECORD_VERSION = 1
+SEED = 0
+
+
+def probe(backend_name: str) -> dict[str, Any]:
+    started = time.monotonic()
+    backend = load_backend(backend_name)
+    record: dict[str, Any] = {
+        "record_version": RECORD_VERSION,
+        "backend": backend.name,
+        "ok": True,
+        "versions": {"framework": backend.framework_version(), "python": platform.python_version(),
+                     "numpy": np.__version__},
+        "mechanisms": {"weight_layout": backend.weight_layout, "lazy": backend.lazy_mechanism,
+                       "tie": backend.tie_mechanism},
+        "models": {name: probe_model(backend, spec) for name, spec in BOOK_SPECS.items()},
+    }
+    record["timing"] = {"seconds": round(time.monotonic() - started, 2)}
+    return record
+
+
+def probe_model(backend: Backend, spec: ModelSpec) -> dict[str, Any]:
+    backend.seed(SEED)
+    model = backend.build_mlp(spec)
+    result: dict[str, Any] = {"unbuilt": backend.unbuilt_params(model)}
+    x = oracle.sample_input(spec)
+    backend.forward(model, x)
+    params = backend.list_params(model)
+    result["params"] = [dataclasses.asdict(p) for p in params]
+    result["init_stats"] = {
+        p.name: {"mean": _round(np.mean(value)), "std": _round(np.std(value))}
+        for p in params if p.name.endswith(".weight")
+        for value in [backend.get_param(model, p.name)]
+    }
+    result["grad_state_before_backward"] = backend.grad_state_before_backward(model)
+    result["facts"] = backend.native_facts(model)
+
+    weights = oracle.initial_weights(spec, SEED)
+    backend.load_params(model, weights)
+    reference = oracle.backward(spec, weights, x, Loss())
+    grads = backend.backward(model, x, Loss())
+    result["max_abs_diff"] = {"forward": _max_abs(backend.forward(model, x), reference.output)}
+    result["max_abs_diff"].update({f"grad {name}": _max_abs(grads[name], reference.grads[name])
+                                   for name in reference.grads})
+    if spec.ties:
+        result["ties"] = probe_ties(backend, spec, model, weights, grads, x)
+    result["native_file"] = probe_native_file(backend, model)
+    return result
+
+
+def probe_ties(backend: Backend, spec: ModelSpec, model, weights, grads, x) -> dict[str, Any]:
+    untied_model = backend.build_mlp(spec.untied())
+    backend.load_params(untied_model, oracle.expand_tied(spec, weights))
+    untied_grads = backend.backward(untied_model, x, Loss())
+    shared = [p for p in spec.params if len(p.positions) > 1]
+    is_sum = all(np.allclose(grads[p.name], sum(untied_grads[q] for q in p.positions), rtol=1e-5, atol=1e-6)
+                 for p in shared)
+    owner, user = shared[0].positions[:2]
+    value = backend.get_param(model, owner).copy()
+    value.flat[0] = 100.0
+    backend.set_param(model, owner, value)
+    seen = float(backend.get_param(model, user).flat[0]) == 100.0
+    backend.load_params(model, weights)
+    return {
+        "unique_params": len(backend.list_params(model)),
+        "untied_unique_params": len(backend.list_params(untied_model)),
+        "write_seen_at_other_position": seen,
+        "written": owner, "observed": user,
+        "tied_grad_is_sum_of_uses": bool(is_sum),
+    }
+
+
+def probe_native_file(backend: Backend, model) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as scratch:
+        call = backend.save_native_file(model, str(Path(scratch) / "params"))
+        entries, values = backend.load_native_file(model, str(Path(scratch) / "params"))
+    snapshot = backend.snapshot(model)
+    same = all(np.array_equal(backend.to_canonical(name.rsplit(".", 1)[1], values[name]), snapshot[name])
+               for name in snapshot) and set(values) == set(snapshot)
+    return {"call": call, "entries": list(entries), "round_trip_equal": bool(same)}
+
+
+def _round(value: float) -> float:
+    return float(f"{float(value):.4g}")
+
+
+def _max_abs(a, b) -> float:
+    return float(f"{float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))):.3g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.probe", description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", required=True, help="backend name or synonym")
+    parser.add_argument("--out", required=True, help="where to write the JSON record")
+    args = parser.parse_args(argv)
+    try:
+        record = probe(args.backend)
+        status = 0
+    except UsageError as error:
+        record, status = {"backend": args.backend, "ok": False, "error": str(error)}, USAGE_EXIT_CODE
+    except Exception as error:  # the record carries the failure so the diff can still render
+        lines = traceback.format_exception(error)
+        record = {"backend": args.backend, "ok": False,
+                  "error": f"{type(error).__name__}: {error}", "traceback": "".join(lines)}
+        status = 1
+    Path(args.out).write_text(json.dumps(record, indent=1, sort_keys=True, default=_plain) + "\n")
+    if status:
+        print(f"probe {args.backend}: {record['error']}", file=sys.stderr)
+    return status
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON-serializable: {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Each framework's own view of the tied model, held to the book's claims.
+
+A framework that disagrees with the book is listed in tests/xfails/<backend>.txt with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+
+from common.interface import NATIVE_FACT_KEYS
+from common.models import BOOK_SPECS, TIED
+from tests.conformance.fixtures import loaded_model
+from tests.helpers import assert_equal
+
+
+def test_native_facts_are_complete_and_plain(backend):
+    for spec in BOOK_SPECS.values():
+        model, _ = loaded_model(backend, spec)
+        facts = backend.native_facts(model)
+        assert_equal("native_facts keys", sorted(facts), sorted(NATIVE_FACT_KEYS), spec.name)
+        json.dumps(facts)  # plain values only
+        assert_equal("listing entries", len(facts["listing_names"]), len(backend.list_params(model)),
+                     f"{spec.name}: {facts['listing_call']} lists each unique parameter once")
+
+
+def test_tie_is_the_framework_sharing_one_parameter_object(backend):
+    model, _ = loaded_model(backend, TIED)
+    identity = backend.native_facts(model)["tie_identity"]
+    assert_equal("same parameter object at layers.2 and layers.4", identity.get("same parameter object"), True)
+
+
+def test_layer_list_holds_a_shared_layer_once(backend):
+    """The book (Keras tab): "the duplicate layer is removed automatically"."""
+    model, _ = loaded_model(backend, TIED)
+    facts = backend.native_facts(model)
+    assert_equal(facts["layer_list_call"] + " length", facts["layer_list_length"],
+                 facts["unique_layer_objects"], "a layer used twice should be listed once")
