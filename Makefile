@@ -46,6 +46,9 @@ test-all: $(VENVS)/base/.stamp ## base tests + all four backends, each in its en
 diff: $(VENVS)/base/.stamp ## side-by-side report of how the frameworks behave (ARGS="--format html")
 	@$(BASE_PY) -m common.cli diff $(ARGS)
 
+train: $(VENVS)/base/.stamp ## train the tied MLP in every backend; writes reports/train.html (ARGS="--steps 200")
+	@$(BASE_PY) -m common.cli train $(ARGS)
+
 lint: $(VENVS)/base/.stamp ## ruff check and format check
 	@$(BASE_PY) -m pip install -q ruff >/dev/null && $(BASE_PY) -m ruff check . && $(BASE_PY) -m ruff format --check .
 

@@ -189,6 +189,14 @@ class FlaxBackend(Backend):
                              f"(native {'/'.join(keys)})")
         model.state["variables"] = _replace(variables, keys, jnp.asarray(value, dtype=old.dtype))
 
+    def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
+        self.materialize(model)
+        try:
+            leaf = _get(model.state["variables"], tuple(native_name.split("/")))
+        except (KeyError, TypeError):
+            raise KeyError(f"{native_name!r} is not a path in the variables dict") from None
+        return np.array(leaf, dtype=np.float32)
+
     def native_type(self, model: Model, position: str) -> str:
         self.materialize(model)
         return _qualname(_get(model.state["variables"], self._keys(model, position)))

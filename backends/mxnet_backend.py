@@ -143,6 +143,12 @@ class MXNetBackend(Backend):
         # set_data writes in place (arr[:] = value), so a shared Parameter shows it everywhere.
         self._param(model, position).set_data(mnp.array(value, dtype="float32"))
 
+    def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
+        params = model.native.collect_params()
+        if native_name not in params.keys():
+            raise KeyError(f"{native_name!r} is not in net.collect_params()")
+        return self._numpy(params[native_name].data())
+
     def native_type(self, model: Model, position: str) -> str:
         return _qualname(self._param(model, position))
 

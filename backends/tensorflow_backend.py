@@ -1,4 +1,4 @@
-"""TensorFlow / Keras 3 adapter: tf.keras.Sequential of Dense / ReLU, ties by reusing one layer object.
+"""TensorFlow / Keras 3 adapter: tf.keras.Sequential of Dense / ReLU; a tie reuses one layer object.
 
 Every position is read through the layer found at that position (``net.layers[i]``, nested
 Sequentials included), and sharing is decided by object identity, so a tie is observed, never
@@ -60,8 +60,14 @@ class KerasBackend(Backend):
     lazy_mechanism = "Dense(units) builds its kernel on the first call (build-on-call)"
     tie_mechanism = "the same Dense layer object at both positions"
 
+    def __init__(self) -> None:
+        self._init_seed = _INIT_SEED
+
     def framework_version(self) -> str:
         return f"{tf.__version__} (keras {keras.__version__})"
+
+    def seed(self, seed: int) -> None:
+        self._init_seed = seed  # used by the next build_mlp (see there)
 
     # -- building --------------------------------------------------------------------------------
     def build_mlp(self, spec: ModelSpec) -> Model:
@@ -71,7 +77,7 @@ class KerasBackend(Backend):
         # An unseeded initializer draws its seed from Python's `random` when the layer is created;
         # seed it locally so the initial values are reproducible without touching global state.
         saved = random.getstate()
-        random.seed(_INIT_SEED)
+        random.seed(self._init_seed)
         try:
             net = self._sequential(spec.layers, (), owners, {})
         finally:
@@ -84,8 +90,13 @@ class KerasBackend(Backend):
             layers[path] = layer
         return Model(spec, net, {"layers": layers})
 
-    def _sequential(self, layers: tuple[Layer, ...], prefix: LayerPath,
-                    owners: dict[LayerPath, LayerPath], made: dict[LayerPath, Any]) -> Any:
+    def _sequential(
+        self,
+        layers: tuple[Layer, ...],
+        prefix: LayerPath,
+        owners: dict[LayerPath, LayerPath],
+        made: dict[LayerPath, Any],
+    ) -> Any:
         net = keras.Sequential()  # created before its children, so names read outer to inner
         for index, layer in enumerate(layers):
             path = prefix + (index,)
@@ -128,8 +139,15 @@ class KerasBackend(Backend):
         variable = self._variable(model, position)
         value = np.asarray(value, dtype=np.float32)
         if tuple(variable.shape) != value.shape:
-            raise ValueError(f"{position}: shape={value.shape}, but should be {tuple(variable.shape)}")
+            expected = tuple(variable.shape)
+            raise ValueError(f"{position}: shape={value.shape}, but should be {expected}")
         variable.assign(value)
+
+    def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
+        by_path = {v.path: v for v in model.native.weights}
+        if native_name not in by_path:
+            raise KeyError(f"{native_name!r} is not the path of any variable in net.weights")
+        return _to_numpy(by_path[native_name])
 
     def native_type(self, model: Model, position: str) -> str:
         return _qualname(self._variable(model, position))
@@ -146,15 +164,26 @@ class KerasBackend(Backend):
 
     def list_params(self, model: Model) -> tuple[ParamInfo, ...]:
         self.materialize(model)
-        return tuple(
-            ParamInfo(name=name, native_name=v.path, native_shape=tuple(v.shape),
-                      shape=self.to_canonical(split_param_name(name)[1], np.empty(tuple(v.shape))).shape,
-                      dtype=str(v.dtype), native_class=_qualname(v), positions=tuple(positions))
-            for name, v, positions in self._unique(model))
+        infos = []
+        for name, v, positions in self._unique(model):
+            native_shape = tuple(v.shape)
+            shape = self.to_canonical(split_param_name(name)[1], np.empty(native_shape)).shape
+            infos.append(
+                ParamInfo(
+                    name=name,
+                    native_name=v.path,
+                    native_shape=native_shape,
+                    shape=shape,
+                    dtype=str(v.dtype),
+                    native_class=_qualname(v),
+                    positions=tuple(positions),
+                )
+            )
+        return tuple(infos)
 
     # -- gradients -------------------------------------------------------------------------------
     def grad_state_before_backward(self, model: Model) -> str:
-        # Read off a fresh model of the same spec, so earlier backward calls on ``model`` don't count.
+        # Read off a fresh model of the same spec: earlier backward calls on ``model`` don't count.
         fresh = self.build_mlp(model.spec)
         self.materialize(fresh)
         grads = [getattr(v, "grad", _NO_GRAD) for v in fresh.native.weights]
@@ -166,8 +195,9 @@ class KerasBackend(Backend):
             return GradState.ZEROS
         raise RuntimeError(f"unexpected .grad before backward: {[type(g).__name__ for g in grads]}")
 
-    def _loss_and_grads(self, model: Model, x: np.ndarray, loss: Loss
-                        ) -> tuple[tf.Tensor, list[tuple[str, Any]], list[tf.Tensor]]:
+    def _loss_and_grads(
+        self, model: Model, x: np.ndarray, loss: Loss
+    ) -> tuple[tf.Tensor, list[tuple[str, Any]], list[tf.Tensor]]:
         unique = [(name, v) for name, v, _ in self._unique(model)]
         with tf.GradientTape() as tape:  # a fresh tape per call: nothing accumulates
             y = model.native(tf.constant(x, dtype=tf.float32))
@@ -180,18 +210,21 @@ class KerasBackend(Backend):
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         _, unique, grads = self._loss_and_grads(model, x, loss)
-        return {name: _to_numpy(g) for (name, _), g in zip(unique, grads)}
+        return {name: _to_numpy(g) for (name, _), g in zip(unique, grads, strict=True)}
 
-    def native_sgd_step(self, model: Model, x: np.ndarray, loss: Loss, lr: float
-                        ) -> tuple[float, dict[str, np.ndarray]]:
+    def native_sgd_step(
+        self, model: Model, x: np.ndarray, loss: Loss, lr: float
+    ) -> tuple[float, dict[str, np.ndarray]]:
         optimizer = model.state.get("sgd")
         if optimizer is None:
             optimizer = model.state["sgd"] = keras.optimizers.SGD(learning_rate=lr)
         optimizer.learning_rate = lr  # assigns the optimizer's learning-rate variable
         value, unique, grads = self._loss_and_grads(model, x, loss)
         # Each unique Variable is passed once, so a tied one is updated once with the summed grad.
-        optimizer.apply_gradients(zip(grads, [v for _, v in unique]))
-        return float(value.numpy()), {name: _to_numpy(g) for (name, _), g in zip(unique, grads)}
+        optimizer.apply_gradients(zip(grads, [v for _, v in unique], strict=True))
+        return float(value.numpy()), {
+            name: _to_numpy(g) for (name, _), g in zip(unique, grads, strict=True)
+        }
 
     # -- facts and files -------------------------------------------------------------------------
     def native_facts(self, model: Model) -> dict[str, Any]:
@@ -228,8 +261,11 @@ class KerasBackend(Backend):
     def _file_entries(self, model: Model) -> dict[str, str]:
         """Dataset path in a .weights.h5 file -> canonical owner name, following Keras' saving_lib:
         a layer's group is named after its class (``dense``, ``dense_1``, ... counted per list,
-        duplicates included), and a layer already written is skipped, so a tie is stored once."""
-        owner = {id(v): name for name, v, _ in self._unique(model)}
+        duplicates included), and a layer already written is skipped, so a tie is stored once.
+        Dense writes kernel then bias as vars/0, vars/1. By layer object, so no build is needed."""
+        owner: dict[int, LayerPath] = {}
+        for path, layer in model.state["layers"].items():  # walk order: first use owns
+            owner.setdefault(id(layer), path)
         entries: dict[str, str] = {}
         visited: set[int] = set()
 
@@ -245,27 +281,32 @@ class KerasBackend(Backend):
                 if isinstance(layer, keras.Sequential):
                     walk(layer, group + "/layers/")
                 elif isinstance(layer, keras.layers.Dense):
-                    for index, variable in enumerate((layer.kernel, layer.bias)):
-                        entries[f"{group}/vars/{index}"] = owner[id(variable)]
+                    for index, role in enumerate(ROLES):
+                        entries[f"{group}/vars/{index}"] = param_name(owner[id(layer)], role)
 
         walk(model.native, "layers/")
         return entries
 
     def load_native_file(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
         # h5py reads plain HDF5 datasets; nothing in the file is executed.
-        self.materialize(model)
         file_name = path + ".weights.h5"
         expected = self._file_entries(model)
         names: list[str] = []
         values: dict[str, np.ndarray] = {}
         with h5py.File(file_name, "r") as store:
-            store.visititems(lambda key, item: names.append(key) if isinstance(item, h5py.Dataset) else None)
+            store.visititems(
+                lambda key, obj: names.append(key) if isinstance(obj, h5py.Dataset) else None
+            )
             for key in names:
                 if key not in expected:
-                    raise ParamFileError(f"{file_name}: entry {key!r} is not a parameter of "
-                                         f"{model.spec.name!r}; expected: {', '.join(expected)}")
+                    raise ParamFileError(
+                        f"{file_name}: entry {key!r} is not a parameter of "
+                        f"{model.spec.name!r}; expected: {', '.join(expected)}"
+                    )
                 name, value = expected[key], np.array(store[key], dtype=np.float32)
                 if name in values and not np.array_equal(values[name], value):
-                    raise ParamFileError(f"{file_name}: {key!r} differs from another entry of {name}")
+                    raise ParamFileError(
+                        f"{file_name}: {key!r} differs from another copy of {name}"
+                    )
                 values[name] = value
         return names, values

@@ -120,6 +120,12 @@ class TorchBackend(Backend):
         with torch.no_grad():
             param.copy_(torch.from_numpy(value))
 
+    def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
+        try:
+            return _to_numpy(model.native.get_parameter(native_name))
+        except AttributeError as error:
+            raise KeyError(f"{native_name!r}: {error}") from None
+
     def native_type(self, model: Model, position: str) -> str:
         return _qualname(self._param(model, position))
 

@@ -9,11 +9,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +17,8 @@ from typing import Any
 
 from common.claims import BOOK_CLAIMS, evaluate
 from common.config import BACKENDS, parse_backend_list, valid_names
-from common.envs import ROOT, ensure_venv
-from common.errors import UsageError
+from common.envs import ROOT
+from common.fanout import Command, module_command, prepare_envs, run_parallel
 from common.textable import format_table
 
 FORMATS = ("terminal", "json", "markdown", "html")
@@ -272,56 +268,13 @@ EXTENSIONS = {"json": "json", "markdown": "md", "html": "html"}
 
 
 # -- running the probes ----------------------------------------------------------------------------
-def probe_command(backend: str, out: Path) -> list[str]:
-    return [str(ensure_venv(backend)), "-m", "common.probe", "--backend", backend, "--out", str(out)]
+PROBE = module_command("common.probe")
 
 
-def run_probes(backends: Sequence[str], command: Callable[[str, Path], list[str]] = probe_command,
-               stream=sys.stderr) -> dict[str, Record]:
-    """Start every probe at once; print a progress line as each starts and ends."""
-    records: dict[str, Record] = {}
-    lock = threading.Lock()
-
-    def say(text: str) -> None:
-        with lock:
-            print(text, file=stream, flush=True)
-
-    with tempfile.TemporaryDirectory() as scratch:
-        def run(backend: str) -> None:
-            out = Path(scratch) / f"{backend}.json"
-            started = time.monotonic()
-            try:
-                argv = command(backend, out)
-            except UsageError as error:
-                records[backend] = {"backend": backend, "ok": False, "error": str(error)}
-                say(f"[{backend}] FAILED: {error}")
-                return
-            say(f"[{backend}] probing in {Path(argv[0]).parent.parent.name if '.venvs' in argv[0] else argv[0]} ...")
-            result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
-            seconds = time.monotonic() - started
-            try:
-                records[backend] = json.loads(out.read_text())
-            except (OSError, json.JSONDecodeError):
-                tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-                records[backend] = {"backend": backend, "ok": False,
-                                    "error": f"probe exited {result.returncode} without a record: {tail[0]}"}
-            if result.returncode != 0 and records[backend].get("ok"):
-                records[backend] = {"backend": backend, "ok": False, "error": f"probe exited {result.returncode}"}
-            status = "done" if records[backend].get("ok") else f"FAILED: {records[backend].get('error')}"
-            say(f"[{backend}] {status} ({seconds:.1f}s)")
-
-        for backend in backends:  # environments first, one at a time: pip and make are not parallel-safe
-            if command is probe_command:
-                try:
-                    ensure_venv(backend, quiet=False)
-                except UsageError:
-                    pass  # reported as the probe's failure below
-        threads = [threading.Thread(target=run, args=(b,)) for b in backends]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    return records
+def run_probes(backends: Sequence[str], command: Command = PROBE, stream=sys.stderr) -> dict[str, Record]:
+    if command is PROBE:
+        prepare_envs(backends)
+    return run_parallel(backends, command, stream, what="probing")
 
 
 def write_report(doc: Mapping[str, Any], fmt: str, out_dir: Path = REPORTS) -> Path:

@@ -121,6 +121,11 @@ class Backend(abc.ABC):
         """Write in place, through the native object at ``position``; value is native layout."""
 
     @abc.abstractmethod
+    def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
+        """The value the framework's own lookup finds under ``native_name`` (the name list_params
+        reports), native layout; KeyError naming it if there is none."""
+
+    @abc.abstractmethod
     def native_type(self, model: Model, position: str) -> str:
         """The qualified class name of the parameter object at ``position``."""
 
@@ -170,6 +175,17 @@ class Backend(abc.ABC):
         self._check_position(model, name)
         self.materialize(model)
         return self.to_canonical(split_param_name(name)[1], self.read_native(model, name))
+
+    def get_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
+        """Access by the framework's own name (``0.0.0.weight``, ``params/layers_0/kernel``...),
+        canonical layout."""
+        self.materialize(model)
+        canonical = {p.native_name: p.name for p in self.list_params(model)}
+        if native_name not in canonical:
+            raise KeyError(f"{native_name!r} is not a native parameter name of {model.spec.name!r}; "
+                           f"native names: {', '.join(canonical)}")
+        role = split_param_name(canonical[native_name])[1]
+        return self.to_canonical(role, self.read_by_native_name(model, native_name))
 
     def set_param(self, model: Model, name: str, value: np.ndarray) -> None:
         """In-place write through ``name``'s position; a tied partner must see it."""

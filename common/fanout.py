@@ -1,0 +1,92 @@
+"""Run one subprocess per backend, each in its own environment, all at once.
+
+Each child writes a JSON record to a file; its stderr lines are streamed with a ``[backend]``
+prefix, so long steps show progress. A child that fails still yields a record (``ok: false``
+with the error), so one broken backend never hides the others.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from common.envs import ROOT, ensure_venv, venv_python
+from common.errors import UsageError
+
+Record = Mapping[str, Any]
+Command = Callable[[str, Path], list[str]]
+
+
+def module_command(module: str, *args: str) -> Command:
+    """``.venvs/<backend>/bin/python -m <module> --backend <backend> --out <file> *args``."""
+    def command(backend: str, out: Path) -> list[str]:
+        python = venv_python(backend)
+        if not python.exists():
+            raise UsageError(f"environment .venvs/{backend} is missing; create it with `make venv-{backend}`")
+        return [str(python), "-m", module, "--backend", backend, "--out", str(out), *args]
+    return command
+
+
+def prepare_envs(backends: Sequence[str]) -> None:
+    """Create missing environments one at a time (pip and make are not parallel-safe); a failure
+    surfaces later as that backend's error."""
+    for backend in backends:
+        try:
+            ensure_venv(backend)
+        except UsageError as error:
+            print(f"[{backend}] {error}", file=sys.stderr, flush=True)
+
+
+def run_parallel(backends: Sequence[str], command: Command, stream=sys.stderr, what: str = "running") -> dict[str, Record]:
+    records: dict[str, Record] = {}
+    lock = threading.Lock()
+
+    def say(text: str) -> None:
+        with lock:
+            print(text, file=stream, flush=True)
+
+    def run(backend: str, out: Path) -> None:
+        started = time.monotonic()
+        try:
+            argv = command(backend, out)
+        except UsageError as error:
+            records[backend] = {"backend": backend, "ok": False, "error": str(error)}
+            say(f"[{backend}] FAILED: {error}")
+            return
+        say(f"[{backend}] {what} ...")
+        process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        last = "no output"
+        for line in process.stderr:
+            line = line.rstrip()
+            if line:
+                last = line
+                say(f"[{backend}] {line}")
+        status = process.wait()
+        try:
+            record = json.loads(out.read_text())
+        except (OSError, json.JSONDecodeError):
+            record = {"backend": backend, "ok": False, "error": f"exited {status} without a record: {last}"}
+        if status != 0 and record.get("ok"):
+            record = {"backend": backend, "ok": False, "error": f"exited {status}: {last}"}
+        records[backend] = record
+        result = "done" if record.get("ok") else f"FAILED: {record.get('error')}"
+        say(f"[{backend}] {result} ({time.monotonic() - started:.1f}s)")
+
+    with tempfile.TemporaryDirectory() as scratch:
+        threads = [threading.Thread(target=run, args=(b, Path(scratch) / f"{b}.json")) for b in backends]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return {b: records[b] for b in backends}
+
+
+def write_record(path: str, record: Record) -> None:
+    Path(path).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,206 @@
+"""The chapter's exercises: train the tied MLP with each framework's own SGD, from the seeded
+weights, watching every layer's parameters and gradients; the untied model is the baseline.
+
+``train`` drives one adapter and runs in that backend's environment. The per-position
+contributions to the tied gradient come from the same framework: the untied model, loaded with
+the tied model's current weights, computes each use's gradient separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from common import oracle
+from common.errors import UsageError
+from common.interface import Backend
+from common.models import TIED
+from common.oracle import Loss
+from common.spec import ModelSpec
+
+DEFAULT_STEPS = 200
+DEFAULT_LR = 0.05
+DATA_SEED = 42
+N_SAMPLES = 64
+
+
+def regression_data(spec: ModelSpec, n: int = N_SAMPLES, seed: int = DATA_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic synthetic regression set: y = sin(x @ a) + 0.5 * cos(x @ b), float32."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.0, 1.0, size=(n, spec.in_features))
+    a = rng.normal(size=(spec.in_features, spec.out_features))
+    b = rng.normal(size=(spec.in_features, spec.out_features))
+    y = np.sin(x @ a) + 0.5 * np.cos(x @ b)
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+@dataclass
+class Step:
+    loss: float
+    param_norms: dict[str, float]  # position name (layers.4.weight) -> norm, read through that position
+    grad_norms: dict[str, float]  # position name -> norm of the gradient the optimizer applied
+    contribution_norms: dict[str, float] = field(default_factory=dict)  # tied position -> its own use
+    sum_minus_applied: float = 0.0  # max |sum of contributions - applied gradient| over tied params
+    tied_positions_equal: bool = True
+
+
+@dataclass
+class TrainRun:
+    spec: ModelSpec
+    steps: list[Step]
+    final_params: dict[str, np.ndarray]
+
+    @property
+    def losses(self) -> list[float]:
+        return [step.loss for step in self.steps]
+
+
+def train(backend: Backend, spec: ModelSpec, initial: dict[str, np.ndarray], steps: int = DEFAULT_STEPS,
+          lr: float = DEFAULT_LR, watch: bool = True, on_step: Callable[[int], None] | None = None) -> TrainRun:
+    x, y = regression_data(spec)
+    loss = Loss("mse", y)
+    model = backend.build_mlp(spec)
+    backend.load_params(model, initial)
+    shared = [p for p in spec.params if len(p.positions) > 1]
+    uses_model = backend.build_mlp(spec.untied()) if (watch and shared) else None
+    positions = [name for p in spec.params for name in p.positions]
+    owner = {name: p.name for p in spec.params for name in p.positions}
+    history = []
+    for index in range(steps):
+        record = Step(loss=0.0, param_norms={}, grad_norms={})
+        if watch:
+            record.param_norms = {name: _norm(backend.get_param(model, name)) for name in positions}
+        if uses_model is not None:
+            backend.load_params(uses_model, oracle.expand_tied(spec, backend.snapshot(model)))
+            contributions = backend.backward(uses_model, x, loss)
+        value, applied = backend.sgd_step(model, x, loss, lr)
+        record.loss = value
+        if watch:
+            record.grad_norms = {name: _norm(applied[owner[name]]) for name in positions}
+        if uses_model is not None:
+            worst = 0.0
+            for param in shared:
+                parts = [contributions[name] for name in param.positions]
+                record.contribution_norms.update({n: _norm(g) for n, g in zip(param.positions, parts, strict=True)})
+                worst = max(worst, float(np.max(np.abs(sum(parts) - applied[param.name]))))
+                values = [backend.get_param(model, name) for name in param.positions]
+                record.tied_positions_equal &= all(np.array_equal(v, values[0]) for v in values)
+            record.sum_minus_applied = worst
+        history.append(record)
+        if on_step:
+            on_step(index)
+    return TrainRun(spec, history, backend.snapshot(model))
+
+
+def baseline_start(spec: ModelSpec, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Seeded weights for ``spec`` and the same values copied into every position of
+    ``spec.untied()``, so the tied run and its baseline begin as the same function."""
+    weights = oracle.initial_weights(spec, seed)
+    return weights, oracle.expand_tied(spec, weights)
+
+
+def oracle_losses(spec: ModelSpec, initial: dict[str, np.ndarray], steps: int = DEFAULT_STEPS,
+                  lr: float = DEFAULT_LR) -> list[float]:
+    """The same run in float64 numpy: the reference loss curve."""
+    x, y = regression_data(spec)
+    loss = Loss("mse", y.astype(np.float64))
+    weights = {k: v.astype(np.float64) for k, v in initial.items()}
+    losses = []
+    for _ in range(steps):
+        result = oracle.backward(spec, weights, x, loss)
+        losses.append(result.loss)
+        weights = {k: weights[k] - lr * result.grads[k] for k in weights}
+    return losses
+
+
+def _norm(array: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(array, dtype=np.float64)))
+
+
+def layer_of(position: str) -> str:
+    """``layers.4.weight`` -> ``layers.4``."""
+    return position.rsplit(".", 1)[0]
+
+
+def parameter_budget(spec: ModelSpec) -> dict[str, int]:
+    """Unique parameters of a spec: tensors, scalars, and float32 bytes."""
+    scalars = sum(int(np.prod(p.shape)) for p in spec.params)
+    return {"tensors": len(spec.params), "scalars": scalars, "bytes": 4 * scalars}
+
+
+def training_record(backend: Backend, steps: int, lr: float, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Tied run (watched), untied baseline: what `make train` plots. Runs in the backend's env."""
+    started = time.monotonic()
+    every = max(1, steps // 10)
+
+    def tick(label: str) -> Callable[[int], None]:
+        def show(i: int) -> None:
+            if (i + 1) % every == 0 or i + 1 == steps:
+                done = 20 * (i + 1) // steps
+                progress(f"{label:<6} [{'#' * done}{'.' * (20 - done)}] step {i + 1}/{steps}")
+        return show
+
+    tied_start, untied_start = baseline_start(TIED)
+    tied = train(backend, TIED, tied_start, steps, lr, on_step=tick("tied"))
+    untied = train(backend, TIED.untied(), untied_start, steps, lr, watch=False, on_step=tick("untied"))
+    return {
+        "backend": backend.name, "ok": True, "steps": steps, "lr": lr,
+        "versions": {"framework": backend.framework_version(), "python": platform.python_version(),
+                     "numpy": np.__version__},
+        "tied": {"losses": tied.losses, "history": [dataclasses.asdict(s) for s in tied.steps],
+                 "budget": parameter_budget(TIED),
+                 "listed_params": len(backend.list_params(_built(backend, TIED)))},
+        "untied": {"losses": untied.losses, "budget": parameter_budget(TIED.untied()),
+                   "listed_params": len(backend.list_params(_built(backend, TIED.untied())))},
+        "checks": {"max_sum_minus_applied": max(s.sum_minus_applied for s in tied.steps),
+                   "tied_positions_equal_every_step": all(s.tied_positions_equal for s in tied.steps)},
+        "timing": {"seconds": round(time.monotonic() - started, 2)},
+    }
+
+
+def _built(backend: Backend, spec: ModelSpec):
+    model = backend.build_mlp(spec)
+    backend.materialize(model)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common.fanout import write_record
+    from common.registry import load_backend
+
+    parser = argparse.ArgumentParser(prog="python -m common.training",
+                                     description="Train the tied MLP and its untied baseline in one backend.")
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
+    args = parser.parse_args(argv)
+    try:
+        record = training_record(load_backend(args.backend), args.steps, args.lr,
+                                 lambda text: print(text, file=sys.stderr, flush=True))
+        status = 0
+    except UsageError as error:
+        record, status = {"backend": args.backend, "ok": False, "error": str(error)}, 2
+    except Exception as error:  # the record carries the failure so the report can still render
+        record = {"backend": args.backend, "ok": False, "error": f"{type(error).__name__}: {error}",
+                  "traceback": "".join(traceback.format_exception(error))}
+        status = 1
+    write_record(args.out, record)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["DEFAULT_LR", "DEFAULT_STEPS", "Step", "TrainRun", "baseline_start", "oracle_losses",
+           "regression_data", "train"]

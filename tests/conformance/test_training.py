@@ -1,0 +1,68 @@
+"""The chapter's exercises: train with a shared layer, watching every layer; nested access."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.models import NEST, TIED
+from common.training import baseline_start, oracle_losses, train
+from tests.conformance.fixtures import loaded_model
+from tests.helpers import assert_close, assert_equal
+
+STEPS = 50
+# Plain SGD at lr 0.05 on this small MLP contracts rounding errors instead of amplifying them:
+# float32 against the float64 oracle stays within ~2e-7 relative over 50 steps (measured); 1e-5
+# leaves room for other BLAS kernels while still catching any real difference (a wrong gradient or
+# learning rate moves the curve by >1e-3 within a few steps).
+LOSS_RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tied_run(backend):
+    return train(backend, TIED, baseline_start(TIED)[0], steps=STEPS)
+
+
+def test_tied_positions_hold_identical_values_after_every_step(tied_run):
+    unequal = [i for i, step in enumerate(tied_run.steps) if not step.tied_positions_equal]
+    assert_equal("steps where layers.2 != layers.4", unequal, [])
+
+
+def test_loss_curve_matches_the_oracle(tied_run):
+    reference = oracle_losses(TIED, baseline_start(TIED)[0], steps=STEPS)
+    assert_close("loss curve", tied_run.losses, reference, f"first {STEPS} SGD steps",
+                 rtol=LOSS_RTOL, atol=0.0)
+
+
+def test_applied_gradient_is_the_sum_of_per_position_contributions(tied_run):
+    worst = max(step.sum_minus_applied for step in tied_run.steps)
+    assert worst <= 1e-6, f"max |sum of uses - applied|={worst:.3g}, but should be <= 1e-6"
+    contributions = tied_run.steps[0].contribution_norms
+    assert_equal("watched contributions", sorted(contributions), ["layers.2.bias", "layers.2.weight",
+                                                                  "layers.4.bias", "layers.4.weight"])
+
+
+def test_every_layer_is_watched(tied_run):
+    positions = [name for p in TIED.params for name in p.positions]
+    for step in tied_run.steps:
+        assert_equal("watched positions", sorted(step.grad_norms), sorted(positions))
+        assert all(np.isfinite(list(step.param_norms.values())))
+
+
+def test_untied_baseline_starts_as_the_same_function(backend):
+    tied_start, untied_start = baseline_start(TIED)
+    tied = train(backend, TIED, tied_start, steps=1, watch=False)
+    untied = train(backend, TIED.untied(), untied_start, steps=1, watch=False)
+    assert_close("initial loss, untied vs tied", untied.losses[0], tied.losses[0])
+
+
+def test_nest_params_reachable_by_canonical_and_native_name(backend):
+    """Exercise 1: every layer of NestMLP, by canonical name and by the framework's own name."""
+    model, weights = loaded_model(backend, NEST)
+    for param in backend.list_params(model):
+        by_canonical = backend.get_param(model, param.name)
+        by_native = backend.get_by_native_name(model, param.native_name)
+        assert_close(param.name, by_canonical, weights[param.name], "by canonical name")
+        assert_close(param.native_name, by_native, weights[param.name], "by native name")
+    with pytest.raises(KeyError, match="no-such-param"):
+        backend.get_by_native_name(model, "no-such-param")
