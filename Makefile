@@ -49,6 +49,9 @@ diff: $(VENVS)/base/.stamp ## side-by-side report of how the frameworks behave (
 train: $(VENVS)/base/.stamp ## train the tied MLP in every backend; writes reports/train.html (ARGS="--steps 200")
 	@$(BASE_PY) -m common.cli train $(ARGS)
 
+roundtrip: $(VENVS)/base/.stamp ## export from each backend, import into every other: 4x4 matrix per model
+	@$(BASE_PY) -m common.cli roundtrip $(ARGS)
+
 lint: $(VENVS)/base/.stamp ## ruff check and format check
 	@$(BASE_PY) -m pip install -q ruff >/dev/null && $(BASE_PY) -m ruff check . && $(BASE_PY) -m ruff format --check .
 

@@ -47,6 +47,10 @@ class MXNetBackend(Backend):
     def framework_version(self) -> str:
         return mx.__version__
 
+    def seed(self, seed: int) -> None:
+        # Deferred init draws from MXNet's global generator at the first forward.
+        mx.random.seed(seed)
+
     # -- building --------------------------------------------------------------------------------
     def build_mlp(self, spec: ModelSpec) -> Model:
         owners = {slot.path: slot.owner for slot in spec.dense_slots}

@@ -72,6 +72,12 @@ def _native_file(model: str) -> Callable[[Record], Any]:
     return extract
 
 
+def _tied_in_native_file(r: Record) -> str:
+    entries, unique = len(r["models"]["tied"]["native_file"]["entries"]), len(r["models"]["tied"]["params"])
+    how = "once" if entries == unique else ("twice" if entries == unique + 2 else f"{entries - unique} extra entries")
+    return f"{how} ({entries} entries for {unique} unique parameters)"
+
+
 def _max_diffs(model: str) -> Callable[[Record], Any]:
     def extract(r: Record) -> list[str]:
         diffs = r["models"][model]["max_abs_diff"]
@@ -110,6 +116,7 @@ ROWS: tuple[Row, ...] = (
     Row("The tied model", "write at layers.2 seen at layers.4", lambda r: r["models"]["tied"]["ties"]["write_seen_at_other_position"]),
     Row("The tied model", "tied grad == sum over uses", lambda r: r["models"]["tied"]["ties"]["tied_grad_is_sum_of_uses"]),
     Row("The tied model", "native file format", _native_file("tied")),
+    Row("The tied model", "native file stores the tied parameter", _tied_in_native_file),
     Row("Numbers vs the numpy oracle (max |delta|)", "mlp", _max_diffs("mlp")),
     Row("Numbers vs the numpy oracle (max |delta|)", "tied", _max_diffs("tied")),
     Row("Numbers vs the numpy oracle (max |delta|)", "nest", _max_diffs("nest")),

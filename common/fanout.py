@@ -1,7 +1,8 @@
 """Run one subprocess per backend, each in its own environment, all at once.
 
-Each child writes a JSON record to a file; its stderr lines are streamed with a ``[backend]``
-prefix, so long steps show progress. A child that fails still yields a record (``ok: false``
+Each child writes a JSON record to a file. Its stderr lines that start with ``progress:`` are
+streamed with a ``[backend]`` prefix, so long steps show progress; the rest (framework log
+noise) is kept and shown only if the child fails. A child that fails still yields a record (``ok: false``
 with the error), so one broken backend never hides the others.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from common.envs import ROOT, ensure_venv, venv_python
 from common.errors import UsageError
 
+PROGRESS = "progress:"
 Record = Mapping[str, Any]
 Command = Callable[[str, Path], list[str]]
 
@@ -65,9 +67,10 @@ def run_parallel(backends: Sequence[str], command: Command, stream=sys.stderr, w
         last = "no output"
         for line in process.stderr:
             line = line.rstrip()
-            if line:
+            if line.startswith(PROGRESS):
+                say(f"[{backend}] {line.removeprefix(PROGRESS).strip()}")
+            elif line:
                 last = line
-                say(f"[{backend}] {line}")
         status = process.wait()
         try:
             record = json.loads(out.read_text())
@@ -86,6 +89,11 @@ def run_parallel(backends: Sequence[str], command: Command, stream=sys.stderr, w
         for thread in threads:
             thread.join()
     return {b: records[b] for b in backends}
+
+
+def report_progress(text: str) -> None:
+    """Called in a child: one line the parent streams to the user."""
+    print(f"{PROGRESS} {text}", file=sys.stderr, flush=True)
 
 
 def write_record(path: str, record: Record) -> None:

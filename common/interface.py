@@ -231,6 +231,18 @@ class Backend(abc.ABC):
                 self.write_native(model, name, self.to_native(split_param_name(name)[1], value))
             raise
 
+    def export_params(self, model: Model, path: str) -> None:
+        """Write a portable safetensors file (see common.portable)."""
+        from common.portable import export_params
+
+        export_params(self, model, path)
+
+    def import_params(self, model: Model, path: str, *, allow_nonfinite: bool = False) -> dict[str, str]:
+        """Load a portable file exported by any backend; returns its metadata."""
+        from common.portable import import_params
+
+        return import_params(self, model, path, allow_nonfinite=allow_nonfinite)
+
     def snapshot(self, model: Model) -> dict[str, np.ndarray]:
         """Copies of every unique parameter, canonical layout."""
         return {p.name: np.array(self.get_param(model, p.name)) for p in model.spec.params}

@@ -174,7 +174,7 @@ def _built(backend: Backend, spec: ModelSpec):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.fanout import write_record
+    from common.fanout import report_progress, write_record
     from common.registry import load_backend
 
     parser = argparse.ArgumentParser(prog="python -m common.training",
@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=DEFAULT_LR)
     args = parser.parse_args(argv)
     try:
-        record = training_record(load_backend(args.backend), args.steps, args.lr,
-                                 lambda text: print(text, file=sys.stderr, flush=True))
+        record = training_record(load_backend(args.backend), args.steps, args.lr, report_progress)
         status = 0
     except UsageError as error:
         record, status = {"backend": args.backend, "ok": False, "error": str(error)}, 2

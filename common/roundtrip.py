@@ -1,0 +1,175 @@
+"""`make roundtrip`: export from every backend, import into every backend, compare.
+
+Phase 1 (each backend in its env, in parallel): build each book model with the framework's own
+default initial values, export it, and record its forward output and gradients on a fixed input.
+Phase 2: every backend imports every file, recomputes, and checks the tie still holds.
+This process (base env) compares and prints one exporter x importer matrix per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import oracle
+from common.config import parse_backend_list, valid_names
+from common.errors import UsageError
+from common.expectations import ATOL, RTOL
+from common.models import BOOK_SPECS
+from common.oracle import Loss
+from common.textable import format_table
+
+
+def _outputs(backend, model, spec) -> dict[str, Any]:
+    x = oracle.sample_input(spec)
+    grads = backend.backward(model, x, Loss())
+    return {"forward": backend.forward(model, x).tolist(), "grads": {k: v.tolist() for k, v in grads.items()}}
+
+
+def export_phase(backend, folder: Path) -> dict[str, Any]:
+    results = {}
+    for name, spec in BOOK_SPECS.items():
+        backend.seed(0)
+        model = backend.build_mlp(spec)
+        backend.materialize(model)
+        backend.export_params(model, str(folder / f"{backend.name}-{name}.safetensors"))
+        results[name] = _outputs(backend, model, spec)
+    return results
+
+
+def import_phase(backend, folder: Path, sources: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for source in sources:
+        for name, spec in BOOK_SPECS.items():
+            path = folder / f"{source}-{name}.safetensors"
+            key = f"{source}/{name}"
+            try:
+                model = backend.build_mlp(spec)
+                backend.import_params(model, str(path))
+                results[key] = _outputs(backend, model, spec) | {"ties_hold": _ties_hold(backend, model, spec)}
+            except Exception as error:  # one bad file must not hide the other cells
+                results[key] = {"error": f"{type(error).__name__}: {error}"}
+    return results
+
+
+def _ties_hold(backend, model, spec) -> bool | None:
+    shared = [p for p in spec.params if len(p.positions) > 1]
+    if not shared:
+        return None
+    owner, user = shared[0].positions[:2]
+    value = backend.get_param(model, owner)
+    probe = value.copy()
+    probe.flat[0] += 1.0
+    backend.set_param(model, owner, probe)
+    seen = np.array_equal(backend.get_param(model, user), probe)
+    backend.set_param(model, owner, value)
+    return bool(seen)
+
+
+def compare(exported: dict[str, Any], imported: dict[str, Any]) -> dict[str, str]:
+    """Per check: "ok", or what differs."""
+    if "error" in imported:
+        return {"error": imported["error"]}
+    forward = np.allclose(imported["forward"], exported["forward"], rtol=RTOL, atol=ATOL)
+    grads = set(imported["grads"]) == set(exported["grads"]) and all(
+        np.allclose(imported["grads"][k], exported["grads"][k], rtol=RTOL, atol=ATOL) for k in exported["grads"])
+    ties = imported["ties_hold"]
+    return {"forward": "ok" if forward else "DIFFERS", "grads": "ok" if grads else "DIFFERS",
+            "ties": "n/a" if ties is None else ("ok" if ties else "BROKEN")}
+
+
+def cell_text(result: dict[str, str]) -> str:
+    if "error" in result:
+        return "ERROR: " + result["error"]
+    if all(v in ("ok", "n/a") for v in result.values()):
+        return "ok" + (" (ties ok)" if result["ties"] == "ok" else "")
+    return ", ".join(f"{k} {v}" for k, v in result.items() if v not in ("ok", "n/a"))
+
+
+def matrices(exports: dict[str, Any], imports: dict[str, Any]) -> tuple[dict[str, list[list[str]]], bool]:
+    all_ok, tables = True, {}
+    for name in BOOK_SPECS:
+        rows = []
+        for source, export_record in exports.items():
+            row = [source]
+            for target, import_record in imports.items():
+                if not export_record.get("ok"):
+                    text = f"export failed: {export_record.get('error')}"
+                elif not import_record.get("ok"):
+                    text = f"import failed: {import_record.get('error')}"
+                else:
+                    result = compare(export_record["models"][name], import_record["results"][f"{source}/{name}"])
+                    text = cell_text(result)
+                all_ok &= text.startswith("ok")
+                row.append(text)
+            rows.append(row)
+        tables[name] = rows
+    return tables, all_ok
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "roundtrip", help="export from each backend, import into every backend, print the matrix",
+        description="Export each book model from every backend (safetensors, canonical names) and import it "
+                    "into every backend; check forward outputs, gradients and ties.")
+    parser.add_argument("--backends", default="all", help=f"comma-separated subset (default all); {valid_names()}")
+    parser.set_defaults(run=run_roundtrip)
+
+
+def run_roundtrip(args: argparse.Namespace) -> int:
+    from common.fanout import module_command, prepare_envs, run_parallel
+
+    backends = parse_backend_list(args.backends)
+    prepare_envs(backends)
+    with tempfile.TemporaryDirectory() as folder:
+        exports = run_parallel(backends, module_command("common.roundtrip", "--phase", "export", "--dir", folder),
+                               what="exporting")
+        sources = ",".join(b for b in backends if exports[b].get("ok"))
+        imports = run_parallel(backends, module_command("common.roundtrip", "--phase", "import", "--dir", folder,
+                                                        "--sources", sources or "none"), what="importing")
+    tables, all_ok = matrices(exports, imports)
+    for name, rows in tables.items():
+        print(f"\n{name}: exported by (rows) -> imported into (columns): forward, gradients, ties")
+        print(format_table(["export \\ import", *imports], rows, ["" if all(c.startswith("ok") for c in r[1:])
+                                                                else "!" for r in rows]))
+    print("\nround trip: " + ("all pass" if all_ok else "FAILED"))
+    return 0 if all_ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common.fanout import write_record
+    from common.registry import load_backend
+
+    parser = argparse.ArgumentParser(prog="python -m common.roundtrip", description="One phase, one backend.")
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--phase", choices=("export", "import"), required=True)
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--sources", default="")
+    args = parser.parse_args(argv)
+    try:
+        backend = load_backend(args.backend)
+        if args.phase == "export":
+            record = {"ok": True, "models": export_phase(backend, Path(args.dir))}
+        else:
+            sources = [s for s in args.sources.split(",") if s and s != "none"]
+            record = {"ok": True, "results": import_phase(backend, Path(args.dir), sources)}
+        status = 0
+    except UsageError as error:
+        record, status = {"ok": False, "error": str(error)}, 2
+    except Exception as error:
+        record = {"ok": False, "error": f"{type(error).__name__}: {error}",
+                  "traceback": "".join(traceback.format_exception(error))}
+        status = 1
+    write_record(args.out, {"backend": args.backend, **record})
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
