@@ -45,6 +45,12 @@ def _layer_2_native_weight_shape(record: Record) -> tuple[int, ...]:
     return tuple(params["layers.2.weight"]["native_shape"])
 
 
+def _layer_list(record: Record) -> str:
+    facts = _tied(record)["facts"]
+    return (f"len({facts['layer_list_call']}) = {facts['layer_list_length']}, "
+            f"{facts['unique_layer_objects']} distinct objects")
+
+
 MEASURES: dict[str, Callable[[Record], Any]] = {
     "layer list length == unique layer objects (tied)": lambda r: (
         _tied(r)["facts"]["layer_list_length"] == _tied(r)["facts"]["unique_layer_objects"]),
@@ -55,6 +61,11 @@ MEASURES: dict[str, Callable[[Record], Any]] = {
     "layer 2 native weight shape (mlp)": _layer_2_native_weight_shape,
     "first parameter's shape before the first forward": _first_unbuilt_shape,
     "parameters exist before the first forward": lambda r: bool(r["models"]["mlp"]["unbuilt"]),
+}
+
+# What to show beside a yes/no measurement, so a reader sees why.
+DETAILS: dict[str, Callable[[Record], str]] = {
+    "layer list length == unique layer objects (tied)": _layer_list,
 }
 
 BOOK_CLAIMS: tuple[Claim, ...] = (
@@ -98,6 +109,7 @@ class Verdict:
     claim: Claim
     status: str  # "holds", "does not hold", "not run"
     observed: Any
+    detail: str = ""
 
 
 def evaluate(claim: Claim, record: Record | None) -> Verdict:
@@ -106,4 +118,5 @@ def evaluate(claim: Claim, record: Record | None) -> Verdict:
     observed = MEASURES[claim.measure](record)
     expected = tuple(claim.expected) if isinstance(claim.expected, list) else claim.expected
     observed = tuple(observed) if isinstance(observed, list) else observed
-    return Verdict(claim, "holds" if observed == expected else "does not hold", observed)
+    detail = DETAILS[claim.measure](record) if claim.measure in DETAILS else ""
+    return Verdict(claim, "holds" if observed == expected else "does not hold", observed, detail)

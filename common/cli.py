@@ -24,11 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     test_all.add_argument("--backends", default="all", help=f"comma-separated subset; valid: {valid_names()}")
     test_all.add_argument("pytest_args", nargs=argparse.REMAINDER)
 
-    from common import diff, roundtrip, train_report  # subcommands register themselves
+    from common import diff, inspect_cmd, roundtrip, train_report  # subcommands register themselves
 
     diff.add_parser(commands)
     train_report.add_parser(commands)
     roundtrip.add_parser(commands)
+    inspect_cmd.add_parsers(commands)
     return parser
 
 

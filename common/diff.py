@@ -149,7 +149,8 @@ def merge(records: Mapping[str, Record]) -> dict[str, Any]:
         verdict = evaluate(claim, records[claim.backend])
         claims.append({"backend": claim.backend, "section": claim.section, "quote": claim.quote,
                        "measure": claim.measure, "expected": _plain(claim.expected),
-                       "observed": _plain(verdict.observed), "status": verdict.status})
+                       "observed": _plain(verdict.observed), "detail": verdict.detail,
+                       "status": verdict.status})
     failed = sorted(name for name in backends if not records[name].get("ok"))
     return {"backends": backends, "failed": failed, "rows": rows, "claims": claims,
             "records": {name: records[name] for name in backends}}
@@ -181,14 +182,18 @@ def render_terminal(doc: Mapping[str, Any]) -> str:
         table_rows.append([row["label"]] + [_cell_text(row["cells"][b]) for b in backends])
         marks.append("" if row["agree"] else "*")
     out.append("paramparity diff: how the frameworks manage parameters (* = backends disagree)\n")
-    out.append(format_table(["behaviour", *backends], table_rows, marks))
+    out.append(format_table(["behaviour", *backends], table_rows, marks, max_width=36))
     out.append("\nThe book, checked (D2L 6.2; each claim evaluated on the installed version)\n")
-    claim_rows = [[c["backend"], c["section"], c["quote"], _short(c["observed"]), c["status"].upper()
+    claim_rows = [[c["backend"], c["section"], c["quote"], _observed(c), c["status"].upper()
                    if c["status"] != "holds" else "holds"] for c in doc["claims"]]
     claim_marks = ["" if c["status"] == "holds" else "!" for c in doc["claims"]]
     out.append(format_table(["backend", "sec", "claim", "observed", "verdict"], claim_rows, claim_marks))
     out.append(_footer(doc))
     return "\n".join(out) + "\n"
+
+
+def _observed(claim: Mapping[str, Any]) -> str:
+    return claim.get("detail") or _short(claim["observed"])
 
 
 def _short(value: Any) -> str:
@@ -224,7 +229,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     for c in doc["claims"]:
         verdict = c["status"] if c["status"] == "holds" else f"**{c['status']}**"
         out.append(f"| {c['backend']} | {c['section']} | {esc(c['quote'])} | "
-                   f"{esc(_short(c['observed']))} | {verdict} |")
+                   f"{esc(_observed(c))} | {verdict} |")
     out.append(_footer(doc).replace("\n", "\n\n"))
     return "\n".join(out) + "\n"
 
@@ -260,7 +265,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
     for c in doc["claims"]:
         css = "good" if c["status"] == "holds" else "bad"
         parts.append(f"<tr><td>{c['backend']}</td><td>{c['section']}</td><td>{html.escape(c['quote'])}</td>"
-                     f"<td><code>{html.escape(json.dumps(c['observed']))}</code></td>"
+                     f"<td><code>{html.escape(_observed(c))}</code></td>"
                      f"<td class='{css}'>{c['status']}</td></tr>")
     parts.append(f"</table><pre>{html.escape(_footer(doc).strip())}</pre></body></html>")
     return "\n".join(parts) + "\n"
