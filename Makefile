@@ -53,7 +53,7 @@ roundtrip: $(VENVS)/base/.stamp ## export from each backend, import into every o
 	@$(BASE_PY) -m common.cli roundtrip $(ARGS)
 
 lint: $(VENVS)/base/.stamp ## ruff check and format check
-	@$(BASE_PY) -m pip install -q ruff >/dev/null && $(BASE_PY) -m ruff check . && $(BASE_PY) -m ruff format --check .
+	@$(BASE_PY) -m ruff check . && $(BASE_PY) -m ruff format --check .
 
 clean: ## remove environments and reports
 	rm -rf $(VENVS) reports

@@ -98,10 +98,14 @@ class FlaxBackend(Backend):
         none) runs Flax's adoption, which clones each outside instance once, so a shared nn.Dense
         is the very same bound module, with one scope path, at every position."""
         bound = net.bind({})
-        return Model(spec, net, {
-            "layers": {path: FlaxBackend._at(net, path) for path, _ in spec.walk()},
-            "adopted": {path: FlaxBackend._at(bound, path) for path, _ in spec.walk()},
-        })
+        return Model(
+            spec,
+            net,
+            {
+                "layers": {path: FlaxBackend._at(net, path) for path, _ in spec.walk()},
+                "adopted": {path: FlaxBackend._at(bound, path) for path, _ in spec.walk()},
+            },
+        )
 
     @staticmethod
     def _at(net: nn.Sequential, path: LayerPath) -> Any:
@@ -133,15 +137,20 @@ class FlaxBackend(Backend):
 
     def _owner_names(self, model: Model) -> dict[tuple[str, ...], str]:
         """Variables-dict keys -> canonical owner name, for every unique parameter."""
-        return {self._keys(model, param_name(group[0], role)): param_name(group[0], role)
-                for group in self._groups(model) for role in ROLES}
+        return {
+            self._keys(model, param_name(group[0], role)): param_name(group[0], role)
+            for group in self._groups(model)
+            for role in ROLES
+        }
 
     # -- lazy shapes and forward ------------------------------------------------------------------
     def unbuilt_params(self, model: Model) -> dict[str, str]:
         # Nothing to show before init: the module holds no arrays, not even shapeless ones.
         variables = model.state.get("variables", {})
-        return {"/".join(keys): str(tuple(leaf.shape))
-                for keys, leaf in traverse_util.flatten_dict(variables).items()}
+        return {
+            "/".join(keys): str(tuple(leaf.shape))
+            for keys, leaf in traverse_util.flatten_dict(variables).items()
+        }
 
     def materialize(self, model: Model) -> None:
         if "variables" not in model.state:
@@ -162,15 +171,17 @@ class FlaxBackend(Backend):
                 keys = self._keys(model, param_name(group[0], role))
                 leaf = _get(variables, keys)
                 native_shape = tuple(leaf.shape)
-                infos.append(ParamInfo(
-                    name=param_name(group[0], role),
-                    native_name="/".join(keys),
-                    native_shape=native_shape,
-                    shape=native_shape[::-1] if role == "weight" else native_shape,
-                    dtype=str(leaf.dtype),
-                    native_class=_qualname(leaf),
-                    positions=tuple(param_name(path, role) for path in group),
-                ))
+                infos.append(
+                    ParamInfo(
+                        name=param_name(group[0], role),
+                        native_name="/".join(keys),
+                        native_shape=native_shape,
+                        shape=native_shape[::-1] if role == "weight" else native_shape,
+                        dtype=str(leaf.dtype),
+                        native_class=_qualname(leaf),
+                        positions=tuple(param_name(path, role) for path in group),
+                    )
+                )
         return tuple(infos)
 
     def read_native(self, model: Model, position: str) -> np.ndarray:
@@ -185,8 +196,9 @@ class FlaxBackend(Backend):
         old = _get(variables, keys)
         value = np.asarray(value, dtype=np.float32)
         if value.shape != old.shape:
-            raise ValueError(f"{position}: shape={value.shape}, but should be {tuple(old.shape)} "
-                             f"(native {'/'.join(keys)})")
+            raise ValueError(
+                f"{position}: shape={value.shape}, but should be {tuple(old.shape)} (native {'/'.join(keys)})"
+            )
         model.state["variables"] = _replace(variables, keys, jnp.asarray(value, dtype=old.dtype))
 
     def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
@@ -214,8 +226,10 @@ class FlaxBackend(Backend):
             return GradState.NONE
         if grads and all(g is not None and not np.any(np.asarray(g)) for g in grads):
             return GradState.ZEROS
-        raise RuntimeError(f"unexpected gradient state: collections {sorted(variables)}, "
-                           f"grad attributes {sorted({_qualname(g) for g in grads})}")
+        raise RuntimeError(
+            f"unexpected gradient state: collections {sorted(variables)}, "
+            f"grad attributes {sorted({_qualname(g) for g in grads})}"
+        )
 
     def _loss_fn(self, model: Model, x: np.ndarray, loss: Loss) -> Callable[[Tree], jax.Array]:
         net, variables, x = model.native, model.state["variables"], jnp.asarray(x, jnp.float32)
@@ -229,16 +243,19 @@ class FlaxBackend(Backend):
 
     def _by_owner(self, model: Model, grads: Tree) -> dict[str, np.ndarray]:
         # A shared leaf appears once in the params tree, so jax.grad already summed its positions.
-        return {name: np.array(_get({"params": grads}, keys), dtype=np.float32)
-                for keys, name in self._owner_names(model).items()}
+        return {
+            name: np.array(_get({"params": grads}, keys), dtype=np.float32)
+            for keys, name in self._owner_names(model).items()
+        }
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         self.materialize(model)
         grads = jax.grad(self._loss_fn(model, x, loss))(model.state["variables"]["params"])
         return self._by_owner(model, grads)
 
-    def native_sgd_step(self, model: Model, x: np.ndarray, loss: Loss, lr: float
-                        ) -> tuple[float, dict[str, np.ndarray]]:
+    def native_sgd_step(
+        self, model: Model, x: np.ndarray, loss: Loss, lr: float
+    ) -> tuple[float, dict[str, np.ndarray]]:
         self.materialize(model)
         params = model.state["variables"]["params"]
         cached_lr, tx, opt_state = model.state.get("sgd", (None, None, None))
@@ -265,8 +282,10 @@ class FlaxBackend(Backend):
         if spec.ties:
             first, second = spec.ties[0][:2]
             table = model.state["layers"]
-            leaves = [[_get(variables, self._keys(model, param_name(path, role))) for role in ROLES]
-                      for path in (first, second)]
+            leaves = [
+                [_get(variables, self._keys(model, param_name(path, role))) for role in ROLES]
+                for path in (first, second)
+            ]
             tie_identity = {
                 "same layer object": table[first] is table[second],
                 "same parameter object": all(a is b for a, b in zip(*leaves, strict=True)),
@@ -279,8 +298,9 @@ class FlaxBackend(Backend):
             # nn.relu is one function object, so every ReLU position counts as the same object.
             "unique_layer_objects": len({id(layer) for layer in layers}),
             "serializations": {
-                "flax.serialization.to_state_dict(variables)":
-                    _flat_names(serialization.to_state_dict(variables)),
+                "flax.serialization.to_state_dict(variables)": _flat_names(
+                    serialization.to_state_dict(variables)
+                ),
                 f"{_FILE_CALL} (msgpack)": _flat_names(restored),
             },
             "tie_identity": tie_identity,
@@ -301,7 +321,8 @@ class FlaxBackend(Backend):
         missing = ["/".join(keys) for keys in owners if keys not in flat]
         if unknown or missing:
             expected = ", ".join("/".join(keys) for keys in owners)
-            raise ParamFileError(f"{path}.msgpack: unexpected entries {unknown}, missing "
-                                 f"{missing}; expected: {expected}")
+            raise ParamFileError(
+                f"{path}.msgpack: unexpected entries {unknown}, missing {missing}; expected: {expected}"
+            )
         values = {owners[keys]: np.array(leaf, dtype=np.float32) for keys, leaf in flat.items()}
         return ["/".join(keys) for keys in flat], values

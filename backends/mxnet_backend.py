@@ -35,10 +35,10 @@ def _qualname(obj: object) -> str:
 class MXNetBackend(Backend):
     name = "mxnet"
     weight_layout = WeightLayout.OUT_IN
-    lazy_mechanism = ("deferred init: nn.Dense(units) without in_units; "
-                      "weight is (units, -1) until the first forward")
-    tie_mechanism = ("a second nn.Dense(units, params=owner.params): "
-                     "another layer object, the same Parameters")
+    lazy_mechanism = (
+        "deferred init: nn.Dense(units) without in_units; weight is (units, -1) until the first forward"
+    )
+    tie_mechanism = "a second nn.Dense(units, params=owner.params): another layer object, the same Parameters"
 
     def __init__(self) -> None:
         # set_np() is per-thread global state: models must be built and run on this thread.
@@ -62,8 +62,14 @@ class MXNetBackend(Backend):
         table = {path: self._index(net, path) for path, _ in spec.walk()}
         return Model(spec, net, {"layers": table})
 
-    def _add(self, parent: nn.Sequential, layers: tuple[Any, ...], prefix: LayerPath,
-             built: dict[LayerPath, nn.Dense], owners: dict[LayerPath, LayerPath]) -> None:
+    def _add(
+        self,
+        parent: nn.Sequential,
+        layers: tuple[Any, ...],
+        prefix: LayerPath,
+        built: dict[LayerPath, nn.Dense],
+        owners: dict[LayerPath, LayerPath],
+    ) -> None:
         # Children created in the parent's name_scope are named by a per-block counter.
         with parent.name_scope():
             for index, layer in enumerate(layers):
@@ -73,8 +79,7 @@ class MXNetBackend(Backend):
                     self._add(child, layer.layers, path, built, owners)
                 elif isinstance(layer, Dense):
                     owner = owners[path]
-                    child = (nn.Dense(layer.units) if owner == path
-                             else self._tie(built[owner], layer.units))
+                    child = nn.Dense(layer.units) if owner == path else self._tie(built[owner], layer.units)
                     built[path] = child
                 else:
                     child = nn.Activation("relu")
@@ -136,9 +141,17 @@ class MXNetBackend(Backend):
         self.materialize(model)
         names = {id(param): key for key, param in model.native.collect_params().items()}
         return tuple(
-            ParamInfo(name, names[id(param)], tuple(param.shape), tuple(param.shape),
-                      np.dtype(param.dtype).name, _qualname(param), tuple(positions))
-            for name, param, positions in self._observed(model))
+            ParamInfo(
+                name,
+                names[id(param)],
+                tuple(param.shape),
+                tuple(param.shape),
+                np.dtype(param.dtype).name,
+                _qualname(param),
+                tuple(positions),
+            )
+            for name, param, positions in self._observed(model)
+        )
 
     def read_native(self, model: Model, position: str) -> np.ndarray:
         return self._numpy(self._param(model, position).data())
@@ -188,8 +201,9 @@ class MXNetBackend(Backend):
         # A shared Parameter is one autograd variable, so its grad is already the sum over uses.
         return {name: self._numpy(param.grad()) for name, param, _ in self._observed(model)}
 
-    def native_sgd_step(self, model: Model, x: np.ndarray, loss: Loss, lr: float
-                        ) -> tuple[float, dict[str, np.ndarray]]:
+    def native_sgd_step(
+        self, model: Model, x: np.ndarray, loss: Loss, lr: float
+    ) -> tuple[float, dict[str, np.ndarray]]:
         trainer = model.state.get("trainer")
         if trainer is None:
             # Unique Parameters only, so a shared one is updated once per step.
@@ -212,18 +226,22 @@ class MXNetBackend(Backend):
         self.materialize(model)
         canonical = {id(param): name for name, param, _ in self._observed(model)}
         # save_parameters keys entries by _collect_params_with_prefix(), e.g. "0.weight".
-        owners = {key: canonical[id(param)]
-                  for key, param in model.native._collect_params_with_prefix().items()}
+        owners = {
+            key: canonical[id(param)] for key, param in model.native._collect_params_with_prefix().items()
+        }
         values: dict[str, np.ndarray] = {}
         for key, array in stored.items():
             if key not in owners:
-                raise ParamFileError(f"{path}.params: entry {key!r} is not a parameter of "
-                                     f"{model.spec.name!r}; expected: {', '.join(owners)}")
+                raise ParamFileError(
+                    f"{path}.params: entry {key!r} is not a parameter of "
+                    f"{model.spec.name!r}; expected: {', '.join(owners)}"
+                )
             value = self._numpy(array)
             owner = owners[key]
             if owner in values and not np.array_equal(values[owner], value):
-                raise ParamFileError(f"{path}.params: entry {key!r} differs from another "
-                                     f"stored copy of {owner}")
+                raise ParamFileError(
+                    f"{path}.params: entry {key!r} differs from another stored copy of {owner}"
+                )
             values[owner] = value
         return list(stored), values
 
@@ -235,8 +253,10 @@ class MXNetBackend(Backend):
         if model.spec.ties:
             first, second = model.spec.ties[0][:2]
             table = model.state["layers"]
-            tie_identity = {"same layer object": table[first] is table[second],
-                            "same parameter object": table[first].weight is table[second].weight}
+            tie_identity = {
+                "same layer object": table[first] is table[second],
+                "same parameter object": table[first].weight is table[second].weight,
+            }
         return {
             "listing_call": "net.collect_params()",
             "listing_names": list(net.collect_params().keys()),
@@ -244,8 +264,9 @@ class MXNetBackend(Backend):
             "layer_list_length": len(children),
             "unique_layer_objects": len({id(child) for child in children}),
             "serializations": {
-                "_collect_params_with_prefix() (what save_parameters writes)":
-                    list(net._collect_params_with_prefix()),
+                "_collect_params_with_prefix() (what save_parameters writes)": list(
+                    net._collect_params_with_prefix()
+                ),
                 "save_parameters(deduplicate=True)": self._saved_names(net, deduplicate=True),
             },
             "tie_identity": tie_identity,

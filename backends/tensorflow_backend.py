@@ -222,9 +222,7 @@ class KerasBackend(Backend):
         value, unique, grads = self._loss_and_grads(model, x, loss)
         # Each unique Variable is passed once, so a tied one is updated once with the summed grad.
         optimizer.apply_gradients(zip(grads, [v for _, v in unique], strict=True))
-        return float(value.numpy()), {
-            name: _to_numpy(g) for (name, _), g in zip(unique, grads, strict=True)
-        }
+        return float(value.numpy()), {name: _to_numpy(g) for (name, _), g in zip(unique, grads, strict=True)}
 
     # -- facts and files -------------------------------------------------------------------------
     def native_facts(self, model: Model) -> dict[str, Any]:
@@ -294,9 +292,7 @@ class KerasBackend(Backend):
         names: list[str] = []
         values: dict[str, np.ndarray] = {}
         with h5py.File(file_name, "r") as store:
-            store.visititems(
-                lambda key, obj: names.append(key) if isinstance(obj, h5py.Dataset) else None
-            )
+            store.visititems(lambda key, obj: names.append(key) if isinstance(obj, h5py.Dataset) else None)
             for key in names:
                 if key not in expected:
                     raise ParamFileError(
@@ -305,8 +301,6 @@ class KerasBackend(Backend):
                     )
                 name, value = expected[key], np.array(store[key], dtype=np.float32)
                 if name in values and not np.array_equal(values[name], value):
-                    raise ParamFileError(
-                        f"{file_name}: {key!r} differs from another copy of {name}"
-                    )
+                    raise ParamFileError(f"{file_name}: {key!r} differs from another copy of {name}")
                 values[name] = value
         return names, values

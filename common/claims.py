@@ -47,16 +47,21 @@ def _layer_2_native_weight_shape(record: Record) -> tuple[int, ...]:
 
 def _layer_list(record: Record) -> str:
     facts = _tied(record)["facts"]
-    return (f"len({facts['layer_list_call']}) = {facts['layer_list_length']}, "
-            f"{facts['unique_layer_objects']} distinct objects")
+    return (
+        f"len({facts['layer_list_call']}) = {facts['layer_list_length']}, "
+        f"{facts['unique_layer_objects']} distinct objects"
+    )
 
 
 MEASURES: dict[str, Callable[[Record], Any]] = {
     "layer list length == unique layer objects (tied)": lambda r: (
-        _tied(r)["facts"]["layer_list_length"] == _tied(r)["facts"]["unique_layer_objects"]),
+        _tied(r)["facts"]["layer_list_length"] == _tied(r)["facts"]["unique_layer_objects"]
+    ),
     "len(params['params']) (tied)": _top_level_param_groups,
     "grad before backward": lambda r: r["models"]["mlp"]["grad_state_before_backward"],
-    "write at one tied position is seen at the other": lambda r: _tied(r)["ties"]["write_seen_at_other_position"],
+    "write at one tied position is seen at the other": lambda r: _tied(r)["ties"][
+        "write_seen_at_other_position"
+    ],
     "tied gradient == sum over its uses": lambda r: _tied(r)["ties"]["tied_grad_is_sum_of_uses"],
     "layer 2 native weight shape (mlp)": _layer_2_native_weight_shape,
     "first parameter's shape before the first forward": _first_unbuilt_shape,
@@ -69,38 +74,114 @@ DETAILS: dict[str, Callable[[Record], str]] = {
 }
 
 BOOK_CLAIMS: tuple[Claim, ...] = (
-    Claim("tensorflow", "6.2.3", "len(net.layers) == 3: tf.keras removes the duplicate layer automatically",
-          "layer list length == unique layer objects (tied)", True),
-    Claim("jax", "6.2.3", "len(params['params']) == 3: the shared Dense has one entry",
-          "len(params['params']) (tied)", 3),
+    Claim(
+        "tensorflow",
+        "6.2.3",
+        "len(net.layers) == 3: tf.keras removes the duplicate layer automatically",
+        "layer list length == unique layer objects (tied)",
+        True,
+    ),
+    Claim(
+        "jax",
+        "6.2.3",
+        "len(params['params']) == 3: the shared Dense has one entry",
+        "len(params['params']) (tied)",
+        3,
+    ),
     Claim("torch", "6.2.1.3", "net[2].weight.grad == None before backward", "grad before backward", "none"),
-    Claim("mxnet", "6.2.1.3", "net[1].weight.grad() is all zeros before backward",
-          "grad before backward", "zeros"),
-    Claim("jax", "6.2.1.3", "gradients are not stored with the parameters", "grad before backward", "not stored"),
-    Claim("tensorflow", "6.2.1.3", "gradients are not stored with the variables",
-          "grad before backward", "not stored"),
-    Claim("torch", "6.2.1.1", "net[2].state_dict(): weight torch.Size([1, 8])",
-          "layer 2 native weight shape (mlp)", (1, 8)),
-    Claim("mxnet", "6.2.1.1", "net[1].params: weight shape (1, 8) in (out, in) layout",
-          "layer 2 native weight shape (mlp)", (1, 8)),
-    Claim("jax", "6.2.1.1", "params['params']['layers_2']['kernel'] is (in, out)",
-          "layer 2 native weight shape (mlp)", (8, 1)),
-    Claim("tensorflow", "6.2.1.1", "net.layers[2].weights[0] is the kernel, (in, out)",
-          "layer 2 native weight shape (mlp)", (8, 1)),
-    Claim("mxnet", "6.4", "before the first forward: Parameter dense0_weight (shape=(8, -1))",
-          "first parameter's shape before the first forward", "(8, -1)"),
-    Claim("torch", "6.4", "before the first forward: net[0].weight is <UninitializedParameter>",
-          "first parameter's shape before the first forward", "<UninitializedParameter>"),
-    Claim("jax", "6.4", "params do not exist until net.init(key, X)",
-          "parameters exist before the first forward", False),
-    Claim("tensorflow", "6.4", "[l.get_weights() for l in net.layers] is all [] before the first call",
-          "parameters exist before the first forward", False),
-    *(Claim(name, "6.2.3", "tied parameters: changing net[2] changes net[4]; they are the same object",
-            "write at one tied position is seen at the other", True)
-      for name in ("torch", "mxnet", "jax", "tensorflow")),
-    *(Claim(name, "6.2.3", "the gradients of the shared layer are added together during backpropagation",
-            "tied gradient == sum over its uses", True)
-      for name in ("torch", "mxnet", "jax", "tensorflow")),
+    Claim(
+        "mxnet",
+        "6.2.1.3",
+        "net[1].weight.grad() is all zeros before backward",
+        "grad before backward",
+        "zeros",
+    ),
+    Claim(
+        "jax", "6.2.1.3", "gradients are not stored with the parameters", "grad before backward", "not stored"
+    ),
+    Claim(
+        "tensorflow",
+        "6.2.1.3",
+        "gradients are not stored with the variables",
+        "grad before backward",
+        "not stored",
+    ),
+    Claim(
+        "torch",
+        "6.2.1.1",
+        "net[2].state_dict(): weight torch.Size([1, 8])",
+        "layer 2 native weight shape (mlp)",
+        (1, 8),
+    ),
+    Claim(
+        "mxnet",
+        "6.2.1.1",
+        "net[1].params: weight shape (1, 8) in (out, in) layout",
+        "layer 2 native weight shape (mlp)",
+        (1, 8),
+    ),
+    Claim(
+        "jax",
+        "6.2.1.1",
+        "params['params']['layers_2']['kernel'] is (in, out)",
+        "layer 2 native weight shape (mlp)",
+        (8, 1),
+    ),
+    Claim(
+        "tensorflow",
+        "6.2.1.1",
+        "net.layers[2].weights[0] is the kernel, (in, out)",
+        "layer 2 native weight shape (mlp)",
+        (8, 1),
+    ),
+    Claim(
+        "mxnet",
+        "6.4",
+        "before the first forward: Parameter dense0_weight (shape=(8, -1))",
+        "first parameter's shape before the first forward",
+        "(8, -1)",
+    ),
+    Claim(
+        "torch",
+        "6.4",
+        "before the first forward: net[0].weight is <UninitializedParameter>",
+        "first parameter's shape before the first forward",
+        "<UninitializedParameter>",
+    ),
+    Claim(
+        "jax",
+        "6.4",
+        "params do not exist until net.init(key, X)",
+        "parameters exist before the first forward",
+        False,
+    ),
+    Claim(
+        "tensorflow",
+        "6.4",
+        "[l.get_weights() for l in net.layers] is all [] before the first call",
+        "parameters exist before the first forward",
+        False,
+    ),
+    *(
+        Claim(
+            name,
+            "6.2.3",
+            "tied parameters: changing net[2] changes net[4]; they are the same object",
+            "write at one tied position is seen at the other",
+            True,
+        )
+        for name in ("torch", "mxnet", "jax", "tensorflow")
+    ),
+    *(
+        Claim(
+            name,
+            "6.2.3",
+            "the gradients of the shared layer are added together during backpropagation",
+            "tied gradient == sum over its uses",
+            True,
+        )
+        for name in ("torch", "mxnet", "jax", "tensorflow")
+    ),
 )
 
 

@@ -16,8 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paramparity", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    test = commands.add_parser("test", help="run the conformance suite for PARITY_BACKEND",
-                               description="Extra arguments go to pytest.")
+    test = commands.add_parser(
+        "test",
+        help="run the conformance suite for PARITY_BACKEND",
+        description="Extra arguments go to pytest.",
+    )
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
 
     test_all = commands.add_parser("test-all", help="base tests and every backend, then a summary")

@@ -69,12 +69,17 @@ def _native_file(model: str) -> Callable[[Record], Any]:
     def extract(r: Record) -> Any:
         native = r["models"][model]["native_file"]
         return [native["call"], f"{len(native['entries'])} entries: {', '.join(native['entries'])}"]
+
     return extract
 
 
 def _tied_in_native_file(r: Record) -> str:
     entries, unique = len(r["models"]["tied"]["native_file"]["entries"]), len(r["models"]["tied"]["params"])
-    how = "once" if entries == unique else ("twice" if entries == unique + 2 else f"{entries - unique} extra entries")
+    how = (
+        "once"
+        if entries == unique
+        else ("twice" if entries == unique + 2 else f"{entries - unique} extra entries")
+    )
     return f"{how} ({entries} entries for {unique} unique parameters)"
 
 
@@ -84,6 +89,7 @@ def _max_diffs(model: str) -> Callable[[Record], Any]:
         grads = {k: v for k, v in diffs.items() if k.startswith("grad ")}
         worst = max(grads, key=grads.get)
         return [f"forward: {diffs['forward']:.2g}", f"worst {worst}: {grads[worst]:.2g}"]
+
     return extract
 
 
@@ -92,29 +98,65 @@ ROWS: tuple[Row, ...] = (
     Row("Versions", "python", lambda r: r["versions"]["python"]),
     Row("Versions", "numpy", lambda r: r["versions"]["numpy"]),
     Row("The 4->8->1 MLP", "native parameter names", _names("mlp")),
-    Row("The 4->8->1 MLP", "native parameter class", lambda r: sorted({p["native_class"] for p in r["models"]["mlp"]["params"]})),
+    Row(
+        "The 4->8->1 MLP",
+        "native parameter class",
+        lambda r: sorted({p["native_class"] for p in r["models"]["mlp"]["params"]}),
+    ),
     Row("The 4->8->1 MLP", "weight layout", lambda r: r["mechanisms"]["weight_layout"]),
     Row("The 4->8->1 MLP", "native shapes after first forward", _native_shapes),
     Row("The 4->8->1 MLP", "shapes before the first forward", _unbuilt),
     Row("The 4->8->1 MLP", "when shapes become known", lambda r: r["mechanisms"]["lazy"]),
     Row("The 4->8->1 MLP", "default initializer (weights)", _init_stats),
-    Row("The 4->8->1 MLP", "gradient before backward", lambda r: r["models"]["mlp"]["grad_state_before_backward"]),
+    Row(
+        "The 4->8->1 MLP",
+        "gradient before backward",
+        lambda r: r["models"]["mlp"]["grad_state_before_backward"],
+    ),
     Row("All parameters at once", "listing call", lambda r: r["models"]["mlp"]["facts"]["listing_call"]),
-    Row("All parameters at once", "entries returned (mlp / tied / nest)", lambda r: " / ".join(
-        str(len(r["models"][m]["facts"]["listing_names"])) for m in ("mlp", "tied", "nest"))),
+    Row(
+        "All parameters at once",
+        "entries returned (mlp / tied / nest)",
+        lambda r: " / ".join(
+            str(len(r["models"][m]["facts"]["listing_names"])) for m in ("mlp", "tied", "nest")
+        ),
+    ),
     Row("NestMLP", "canonical <- native names", _nest_names),
     Row("The tied model", "tie mechanism", lambda r: r["mechanisms"]["tie"]),
-    Row("The tied model", "layer list length", lambda r: (
-        f"len({r['models']['tied']['facts']['layer_list_call']}) = "
-        f"{r['models']['tied']['facts']['layer_list_length']}")),
-    Row("The tied model", "distinct layer objects in it", lambda r: r["models"]["tied"]["facts"]["unique_layer_objects"]),
-    Row("The tied model", "unique parameters (untied model)", lambda r: (
-        f"{r['models']['tied']['ties']['unique_params']} ({r['models']['tied']['ties']['untied_unique_params']})")),
+    Row(
+        "The tied model",
+        "layer list length",
+        lambda r: (
+            f"len({r['models']['tied']['facts']['layer_list_call']}) = "
+            f"{r['models']['tied']['facts']['layer_list_length']}"
+        ),
+    ),
+    Row(
+        "The tied model",
+        "distinct layer objects in it",
+        lambda r: r["models"]["tied"]["facts"]["unique_layer_objects"],
+    ),
+    Row(
+        "The tied model",
+        "unique parameters (untied model)",
+        lambda r: "{unique_params} ({untied_unique_params})".format(**r["models"]["tied"]["ties"]),
+    ),
     Row("The tied model", "native listings and serializations", _serializations),
-    Row("The tied model", "same layer / parameter object", lambda r: [
-        f"{k}: {v}" for k, v in r["models"]["tied"]["facts"]["tie_identity"].items()]),
-    Row("The tied model", "write at layers.2 seen at layers.4", lambda r: r["models"]["tied"]["ties"]["write_seen_at_other_position"]),
-    Row("The tied model", "tied grad == sum over uses", lambda r: r["models"]["tied"]["ties"]["tied_grad_is_sum_of_uses"]),
+    Row(
+        "The tied model",
+        "same layer / parameter object",
+        lambda r: [f"{k}: {v}" for k, v in r["models"]["tied"]["facts"]["tie_identity"].items()],
+    ),
+    Row(
+        "The tied model",
+        "write at layers.2 seen at layers.4",
+        lambda r: r["models"]["tied"]["ties"]["write_seen_at_other_position"],
+    ),
+    Row(
+        "The tied model",
+        "tied grad == sum over uses",
+        lambda r: r["models"]["tied"]["ties"]["tied_grad_is_sum_of_uses"],
+    ),
     Row("The tied model", "native file format", _native_file("tied")),
     Row("The tied model", "native file stores the tied parameter", _tied_in_native_file),
     Row("Numbers vs the numpy oracle (max |delta|)", "mlp", _max_diffs("mlp")),
@@ -140,20 +182,39 @@ def merge(records: Mapping[str, Record]) -> dict[str, Any]:
             except (KeyError, TypeError, IndexError) as error:
                 cells[name] = {"error": f"record lacks {error}"}
         values = [json.dumps(c, sort_keys=True) for c in cells.values() if "value" in c]
-        rows.append({"section": row.section, "label": row.label, "cells": cells,
-                     "agree": len(set(values)) <= 1 and len(values) == len(cells)})
+        rows.append(
+            {
+                "section": row.section,
+                "label": row.label,
+                "cells": cells,
+                "agree": len(set(values)) <= 1 and len(values) == len(cells),
+            }
+        )
     claims = []
     for claim in BOOK_CLAIMS:
         if claim.backend not in records:
             continue
         verdict = evaluate(claim, records[claim.backend])
-        claims.append({"backend": claim.backend, "section": claim.section, "quote": claim.quote,
-                       "measure": claim.measure, "expected": _plain(claim.expected),
-                       "observed": _plain(verdict.observed), "detail": verdict.detail,
-                       "status": verdict.status})
+        claims.append(
+            {
+                "backend": claim.backend,
+                "section": claim.section,
+                "quote": claim.quote,
+                "measure": claim.measure,
+                "expected": _plain(claim.expected),
+                "observed": _plain(verdict.observed),
+                "detail": verdict.detail,
+                "status": verdict.status,
+            }
+        )
     failed = sorted(name for name in backends if not records[name].get("ok"))
-    return {"backends": backends, "failed": failed, "rows": rows, "claims": claims,
-            "records": {name: records[name] for name in backends}}
+    return {
+        "backends": backends,
+        "failed": failed,
+        "rows": rows,
+        "claims": claims,
+        "records": {name: records[name] for name in backends},
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -184,8 +245,16 @@ def render_terminal(doc: Mapping[str, Any]) -> str:
     out.append("paramparity diff: how the frameworks manage parameters (* = backends disagree)\n")
     out.append(format_table(["behaviour", *backends], table_rows, marks, max_width=36))
     out.append("\nThe book, checked (D2L 6.2; each claim evaluated on the installed version)\n")
-    claim_rows = [[c["backend"], c["section"], c["quote"], _observed(c), c["status"].upper()
-                   if c["status"] != "holds" else "holds"] for c in doc["claims"]]
+    claim_rows = [
+        [
+            c["backend"],
+            c["section"],
+            c["quote"],
+            _observed(c),
+            c["status"].upper() if c["status"] != "holds" else "holds",
+        ]
+        for c in doc["claims"]
+    ]
     claim_marks = ["" if c["status"] == "holds" else "!" for c in doc["claims"]]
     out.append(format_table(["backend", "sec", "claim", "observed", "verdict"], claim_rows, claim_marks))
     out.append(_footer(doc))
@@ -220,16 +289,29 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     for row in doc["rows"]:
         if row["section"] != section:
             section = row["section"]
-            out += ["", f"## {section}", "", "| behaviour | " + " | ".join(backends) + " |",
-                    "|---" * (len(backends) + 1) + "|"]
+            out += [
+                "",
+                f"## {section}",
+                "",
+                "| behaviour | " + " | ".join(backends) + " |",
+                "|---" * (len(backends) + 1) + "|",
+            ]
         label = row["label"] if row["agree"] else f"**≠** {row['label']}"
-        out.append(f"| {esc(label)} | " + " | ".join(esc(_cell_text(row["cells"][b])) for b in backends) + " |")
-    out += ["", "## The book, checked", "", "| backend | section | claim | observed | verdict |",
-            "|---|---|---|---|---|"]
+        out.append(
+            f"| {esc(label)} | " + " | ".join(esc(_cell_text(row["cells"][b])) for b in backends) + " |"
+        )
+    out += [
+        "",
+        "## The book, checked",
+        "",
+        "| backend | section | claim | observed | verdict |",
+        "|---|---|---|---|---|",
+    ]
     for c in doc["claims"]:
         verdict = c["status"] if c["status"] == "holds" else f"**{c['status']}**"
-        out.append(f"| {c['backend']} | {c['section']} | {esc(c['quote'])} | "
-                   f"{esc(_observed(c))} | {verdict} |")
+        out.append(
+            f"| {c['backend']} | {c['section']} | {esc(c['quote'])} | {esc(_observed(c))} | {verdict} |"
+        )
     out.append(_footer(doc).replace("\n", "\n\n"))
     return "\n".join(out) + "\n"
 
@@ -248,25 +330,36 @@ def render_html(doc: Mapping[str, Any]) -> str:
         text = html.escape(_cell_text(c)).replace("\n", "<br>")
         return f'<td class="error">{text}</td>' if "error" in c else f"<td><code>{text}</code></td>"
 
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>paramparity diff</title>",
-             f"<style>{HTML_STYLE}</style></head><body><h1>paramparity diff</h1>",
-             "<p>One column per backend; rows with an orange bar differ between backends.</p><table>",
-             "<tr><th>behaviour</th>" + "".join(f"<th>{html.escape(b)}</th>" for b in backends) + "</tr>"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>paramparity diff</title>",
+        f"<style>{HTML_STYLE}</style></head><body><h1>paramparity diff</h1>",
+        "<p>One column per backend; rows with an orange bar differ between backends.</p><table>",
+        "<tr><th>behaviour</th>" + "".join(f"<th>{html.escape(b)}</th>" for b in backends) + "</tr>",
+    ]
     section = None
     for row in doc["rows"]:
         if row["section"] != section:
             section = row["section"]
-            parts.append(f"<tr class='section'><td colspan='{len(backends) + 1}'>{html.escape(section)}</td></tr>")
+            parts.append(
+                f"<tr class='section'><td colspan='{len(backends) + 1}'>{html.escape(section)}</td></tr>"
+            )
         css = "" if row["agree"] else " class='differ'"
-        parts.append(f"<tr{css}><td>{html.escape(row['label'])}</td>"
-                     + "".join(cell(row["cells"][b]) for b in backends) + "</tr>")
-    parts.append("</table><h2>The book, checked</h2><table><tr><th>backend</th><th>section</th>"
-                 "<th>claim</th><th>observed</th><th>verdict</th></tr>")
+        parts.append(
+            f"<tr{css}><td>{html.escape(row['label'])}</td>"
+            + "".join(cell(row["cells"][b]) for b in backends)
+            + "</tr>"
+        )
+    parts.append(
+        "</table><h2>The book, checked</h2><table><tr><th>backend</th><th>section</th>"
+        "<th>claim</th><th>observed</th><th>verdict</th></tr>"
+    )
     for c in doc["claims"]:
         css = "good" if c["status"] == "holds" else "bad"
-        parts.append(f"<tr><td>{c['backend']}</td><td>{c['section']}</td><td>{html.escape(c['quote'])}</td>"
-                     f"<td><code>{html.escape(_observed(c))}</code></td>"
-                     f"<td class='{css}'>{c['status']}</td></tr>")
+        parts.append(
+            f"<tr><td>{c['backend']}</td><td>{c['section']}</td><td>{html.escape(c['quote'])}</td>"
+            f"<td><code>{html.escape(_observed(c))}</code></td>"
+            f"<td class='{css}'>{c['status']}</td></tr>"
+        )
     parts.append(f"</table><pre>{html.escape(_footer(doc).strip())}</pre></body></html>")
     return "\n".join(parts) + "\n"
 
@@ -275,7 +368,12 @@ def render_json(doc: Mapping[str, Any]) -> str:
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
-RENDERERS = {"terminal": render_terminal, "json": render_json, "markdown": render_markdown, "html": render_html}
+RENDERERS = {
+    "terminal": render_terminal,
+    "json": render_json,
+    "markdown": render_markdown,
+    "html": render_html,
+}
 EXTENSIONS = {"json": "json", "markdown": "md", "html": "html"}
 
 
@@ -298,12 +396,20 @@ def write_report(doc: Mapping[str, Any], fmt: str, out_dir: Path = REPORTS) -> P
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
-        "diff", help="side-by-side report of how the frameworks behave",
+        "diff",
+        help="side-by-side report of how the frameworks behave",
         description="Run one behaviour probe per backend (each in its own .venvs/<backend>, in parallel), "
-                    "merge the records into one table and check the book's claims. Exit 1 if any backend failed.")
-    parser.add_argument("--backends", default="all", help=f"comma-separated subset (default all); {valid_names()}")
-    parser.add_argument("--format", default="terminal", choices=FORMATS,
-                        help="terminal prints; json/markdown/html write reports/diff.<ext> (and print the path)")
+        "merge the records into one table and check the book's claims. Exit 1 if any backend failed.",
+    )
+    parser.add_argument(
+        "--backends", default="all", help=f"comma-separated subset (default all); {valid_names()}"
+    )
+    parser.add_argument(
+        "--format",
+        default="terminal",
+        choices=FORMATS,
+        help="terminal prints; json/markdown/html write reports/diff.<ext> (and print the path)",
+    )
     parser.set_defaults(run=run_diff)
 
 

@@ -19,12 +19,18 @@ def venv_python(name: str) -> Path:
 def ensure_venv(name: str, *, quiet: bool = False) -> Path:
     """Create .venvs/<name> through make (the one place that knows how); raise UsageError with
     the log's location if that fails."""
-    result = subprocess.run(["make", "-s", f"venv-{name}"], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE if quiet else None, stderr=subprocess.PIPE)
+    result = subprocess.run(
+        ["make", "-s", f"venv-{name}"],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE if quiet else None,
+        stderr=subprocess.PIPE,
+    )
     if result.returncode != 0 or not venv_python(name).exists():
         last = (result.stderr or "").strip().splitlines()[-1:] or ["no output"]
-        raise UsageError(f"cannot create .venvs/{name} (`make venv-{name}` failed: {last[0]}); "
-                         f"log: .venvs/{name}.log")
+        raise UsageError(
+            f"cannot create .venvs/{name} (`make venv-{name}` failed: {last[0]}); log: .venvs/{name}.log"
+        )
     if result.stderr and not quiet:
         sys.stderr.write(result.stderr)
     return venv_python(name)

@@ -15,19 +15,28 @@ ATOL = 1e-6
 
 BOOK_PARAM_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
     "mlp": {
-        "layers.0.weight": (8, 4), "layers.0.bias": (8,),
-        "layers.2.weight": (1, 8), "layers.2.bias": (1,),
+        "layers.0.weight": (8, 4),
+        "layers.0.bias": (8,),
+        "layers.2.weight": (1, 8),
+        "layers.2.bias": (1,),
     },
     "tied": {
-        "layers.0.weight": (8, 4), "layers.0.bias": (8,),
-        "layers.2.weight": (8, 8), "layers.2.bias": (8,),
-        "layers.6.weight": (1, 8), "layers.6.bias": (1,),
+        "layers.0.weight": (8, 4),
+        "layers.0.bias": (8,),
+        "layers.2.weight": (8, 8),
+        "layers.2.bias": (8,),
+        "layers.6.weight": (1, 8),
+        "layers.6.bias": (1,),
     },
     "nest": {
-        "layers.0.0.0.weight": (64, 20), "layers.0.0.0.bias": (64,),
-        "layers.0.0.2.weight": (32, 64), "layers.0.0.2.bias": (32,),
-        "layers.0.1.weight": (16, 32), "layers.0.1.bias": (16,),
-        "layers.1.weight": (20, 16), "layers.1.bias": (20,),
+        "layers.0.0.0.weight": (64, 20),
+        "layers.0.0.0.bias": (64,),
+        "layers.0.0.2.weight": (32, 64),
+        "layers.0.0.2.bias": (32,),
+        "layers.0.1.weight": (16, 32),
+        "layers.0.1.bias": (16,),
+        "layers.1.weight": (20, 16),
+        "layers.1.bias": (20,),
     },
 }
 

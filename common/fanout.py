@@ -28,11 +28,13 @@ Command = Callable[[str, Path], list[str]]
 
 def module_command(module: str, *args: str) -> Command:
     """``.venvs/<backend>/bin/python -m <module> --backend <backend> --out <file> *args``."""
+
     def command(backend: str, out: Path) -> list[str]:
         python = venv_python(backend)
         if not python.exists():
             raise UsageError(f"environment .venvs/{backend} is missing; create it with `make venv-{backend}`")
         return [str(python), "-m", module, "--backend", backend, "--out", str(out), *args]
+
     return command
 
 
@@ -46,7 +48,9 @@ def prepare_envs(backends: Sequence[str]) -> None:
             print(f"[{backend}] {error}", file=sys.stderr, flush=True)
 
 
-def run_parallel(backends: Sequence[str], command: Command, stream=sys.stderr, what: str = "running") -> dict[str, Record]:
+def run_parallel(
+    backends: Sequence[str], command: Command, stream=sys.stderr, what: str = "running"
+) -> dict[str, Record]:
     records: dict[str, Record] = {}
     lock = threading.Lock()
 
@@ -63,7 +67,9 @@ def run_parallel(backends: Sequence[str], command: Command, stream=sys.stderr, w
             say(f"[{backend}] FAILED: {error}")
             return
         say(f"[{backend}] {what} ...")
-        process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         last = "no output"
         for line in process.stderr:
             line = line.rstrip()

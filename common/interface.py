@@ -139,8 +139,9 @@ class Backend(abc.ABC):
         name, in native layout. Must not accumulate across calls."""
 
     @abc.abstractmethod
-    def native_sgd_step(self, model: Model, x: np.ndarray, loss: Loss, lr: float
-                        ) -> tuple[float, dict[str, np.ndarray]]:
+    def native_sgd_step(
+        self, model: Model, x: np.ndarray, loss: Loss, lr: float
+    ) -> tuple[float, dict[str, np.ndarray]]:
         """One step of the framework's own plain SGD optimizer. Returns the loss before the step
         and the gradients the optimizer applied (canonical owner name -> native layout)."""
 
@@ -156,7 +157,7 @@ class Backend(abc.ABC):
         mapped to canonical owner names in native layout. Does not modify ``model``."""
 
     # -- optional hooks ---------------------------------------------------------------------------
-    def seed(self, seed: int) -> None:
+    def seed(self, seed: int) -> None:  # noqa: B027 - optional: a no-op where init is already seeded
         """Seed the framework's own RNG, so default initial values are reproducible."""
 
     # -- public methods built on the primitives ---------------------------------------------------
@@ -182,8 +183,10 @@ class Backend(abc.ABC):
         self.materialize(model)
         canonical = {p.native_name: p.name for p in self.list_params(model)}
         if native_name not in canonical:
-            raise KeyError(f"{native_name!r} is not a native parameter name of {model.spec.name!r}; "
-                           f"native names: {', '.join(canonical)}")
+            raise KeyError(
+                f"{native_name!r} is not a native parameter name of {model.spec.name!r}; "
+                f"native names: {', '.join(canonical)}"
+            )
         role = split_param_name(canonical[native_name])[1]
         return self.to_canonical(role, self.read_by_native_name(model, native_name))
 
@@ -200,8 +203,13 @@ class Backend(abc.ABC):
         self._check_position(model, weight_name)
         self.materialize(model)
         native_w, native_b = self.read_native(model, weight_name), self.read_native(model, bias_name)
-        return LayerParams(path, self.to_canonical("weight", native_w), np.asarray(native_b),
-                           np.asarray(native_w), np.asarray(native_b))
+        return LayerParams(
+            path,
+            self.to_canonical("weight", native_w),
+            np.asarray(native_b),
+            np.asarray(native_w),
+            np.asarray(native_b),
+        )
 
     def backward(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         """Gradients of a scalar loss for every unique parameter, canonical layout."""
@@ -209,15 +217,17 @@ class Backend(abc.ABC):
         native = self.native_grads(model, np.asarray(x, dtype=np.float32), loss)
         return {name: self.to_canonical(split_param_name(name)[1], grad) for name, grad in native.items()}
 
-    def sgd_step(self, model: Model, x: np.ndarray, loss: Loss, lr: float
-                 ) -> tuple[float, dict[str, np.ndarray]]:
+    def sgd_step(
+        self, model: Model, x: np.ndarray, loss: Loss, lr: float
+    ) -> tuple[float, dict[str, np.ndarray]]:
         """One framework-SGD step; returns the loss before it and the applied gradients (canonical)."""
         self.materialize(model)
         value, native = self.native_sgd_step(model, np.asarray(x, dtype=np.float32), loss, lr)
         return value, {name: self.to_canonical(split_param_name(name)[1], g) for name, g in native.items()}
 
-    def load_params(self, model: Model, values: Mapping[str, np.ndarray], *,
-                    allow_nonfinite: bool = False) -> None:
+    def load_params(
+        self, model: Model, values: Mapping[str, np.ndarray], *, allow_nonfinite: bool = False
+    ) -> None:
         """Load a full set of unique parameters. Everything is validated first; if a write still
         fails, the previous values are restored, so the model is never left half-loaded."""
         checked = check_values(model.spec, values, allow_nonfinite=allow_nonfinite)

@@ -53,8 +53,11 @@ def initial_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     weights = {}
     for param in spec.params:
-        fan_in = param.shape[-1] if param.role == "weight" else spec.param_shapes[
-            param.name.replace(".bias", ".weight")][1]
+        fan_in = (
+            param.shape[-1]
+            if param.role == "weight"
+            else spec.param_shapes[param.name.replace(".bias", ".weight")][1]
+        )
         bound = 1.0 / np.sqrt(fan_in)
         weights[param.name] = rng.uniform(-bound, bound, size=param.shape).astype(np.float32)
     return weights

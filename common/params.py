@@ -23,8 +23,9 @@ def check_value(spec: ModelSpec, name: str, value: object, *, allow_nonfinite: b
     return array.astype(np.float32)
 
 
-def check_values(spec: ModelSpec, values: Mapping[str, object], *,
-                 allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
+def check_values(
+    spec: ModelSpec, values: Mapping[str, object], *, allow_nonfinite: bool = False
+) -> dict[str, np.ndarray]:
     """A full set of unique parameters: every name present, none extra, shapes and dtypes right."""
     expected = list(spec.param_shapes)
     missing = [name for name in expected if name not in values]
@@ -33,9 +34,11 @@ def check_values(spec: ModelSpec, values: Mapping[str, object], *,
     if missing:
         raise ParamFileError(f"missing parameter(s) {missing} for spec {spec.name!r}")
     if extra:
-        hints = [f"{n} (an alias of {aliases[n]}: store tied parameters once)" if n in aliases else n
-                 for n in extra]
-        raise ParamFileError(f"unexpected parameter(s) {hints} for spec {spec.name!r}; "
-                             f"expected: {', '.join(expected)}")
-    return {name: check_value(spec, name, values[name], allow_nonfinite=allow_nonfinite)
-            for name in expected}
+        hints = [
+            f"{n} (an alias of {aliases[n]}: store tied parameters once)" if n in aliases else n
+            for n in extra
+        ]
+        raise ParamFileError(
+            f"unexpected parameter(s) {hints} for spec {spec.name!r}; expected: {', '.join(expected)}"
+        )
+    return {name: check_value(spec, name, values[name], allow_nonfinite=allow_nonfinite) for name in expected}

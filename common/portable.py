@@ -25,8 +25,11 @@ FORMAT = "paramparity/1"
 
 def tie_groups(spec: ModelSpec) -> list[list[str]]:
     """Each shared parameter's positions, as layer names: [["layers.2", "layers.4"]]."""
-    groups = [[name.rsplit(".", 1)[0] for name in p.positions] for p in spec.params
-              if len(p.positions) > 1 and p.role == "weight"]
+    groups = [
+        [name.rsplit(".", 1)[0] for name in p.positions]
+        for p in spec.params
+        if len(p.positions) > 1 and p.role == "weight"
+    ]
     return groups
 
 
@@ -46,8 +49,13 @@ def metadata_for(spec: ModelSpec, framework: str, version: str) -> dict[str, str
     }
 
 
-def write_portable(path: str | Path, spec: ModelSpec, values: dict[str, np.ndarray],
-                   framework: str = "numpy", version: str = np.__version__) -> Path:
+def write_portable(
+    path: str | Path,
+    spec: ModelSpec,
+    values: dict[str, np.ndarray],
+    framework: str = "numpy",
+    version: str = np.__version__,
+) -> Path:
     """Write unique parameters (canonical names and layout) with the metadata import checks."""
     path = Path(path)
     ordered = {p.name: np.asarray(values[p.name], dtype=np.float32) for p in spec.params}
@@ -56,21 +64,27 @@ def write_portable(path: str | Path, spec: ModelSpec, values: dict[str, np.ndarr
 
 
 def export_params(backend: Backend, model: Model, path: str | Path) -> Path:
-    return write_portable(path, model.spec, backend.snapshot(model), backend.name, backend.framework_version())
+    return write_portable(
+        path, model.spec, backend.snapshot(model), backend.name, backend.framework_version()
+    )
 
 
-def read_params(path: str | Path, spec: ModelSpec, *, allow_nonfinite: bool = False
-                ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_params(
+    path: str | Path, spec: ModelSpec, *, allow_nonfinite: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Everything import_params checks, without a model: the values to load, and the metadata."""
     tensors, metadata = safetensors_io.read(path)
     where = str(path)
     if metadata.get("format") != FORMAT:
-        raise ParamFileError(f"{where}: metadata format={metadata.get('format')!r}, but should be {FORMAT!r} "
-                             "(not written by paramparity's export_params)")
+        raise ParamFileError(
+            f"{where}: metadata format={metadata.get('format')!r}, but should be {FORMAT!r} "
+            "(not written by paramparity's export_params)"
+        )
     file_spec = _file_spec(where, metadata)
     if _architecture(file_spec) != _architecture(spec):
-        raise ParamFileError(f"{where}: spec mismatch: the file holds {_describe(file_spec)}, "
-                             f"the model is {_describe(spec)}")
+        raise ParamFileError(
+            f"{where}: spec mismatch: the file holds {_describe(file_spec)}, the model is {_describe(spec)}"
+        )
     _check_ties(where, metadata, spec)
     for name, array in tensors.items():
         if array.dtype != np.float32:
@@ -83,8 +97,9 @@ def read_params(path: str | Path, spec: ModelSpec, *, allow_nonfinite: bool = Fa
     return values, metadata
 
 
-def import_params(backend: Backend, model: Model, path: str | Path, *, allow_nonfinite: bool = False
-                  ) -> dict[str, str]:
+def import_params(
+    backend: Backend, model: Model, path: str | Path, *, allow_nonfinite: bool = False
+) -> dict[str, str]:
     values, metadata = read_params(path, model.spec, allow_nonfinite=allow_nonfinite)
     backend.load_params(model, values, allow_nonfinite=allow_nonfinite)
     return metadata
@@ -112,9 +127,14 @@ def _describe(spec: ModelSpec) -> str:
 
 def _check_ties(where: str, metadata: dict[str, str], spec: ModelSpec) -> None:
     try:
-        groups, file_aliases = json.loads(metadata.get("ties", "[]")), json.loads(metadata.get("aliases", "{}"))
+        groups, file_aliases = (
+            json.loads(metadata.get("ties", "[]")),
+            json.loads(metadata.get("aliases", "{}")),
+        )
     except json.JSONDecodeError:
         raise ParamFileError(f"{where}: metadata 'ties' or 'aliases' is not JSON") from None
     if groups != tie_groups(spec) or file_aliases != aliases(spec):
-        raise ParamFileError(f"{where}: tie groups {groups} (aliases {file_aliases}) contradict the model's "
-                             f"ties {tie_groups(spec)}")
+        raise ParamFileError(
+            f"{where}: tie groups {groups} (aliases {file_aliases}) contradict the model's "
+            f"ties {tie_groups(spec)}"
+        )

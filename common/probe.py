@@ -39,10 +39,16 @@ def probe(backend_name: str) -> dict[str, Any]:
         "record_version": RECORD_VERSION,
         "backend": backend.name,
         "ok": True,
-        "versions": {"framework": backend.framework_version(), "python": platform.python_version(),
-                     "numpy": np.__version__},
-        "mechanisms": {"weight_layout": backend.weight_layout, "lazy": backend.lazy_mechanism,
-                       "tie": backend.tie_mechanism},
+        "versions": {
+            "framework": backend.framework_version(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+        "mechanisms": {
+            "weight_layout": backend.weight_layout,
+            "lazy": backend.lazy_mechanism,
+            "tie": backend.tie_mechanism,
+        },
         "models": {name: probe_model(backend, spec) for name, spec in BOOK_SPECS.items()},
     }
     record["timing"] = {"seconds": round(time.monotonic() - started, 2)}
@@ -59,7 +65,8 @@ def probe_model(backend: Backend, spec: ModelSpec) -> dict[str, Any]:
     result["params"] = [dataclasses.asdict(p) for p in params]
     result["init_stats"] = {
         p.name: {"mean": _round(np.mean(value)), "std": _round(np.std(value))}
-        for p in params if p.name.endswith(".weight")
+        for p in params
+        if p.name.endswith(".weight")
         for value in [backend.get_param(model, p.name)]
     }
     result["grad_state_before_backward"] = backend.grad_state_before_backward(model)
@@ -70,8 +77,9 @@ def probe_model(backend: Backend, spec: ModelSpec) -> dict[str, Any]:
     reference = oracle.backward(spec, weights, x, Loss())
     grads = backend.backward(model, x, Loss())
     result["max_abs_diff"] = {"forward": _max_abs(backend.forward(model, x), reference.output)}
-    result["max_abs_diff"].update({f"grad {name}": _max_abs(grads[name], reference.grads[name])
-                                   for name in reference.grads})
+    result["max_abs_diff"].update(
+        {f"grad {name}": _max_abs(grads[name], reference.grads[name]) for name in reference.grads}
+    )
     if spec.ties:
         result["ties"] = probe_ties(backend, spec, model, weights, grads, x)
     result["native_file"] = probe_native_file(backend, model)
@@ -83,8 +91,10 @@ def probe_ties(backend: Backend, spec: ModelSpec, model, weights, grads, x) -> d
     backend.load_params(untied_model, oracle.expand_tied(spec, weights))
     untied_grads = backend.backward(untied_model, x, Loss())
     shared = [p for p in spec.params if len(p.positions) > 1]
-    is_sum = all(np.allclose(grads[p.name], sum(untied_grads[q] for q in p.positions), rtol=1e-5, atol=1e-6)
-                 for p in shared)
+    is_sum = all(
+        np.allclose(grads[p.name], sum(untied_grads[q] for q in p.positions), rtol=1e-5, atol=1e-6)
+        for p in shared
+    )
     owner, user = shared[0].positions[:2]
     value = backend.get_param(model, owner).copy()
     value.flat[0] = 100.0
@@ -95,7 +105,8 @@ def probe_ties(backend: Backend, spec: ModelSpec, model, weights, grads, x) -> d
         "unique_params": len(backend.list_params(model)),
         "untied_unique_params": len(backend.list_params(untied_model)),
         "write_seen_at_other_position": seen,
-        "written": owner, "observed": user,
+        "written": owner,
+        "observed": user,
         "tied_grad_is_sum_of_uses": bool(is_sum),
     }
 
@@ -105,8 +116,10 @@ def probe_native_file(backend: Backend, model) -> dict[str, Any]:
         call = backend.save_native_file(model, str(Path(scratch) / "params"))
         entries, values = backend.load_native_file(model, str(Path(scratch) / "params"))
     snapshot = backend.snapshot(model)
-    same = all(np.array_equal(backend.to_canonical(name.rsplit(".", 1)[1], values[name]), snapshot[name])
-               for name in snapshot) and set(values) == set(snapshot)
+    same = all(
+        np.array_equal(backend.to_canonical(name.rsplit(".", 1)[1], values[name]), snapshot[name])
+        for name in snapshot
+    ) and set(values) == set(snapshot)
     return {"call": call, "entries": list(entries), "round_trip_equal": bool(same)}
 
 
@@ -130,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         record, status = {"backend": args.backend, "ok": False, "error": str(error)}, USAGE_EXIT_CODE
     except Exception as error:  # the record carries the failure so the diff can still render
         lines = traceback.format_exception(error)
-        record = {"backend": args.backend, "ok": False,
-                  "error": f"{type(error).__name__}: {error}", "traceback": "".join(lines)}
+        record = {
+            "backend": args.backend,
+            "ok": False,
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": "".join(lines),
+        }
         status = 1
     Path(args.out).write_text(json.dumps(record, indent=1, sort_keys=True, default=_plain) + "\n")
     if status:

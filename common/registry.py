@@ -31,7 +31,8 @@ def load_backend(name: str | None = None) -> Backend:
             raise BackendUnavailable(
                 f"backend {name!r}: cannot import {error.name!r} in {sys.prefix} ({error}); "
                 f"create its environment with `make venv-{name}` and run it there, "
-                f"e.g. `PARITY_BACKEND={name} make test`") from None
+                f"e.g. `PARITY_BACKEND={name} make test`"
+            ) from None
         raise
     adapter = getattr(module, class_name, None)
     if not (isinstance(adapter, type) and issubclass(adapter, Backend)):

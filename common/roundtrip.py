@@ -52,7 +52,9 @@ def import_phase(backend, folder: Path, sources: list[str]) -> dict[str, Any]:
             try:
                 model = backend.build_mlp(spec)
                 backend.import_params(model, str(path))
-                results[key] = _outputs(backend, model, spec) | {"ties_hold": _ties_hold(backend, model, spec)}
+                results[key] = _outputs(backend, model, spec) | {
+                    "ties_hold": _ties_hold(backend, model, spec)
+                }
             except Exception as error:  # one bad file must not hide the other cells
                 results[key] = {"error": f"{type(error).__name__}: {error}"}
     return results
@@ -78,10 +80,15 @@ def compare(exported: dict[str, Any], imported: dict[str, Any]) -> dict[str, str
         return {"error": imported["error"]}
     forward = np.allclose(imported["forward"], exported["forward"], rtol=RTOL, atol=ATOL)
     grads = set(imported["grads"]) == set(exported["grads"]) and all(
-        np.allclose(imported["grads"][k], exported["grads"][k], rtol=RTOL, atol=ATOL) for k in exported["grads"])
+        np.allclose(imported["grads"][k], exported["grads"][k], rtol=RTOL, atol=ATOL)
+        for k in exported["grads"]
+    )
     ties = imported["ties_hold"]
-    return {"forward": "ok" if forward else "DIFFERS", "grads": "ok" if grads else "DIFFERS",
-            "ties": "n/a" if ties is None else ("ok" if ties else "BROKEN")}
+    return {
+        "forward": "ok" if forward else "DIFFERS",
+        "grads": "ok" if grads else "DIFFERS",
+        "ties": "n/a" if ties is None else ("ok" if ties else "BROKEN"),
+    }
 
 
 def cell_text(result: dict[str, str]) -> str:
@@ -98,13 +105,15 @@ def matrices(exports: dict[str, Any], imports: dict[str, Any]) -> tuple[dict[str
         rows = []
         for source, export_record in exports.items():
             row = [source]
-            for target, import_record in imports.items():
+            for import_record in imports.values():
                 if not export_record.get("ok"):
                     text = f"export failed: {export_record.get('error')}"
                 elif not import_record.get("ok"):
                     text = f"import failed: {import_record.get('error')}"
                 else:
-                    result = compare(export_record["models"][name], import_record["results"][f"{source}/{name}"])
+                    result = compare(
+                        export_record["models"][name], import_record["results"][f"{source}/{name}"]
+                    )
                     text = cell_text(result)
                 all_ok &= text.startswith("ok")
                 row.append(text)
@@ -115,10 +124,14 @@ def matrices(exports: dict[str, Any], imports: dict[str, Any]) -> tuple[dict[str
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
-        "roundtrip", help="export from each backend, import into every backend, print the matrix",
+        "roundtrip",
+        help="export from each backend, import into every backend, print the matrix",
         description="Export each book model from every backend (safetensors, canonical names) and import it "
-                    "into every backend; check forward outputs, gradients and ties.")
-    parser.add_argument("--backends", default="all", help=f"comma-separated subset (default all); {valid_names()}")
+        "into every backend; check forward outputs, gradients and ties.",
+    )
+    parser.add_argument(
+        "--backends", default="all", help=f"comma-separated subset (default all); {valid_names()}"
+    )
     parser.set_defaults(run=run_roundtrip)
 
 
@@ -128,16 +141,29 @@ def run_roundtrip(args: argparse.Namespace) -> int:
     backends = parse_backend_list(args.backends)
     prepare_envs(backends)
     with tempfile.TemporaryDirectory() as folder:
-        exports = run_parallel(backends, module_command("common.roundtrip", "--phase", "export", "--dir", folder),
-                               what="exporting")
+        exports = run_parallel(
+            backends,
+            module_command("common.roundtrip", "--phase", "export", "--dir", folder),
+            what="exporting",
+        )
         sources = ",".join(b for b in backends if exports[b].get("ok"))
-        imports = run_parallel(backends, module_command("common.roundtrip", "--phase", "import", "--dir", folder,
-                                                        "--sources", sources or "none"), what="importing")
+        imports = run_parallel(
+            backends,
+            module_command(
+                "common.roundtrip", "--phase", "import", "--dir", folder, "--sources", sources or "none"
+            ),
+            what="importing",
+        )
     tables, all_ok = matrices(exports, imports)
     for name, rows in tables.items():
         print(f"\n{name}: exported by (rows) -> imported into (columns): forward, gradients, ties")
-        print(format_table(["export \\ import", *imports], rows, ["" if all(c.startswith("ok") for c in r[1:])
-                                                                else "!" for r in rows]))
+        print(
+            format_table(
+                ["export \\ import", *imports],
+                rows,
+                ["" if all(c.startswith("ok") for c in r[1:]) else "!" for r in rows],
+            )
+        )
     print("\nround trip: " + ("all pass" if all_ok else "FAILED"))
     return 0 if all_ok else 1
 
@@ -164,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         record, status = {"ok": False, "error": str(error)}, 2
     except Exception as error:
-        record = {"ok": False, "error": f"{type(error).__name__}: {error}",
-                  "traceback": "".join(traceback.format_exception(error))}
+        record = {
+            "ok": False,
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": "".join(traceback.format_exception(error)),
+        }
         status = 1
     write_record(args.out, {"backend": args.backend, **record})
     return status

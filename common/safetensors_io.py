@@ -17,8 +17,17 @@ import numpy as np
 
 from common.errors import ParamFileError
 
-DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "i1", "I16": "<i2", "I32": "<i4", "I64": "<i8",
-          "U8": "u1", "BOOL": "?"}
+DTYPES = {
+    "F16": "<f2",
+    "F32": "<f4",
+    "F64": "<f8",
+    "I8": "i1",
+    "I16": "<i2",
+    "I32": "<i4",
+    "I64": "<i8",
+    "U8": "u1",
+    "BOOL": "?",
+}
 CODES = {np.dtype(v).str: k for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
 
@@ -28,11 +37,17 @@ def write(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping
     offset, blobs = 0, []
     for name, array in tensors.items():
         array = np.ascontiguousarray(array)
-        code = CODES.get(array.dtype.newbyteorder("<").str if array.dtype.byteorder == ">" else array.dtype.str)
+        code = CODES.get(
+            array.dtype.newbyteorder("<").str if array.dtype.byteorder == ">" else array.dtype.str
+        )
         if code is None:
             raise ValueError(f"{name}: dtype {array.dtype} has no safetensors code")
         data = array.astype(DTYPES[code], copy=False).tobytes()
-        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": code,
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     encoded = json.dumps(header, separators=(",", ":")).encode()
@@ -51,10 +66,12 @@ def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise ParamFileError(f"{where}: not a safetensors file (only {len(raw)} bytes; truncated?)")
     (size,) = struct.unpack("<Q", raw[:8])
     if size > MAX_HEADER or 8 + size > len(raw):
-        raise ParamFileError(f"{where}: not a safetensors file, or truncated: header length {size} "
-                             f"does not fit in {len(raw)} bytes")
+        raise ParamFileError(
+            f"{where}: not a safetensors file, or truncated: header length {size} "
+            f"does not fit in {len(raw)} bytes"
+        )
     try:
-        header = json.loads(raw[8:8 + size].decode("utf-8"))
+        header = json.loads(raw[8 : 8 + size].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ParamFileError(f"{where}: not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
@@ -62,7 +79,7 @@ def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     metadata = header.pop("__metadata__", {}) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise ParamFileError(f"{where}: __metadata__ must map strings to strings")
-    buffer = memoryview(raw)[8 + size:]
+    buffer = memoryview(raw)[8 + size :]
     tensors, spans = {}, []
     for name, entry in header.items():
         tensors[name] = _tensor(where, name, entry, buffer)
@@ -73,7 +90,9 @@ def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             raise ParamFileError(f"{where}: tensor data overlaps or leaves a gap at byte {expected}")
         expected = end
     if expected != len(buffer):
-        raise ParamFileError(f"{where}: truncated or padded: tensors cover {expected} of {len(buffer)} data bytes")
+        raise ParamFileError(
+            f"{where}: truncated or padded: tensors cover {expected} of {len(buffer)} data bytes"
+        )
     return tensors, dict(metadata)
 
 
@@ -83,15 +102,26 @@ def _tensor(where: str, name: str, entry: object, buffer: memoryview) -> np.ndar
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype not in DTYPES:
         raise ParamFileError(f"{where}: {name}: unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
         raise ParamFileError(f"{where}: {name}: shape {shape!r} is not a list of non-negative ints")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-            and 0 <= offsets[0] <= offsets[1] <= len(buffer)):
-        raise ParamFileError(f"{where}: {name}: data_offsets {offsets!r} fall outside the {len(buffer)} "
-                             "data bytes (truncated?)")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1] <= len(buffer)
+    ):
+        raise ParamFileError(
+            f"{where}: {name}: data_offsets {offsets!r} fall outside the {len(buffer)} "
+            "data bytes (truncated?)"
+        )
     itemsize = np.dtype(DTYPES[dtype]).itemsize
     if offsets[1] - offsets[0] != itemsize * int(np.prod(shape, dtype=np.int64)):
-        raise ParamFileError(f"{where}: {name}: {offsets[1] - offsets[0]} bytes do not hold a {dtype} "
-                             f"tensor of shape {tuple(shape)}")
-    data = np.frombuffer(buffer[offsets[0]:offsets[1]], dtype=DTYPES[dtype])
+        raise ParamFileError(
+            f"{where}: {name}: {offsets[1] - offsets[0]} bytes do not hold a {dtype} "
+            f"tensor of shape {tuple(shape)}"
+        )
+    data = np.frombuffer(buffer[offsets[0] : offsets[1]], dtype=DTYPES[dtype])
     return data.reshape(shape).astype(data.dtype.newbyteorder("="), copy=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from common.errors import SpecError
 
@@ -38,7 +38,7 @@ class Block:
     label: str = ""
 
 
-Layer = Union[Dense, ReLU, Block]
+Layer = Dense | ReLU | Block
 
 
 def layer_name(path: LayerPath) -> str:
@@ -137,7 +137,7 @@ class ModelSpec:
         return {p.name: p.shape for p in self.params}
 
     def owner_of(self, name: str) -> str:
-        """The unique parameter's name behind any position name (``layers.4.weight`` -> ``layers.2.weight``)."""
+        """The unique parameter behind a position name: ``layers.4.weight`` -> ``layers.2.weight``."""
         try:
             path, role = split_param_name(name)
         except KeyError:
@@ -145,8 +145,10 @@ class ModelSpec:
         for slot in self.dense_slots:
             if slot.path == path:
                 return param_name(slot.owner, role)
-        raise KeyError(f"{name!r} names no Dense layer of {self.name!r}; Dense layers: "
-                       + ", ".join(layer_name(s.path) for s in self.dense_slots))
+        raise KeyError(
+            f"{name!r} names no Dense layer of {self.name!r}; Dense layers: "
+            + ", ".join(layer_name(s.path) for s in self.dense_slots)
+        )
 
     def untied(self) -> ModelSpec:
         """The same architecture with every position owning its own parameters."""
@@ -192,8 +194,9 @@ def load_spec(name_or_path: str) -> ModelSpec:
         return BOOK_SPECS[name_or_path]
     path = Path(name_or_path)
     if not path.is_file():
-        raise SpecError(f"unknown model {name_or_path!r}: not a book model "
-                        f"({', '.join(BOOK_SPECS)}) and not a JSON file")
+        raise SpecError(
+            f"unknown model {name_or_path!r}: not a book model ({', '.join(BOOK_SPECS)}) and not a JSON file"
+        )
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -211,10 +214,13 @@ def _layer_from_dict(item: Any, path: LayerPath) -> Layer:
         return ReLU()
     if kind == "block":
         children = item.get("layers", [])
-        return Block(tuple(_layer_from_dict(c, path + (i,)) for i, c in enumerate(children)),
-                     str(item.get("label", "")))
-    raise SpecError(f"layer {layer_name(path)}: unknown layer kind {kind!r}; valid kinds: "
-                    + ", ".join(LAYER_KINDS))
+        return Block(
+            tuple(_layer_from_dict(c, path + (i,)) for i, c in enumerate(children)),
+            str(item.get("label", "")),
+        )
+    raise SpecError(
+        f"layer {layer_name(path)}: unknown layer kind {kind!r}; valid kinds: " + ", ".join(LAYER_KINDS)
+    )
 
 
 def _layer_to_dict(layer: Layer) -> dict[str, Any]:
@@ -230,8 +236,11 @@ def _as_path(position: Any) -> LayerPath:
         raise SpecError(f"tie position {position!r} is not an int or a path of ints")
     if isinstance(position, int):
         return (position,)
-    if isinstance(position, Sequence) and not isinstance(position, str) and position and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in position
+    if (
+        isinstance(position, Sequence)
+        and not isinstance(position, str)
+        and position
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in position)
     ):
         return tuple(position)
     raise SpecError(f"tie position {position!r} is not an int or a path of ints")
@@ -278,8 +287,10 @@ def _validate(spec: ModelSpec) -> None:
         for path in group:
             if path not in widths:
                 valid = ", ".join(str(list(p)) for p in widths)
-                raise SpecError(f"{where}: tie to {layer_name(path)}, which is not a Dense layer; "
-                                f"Dense positions: {valid}")
+                raise SpecError(
+                    f"{where}: tie to {layer_name(path)}, which is not a Dense layer; "
+                    f"Dense positions: {valid}"
+                )
             if path in seen:
                 raise SpecError(f"{where}: {layer_name(path)} appears in more than one tie")
             seen.add(path)
@@ -288,7 +299,8 @@ def _validate(spec: ModelSpec) -> None:
             if widths[path] != widths[owner]:
                 raise SpecError(
                     f"{where}: cannot tie {layer_name(path)} (in, out)={widths[path]} to "
-                    f"{layer_name(owner)} (in, out)={widths[owner]}: shapes differ")
+                    f"{layer_name(owner)} (in, out)={widths[owner]}: shapes differ"
+                )
 
 
 def _validate_layers(where: str, layers: tuple[Any, ...], prefix: LayerPath) -> None:
@@ -296,12 +308,15 @@ def _validate_layers(where: str, layers: tuple[Any, ...], prefix: LayerPath) -> 
         path = prefix + (index,)
         if isinstance(layer, Dense):
             if isinstance(layer.units, bool) or not isinstance(layer.units, int) or layer.units <= 0:
-                raise SpecError(f"{where}: {layer_name(path)} Dense units={layer.units!r}, "
-                                "but should be a positive int")
+                raise SpecError(
+                    f"{where}: {layer_name(path)} Dense units={layer.units!r}, but should be a positive int"
+                )
         elif isinstance(layer, Block):
             if not layer.layers:
                 raise SpecError(f"{where}: block {layer_name(path)} is empty")
             _validate_layers(where, tuple(layer.layers), path)
         elif not isinstance(layer, ReLU):
-            raise SpecError(f"{where}: {layer_name(path)} has unknown layer kind "
-                            f"{type(layer).__name__!r}; valid kinds: Dense, ReLU, Block")
+            raise SpecError(
+                f"{where}: {layer_name(path)} has unknown layer kind "
+                f"{type(layer).__name__!r}; valid kinds: Dense, ReLU, Block"
+            )

@@ -32,8 +32,13 @@ class SuiteResult:
 
     @property
     def ok(self) -> bool:
-        return (not self.problem and self.exitstatus == 0 and self.counts.get("passed", 0) > 0
-                and not self.counts.get("failed") and not self.counts.get("error"))
+        return (
+            not self.problem
+            and self.exitstatus == 0
+            and self.counts.get("passed", 0) > 0
+            and not self.counts.get("failed")
+            and not self.counts.get("error")
+        )
 
 
 def pytest_command(python: str, suite: str, extra: list[str]) -> list[str]:
@@ -84,7 +89,9 @@ def test_one(extra: list[str]) -> int:
     backend = selected_backend()
     python = ensure_venv(backend)
     env = dict(os.environ, **{ENV_VAR: backend})
-    return subprocess.run(pytest_command(str(python), "tests/conformance", extra), cwd=ROOT, env=env).returncode
+    return subprocess.run(
+        pytest_command(str(python), "tests/conformance", extra), cwd=ROOT, env=env
+    ).returncode
 
 
 def test_all(backends: tuple[str, ...], extra: list[str]) -> int:

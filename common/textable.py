@@ -6,10 +6,12 @@ import textwrap
 from collections.abc import Sequence
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], marks: Sequence[str] = (),
-                 max_width: int = 48) -> str:
+def format_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], marks: Sequence[str] = (), max_width: int = 48
+) -> str:
     """Left-aligned columns. A cell may hold several lines ("\\n"); lines longer than ``max_width``
     wrap. ``marks`` gives one prefix per row (e.g. "*" for a disagreement)."""
+
     def split(cell: object) -> list[str]:
         lines = []
         for line in str(cell).split("\n"):
@@ -25,7 +27,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], marks
         height = max(len(cell) for cell in row)
         out = []
         for k in range(height):
-            cells = [(cell[k] if k < len(cell) else "").ljust(width) for cell, width in zip(row, widths, strict=True)]
+            cells = [
+                (cell[k] if k < len(cell) else "").ljust(width)
+                for cell, width in zip(row, widths, strict=True)
+            ]
             prefix = (mark if k == 0 else "").ljust(prefix_width)
             out.append((prefix + "  ".join(cells)).rstrip())
         return out

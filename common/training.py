@@ -33,7 +33,9 @@ DATA_SEED = 42
 N_SAMPLES = 64
 
 
-def regression_data(spec: ModelSpec, n: int = N_SAMPLES, seed: int = DATA_SEED) -> tuple[np.ndarray, np.ndarray]:
+def regression_data(
+    spec: ModelSpec, n: int = N_SAMPLES, seed: int = DATA_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic synthetic regression set: y = sin(x @ a) + 0.5 * cos(x @ b), float32."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1.0, 1.0, size=(n, spec.in_features))
@@ -64,8 +66,15 @@ class TrainRun:
         return [step.loss for step in self.steps]
 
 
-def train(backend: Backend, spec: ModelSpec, initial: dict[str, np.ndarray], steps: int = DEFAULT_STEPS,
-          lr: float = DEFAULT_LR, watch: bool = True, on_step: Callable[[int], None] | None = None) -> TrainRun:
+def train(
+    backend: Backend,
+    spec: ModelSpec,
+    initial: dict[str, np.ndarray],
+    steps: int = DEFAULT_STEPS,
+    lr: float = DEFAULT_LR,
+    watch: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainRun:
     x, y = regression_data(spec)
     loss = Loss("mse", y)
     model = backend.build_mlp(spec)
@@ -90,7 +99,9 @@ def train(backend: Backend, spec: ModelSpec, initial: dict[str, np.ndarray], ste
             worst = 0.0
             for param in shared:
                 parts = [contributions[name] for name in param.positions]
-                record.contribution_norms.update({n: _norm(g) for n, g in zip(param.positions, parts, strict=True)})
+                record.contribution_norms.update(
+                    {n: _norm(g) for n, g in zip(param.positions, parts, strict=True)}
+                )
                 worst = max(worst, float(np.max(np.abs(sum(parts) - applied[param.name]))))
                 values = [backend.get_param(model, name) for name in param.positions]
                 record.tied_positions_equal &= all(np.array_equal(v, values[0]) for v in values)
@@ -108,8 +119,9 @@ def baseline_start(spec: ModelSpec, seed: int = 0) -> tuple[dict[str, np.ndarray
     return weights, oracle.expand_tied(spec, weights)
 
 
-def oracle_losses(spec: ModelSpec, initial: dict[str, np.ndarray], steps: int = DEFAULT_STEPS,
-                  lr: float = DEFAULT_LR) -> list[float]:
+def oracle_losses(
+    spec: ModelSpec, initial: dict[str, np.ndarray], steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR
+) -> list[float]:
     """The same run in float64 numpy: the reference loss curve."""
     x, y = regression_data(spec)
     loss = Loss("mse", y.astype(np.float64))
@@ -137,7 +149,9 @@ def parameter_budget(spec: ModelSpec) -> dict[str, int]:
     return {"tensors": len(spec.params), "scalars": scalars, "bytes": 4 * scalars}
 
 
-def training_record(backend: Backend, steps: int, lr: float, progress: Callable[[str], None]) -> dict[str, Any]:
+def training_record(
+    backend: Backend, steps: int, lr: float, progress: Callable[[str], None]
+) -> dict[str, Any]:
     """Tied run (watched), untied baseline: what `make train` plots. Runs in the backend's env."""
     started = time.monotonic()
     every = max(1, steps // 10)
@@ -147,22 +161,37 @@ def training_record(backend: Backend, steps: int, lr: float, progress: Callable[
             if (i + 1) % every == 0 or i + 1 == steps:
                 done = 20 * (i + 1) // steps
                 progress(f"{label:<6} [{'#' * done}{'.' * (20 - done)}] step {i + 1}/{steps}")
+
         return show
 
     tied_start, untied_start = baseline_start(TIED)
     tied = train(backend, TIED, tied_start, steps, lr, on_step=tick("tied"))
     untied = train(backend, TIED.untied(), untied_start, steps, lr, watch=False, on_step=tick("untied"))
     return {
-        "backend": backend.name, "ok": True, "steps": steps, "lr": lr,
-        "versions": {"framework": backend.framework_version(), "python": platform.python_version(),
-                     "numpy": np.__version__},
-        "tied": {"losses": tied.losses, "history": [dataclasses.asdict(s) for s in tied.steps],
-                 "budget": parameter_budget(TIED),
-                 "listed_params": len(backend.list_params(_built(backend, TIED)))},
-        "untied": {"losses": untied.losses, "budget": parameter_budget(TIED.untied()),
-                   "listed_params": len(backend.list_params(_built(backend, TIED.untied())))},
-        "checks": {"max_sum_minus_applied": max(s.sum_minus_applied for s in tied.steps),
-                   "tied_positions_equal_every_step": all(s.tied_positions_equal for s in tied.steps)},
+        "backend": backend.name,
+        "ok": True,
+        "steps": steps,
+        "lr": lr,
+        "versions": {
+            "framework": backend.framework_version(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+        "tied": {
+            "losses": tied.losses,
+            "history": [dataclasses.asdict(s) for s in tied.steps],
+            "budget": parameter_budget(TIED),
+            "listed_params": len(backend.list_params(_built(backend, TIED))),
+        },
+        "untied": {
+            "losses": untied.losses,
+            "budget": parameter_budget(TIED.untied()),
+            "listed_params": len(backend.list_params(_built(backend, TIED.untied()))),
+        },
+        "checks": {
+            "max_sum_minus_applied": max(s.sum_minus_applied for s in tied.steps),
+            "tied_positions_equal_every_step": all(s.tied_positions_equal for s in tied.steps),
+        },
         "timing": {"seconds": round(time.monotonic() - started, 2)},
     }
 
@@ -177,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     from common.fanout import report_progress, write_record
     from common.registry import load_backend
 
-    parser = argparse.ArgumentParser(prog="python -m common.training",
-                                     description="Train the tied MLP and its untied baseline in one backend.")
+    parser = argparse.ArgumentParser(
+        prog="python -m common.training",
+        description="Train the tied MLP and its untied baseline in one backend.",
+    )
     parser.add_argument("--backend", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
@@ -190,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         record, status = {"backend": args.backend, "ok": False, "error": str(error)}, 2
     except Exception as error:  # the record carries the failure so the report can still render
-        record = {"backend": args.backend, "ok": False, "error": f"{type(error).__name__}: {error}",
-                  "traceback": "".join(traceback.format_exception(error))}
+        record = {
+            "backend": args.backend,
+            "ok": False,
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": "".join(traceback.format_exception(error)),
+        }
         status = 1
     write_record(args.out, record)
     return status
@@ -201,5 +236,13 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["DEFAULT_LR", "DEFAULT_STEPS", "Step", "TrainRun", "baseline_start", "oracle_losses",
-           "regression_data", "train"]
+__all__ = [
+    "DEFAULT_LR",
+    "DEFAULT_STEPS",
+    "Step",
+    "TrainRun",
+    "baseline_start",
+    "oracle_losses",
+    "regression_data",
+    "train",
+]

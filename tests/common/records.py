@@ -9,9 +9,18 @@ from common.models import BOOK_SPECS
 
 
 def _params(spec, prefix: str) -> list[dict[str, Any]]:
-    return [{"name": p.name, "native_name": f"{prefix}{p.name}", "native_shape": list(p.shape),
-             "shape": list(p.shape), "dtype": "float32", "native_class": f"{prefix}Param",
-             "positions": list(p.positions)} for p in spec.params]
+    return [
+        {
+            "name": p.name,
+            "native_name": f"{prefix}{p.name}",
+            "native_shape": list(p.shape),
+            "shape": list(p.shape),
+            "dtype": "float32",
+            "native_class": f"{prefix}Param",
+            "positions": list(p.positions),
+        }
+        for p in spec.params
+    ]
 
 
 def make_record(backend: str, **changes: Any) -> dict[str, Any]:
@@ -22,22 +31,39 @@ def make_record(backend: str, **changes: Any) -> dict[str, Any]:
         models[name] = {
             "unbuilt": {},
             "params": params,
-            "init_stats": {p["name"]: {"mean": 0.0, "std": 0.1} for p in params if p["name"].endswith("weight")},
+            "init_stats": {
+                p["name"]: {"mean": 0.0, "std": 0.1} for p in params if p["name"].endswith("weight")
+            },
             "grad_state_before_backward": "none",
-            "facts": {"listing_call": "net.params()", "listing_names": [p["native_name"] for p in params],
-                      "layer_list_call": "net.layers", "layer_list_length": len(spec.layers),
-                      "unique_layer_objects": len(spec.layers), "serializations": {"save()": ["a", "b"]},
-                      "tie_identity": {"same parameter object": True} if spec.ties else {}},
+            "facts": {
+                "listing_call": "net.params()",
+                "listing_names": [p["native_name"] for p in params],
+                "layer_list_call": "net.layers",
+                "layer_list_length": len(spec.layers),
+                "unique_layer_objects": len(spec.layers),
+                "serializations": {"save()": ["a", "b"]},
+                "tie_identity": {"same parameter object": True} if spec.ties else {},
+            },
             "max_abs_diff": {"forward": 1e-8, "grad layers.0.weight": 2e-8},
             "native_file": {"call": "save()", "entries": ["a", "b"], "round_trip_equal": True},
         }
-    models["tied"]["ties"] = {"unique_params": 6, "untied_unique_params": 8,
-                              "write_seen_at_other_position": True, "written": "layers.2.weight",
-                              "observed": "layers.4.weight", "tied_grad_is_sum_of_uses": True}
-    record = {"record_version": 1, "backend": backend, "ok": True,
-              "versions": {"framework": "1.0", "python": "3.11.7", "numpy": "2.0"},
-              "mechanisms": {"weight_layout": "(out, in)", "lazy": "lazy", "tie": "same object"},
-              "models": models, "timing": {"seconds": 1.0}}
+    models["tied"]["ties"] = {
+        "unique_params": 6,
+        "untied_unique_params": 8,
+        "write_seen_at_other_position": True,
+        "written": "layers.2.weight",
+        "observed": "layers.4.weight",
+        "tied_grad_is_sum_of_uses": True,
+    }
+    record = {
+        "record_version": 1,
+        "backend": backend,
+        "ok": True,
+        "versions": {"framework": "1.0", "python": "3.11.7", "numpy": "2.0"},
+        "mechanisms": {"weight_layout": "(out, in)", "lazy": "lazy", "tie": "same object"},
+        "models": models,
+        "timing": {"seconds": 1.0},
+    }
     for path, value in changes.items():
         *parents, leaf = path.split(".")
         target = record

@@ -17,16 +17,20 @@ from common.testing import SuiteResult
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "common.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "common.cli", *args], cwd=ROOT, capture_output=True, text=True, env=env
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (("spec", "nope"), "unknown model 'nope'"),
-    (("inspect", "/nonexistent.safetensors"), "cannot read"),
-    (("diff", "--backends", "caffe"), "unknown backend 'caffe'"),
-    (("train", "--steps", "0", "--backends", "torch"), "--steps=0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("spec", "nope"), "unknown model 'nope'"),
+        (("inspect", "/nonexistent.safetensors"), "cannot read"),
+        (("diff", "--backends", "caffe"), "unknown backend 'caffe'"),
+        (("train", "--steps", "0", "--backends", "torch"), "--steps=0"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = run_cli(*args)
     assert result.returncode == 2, result.stderr
@@ -60,12 +64,15 @@ def test_help_lists_every_command():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("result, ok", [
-    (SuiteResult("torch", {"passed": 3}, 0, 1.0), True),
-    (SuiteResult("torch", {"passed": 3, "failed": 1}, 1, 1.0), False),
-    (SuiteResult("torch", {"passed": 0}, 5, 1.0, "no test ran"), False),
-    (SuiteResult("torch", {}, 2, 0.0, "environment could not be created"), False),
-])
+@pytest.mark.parametrize(
+    "result, ok",
+    [
+        (SuiteResult("torch", {"passed": 3}, 0, 1.0), True),
+        (SuiteResult("torch", {"passed": 3, "failed": 1}, 1, 1.0), False),
+        (SuiteResult("torch", {"passed": 0}, 5, 1.0, "no test ran"), False),
+        (SuiteResult("torch", {}, 2, 0.0, "environment could not be created"), False),
+    ],
+)
 def test_a_backend_that_cannot_run_is_a_failure(result, ok):
     assert result.ok is ok
 
@@ -87,11 +94,13 @@ def test_test_all_reports_every_backend_then_fails(monkeypatch, capsys):
 
 def test_run_suite_counts_outcomes(tmp_path):
     suite = tmp_path / "test_tiny.py"
-    suite.write_text("import pytest\n"
-                     "def test_a(): pass\n"
-                     "def test_b(): assert 0\n"
-                     "@pytest.mark.xfail(strict=True)\n"
-                     "def test_c(): assert 0\n")
+    suite.write_text(
+        "import pytest\n"
+        "def test_a(): pass\n"
+        "def test_b(): assert 0\n"
+        "@pytest.mark.xfail(strict=True)\n"
+        "def test_c(): assert 0\n"
+    )
     result = testing.run_suite("tiny", sys.executable, str(suite), ["-p", "tests.conftest"], None)
     assert (result.counts["passed"], result.counts["failed"], result.counts["xfailed"]) == (1, 1, 1)
     assert not result.ok

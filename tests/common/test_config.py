@@ -6,11 +6,20 @@ from common.config import BACKENDS, ENV_VAR, canonical_backend, parse_backend_li
 from common.errors import UsageError
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("torch", "torch"), ("pytorch", "torch"), ("mxnet", "mxnet"), ("gluon", "mxnet"),
-    ("jax", "jax"), ("flax", "jax"), ("tensorflow", "tensorflow"), ("tf", "tensorflow"),
-    (" TF ", "tensorflow"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("torch", "torch"),
+        ("pytorch", "torch"),
+        ("mxnet", "mxnet"),
+        ("gluon", "mxnet"),
+        ("jax", "jax"),
+        ("flax", "jax"),
+        ("tensorflow", "tensorflow"),
+        ("tf", "tensorflow"),
+        (" TF ", "tensorflow"),
+    ],
+)
 def test_synonyms(name, expected):
     assert selected_backend({ENV_VAR: name}) == expected
 
@@ -19,7 +28,9 @@ def test_unknown_name_lists_the_valid_ones():
     with pytest.raises(UsageError) as info:
         selected_backend({ENV_VAR: "caffe"})
     message = str(info.value)
-    assert "'caffe'" in message and all(name in message for name in BACKENDS + ("pytorch", "gluon", "flax", "tf"))
+    assert "'caffe'" in message and all(
+        name in message for name in BACKENDS + ("pytorch", "gluon", "flax", "tf")
+    )
     assert "\n" not in message
 
 

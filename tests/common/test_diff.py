@@ -49,10 +49,14 @@ def test_a_failed_backend_keeps_its_column_and_hides_nothing():
 
 
 def test_claims_are_evaluated_not_assumed():
-    holds = make_record("tensorflow", **{"models.tied.facts.layer_list_length": 6,
-                                          "models.tied.facts.unique_layer_objects": 6})
-    breaks = make_record("tensorflow", **{"models.tied.facts.layer_list_length": 7,
-                                           "models.tied.facts.unique_layer_objects": 6})
+    holds = make_record(
+        "tensorflow",
+        **{"models.tied.facts.layer_list_length": 6, "models.tied.facts.unique_layer_objects": 6},
+    )
+    breaks = make_record(
+        "tensorflow",
+        **{"models.tied.facts.layer_list_length": 7, "models.tied.facts.unique_layer_objects": 6},
+    )
     keras_claim = next(c for c in BOOK_CLAIMS if c.backend == "tensorflow" and "duplicate" in c.quote)
     assert evaluate(keras_claim, holds).status == "holds"
     assert evaluate(keras_claim, breaks).status == "does not hold"
@@ -97,6 +101,7 @@ json.dump(make_record(sys.argv[1]), open(sys.argv[2], "w"))
 
 def test_run_probes_reports_every_backend_even_when_some_fail(tmp_path):
     """One probe works, one crashes without a record, one cannot even start."""
+
     def command(backend: str, out: Path) -> list[str]:
         if backend == "torch":
             return [sys.executable, "-c", FAKE_PROBE, backend, str(out)]

@@ -37,8 +37,12 @@ def test_common_sources_import_no_framework(path):
 @pytest.mark.parametrize("backend", sorted(ADAPTERS))
 def test_each_adapter_imports_only_its_own_framework(backend):
     module = ADAPTERS[backend][0]
-    own = {"torch": {"torch"}, "mxnet": {"mxnet"}, "jax": {"jax", "jaxlib", "flax", "optax"},
-           "tensorflow": {"tensorflow", "keras", "h5py"}}[backend]
+    own = {
+        "torch": {"torch"},
+        "mxnet": {"mxnet"},
+        "jax": {"jax", "jaxlib", "flax", "optax"},
+        "tensorflow": {"tensorflow", "keras", "h5py"},
+    }[backend]
     roots = imported_roots(ROOT / (module.replace(".", "/") + ".py"))
     assert not (roots & FRAMEWORKS) - own, f"{module} imports {(roots & FRAMEWORKS) - own}"
 
@@ -46,7 +50,9 @@ def test_each_adapter_imports_only_its_own_framework(backend):
 def test_importing_all_of_common_loads_no_framework():
     names = [f"common.{m.name}" for m in pkgutil.iter_modules(common.__path__)]
     code = f"import sys; {'; '.join(f'import {n}' for n in names)}; print(sorted(sys.modules))"
-    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     modules = {name.split(".")[0] for name in eval(loaded.stdout)}
     assert not modules & FRAMEWORKS, f"importing common loads {modules & FRAMEWORKS}"
 

@@ -17,8 +17,11 @@ from common.oracle import initial_weights
 
 
 def test_round_trip_keeps_order_values_and_metadata(tmp_path):
-    tensors = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.array([1.5], np.float64),
-               "i": np.array([[1, 2]], np.int32)}
+    tensors = {
+        "b": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "a": np.array([1.5], np.float64),
+        "i": np.array([[1, 2]], np.int32),
+    }
     safetensors_io.write(tmp_path / "f.safetensors", tensors, {"k": "v"})
     loaded, metadata = safetensors_io.read(tmp_path / "f.safetensors")
     assert list(loaded) == ["b", "a", "i"] and metadata == {"k": "v"}
@@ -32,7 +35,7 @@ def test_interoperates_with_the_reference_layout(tmp_path):
     safetensors_io.write(tmp_path / "f", {"w": np.ones((2, 2), np.float32)}, {})
     raw = (tmp_path / "f").read_bytes()
     (size,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + size])
+    header = json.loads(raw[8 : 8 + size])
     assert size % 8 == 0 and header["w"] == {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
     assert len(raw) == 8 + size + 16
 
@@ -54,7 +57,10 @@ def bad_files(tmp_path):
         "pickle": (pickle.dumps(Evil()), "not a safetensors file"),
         "offsets outside": (struct.pack("<Q", len(header)) + header + b"\0" * 16, "fall outside"),
         "header not an object": (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
-        "unknown dtype": (_with_entry({"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}), "unknown dtype"),
+        "unknown dtype": (
+            _with_entry({"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}),
+            "unknown dtype",
+        ),
         "bad shape": (_with_entry({"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}), "non-negative"),
         "size mismatch": (_with_entry({"dtype": "F32", "shape": [3], "data_offsets": [0, 4]}), "do not hold"),
     }
@@ -65,8 +71,20 @@ def _with_entry(entry):
     return struct.pack("<Q", len(header)) + header + b"\0" * 4
 
 
-@pytest.mark.parametrize("case", ["empty", "truncated", "text", "pickle", "offsets outside",
-                                  "header not an object", "unknown dtype", "bad shape", "size mismatch"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty",
+        "truncated",
+        "text",
+        "pickle",
+        "offsets outside",
+        "header not an object",
+        "unknown dtype",
+        "bad shape",
+        "size mismatch",
+    ],
+)
 def test_malformed_files_are_refused(tmp_path, monkeypatch, case):
     monkeypatch.chdir(tmp_path)
     content, message = bad_files(tmp_path)[case]
@@ -87,7 +105,10 @@ def test_portable_file_stores_tied_params_once_with_aliases(tmp_path):
     path = portable.write_portable(tmp_path / "t.safetensors", TIED, initial_weights(TIED))
     tensors, metadata = safetensors_io.read(path)
     assert list(tensors) == [p.name for p in TIED.params]
-    assert json.loads(metadata["aliases"]) == {"layers.4.bias": "layers.2.bias", "layers.4.weight": "layers.2.weight"}
+    assert json.loads(metadata["aliases"]) == {
+        "layers.4.bias": "layers.2.bias",
+        "layers.4.weight": "layers.2.weight",
+    }
     assert json.loads(metadata["ties"]) == [["layers.2", "layers.4"]]
 
 

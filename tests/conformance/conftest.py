@@ -27,8 +27,10 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     backend = config.parity_backend
-    return (f"paramparity backend: {backend.name} ({type(backend).__name__}), "
-            f"framework {backend.framework_version()}, numpy {np.__version__}")
+    return (
+        f"paramparity backend: {backend.name} ({type(backend).__name__}), "
+        f"framework {backend.framework_version()}, numpy {np.__version__}"
+    )
 
 
 def read_xfails(backend: str) -> dict[str, str]:
@@ -59,8 +61,9 @@ def pytest_collection_modifyitems(config, items):
     # An entry whose file ran but whose test is gone is stale: say so rather than silently pass.
     stale = {test_id for test_id in set(xfails) - known if test_id.split("::")[0] in files}
     if stale and not config.option.keyword and not config.option.markexpr:
-        raise pytest.UsageError(f"tests/xfails/{config.parity_backend.name}.txt names tests that do "
-                                f"not exist: {sorted(stale)}")
+        raise pytest.UsageError(
+            f"tests/xfails/{config.parity_backend.name}.txt names tests that do not exist: {sorted(stale)}"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -38,8 +38,12 @@ def test_layer_2_weight_and_bias(backend):
     assert_equal("net[2].bias.shape", params.bias.shape, BOOK_PARAM_SHAPES["mlp"]["layers.2.bias"])
     assert_close("net[2].weight", params.weight, weights["layers.2.weight"], "canonical layout")
     assert_close("net[2].bias", params.bias, weights["layers.2.bias"])
-    assert_close("net[2].weight (native)", backend.to_canonical("weight", params.native_weight),
-                 weights["layers.2.weight"], f"native layout {backend.weight_layout}")
+    assert_close(
+        "net[2].weight (native)",
+        backend.to_canonical("weight", params.native_weight),
+        weights["layers.2.weight"],
+        f"native layout {backend.weight_layout}",
+    )
 
 
 def test_targeted_bias_value_and_type(backend):
@@ -48,16 +52,23 @@ def test_targeted_bias_value_and_type(backend):
     assert_close("net[2].bias.data", backend.get_param(model, "layers.2.bias"), weights["layers.2.bias"])
     info = {p.name: p for p in backend.list_params(model)}
     native_type = backend.native_type(model, "layers.2.bias")
-    assert_equal("type(net[2].bias)", native_type, info["layers.2.bias"].native_class,
-                 "targeted access and the listing must see the same object class")
+    assert_equal(
+        "type(net[2].bias)",
+        native_type,
+        info["layers.2.bias"].native_class,
+        "targeted access and the listing must see the same object class",
+    )
     assert "." in native_type, f"type(net[2].bias)={native_type!r}, but should be a qualified class name"
 
 
 def test_grad_state_before_backward(backend):
     model = backend.build_mlp(MLP)
     backend.forward(model, book_input(MLP))
-    assert_equal("grad before backward", backend.grad_state_before_backward(model),
-                 GRAD_STATE_BEFORE_BACKWARD[backend.name])
+    assert_equal(
+        "grad before backward",
+        backend.grad_state_before_backward(model),
+        GRAD_STATE_BEFORE_BACKWARD[backend.name],
+    )
 
 
 @pytest.mark.parametrize("model_name", BOOK_MODEL_NAMES)
@@ -70,8 +81,12 @@ def test_all_parameters_at_once(backend, model_name):
     for param in listed:
         assert_equal(f"{param.name}.shape", param.shape, BOOK_PARAM_SHAPES[model_name][param.name])
         transposed = backend.to_canonical(param.name.rsplit(".", 1)[1], np.empty(param.native_shape)).shape
-        assert_equal(f"{param.name}.native_shape as canonical", transposed, param.shape,
-                     f"native {param.native_name} in layout {backend.weight_layout}")
+        assert_equal(
+            f"{param.name}.native_shape as canonical",
+            transposed,
+            param.shape,
+            f"native {param.native_name} in layout {backend.weight_layout}",
+        )
         assert_equal(f"{param.name}.dtype", param.dtype, "float32")
         assert param.native_name, f"{param.name}.native_name is empty"
     native_names = [p.native_name for p in listed]
@@ -84,8 +99,13 @@ def test_nested_names_level_by_level(backend, block):
     model, weights = loaded_model(backend, NEST)
     listed = [p.name for p in backend.list_params(model)]
     depth = block.count(".") + 1
-    children = sorted({".".join(name.split(".")[: depth + 1]) for name in listed
-                       if name.startswith(block + ".") and name.count(".") > depth})
+    children = sorted(
+        {
+            ".".join(name.split(".")[: depth + 1])
+            for name in listed
+            if name.startswith(block + ".") and name.count(".") > depth
+        }
+    )
     assert_equal(f"children of {block}", tuple(children), NEST_LEVELS[block])
     for child in children:
         for name in listed:

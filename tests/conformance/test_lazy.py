@@ -15,8 +15,13 @@ def test_unbuilt_params_do_not_know_the_input_width(backend):
     model = backend.build_mlp(MLP)
     unbuilt = backend.unbuilt_params(model)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in unbuilt.items()), unbuilt
-    full = {str(shape) for shape in (BOOK_PARAM_SHAPES["mlp"]["layers.0.weight"],
-                                     BOOK_PARAM_SHAPES["mlp"]["layers.0.weight"][::-1])}
+    full = {
+        str(shape)
+        for shape in (
+            BOOK_PARAM_SHAPES["mlp"]["layers.0.weight"],
+            BOOK_PARAM_SHAPES["mlp"]["layers.0.weight"][::-1],
+        )
+    }
     assert not full & set(unbuilt.values()), f"unbuilt shapes={unbuilt}, but the input width is unknown yet"
 
 

@@ -19,19 +19,29 @@ def test_native_facts_are_complete_and_plain(backend):
         facts = backend.native_facts(model)
         assert_equal("native_facts keys", sorted(facts), sorted(NATIVE_FACT_KEYS), spec.name)
         json.dumps(facts)  # plain values only
-        assert_equal("listing entries", len(facts["listing_names"]), len(backend.list_params(model)),
-                     f"{spec.name}: {facts['listing_call']} lists each unique parameter once")
+        assert_equal(
+            "listing entries",
+            len(facts["listing_names"]),
+            len(backend.list_params(model)),
+            f"{spec.name}: {facts['listing_call']} lists each unique parameter once",
+        )
 
 
 def test_tie_is_the_framework_sharing_one_parameter_object(backend):
     model, _ = loaded_model(backend, TIED)
     identity = backend.native_facts(model)["tie_identity"]
-    assert_equal("same parameter object at layers.2 and layers.4", identity.get("same parameter object"), True)
+    assert_equal(
+        "same parameter object at layers.2 and layers.4", identity.get("same parameter object"), True
+    )
 
 
 def test_layer_list_holds_a_shared_layer_once(backend):
     """The book (Keras tab): "the duplicate layer is removed automatically"."""
     model, _ = loaded_model(backend, TIED)
     facts = backend.native_facts(model)
-    assert_equal(facts["layer_list_call"] + " length", facts["layer_list_length"],
-                 facts["unique_layer_objects"], "a layer used twice should be listed once")
+    assert_equal(
+        facts["layer_list_call"] + " length",
+        facts["layer_list_length"],
+        facts["unique_layer_objects"],
+        "a layer used twice should be listed once",
+    )

@@ -65,5 +65,6 @@ def test_sgd_step_applies_the_summed_gradient(backend):
         assert_close(name, backend.get_param(model, name), weights[name] - lr * grad, "after one step")
     for param in spec.params:
         for position in param.positions:
-            np.testing.assert_array_equal(backend.get_param(model, position),
-                                          backend.get_param(model, param.name))
+            np.testing.assert_array_equal(
+                backend.get_param(model, position), backend.get_param(model, param.name)
+            )

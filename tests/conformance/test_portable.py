@@ -53,8 +53,9 @@ class Evil:
 
 def _rewrite(path, tensors=None, metadata=None):
     old_tensors, old_metadata = safetensors_io.read(path)
-    safetensors_io.write(path, old_tensors if tensors is None else tensors,
-                         old_metadata if metadata is None else metadata)
+    safetensors_io.write(
+        path, old_tensors if tensors is None else tensors, old_metadata if metadata is None else metadata
+    )
 
 
 def make_bad(kind: str, path) -> None:
@@ -143,4 +144,6 @@ def test_native_format_maps_to_canonical_names(backend, tmp_path, model_name):
     assert sorted(values) == sorted(spec.param_shapes), entries
     assert len(entries) >= len(spec.params)
     for name, value in values.items():
-        assert_close(name, backend.to_canonical(name.rsplit(".", 1)[1], value), weights[name], f"from {entries}")
+        assert_close(
+            name, backend.to_canonical(name.rsplit(".", 1)[1], value), weights[name], f"from {entries}"
+        )

@@ -17,8 +17,11 @@ def record(backend):
 def test_probe_succeeds_and_every_row_renders(backend, record):
     assert record["ok"], record.get("error")
     doc = diff.merge({backend.name: record})
-    errors = [(row["label"], row["cells"][backend.name]) for row in doc["rows"]
-              if "error" in row["cells"][backend.name]]
+    errors = [
+        (row["label"], row["cells"][backend.name])
+        for row in doc["rows"]
+        if "error" in row["cells"][backend.name]
+    ]
     assert errors == []
 
 

@@ -29,8 +29,12 @@ def test_write_at_one_position_is_seen_at_the_other(backend, written, observed):
     value = backend.get_param(model, written).copy()
     value.flat[0] = 100.0
     backend.set_param(model, written, value)
-    assert_equal(f"{observed}[0, ...][0]", float(backend.get_param(model, observed).flat[0]), 100.0,
-                 f"after writing 100 through {written}")
+    assert_equal(
+        f"{observed}[0, ...][0]",
+        float(backend.get_param(model, observed).flat[0]),
+        100.0,
+        f"after writing 100 through {written}",
+    )
 
 
 def test_listing_shows_positions_of_each_shared_param(backend):
@@ -45,8 +49,12 @@ def test_unique_count_is_one_layer_smaller_than_untied(backend):
     untied_model = backend.build_mlp(TIED.untied())
     backend.materialize(untied_model)
     tied_count, untied_count = len(backend.list_params(tied_model)), len(backend.list_params(untied_model))
-    assert_equal("untied - tied parameter count", untied_count - tied_count, len(TIED_POSITIONS),
-                 f"tied={tied_count}, untied={untied_count}: one weight and one bias fewer")
+    assert_equal(
+        "untied - tied parameter count",
+        untied_count - tied_count,
+        len(TIED_POSITIONS),
+        f"tied={tied_count}, untied={untied_count}: one weight and one bias fewer",
+    )
 
 
 @pytest.mark.parametrize("loss_kind", ["sum", "mse"])

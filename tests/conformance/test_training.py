@@ -30,16 +30,20 @@ def test_tied_positions_hold_identical_values_after_every_step(tied_run):
 
 def test_loss_curve_matches_the_oracle(tied_run):
     reference = oracle_losses(TIED, baseline_start(TIED)[0], steps=STEPS)
-    assert_close("loss curve", tied_run.losses, reference, f"first {STEPS} SGD steps",
-                 rtol=LOSS_RTOL, atol=0.0)
+    assert_close(
+        "loss curve", tied_run.losses, reference, f"first {STEPS} SGD steps", rtol=LOSS_RTOL, atol=0.0
+    )
 
 
 def test_applied_gradient_is_the_sum_of_per_position_contributions(tied_run):
     worst = max(step.sum_minus_applied for step in tied_run.steps)
     assert worst <= 1e-6, f"max |sum of uses - applied|={worst:.3g}, but should be <= 1e-6"
     contributions = tied_run.steps[0].contribution_norms
-    assert_equal("watched contributions", sorted(contributions), ["layers.2.bias", "layers.2.weight",
-                                                                  "layers.4.bias", "layers.4.weight"])
+    assert_equal(
+        "watched contributions",
+        sorted(contributions),
+        ["layers.2.bias", "layers.2.weight", "layers.4.bias", "layers.4.weight"],
+    )
 
 
 def test_every_layer_is_watched(tied_run):
