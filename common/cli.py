@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.config import BACKENDS, parse_backend_list, valid_names
+from common.config import BACKENDS, add_backends_option, parse_backend_list
 from common.errors import USAGE_EXIT_CODE, UsageError
 
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
 
     test_all = commands.add_parser("test-all", help="base tests and every backend, then a summary")
-    test_all.add_argument("--backends", default="all", help=f"comma-separated subset; valid: {valid_names()}")
+    add_backends_option(test_all)
     test_all.add_argument("pytest_args", nargs=argparse.REMAINDER)
 
     from common import diff, inspect_cmd, roundtrip, train_report  # subcommands register themselves

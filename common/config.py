@@ -53,6 +53,13 @@ def parse_backend_list(text: str) -> tuple[str, ...]:
     return tuple(name for name in BACKENDS if name in names)
 
 
+def add_backends_option(parser) -> None:
+    """The ``--backends`` option every multi-backend command takes."""
+    parser.add_argument(
+        "--backends", default="all", help=f"comma-separated subset (default all); {valid_names()}"
+    )
+
+
 def selected_backend(environ: Mapping[str, str] | None = None) -> str:
     """The backend named by PARITY_BACKEND. This is the only function that reads it."""
     environ = os.environ if environ is None else environ

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.claims import BOOK_CLAIMS, evaluate
-from common.config import BACKENDS, parse_backend_list, valid_names
+from common.config import BACKENDS, add_backends_option, parse_backend_list
 from common.envs import ROOT
 from common.fanout import Command, module_command, prepare_envs, run_parallel
 from common.textable import format_table
@@ -401,9 +401,7 @@ def add_parser(commands) -> None:
         description="Run one behaviour probe per backend (each in its own .venvs/<backend>, in parallel), "
         "merge the records into one table and check the book's claims. Exit 1 if any backend failed.",
     )
-    parser.add_argument(
-        "--backends", default="all", help=f"comma-separated subset (default all); {valid_names()}"
-    )
+    add_backends_option(parser)
     parser.add_argument(
         "--format",
         default="terminal",

@@ -8,18 +8,20 @@ with the error), so one broken backend never hides the others.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from common.envs import ROOT, ensure_venv, venv_python
-from common.errors import UsageError
+from common.errors import USAGE_EXIT_CODE, UsageError
 
 PROGRESS = "progress:"
 Record = Mapping[str, Any]
@@ -103,4 +105,44 @@ def report_progress(text: str) -> None:
 
 
 def write_record(path: str, record: Record) -> None:
-    Path(path).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    Path(path).write_text(json.dumps(record, indent=1, sort_keys=True, default=_plain) + "\n")
+
+
+def child_main(
+    description: str,
+    produce: Callable[[argparse.Namespace], dict[str, Any]],
+    arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+    argv: list[str] | None = None,
+) -> int:
+    """The entry point of every per-backend child: parse --backend/--out (and ``arguments``), call
+    ``produce`` and write its record. A failure becomes a record too (ok: false, the error, the
+    traceback), so the parent can still show every other backend. Exit 2 for the user's error."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--backend", required=True, help="backend name or synonym")
+    parser.add_argument("--out", required=True, help="where to write the JSON record")
+    arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        record, status = {"backend": args.backend, "ok": True, **produce(args)}, 0
+    except UsageError as error:
+        record, status = {"backend": args.backend, "ok": False, "error": str(error)}, USAGE_EXIT_CODE
+    except Exception as error:
+        record = {
+            "backend": args.backend,
+            "ok": False,
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": "".join(traceback.format_exception(error)),
+        }
+        status = 1
+    write_record(args.out, record)
+    if status:
+        print(f"{args.backend}: {record['error']}", file=sys.stderr)
+    return status
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"not JSON-serializable: {type(value).__name__}")

@@ -7,21 +7,18 @@ Everything but the "timing" field is deterministic, so two runs give identical r
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import platform
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common import oracle
-from common.errors import USAGE_EXIT_CODE, UsageError
+from common.fanout import child_main
 from common.interface import Backend
 from common.models import BOOK_SPECS
 from common.oracle import Loss
@@ -132,36 +129,7 @@ def _max_abs(a, b) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.probe", description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", required=True, help="backend name or synonym")
-    parser.add_argument("--out", required=True, help="where to write the JSON record")
-    args = parser.parse_args(argv)
-    try:
-        record = probe(args.backend)
-        status = 0
-    except UsageError as error:
-        record, status = {"backend": args.backend, "ok": False, "error": str(error)}, USAGE_EXIT_CODE
-    except Exception as error:  # the record carries the failure so the diff can still render
-        lines = traceback.format_exception(error)
-        record = {
-            "backend": args.backend,
-            "ok": False,
-            "error": f"{type(error).__name__}: {error}",
-            "traceback": "".join(lines),
-        }
-        status = 1
-    Path(args.out).write_text(json.dumps(record, indent=1, sort_keys=True, default=_plain) + "\n")
-    if status:
-        print(f"probe {args.backend}: {record['error']}", file=sys.stderr)
-    return status
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON-serializable: {type(value).__name__}")
+    return child_main(__doc__.splitlines()[0], lambda args: probe(args.backend), argv=argv)
 
 
 if __name__ == "__main__":

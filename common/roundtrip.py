@@ -11,15 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common import oracle
-from common.config import parse_backend_list, valid_names
-from common.errors import UsageError
+from common.config import add_backends_option, parse_backend_list
 from common.expectations import ATOL, RTOL
 from common.models import BOOK_SPECS
 from common.oracle import Loss
@@ -129,9 +127,7 @@ def add_parser(commands) -> None:
         description="Export each book model from every backend (safetensors, canonical names) and import it "
         "into every backend; check forward outputs, gradients and ties.",
     )
-    parser.add_argument(
-        "--backends", default="all", help=f"comma-separated subset (default all); {valid_names()}"
-    )
+    add_backends_option(parser)
     parser.set_defaults(run=run_roundtrip)
 
 
@@ -169,35 +165,22 @@ def run_roundtrip(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.fanout import write_record
+    from common.fanout import child_main
     from common.registry import load_backend
 
-    parser = argparse.ArgumentParser(prog="python -m common.roundtrip", description="One phase, one backend.")
-    parser.add_argument("--backend", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--phase", choices=("export", "import"), required=True)
-    parser.add_argument("--dir", required=True)
-    parser.add_argument("--sources", default="")
-    args = parser.parse_args(argv)
-    try:
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--phase", choices=("export", "import"), required=True)
+        parser.add_argument("--dir", required=True)
+        parser.add_argument("--sources", default="", help="comma-separated exporters whose files to import")
+
+    def produce(args: argparse.Namespace) -> dict[str, Any]:
         backend = load_backend(args.backend)
         if args.phase == "export":
-            record = {"ok": True, "models": export_phase(backend, Path(args.dir))}
-        else:
-            sources = [s for s in args.sources.split(",") if s and s != "none"]
-            record = {"ok": True, "results": import_phase(backend, Path(args.dir), sources)}
-        status = 0
-    except UsageError as error:
-        record, status = {"ok": False, "error": str(error)}, 2
-    except Exception as error:
-        record = {
-            "ok": False,
-            "error": f"{type(error).__name__}: {error}",
-            "traceback": "".join(traceback.format_exception(error)),
-        }
-        status = 1
-    write_record(args.out, {"backend": args.backend, **record})
-    return status
+            return {"models": export_phase(backend, Path(args.dir))}
+        sources = [s for s in args.sources.split(",") if s and s != "none"]
+        return {"results": import_phase(backend, Path(args.dir), sources)}
+
+    return child_main("One round-trip phase in one backend.", produce, arguments, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from common.config import parse_backend_list, valid_names
+from common.config import add_backends_option, parse_backend_list
 from common.envs import ROOT
 from common.fanout import module_command, prepare_envs, run_parallel, write_record
 from common.models import TIED
@@ -209,9 +209,7 @@ def add_parser(commands) -> None:
         description="Train the tied MLP and its untied baseline with each framework's "
         "SGD, from identical seeded weights; plot and summarize.",
     )
-    parser.add_argument(
-        "--backends", default="all", help=f"comma-separated subset (default all); {valid_names()}"
-    )
+    add_backends_option(parser)
     parser.add_argument(
         "--steps", type=int, default=DEFAULT_STEPS, help=f"SGD steps (default {DEFAULT_STEPS})"
     )

@@ -13,7 +13,6 @@ import dataclasses
 import platform
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from common import oracle
-from common.errors import UsageError
 from common.interface import Backend
 from common.models import TIED
 from common.oracle import Loss
@@ -203,33 +201,17 @@ def _built(backend: Backend, spec: ModelSpec):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.fanout import report_progress, write_record
+    from common.fanout import child_main, report_progress
     from common.registry import load_backend
 
-    parser = argparse.ArgumentParser(
-        prog="python -m common.training",
-        description="Train the tied MLP and its untied baseline in one backend.",
-    )
-    parser.add_argument("--backend", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
-    args = parser.parse_args(argv)
-    try:
-        record = training_record(load_backend(args.backend), args.steps, args.lr, report_progress)
-        status = 0
-    except UsageError as error:
-        record, status = {"backend": args.backend, "ok": False, "error": str(error)}, 2
-    except Exception as error:  # the record carries the failure so the report can still render
-        record = {
-            "backend": args.backend,
-            "ok": False,
-            "error": f"{type(error).__name__}: {error}",
-            "traceback": "".join(traceback.format_exception(error)),
-        }
-        status = 1
-    write_record(args.out, record)
-    return status
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+        parser.add_argument("--lr", type=float, default=DEFAULT_LR)
+
+    def produce(args: argparse.Namespace) -> dict[str, Any]:
+        return training_record(load_backend(args.backend), args.steps, args.lr, report_progress)
+
+    return child_main("Train the tied MLP and its untied baseline in one backend.", produce, arguments, argv)
 
 
 if __name__ == "__main__":
