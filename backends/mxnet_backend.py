@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from typing import Any
 
-import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon, npx
-from mxnet import np as mnp  # not "np": that name is the real numpy here
-from mxnet.gluon import nn
+
+# MXNet 1.9.1 touches numpy aliases deprecated since numpy 1.20 at import time: dozens of warnings.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import mxnet as mx
+    from mxnet import autograd, gluon, npx
+    from mxnet import np as mnp  # not "np": that name is the real numpy here
+    from mxnet.gluon import nn
 
 from common.errors import ParamFileError
 from common.interface import Backend, GradState, Model, ParamInfo, WeightLayout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import warnings
 from typing import Any
 
 import h5py  # installed with TensorFlow; reads Keras' .weights.h5 without building a model
@@ -253,7 +254,10 @@ class KerasBackend(Backend):
 
     def save_native_file(self, model: Model, path: str) -> str:
         self.materialize(model)
-        model.native.save_weights(path + ".weights.h5")
+        with warnings.catch_warnings():
+            # Keras 3.15's h5 writer calls np.asarray(variable, copy=False): a numpy 2 warning.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model.native.save_weights(path + ".weights.h5")
         return "net.save_weights(path + '.weights.h5')"
 
     def _file_entries(self, model: Model) -> dict[str, str]:

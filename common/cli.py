@@ -16,16 +16,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paramparity", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    test = commands.add_parser(
+    commands.add_parser(
         "test",
         help="run the conformance suite for PARITY_BACKEND",
-        description="Extra arguments go to pytest.",
+        description="Run tests/conformance in .venvs/<PARITY_BACKEND>, creating it if needed. "
+        "Any other argument goes to pytest (e.g. -k ties).",
     )
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
 
-    test_all = commands.add_parser("test-all", help="base tests and every backend, then a summary")
+    test_all = commands.add_parser(
+        "test-all",
+        help="base tests and every backend, then a summary",
+        description="Run common/'s tests in .venvs/base, then every backend's conformance suite in its own "
+        "env; keep going on failure; print a summary; exit 1 if any suite failed or could not run. "
+        "Any other argument goes to pytest.",
+    )
     add_backends_option(test_all)
-    test_all.add_argument("pytest_args", nargs=argparse.REMAINDER)
 
     from common import diff, inspect_cmd, roundtrip, train_report  # subcommands register themselves
 
@@ -37,16 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command not in ("test", "test-all"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "test":
             from common.testing import test_one
 
-            return test_one(args.pytest_args)
+            return test_one(unknown)  # pytest's own flags pass through
         if args.command == "test-all":
             from common.testing import test_all
 
-            return test_all(parse_backend_list(args.backends), args.pytest_args)
+            return test_all(parse_backend_list(args.backends), unknown)
         return args.run(args)
     except UsageError as error:
         print(f"paramparity: error: {error}", file=sys.stderr)

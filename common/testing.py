@@ -42,7 +42,7 @@ class SuiteResult:
 
 
 def pytest_command(python: str, suite: str, extra: list[str]) -> list[str]:
-    return [python, "-m", "pytest", suite, "-q", *extra]
+    return [python, "-m", "pytest", suite, *extra]  # default verbosity: keeps the backend header
 
 
 def run_suite(name: str, python: str, suite: str, extra: list[str], backend: str | None) -> SuiteResult:
