@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from common.errors import ParamFileError
 from common.oracle import Loss
 from common.params import check_value, check_values
 from common.spec import LayerPath, ModelSpec, param_name, split_param_name
@@ -131,7 +132,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def grad_state_before_backward(self, model: Model) -> str:
-        """One of GradState's values, read off the framework, not assumed."""
+        """One of GradState's values, read off the framework, not assumed: what a model of this
+        spec holds before any backward pass (an adapter may read it off a fresh twin)."""
 
     @abc.abstractmethod
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
@@ -153,8 +155,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load_native_file(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
         """Read a file that save_native_file wrote for the same spec, never running code from it
-        (no unpickling). Returns the entry names stored in the file, in order, and the values
-        mapped to canonical owner names in native layout. Does not modify ``model``."""
+        (torch: weights_only=True, its restricted unpickler; the others read data formats).
+        Returns the entry names stored in the file, in order, and the values mapped to canonical
+        owner names in native layout. Does not modify ``model``."""
 
     # -- optional hooks ---------------------------------------------------------------------------
     def seed(self, seed: int) -> None:  # noqa: B027 - optional: a no-op where init is already seeded
@@ -252,6 +255,26 @@ class Backend(abc.ABC):
         from common.portable import import_params
 
         return import_params(self, model, path, allow_nonfinite=allow_nonfinite)
+
+    def read_native_params(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
+        """The framework's own file (see save_native_file), as entry names and canonical values.
+        Whatever the framework's reader raises on a bad file becomes one ParamFileError."""
+        try:
+            entries, native = self.load_native_file(model, path)
+        except ParamFileError:
+            raise
+        except Exception as error:
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            raise ParamFileError(
+                f"{path}: cannot read it as a {self.name} native parameter file "
+                f"({type(error).__name__}: {first_line})"
+            ) from None
+        values = {name: self.to_canonical(split_param_name(name)[1], v) for name, v in native.items()}
+        return entries, values
+
+    def import_native(self, model: Model, path: str) -> None:
+        """Load the framework's own file into ``model``: validated in full, then assigned atomically."""
+        self.load_params(model, self.read_native_params(model, path)[1])
 
     def snapshot(self, model: Model) -> dict[str, np.ndarray]:
         """Copies of every unique parameter, canonical layout."""

@@ -140,10 +140,36 @@ def test_native_format_maps_to_canonical_names(backend, tmp_path, model_name):
     spec = BOOK_SPECS[model_name]
     model, weights = loaded_model(backend, spec, seed=4)
     backend.save_native_file(model, str(tmp_path / "native"))
-    entries, values = backend.load_native_file(model, str(tmp_path / "native"))
+    entries, values = backend.read_native_params(model, str(tmp_path / "native"))
     assert sorted(values) == sorted(spec.param_shapes), entries
     assert len(entries) >= len(spec.params)
     for name, value in values.items():
-        assert_close(
-            name, backend.to_canonical(name.rsplit(".", 1)[1], value), weights[name], f"from {entries}"
-        )
+        assert_close(name, value, weights[name], f"from {entries}")
+    fresh = backend.build_mlp(spec)
+    backend.import_native(fresh, str(tmp_path / "native"))
+    x = book_input(spec)
+    assert_close("net(X) after import_native", backend.forward(fresh, x), backend.forward(model, x))
+
+
+NATIVE_BAD = {
+    "pickle payload": lambda original: pickle.dumps(Evil()),
+    "garbage": lambda original: b"not a parameter file" * 8,
+    "truncated": lambda original: original[: len(original) // 2],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NATIVE_BAD))
+def test_bad_native_file_is_refused_and_the_model_is_unchanged(backend, tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    model, _ = loaded_model(backend, TIED)
+    backend.save_native_file(model, str(tmp_path / "native"))
+    (written,) = tmp_path.glob("native*")
+    written.write_bytes(NATIVE_BAD[kind](written.read_bytes()))
+    before = backend.snapshot(model)
+    with pytest.raises(ParamFileError, match="native") as info:
+        backend.import_native(model, str(tmp_path / "native"))
+    assert "\n" not in str(info.value)
+    after = backend.snapshot(model)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=f"{name} changed by a refused file")
+    assert not (tmp_path / "pwned-by-pickle").exists()
