@@ -89,35 +89,38 @@ def compare(exported: dict[str, Any], imported: dict[str, Any]) -> dict[str, str
     }
 
 
+PASS = ("ok", "n/a")
+
+
 def cell_text(result: dict[str, str]) -> str:
+    """E.g. "fwd ok  grad ok  ties ok"; the ties check is left out for models without ties."""
     if "error" in result:
         return "ERROR: " + result["error"]
-    if all(v in ("ok", "n/a") for v in result.values()):
-        return "ok" + (" (ties ok)" if result["ties"] == "ok" else "")
-    return ", ".join(f"{k} {v}" for k, v in result.items() if v not in ("ok", "n/a"))
+    labels = {"forward": "fwd", "grads": "grad", "ties": "ties"}
+    return "  ".join(f"{labels[k]} {v}" for k, v in result.items() if v != "n/a")
 
 
-def matrices(exports: dict[str, Any], imports: dict[str, Any]) -> tuple[dict[str, list[list[str]]], bool]:
-    all_ok, tables = True, {}
+def matrices(exports: dict[str, Any], imports: dict[str, Any]) -> dict[str, list[tuple[list[str], bool]]]:
+    """One exporter x importer table per book model: each row's cells, and whether all passed."""
+    tables = {}
     for name in BOOK_SPECS:
         rows = []
         for source, export_record in exports.items():
-            row = [source]
+            row, row_ok = [source], True
             for import_record in imports.values():
                 if not export_record.get("ok"):
-                    text = f"export failed: {export_record.get('error')}"
+                    result = {"error": f"export failed: {export_record.get('error')}"}
                 elif not import_record.get("ok"):
-                    text = f"import failed: {import_record.get('error')}"
+                    result = {"error": f"import failed: {import_record.get('error')}"}
                 else:
                     result = compare(
                         export_record["models"][name], import_record["results"][f"{source}/{name}"]
                     )
-                    text = cell_text(result)
-                all_ok &= text.startswith("ok")
-                row.append(text)
-            rows.append(row)
+                row_ok &= "error" not in result and all(v in PASS for v in result.values())
+                row.append(cell_text(result))
+            rows.append((row, row_ok))
         tables[name] = rows
-    return tables, all_ok
+    return tables
 
 
 def add_parser(commands) -> None:
@@ -150,16 +153,12 @@ def run_roundtrip(args: argparse.Namespace) -> int:
             ),
             what="importing",
         )
-    tables, all_ok = matrices(exports, imports)
+    tables = matrices(exports, imports)
+    all_ok = all(ok for rows in tables.values() for _, ok in rows)
     for name, rows in tables.items():
         print(f"\n{name}: exported by (rows) -> imported into (columns): forward, gradients, ties")
-        print(
-            format_table(
-                ["export \\ import", *imports],
-                rows,
-                ["" if all(c.startswith("ok") for c in r[1:]) else "!" for r in rows],
-            )
-        )
+        cells = [row for row, _ in rows]
+        print(format_table(["export \\ import", *imports], cells, ["" if ok else "!" for _, ok in rows]))
     print("\nround trip: " + ("all pass" if all_ok else "FAILED"))
     return 0 if all_ok else 1
 
