@@ -24,7 +24,8 @@ $(VENVS)/%/.stamp: pyproject.toml
 		|| { tail -n 20 $(VENVS)/$*.log >&2; echo "error: pip failed for $(VENVS)/$*; full log: $(VENVS)/$*.log" >&2; exit 1; }
 	@touch $@
 
-venv-%: $(VENVS)/%/.stamp ## venv-<name>: create one env (base, torch, mxnet, jax, tensorflow)
+##@ venv-<name>      create one env: venv-base, venv-torch, venv-mxnet, venv-jax, venv-tensorflow
+venv-%: $(VENVS)/%/.stamp
 	@:
 
 venvs: $(addprefix $(VENVS)/,$(addsuffix /.stamp,base $(BACKENDS))) ## create all five environments
@@ -32,7 +33,7 @@ venvs: $(addprefix $(VENVS)/,$(addsuffix /.stamp,base $(BACKENDS))) ## create al
 test: $(VENVS)/base/.stamp ## run the conformance suite for PARITY_BACKEND
 	@$(BASE_PY) -m common.cli test $(ARGS)
 
-##@ test-<backend>      run one backend's suite: test-torch, test-mxnet, test-jax, test-tensorflow
+##@ test-<backend>   run one backend's suite: test-torch, test-mxnet, test-jax, test-tensorflow
 $(addprefix test-,$(BACKENDS)): test-%: $(VENVS)/base/.stamp
 
 	@PARITY_BACKEND=$* $(BASE_PY) -m common.cli test $(ARGS)
