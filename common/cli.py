@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.config import BACKENDS, add_backends_option, parse_backend_list
+from common.config import add_backends_option, parse_backend_list
 from common.errors import USAGE_EXIT_CODE, UsageError
 
 
@@ -67,4 +67,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__all__ = ["BACKENDS", "main"]
+__all__ = ["main"]

@@ -287,10 +287,8 @@ class Backend(abc.ABC):
 
     @staticmethod
     def _check_position(model: Model, name: str) -> str:
-        try:
-            return model.spec.owner_of(name)
-        except KeyError as error:
-            raise KeyError(error.args[0]) from None
+        """The owner behind a position name; KeyError naming it if it is not a Dense position."""
+        return model.spec.owner_of(name)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.framework_version()}>"

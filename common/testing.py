@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from common.config import BACKENDS, ENV_VAR, selected_backend
+from common.config import ENV_VAR, selected_backend
 from common.envs import ROOT, ensure_venv
 from common.errors import UsageError
 from common.textable import format_table
@@ -108,4 +108,4 @@ def test_all(backends: tuple[str, ...], extra: list[str]) -> int:
     return 0
 
 
-__all__ = ["BACKENDS", "test_all", "test_one"]
+__all__ = ["test_all", "test_one"]
