@@ -1,1 +1,2 @@
-"""One adapter per framework. Each module imports its own framework and nothing else does."""
+"""One subpackage per backend: backend.toml declares it, adapter.py translates. Only an
+adapter imports its framework; common.declarations finds the declarations."""

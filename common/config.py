@@ -1,44 +1,37 @@
-"""Backend names, their synonyms, and the one place PARITY_BACKEND is read."""
+"""Backend names and the one place PARITY_BACKEND is read. Names come from the declarations
+(``backends/<name>/backend.toml``); nothing here lists a backend."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 
+from common.declarations import declarations
 from common.errors import UsageError
 
 ENV_VAR = "PARITY_BACKEND"
 
-# Canonical backend names, in report order. Each is also the name of its venv and pyproject extra.
-BACKENDS: tuple[str, ...] = ("torch", "mxnet", "jax", "tensorflow")
 
-SYNONYMS: Mapping[str, str] = {
-    "pytorch": "torch",
-    "gluon": "mxnet",
-    "flax": "jax",
-    "tf": "tensorflow",
-    "keras": "tensorflow",
-}
+def backend_names() -> tuple[str, ...]:
+    """Canonical backend names, in report order."""
+    return tuple(d.name for d in declarations())
 
-# The framework each backend drives, as it names itself in a report.
-FRAMEWORKS: Mapping[str, str] = {
-    "torch": "PyTorch",
-    "mxnet": "MXNet Gluon",
-    "jax": "JAX/Flax linen",
-    "tensorflow": "TensorFlow/Keras",
-}
+
+def synonyms() -> dict[str, str]:
+    """Every accepted alias (lower case) -> its canonical name."""
+    return {alias.lower(): d.name for d in declarations() for alias in d.synonyms}
 
 
 def valid_names() -> str:
-    synonyms = ", ".join(f"{alias}={name}" for alias, name in SYNONYMS.items())
-    return f"{', '.join(BACKENDS)} (synonyms: {synonyms})"
+    aliases = ", ".join(f"{alias}={name}" for alias, name in synonyms().items())
+    return f"{', '.join(backend_names())} (synonyms: {aliases})"
 
 
 def canonical_backend(name: str) -> str:
     """Map a backend name or synonym to its canonical name; raise UsageError listing valid ones."""
     key = name.strip().lower()
-    key = SYNONYMS.get(key, key)
-    if key not in BACKENDS:
+    key = synonyms().get(key, key)
+    if key not in backend_names():
         raise UsageError(f"unknown backend {name!r}; valid names: {valid_names()}")
     return key
 
@@ -46,11 +39,11 @@ def canonical_backend(name: str) -> str:
 def parse_backend_list(text: str) -> tuple[str, ...]:
     """Parse 'torch,tf' or 'all' into canonical names, in report order, without duplicates."""
     if text.strip().lower() == "all":
-        return BACKENDS
+        return backend_names()
     names = {canonical_backend(part) for part in text.split(",") if part.strip()}
     if not names:
         raise UsageError(f"no backend named in {text!r}; valid names: {valid_names()}")
-    return tuple(name for name in BACKENDS if name in names)
+    return tuple(name for name in backend_names() if name in names)
 
 
 def add_backends_option(parser) -> None:

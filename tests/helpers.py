@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.expectations import ATOL, RTOL
+from common.core.expectations import ATOL, RTOL
 
 
 def assert_close(name: str, actual, expected, context: str = "", rtol: float = RTOL, atol: float = ATOL):

@@ -1,11 +1,11 @@
-"""Framework-free behaviour records shaped like common.probe's, for testing the diff alone."""
+"""Framework-free behaviour records shaped like common.commands.probe's, for testing the diff alone."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from common.models import BOOK_SPECS
+from common.core.models import BOOK_SPECS
 
 
 def _params(spec, prefix: str) -> list[dict[str, Any]]:

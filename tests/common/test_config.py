@@ -2,35 +2,24 @@ from __future__ import annotations
 
 import pytest
 
-from common.config import BACKENDS, ENV_VAR, canonical_backend, parse_backend_list, selected_backend
+from common.config import ENV_VAR, backend_names, canonical_backend, parse_backend_list, selected_backend
+from common.declarations import DeclarationError, declarations, parse_declaration
 from common.errors import UsageError
 
+ALIASES = [(alias, d.name) for d in declarations() for alias in (d.name, *d.synonyms)]
 
-@pytest.mark.parametrize(
-    "name, expected",
-    [
-        ("torch", "torch"),
-        ("pytorch", "torch"),
-        ("mxnet", "mxnet"),
-        ("gluon", "mxnet"),
-        ("jax", "jax"),
-        ("flax", "jax"),
-        ("tensorflow", "tensorflow"),
-        ("tf", "tensorflow"),
-        (" TF ", "tensorflow"),
-    ],
-)
-def test_synonyms(name, expected):
+
+@pytest.mark.parametrize("name, expected", ALIASES, ids=[alias for alias, _ in ALIASES])
+def test_every_declared_name_and_synonym_selects_its_backend(name, expected):
     assert selected_backend({ENV_VAR: name}) == expected
+    assert selected_backend({ENV_VAR: f"  {name.upper()} "}) == expected
 
 
 def test_unknown_name_lists_the_valid_ones():
     with pytest.raises(UsageError) as info:
         selected_backend({ENV_VAR: "caffe"})
     message = str(info.value)
-    assert "'caffe'" in message and all(
-        name in message for name in BACKENDS + ("pytorch", "gluon", "flax", "tf")
-    )
+    assert "'caffe'" in message and all(alias in message for alias, _ in ALIASES)
     assert "\n" not in message
 
 
@@ -40,9 +29,57 @@ def test_unset_says_what_to_set():
 
 
 def test_backend_lists():
-    assert parse_backend_list("all") == BACKENDS
-    assert parse_backend_list("tf,torch,pytorch") == ("torch", "tensorflow")
+    names = backend_names()
+    assert parse_backend_list("all") == names
+    assert parse_backend_list(f"{names[-1]},{names[0]},{names[0]}") == (names[0], names[-1])
     with pytest.raises(UsageError, match="unknown backend 'theano'"):
-        parse_backend_list("torch,theano")
+        parse_backend_list(f"{names[0]},theano")
     with pytest.raises(UsageError):
         canonical_backend("")
+
+
+GOOD = """
+name = "demo"
+order = 1
+framework = "Demo"
+book_tab = "PyTorch"
+adapter = "backends.demo.adapter:Demo"
+env = "demo"
+import_roots = ["demo"]
+"""
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (GOOD.replace('name = "demo"', ""), "missing required key 'name'"),
+        (GOOD + "colour = 1\n", "unknown key 'colour'"),
+        (GOOD.replace("order = 1", 'order = "1"'), "order='1', but should be a int"),
+        (GOOD.replace(":Demo", ""), "should be 'module:Class'"),
+        (
+            GOOD + "[capabilities]\nlazy_input_size = { value = true }\n",
+            "needs a boolean 'value' and a 'reason'",
+        ),
+        ("name = ", "cannot read it"),
+    ],
+)
+def test_a_bad_declaration_names_its_file_and_problem(tmp_path, text, message):
+    path = tmp_path / "backend.toml"
+    path.write_text(text)
+    with pytest.raises(DeclarationError, match="backend.toml") as info:
+        parse_declaration(path)
+    assert message in str(info.value)
+
+
+def test_two_backends_cannot_claim_one_name(tmp_path):
+    for folder, synonyms in (("a", "[]"), ("b", '["demo"]')):
+        (tmp_path / folder).mkdir()
+        text = GOOD.replace('"demo"', f'"{folder}"', 1) + f"synonyms = {synonyms}\n"
+        (tmp_path / folder / "backend.toml").write_text(text.replace('name = "a"', 'name = "demo"'))
+    with pytest.raises(DeclarationError, match="already taken"):
+        declarations.__wrapped__(tmp_path)
+
+
+def test_declarations_come_in_report_order():
+    orders = [d.order for d in declarations()]
+    assert orders == sorted(orders) and len(set(backend_names())) == len(orders)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-import importlib
+import importlib.util
 import pkgutil
 import subprocess
 import sys
@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 import common
+from common.declarations import declarations
 from common.errors import BackendUnavailable
-from common.registry import ADAPTERS, load_backend
+from common.registry import load_backend
 
 ROOT = Path(__file__).resolve().parents[2]
-FRAMEWORKS = {"torch", "mxnet", "jax", "jaxlib", "flax", "optax", "tensorflow", "keras"}
+DECLARATIONS = {d.name: d for d in declarations()}
+FRAMEWORKS = {root for d in declarations() for root in d.import_roots}
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -34,21 +36,20 @@ def test_common_sources_import_no_framework(path):
     assert not imported_roots(path) & FRAMEWORKS, f"{path.name} imports {imported_roots(path) & FRAMEWORKS}"
 
 
-@pytest.mark.parametrize("backend", sorted(ADAPTERS))
+@pytest.mark.parametrize("backend", sorted(DECLARATIONS))
 def test_each_adapter_imports_only_its_own_framework(backend):
-    module = ADAPTERS[backend][0]
-    own = {
-        "torch": {"torch"},
-        "mxnet": {"mxnet"},
-        "jax": {"jax", "jaxlib", "flax", "optax"},
-        "tensorflow": {"tensorflow", "keras", "h5py"},
-    }[backend]
-    roots = imported_roots(ROOT / (module.replace(".", "/") + ".py"))
-    assert not (roots & FRAMEWORKS) - own, f"{module} imports {(roots & FRAMEWORKS) - own}"
+    entry = DECLARATIONS[backend]
+    package = ROOT / entry.adapter_module.rsplit(".", 1)[0].replace(".", "/")
+    for path in sorted(package.glob("*.py")):
+        roots = imported_roots(path)
+        assert not (roots & FRAMEWORKS) - set(entry.import_roots), (
+            f"{path.relative_to(ROOT)} imports {(roots & FRAMEWORKS) - set(entry.import_roots)}, "
+            f"but {entry.path} declares import_roots={list(entry.import_roots)}"
+        )
 
 
 def test_importing_all_of_common_loads_no_framework():
-    names = [f"common.{m.name}" for m in pkgutil.iter_modules(common.__path__)]
+    names = [m.name for m in pkgutil.walk_packages(common.__path__, "common.") if m.name != "common.__main__"]
     code = f"import sys; {'; '.join(f'import {n}' for n in names)}; print(sorted(sys.modules))"
     loaded = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
@@ -57,17 +58,15 @@ def test_importing_all_of_common_loads_no_framework():
     assert not modules & FRAMEWORKS, f"importing common loads {modules & FRAMEWORKS}"
 
 
-@pytest.mark.parametrize("backend", sorted(ADAPTERS))
+@pytest.mark.parametrize("backend", sorted(DECLARATIONS))
 def test_missing_framework_names_the_make_target(backend):
-    try:
-        importlib.import_module(ADAPTERS[backend][2])
-    except ImportError:
-        pass
-    else:
-        pytest.skip(f"{ADAPTERS[backend][2]} is installed here; this checks the framework-free env")
+    entry = DECLARATIONS[backend]
+    installed = [root for root in entry.import_roots if importlib.util.find_spec(root) is not None]
+    if installed:
+        pytest.skip(f"{installed} is installed here; this checks the framework-free env")
     try:
         load_backend(backend)
     except BackendUnavailable as error:
-        assert f"make venv-{backend}" in str(error) and "\n" not in str(error)
+        assert f"make venv-{entry.env}" in str(error) and "\n" not in str(error)
     else:
         raise AssertionError(f"load_backend({backend!r}) worked without its framework")

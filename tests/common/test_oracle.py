@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common import oracle
-from common.models import BOOK_SPECS, TIED
-from common.oracle import Loss
+from common.core import oracle
+from common.core.models import BOOK_SPECS, TIED
+from common.core.oracle import Loss
 
 
 def finite_difference(spec, weights, x, loss, name, eps=1e-6):

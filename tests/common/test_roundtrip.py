@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from common.models import BOOK_SPECS
-from common.roundtrip import compare, matrices
+from common.commands.roundtrip import compare, matrices
+from common.core.models import BOOK_SPECS
 
 
 def outputs(shift: float = 0.0, ties: bool | None = True) -> dict:

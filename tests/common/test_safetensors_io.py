@@ -10,10 +10,10 @@ import struct
 import numpy as np
 import pytest
 
-from common import portable, safetensors_io
+from common.core import portable, safetensors_io
+from common.core.models import MLP, TIED
+from common.core.oracle import initial_weights
 from common.errors import ParamFileError
-from common.models import MLP, TIED
-from common.oracle import initial_weights
 
 
 def test_round_trip_keeps_order_values_and_metadata(tmp_path):

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
+from common.core.expectations import BOOK_PARAM_SHAPES, NEST_LEVELS, TIED_POSITIONS
+from common.core.models import BOOK_SPECS, TIED, load_spec
+from common.core.spec import Dense, ModelSpec, ReLU, spec_from_dict
 from common.errors import SpecError
-from common.expectations import BOOK_PARAM_SHAPES, NEST_LEVELS, TIED_POSITIONS
-from common.models import BOOK_SPECS, TIED
-from common.spec import Dense, ModelSpec, ReLU, load_spec, spec_from_dict
 from tests.common.spec_cases import INVALID_SPECS
 
 

@@ -1,21 +1,18 @@
 """The conformance suite's harness: one backend per run, chosen by PARITY_BACKEND.
 
-Known divergences live in tests/xfails/<backend>.txt (one test id, a tab or " | ", and the reason,
-per line); they become strict xfails, so a divergence that disappears fails the run too.
+Known divergences live in the backend's declaration (``[xfails]`` of backends/<name>/backend.toml:
+test id = reason); they become strict xfails, so a divergence that disappears fails the run too.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from common.core.interface import Backend
+from common.declarations import declaration
 from common.errors import UsageError
-from common.interface import Backend
 from common.registry import load_backend
-
-XFAIL_DIR = Path(__file__).resolve().parent.parent / "xfails"
 
 
 def pytest_configure(config):
@@ -33,24 +30,9 @@ def pytest_report_header(config):
     )
 
 
-def read_xfails(backend: str) -> dict[str, str]:
-    path = XFAIL_DIR / f"{backend}.txt"
-    if not path.exists():
-        return {}
-    entries = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        test_id, sep, reason = line.partition(" | ")
-        if not sep or not reason.strip():
-            raise pytest.UsageError(f"{path}:{number}: expected '<test id> | <reason>', got {line!r}")
-        entries[test_id.strip()] = reason.strip()
-    return entries
-
-
 def pytest_collection_modifyitems(config, items):
-    xfails = read_xfails(config.parity_backend.name)
+    entry = declaration(config.parity_backend.name)
+    xfails = entry.xfails
     known, files = set(), set()
     for item in items:
         test_id = item.nodeid.split("conformance/", 1)[-1]  # "test_file.py::test_name[param]"
@@ -61,9 +43,7 @@ def pytest_collection_modifyitems(config, items):
     # An entry whose file ran but whose test is gone is stale: say so rather than silently pass.
     stale = {test_id for test_id in set(xfails) - known if test_id.split("::")[0] in files}
     if stale and not config.option.keyword and not config.option.markexpr:
-        raise pytest.UsageError(
-            f"tests/xfails/{config.parity_backend.name}.txt names tests that do not exist: {sorted(stale)}"
-        )
+        raise pytest.UsageError(f"{entry.path} [xfails] names tests that do not exist: {sorted(stale)}")
 
 
 @pytest.fixture(scope="session")

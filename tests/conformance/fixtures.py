@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.interface import Backend, Model
-from common.models import BOOK_SPECS
-from common.oracle import initial_weights, sample_input
-from common.spec import ModelSpec
+from common.core.interface import Backend, Model
+from common.core.models import BOOK_SPECS
+from common.core.oracle import initial_weights, sample_input
+from common.core.spec import ModelSpec
 
 BOOK_MODEL_NAMES = tuple(BOOK_SPECS)
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.expectations import (
+from common.core.expectations import (
     BOOK_OUTPUT_SHAPES,
     BOOK_PARAM_SHAPES,
-    GRAD_STATE_BEFORE_BACKWARD,
     NEST_LEVELS,
-    WEIGHT_LAYOUT,
 )
-from common.models import BOOK_SPECS, MLP, NEST
-from common.spec import layer_name
+from common.core.models import BOOK_SPECS, MLP, NEST
+from common.core.spec import layer_name
+from common.declarations import declaration
 from tests.conformance.fixtures import BOOK_MODEL_NAMES, book_input, loaded_model
 from tests.helpers import assert_close, assert_equal
 
@@ -27,7 +26,7 @@ def test_output_shape(backend, model_name):
 
 
 def test_weight_layout_is_declared(backend):
-    assert_equal("weight_layout", backend.weight_layout, WEIGHT_LAYOUT[backend.name])
+    assert_equal("weight_layout", backend.weight_layout, declaration(backend.name).fact("weight_layout"))
 
 
 def test_layer_2_weight_and_bias(backend):
@@ -67,7 +66,7 @@ def test_grad_state_before_backward(backend):
     assert_equal(
         "grad before backward",
         backend.grad_state_before_backward(model),
-        GRAD_STATE_BEFORE_BACKWARD[backend.name],
+        declaration(backend.name).fact("grad_state_before_backward"),
     )
 
 

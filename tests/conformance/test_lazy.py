@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from common.expectations import BOOK_PARAM_SHAPES
-from common.models import BOOK_SPECS, MLP
+from common.core.expectations import BOOK_PARAM_SHAPES
+from common.core.models import BOOK_SPECS, MLP
+from common.declarations import declaration
 from tests.conformance.fixtures import BOOK_MODEL_NAMES, book_input
 from tests.helpers import assert_equal
 
 
-def test_unbuilt_params_do_not_know_the_input_width(backend):
-    """Before the first forward no parameter may claim the first layer's full (8, 4) shape."""
+def test_unbuilt_params_match_the_declared_laziness(backend):
+    """A lazy backend holds no parameter of the first layer's full (8, 4) shape before the first
+    forward; an eager one (capability declared false, with its reason) already holds it."""
+    lazy = declaration(backend.name).capability("lazy_input_size")
     model = backend.build_mlp(MLP)
     unbuilt = backend.unbuilt_params(model)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in unbuilt.items()), unbuilt
@@ -22,7 +25,13 @@ def test_unbuilt_params_do_not_know_the_input_width(backend):
             BOOK_PARAM_SHAPES["mlp"]["layers.0.weight"][::-1],
         )
     }
-    assert not full & set(unbuilt.values()), f"unbuilt shapes={unbuilt}, but the input width is unknown yet"
+    knows_width = bool(full & set(unbuilt.values()))
+    assert_equal(
+        "input width known before the first forward",
+        knows_width,
+        not lazy.value,
+        f"declared lazy_input_size={lazy.value}: {lazy.reason}; unbuilt={unbuilt}",
+    )
 
 
 @pytest.mark.parametrize("model_name", BOOK_MODEL_NAMES)

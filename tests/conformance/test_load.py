@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.core.models import TIED
+from common.core.oracle import initial_weights
 from common.errors import ParamFileError
-from common.models import TIED
-from common.oracle import initial_weights
 from tests.conformance.fixtures import loaded_model
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from common.interface import NATIVE_FACT_KEYS
-from common.models import BOOK_SPECS, TIED
+from common.core.interface import NATIVE_FACT_KEYS
+from common.core.models import BOOK_SPECS, TIED
 from tests.conformance.fixtures import loaded_model
 from tests.helpers import assert_equal
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common import oracle
-from common.models import BOOK_SPECS
-from common.oracle import Loss
+from common.core import oracle
+from common.core.models import BOOK_SPECS
+from common.core.oracle import Loss
 from tests.conformance.fixtures import BOOK_MODEL_NAMES, book_input, loaded_model
 from tests.helpers import assert_close, assert_equal
 

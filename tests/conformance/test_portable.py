@@ -10,10 +10,10 @@ import pickle
 import numpy as np
 import pytest
 
-from common import portable, safetensors_io
+from common.core import portable, safetensors_io
+from common.core.models import BOOK_SPECS, MLP, TIED
+from common.core.oracle import initial_weights
 from common.errors import ParamFileError
-from common.models import BOOK_SPECS, MLP, TIED
-from common.oracle import initial_weights
 from tests.conformance.fixtures import BOOK_MODEL_NAMES, book_input, loaded_model
 from tests.helpers import assert_close
 
@@ -23,9 +23,9 @@ def test_export_then_import_into_a_fresh_model(backend, tmp_path, model_name):
     spec = BOOK_SPECS[model_name]
     source, weights = loaded_model(backend, spec, seed=3)
     path = tmp_path / "p.safetensors"
-    backend.export_params(source, str(path))
+    portable.export_params(backend, source, str(path))
     target = backend.build_mlp(spec)
-    metadata = backend.import_params(target, str(path))
+    metadata = portable.import_params(backend, target, str(path))
     assert metadata["framework"] == backend.name
     x = book_input(spec)
     assert_close("net(X) after import", backend.forward(target, x), backend.forward(source, x))
@@ -38,7 +38,7 @@ def test_a_numpy_written_file_loads_and_keeps_ties(backend, tmp_path):
     weights = initial_weights(TIED, seed=9)
     path = portable.write_portable(tmp_path / "n.safetensors", TIED, weights)
     model = backend.build_mlp(TIED)
-    backend.import_params(model, str(path))
+    portable.import_params(backend, model, str(path))
     assert_close("layers.4.weight", backend.get_param(model, "layers.4.weight"), weights["layers.2.weight"])
     value = weights["layers.2.weight"].copy()
     value[0, 0] = 42.0
@@ -118,7 +118,7 @@ def test_bad_file_is_refused_and_the_model_is_unchanged(backend, tmp_path, monke
     path = tmp_path / "bad.safetensors"
     make_bad(kind, path)
     with pytest.raises(ParamFileError, match=BAD_FILES[kind]) as info:
-        backend.import_params(model, str(path))
+        portable.import_params(backend, model, str(path))
     assert "\n" not in str(info.value)
     after = backend.snapshot(model)
     for name, value in before.items():
@@ -130,7 +130,7 @@ def test_nonfinite_file_loads_when_allowed(backend, tmp_path):
     model = backend.build_mlp(TIED)
     path = tmp_path / "inf.safetensors"
     make_bad("nan", path)
-    backend.import_params(model, str(path), allow_nonfinite=True)
+    portable.import_params(backend, model, str(path), allow_nonfinite=True)
     assert np.isinf(backend.get_param(model, "layers.0.weight")).all()
 
 

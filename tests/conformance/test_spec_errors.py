@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from common.core.spec import spec_from_dict
 from common.errors import SpecError
-from common.spec import spec_from_dict
 from tests.common.spec_cases import INVALID_SPECS
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common import oracle
-from common.expectations import TIED_POSITIONS
-from common.models import TIED
-from common.oracle import Loss
+from common.core import oracle
+from common.core.expectations import TIED_POSITIONS
+from common.core.models import TIED
+from common.core.oracle import Loss
 from tests.conformance.fixtures import book_input, loaded_model
 from tests.helpers import assert_close, assert_equal
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.models import NEST, TIED
-from common.training import baseline_start, oracle_losses, train
+from common.commands.training import baseline_start, oracle_losses, train
+from common.core.models import NEST, TIED
 from tests.conformance.fixtures import loaded_model
 from tests.helpers import assert_close, assert_equal
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common import safetensors_io
+from common.core import safetensors_io
+from common.core.params import check_values
+from common.core.spec import ModelSpec, spec_from_dict
 from common.errors import ParamFileError, SpecError
-from common.interface import Backend, Model
-from common.params import check_values
-from common.spec import ModelSpec, spec_from_dict
+
+if TYPE_CHECKING:  # the interface calls nothing here, so this is a one-way dependency
+    from common.core.interface import Backend, Model
 
 FORMAT = "paramparity/1"
 
@@ -64,6 +66,7 @@ def write_portable(
 
 
 def export_params(backend: Backend, model: Model, path: str | Path) -> Path:
+    """Write a portable safetensors file of the model's unique parameters."""
     return write_portable(
         path, model.spec, backend.snapshot(model), backend.name, backend.framework_version()
     )

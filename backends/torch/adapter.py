@@ -13,10 +13,9 @@ import torch
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
-from common.errors import ParamFileError
-from common.interface import Backend, GradState, Model, ParamInfo, WeightLayout
-from common.oracle import Loss
-from common.spec import (
+from common.core.interface import Backend, GradState, Model, ParamInfo, WeightLayout
+from common.core.oracle import Loss
+from common.core.spec import (
     ROLES,
     Block,
     Dense,
@@ -26,6 +25,7 @@ from common.spec import (
     param_name,
     split_param_name,
 )
+from common.errors import ParamFileError
 
 _INIT_SEED = 0
 

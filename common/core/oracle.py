@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.spec import ROLES, Dense, ModelSpec, param_name
+from common.core.spec import ROLES, Dense, ModelSpec, param_name
 
 LOSS_KINDS = ("sum", "mse")
 

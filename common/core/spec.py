@@ -7,11 +7,9 @@ block); canonical names are derived from paths: ``layers.0.1.weight``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from common.errors import SpecError
@@ -184,24 +182,6 @@ def spec_from_dict(data: Mapping[str, Any]) -> ModelSpec:
         )
     except TypeError as error:
         raise SpecError(f"malformed spec: {error}") from None
-
-
-def load_spec(name_or_path: str) -> ModelSpec:
-    """A named book spec, or a JSON spec file."""
-    from common.models import BOOK_SPECS
-
-    if name_or_path in BOOK_SPECS:
-        return BOOK_SPECS[name_or_path]
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise SpecError(
-            f"unknown model {name_or_path!r}: not a book model ({', '.join(BOOK_SPECS)}) and not a JSON file"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SpecError(f"cannot read spec file {str(path)!r}: {error}") from None
-    return spec_from_dict(data)
 
 
 def _layer_from_dict(item: Any, path: LayerPath) -> Layer:

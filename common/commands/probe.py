@@ -1,5 +1,5 @@
 """The behaviour probe: run in one backend's environment, it drives the adapter through the book's
-scenarios and writes a JSON behaviour record. `python -m common.probe --backend torch --out rec.json`
+scenarios and writes a JSON behaviour record. `python -m common.commands.probe --backend torch --out rec.json`
 
 Framework code runs only inside the adapter; this module records what the adapter observes.
 Everything but the "timing" field is deterministic, so two runs give identical records.
@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from common import oracle
-from common.fanout import child_main
-from common.interface import Backend
-from common.models import BOOK_SPECS
-from common.oracle import Loss
+from common.commands.fanout import child_main
+from common.core import oracle
+from common.core.interface import Backend
+from common.core.models import BOOK_SPECS
+from common.core.oracle import Loss
+from common.core.spec import ModelSpec
 from common.registry import load_backend
-from common.spec import ModelSpec
 
 RECORD_VERSION = 1
 SEED = 0

@@ -23,10 +23,10 @@ import numpy as np
 import optax
 from flax import serialization, traverse_util
 
+from common.core.interface import Backend, GradState, Model, ParamInfo, WeightLayout
+from common.core.oracle import Loss
+from common.core.spec import ROLES, Block, Dense, LayerPath, ModelSpec, param_name, split_param_name
 from common.errors import ParamFileError
-from common.interface import Backend, GradState, Model, ParamInfo, WeightLayout
-from common.oracle import Loss
-from common.spec import ROLES, Block, Dense, LayerPath, ModelSpec, param_name, split_param_name
 
 __all__ = ["FlaxBackend"]
 

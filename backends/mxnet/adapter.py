@@ -22,10 +22,10 @@ with warnings.catch_warnings():
     from mxnet import np as mnp  # not "np": that name is the real numpy here
     from mxnet.gluon import nn
 
+from common.core.interface import Backend, GradState, Model, ParamInfo, WeightLayout
+from common.core.oracle import Loss
+from common.core.spec import ROLES, Block, Dense, LayerPath, ModelSpec, param_name, split_param_name
 from common.errors import ParamFileError
-from common.interface import Backend, GradState, Model, ParamInfo, WeightLayout
-from common.oracle import Loss
-from common.spec import ROLES, Block, Dense, LayerPath, ModelSpec, param_name, split_param_name
 
 __all__ = ["MXNetBackend"]
 

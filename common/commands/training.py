@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from common import oracle
-from common.interface import Backend
-from common.models import TIED
-from common.oracle import Loss
-from common.spec import ModelSpec
+from common.core import oracle
+from common.core.interface import Backend
+from common.core.models import TIED
+from common.core.oracle import Loss
+from common.core.spec import ModelSpec
 
 DEFAULT_STEPS = 200
 DEFAULT_LR = 0.05
@@ -201,7 +201,7 @@ def _built(backend: Backend, spec: ModelSpec):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.fanout import child_main, report_progress
+    from common.commands.fanout import child_main, report_progress
     from common.registry import load_backend
 
     def arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,12 +13,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from common.config import add_backends_option, parse_backend_list
-from common.envs import ROOT
-from common.fanout import module_command, prepare_envs, run_parallel, write_record
-from common.models import TIED
-from common.textable import format_table
-from common.training import (
+from common.commands.fanout import module_command, prepare_envs, run_parallel, write_record
+from common.commands.textable import format_table
+from common.commands.training import (
     DEFAULT_LR,
     DEFAULT_STEPS,
     baseline_start,
@@ -26,6 +23,9 @@ from common.training import (
     oracle_losses,
     parameter_budget,
 )
+from common.config import add_backends_option, parse_backend_list
+from common.core.models import TIED
+from common.envs import ROOT
 
 REPORTS = ROOT / "reports"
 Record = Mapping[str, Any]
@@ -224,7 +224,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps={args.steps} and --lr={args.lr}, but should be >= 1 and > 0")
     backends = parse_backend_list(args.backends)
     prepare_envs(backends)
-    command = module_command("common.training", "--steps", str(args.steps), "--lr", str(args.lr))
+    command = module_command("common.commands.training", "--steps", str(args.steps), "--lr", str(args.lr))
     records = run_parallel(backends, command, what="training")
     tied_start, untied_start = baseline_start(TIED)
     reference = oracle_losses(TIED, tied_start, args.steps, args.lr)

@@ -1,7 +1,7 @@
 """`make diff`: run one behaviour probe per backend, in its own environment, in parallel; merge
 the records into one table (a row per behaviour, a column per backend) and check the book.
 
-This process imports no framework: the probes are subprocesses (common.probe).
+This process imports no framework: the probes are subprocesses (common.commands.probe).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.claims import BOOK_CLAIMS, evaluate
-from common.config import BACKENDS, add_backends_option, parse_backend_list
+from common.commands.claims import BOOK_CLAIMS, applies_to, evaluate
+from common.commands.fanout import Command, module_command, prepare_envs, run_parallel
+from common.commands.textable import format_table
+from common.config import add_backends_option, backend_names, parse_backend_list
+from common.declarations import declaration
 from common.envs import ROOT
-from common.fanout import Command, module_command, prepare_envs, run_parallel
-from common.textable import format_table
 
 FORMATS = ("terminal", "json", "markdown", "html")
 REPORTS = ROOT / "reports"
@@ -168,7 +169,7 @@ ROWS: tuple[Row, ...] = (
 # -- merging ---------------------------------------------------------------------------------------
 def merge(records: Mapping[str, Record]) -> dict[str, Any]:
     """One document from per-backend records; a failed record gets an error cell in every row."""
-    backends = [name for name in BACKENDS if name in records]
+    backends = [name for name in backend_names() if name in records]
     rows = []
     for row in ROWS:
         cells = {}
@@ -192,21 +193,9 @@ def merge(records: Mapping[str, Record]) -> dict[str, Any]:
         )
     claims = []
     for claim in BOOK_CLAIMS:
-        if claim.backend not in records:
-            continue
-        verdict = evaluate(claim, records[claim.backend])
-        claims.append(
-            {
-                "backend": claim.backend,
-                "section": claim.section,
-                "quote": claim.quote,
-                "measure": claim.measure,
-                "expected": _plain(claim.expected),
-                "observed": _plain(verdict.observed),
-                "detail": verdict.detail,
-                "status": verdict.status,
-            }
-        )
+        for name in backends:
+            if applies_to(claim, declaration(name).book_tab):
+                claims.append(_verdict(claim, name, records[name]))
     failed = sorted(name for name in backends if not records[name].get("ok"))
     return {
         "backends": backends,
@@ -214,6 +203,21 @@ def merge(records: Mapping[str, Record]) -> dict[str, Any]:
         "rows": rows,
         "claims": claims,
         "records": {name: records[name] for name in backends},
+    }
+
+
+def _verdict(claim, backend: str, record: Record) -> dict[str, Any]:
+    verdict = evaluate(claim, record)
+    return {
+        "backend": backend,
+        "tab": claim.tab or "all",
+        "section": claim.section,
+        "quote": claim.quote,
+        "measure": claim.measure,
+        "expected": _plain(claim.expected),
+        "observed": _plain(verdict.observed),
+        "detail": verdict.detail,
+        "status": verdict.status,
     }
 
 
@@ -378,7 +382,7 @@ EXTENSIONS = {"json": "json", "markdown": "md", "html": "html"}
 
 
 # -- running the probes ----------------------------------------------------------------------------
-PROBE = module_command("common.probe")
+PROBE = module_command("common.commands.probe")
 
 
 def run_probes(backends: Sequence[str], command: Command = PROBE, stream=sys.stderr) -> dict[str, Record]:

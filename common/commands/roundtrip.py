@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from common import oracle
+from common.commands.textable import format_table
 from common.config import add_backends_option, parse_backend_list
-from common.expectations import ATOL, RTOL
-from common.models import BOOK_SPECS
-from common.oracle import Loss
-from common.textable import format_table
+from common.core import oracle, portable
+from common.core.expectations import ATOL, RTOL
+from common.core.models import BOOK_SPECS
+from common.core.oracle import Loss
 
 
 def _outputs(backend, model, spec) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def export_phase(backend, folder: Path) -> dict[str, Any]:
         backend.seed(0)
         model = backend.build_mlp(spec)
         backend.materialize(model)
-        backend.export_params(model, str(folder / f"{backend.name}-{name}.safetensors"))
+        portable.export_params(backend, model, str(folder / f"{backend.name}-{name}.safetensors"))
         results[name] = _outputs(backend, model, spec)
     return results
 
@@ -49,7 +49,7 @@ def import_phase(backend, folder: Path, sources: list[str]) -> dict[str, Any]:
             key = f"{source}/{name}"
             try:
                 model = backend.build_mlp(spec)
-                backend.import_params(model, str(path))
+                portable.import_params(backend, model, str(path))
                 results[key] = _outputs(backend, model, spec) | {
                     "ties_hold": _ties_hold(backend, model, spec)
                 }
@@ -135,21 +135,27 @@ def add_parser(commands) -> None:
 
 
 def run_roundtrip(args: argparse.Namespace) -> int:
-    from common.fanout import module_command, prepare_envs, run_parallel
+    from common.commands.fanout import module_command, prepare_envs, run_parallel
 
     backends = parse_backend_list(args.backends)
     prepare_envs(backends)
     with tempfile.TemporaryDirectory() as folder:
         exports = run_parallel(
             backends,
-            module_command("common.roundtrip", "--phase", "export", "--dir", folder),
+            module_command("common.commands.roundtrip", "--phase", "export", "--dir", folder),
             what="exporting",
         )
         sources = ",".join(b for b in backends if exports[b].get("ok"))
         imports = run_parallel(
             backends,
             module_command(
-                "common.roundtrip", "--phase", "import", "--dir", folder, "--sources", sources or "none"
+                "common.commands.roundtrip",
+                "--phase",
+                "import",
+                "--dir",
+                folder,
+                "--sources",
+                sources or "none",
             ),
             what="importing",
         )
@@ -164,7 +170,7 @@ def run_roundtrip(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.fanout import child_main
+    from common.commands.fanout import child_main
     from common.registry import load_backend
 
     def arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from common.spec import Block, Dense, ModelSpec, ReLU
+import json
+from pathlib import Path
+
+from common.core.spec import Block, Dense, ModelSpec, ReLU, spec_from_dict
+from common.errors import SpecError
 
 # net = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1)); X = torch.rand(2, 4)
 MLP = ModelSpec("mlp", in_features=4, layers=(Dense(8), ReLU(), Dense(1)))
@@ -22,3 +26,19 @@ NEST_MLP = Block((Block((Dense(64), ReLU(), Dense(32), ReLU()), "net"), Dense(16
 NEST = ModelSpec("nest", in_features=20, layers=(NEST_MLP, Dense(20)))
 
 BOOK_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (MLP, TIED, NEST)}
+
+
+def load_spec(name_or_path: str) -> ModelSpec:
+    """A named book spec, or a JSON spec file."""
+    if name_or_path in BOOK_SPECS:
+        return BOOK_SPECS[name_or_path]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise SpecError(
+            f"unknown model {name_or_path!r}: not a book model ({', '.join(BOOK_SPECS)}) and not a JSON file"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SpecError(f"cannot read spec file {str(path)!r}: {error}") from None
+    return spec_from_dict(data)

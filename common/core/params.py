@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from common.core.spec import ModelSpec
 from common.errors import ParamFileError
-from common.spec import ModelSpec
 
 
 def check_value(spec: ModelSpec, name: str, value: object, *, allow_nonfinite: bool = False) -> np.ndarray:

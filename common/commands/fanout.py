@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.envs import ROOT, ensure_venv, venv_python
+from common.envs import ROOT, backend_env, ensure_venv, venv_python
 from common.errors import USAGE_EXIT_CODE, UsageError
 
 PROGRESS = "progress:"
@@ -32,9 +32,10 @@ def module_command(module: str, *args: str) -> Command:
     """``.venvs/<backend>/bin/python -m <module> --backend <backend> --out <file> *args``."""
 
     def command(backend: str, out: Path) -> list[str]:
-        python = venv_python(backend)
+        env = backend_env(backend)
+        python = venv_python(env)
         if not python.exists():
-            raise UsageError(f"environment .venvs/{backend} is missing; create it with `make venv-{backend}`")
+            raise UsageError(f"environment .venvs/{env} is missing; create it with `make venv-{env}`")
         return [str(python), "-m", module, "--backend", backend, "--out", str(out), *args]
 
     return command
@@ -43,11 +44,11 @@ def module_command(module: str, *args: str) -> Command:
 def prepare_envs(backends: Sequence[str]) -> None:
     """Create missing environments one at a time (pip and make are not parallel-safe); a failure
     surfaces later as that backend's error."""
-    for backend in backends:
+    for env in dict.fromkeys(backend_env(backend) for backend in backends):
         try:
-            ensure_venv(backend)
+            ensure_venv(env)
         except UsageError as error:
-            print(f"[{backend}] {error}", file=sys.stderr, flush=True)
+            print(f"[{env}] {error}", file=sys.stderr, flush=True)
 
 
 def run_parallel(

@@ -8,11 +8,10 @@ import json
 
 import numpy as np
 
-from common.models import BOOK_SPECS
-from common.portable import read_params
-from common.safetensors_io import read
-from common.spec import load_spec
-from common.textable import format_table
+from common.commands.textable import format_table
+from common.core.models import BOOK_SPECS, load_spec
+from common.core.portable import read_params
+from common.core.safetensors_io import read
 
 
 def add_parsers(commands) -> None:

@@ -14,10 +14,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from common.commands.textable import format_table
 from common.config import ENV_VAR, selected_backend
-from common.envs import ROOT, ensure_venv
+from common.envs import ROOT, backend_env, ensure_backend_env
 from common.errors import UsageError
-from common.textable import format_table
 
 COUNT_COLUMNS = ("passed", "failed", "error", "xfailed", "xpassed", "skipped")
 
@@ -66,9 +66,9 @@ def run_suite(name: str, python: str, suite: str, extra: list[str], backend: str
 
 
 def run_backend(backend: str, extra: list[str]) -> SuiteResult:
-    print(f"\n==> {backend}: conformance suite in .venvs/{backend}", flush=True)
+    print(f"\n==> {backend}: conformance suite in .venvs/{backend_env(backend)}", flush=True)
     try:
-        python = ensure_venv(backend)
+        python = ensure_backend_env(backend)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return SuiteResult(backend, {}, 2, 0.0, "environment could not be created")
@@ -87,7 +87,7 @@ def summary_table(results: list[SuiteResult]) -> str:
 
 def test_one(extra: list[str]) -> int:
     backend = selected_backend()
-    python = ensure_venv(backend)
+    python = ensure_backend_env(backend)
     env = dict(os.environ, **{ENV_VAR: backend})
     return subprocess.run(
         pytest_command(str(python), "tests/conformance", extra), cwd=ROOT, env=env

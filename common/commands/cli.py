@@ -32,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_backends_option(test_all)
 
-    from common import diff, inspect_cmd, roundtrip, train_report  # subcommands register themselves
+    from common.commands import diff, inspect, roundtrip, train_report  # subcommands register themselves
 
     diff.add_parser(commands)
     train_report.add_parser(commands)
     roundtrip.add_parser(commands)
-    inspect_cmd.add_parsers(commands)
+    inspect.add_parsers(commands)
     return parser
 
 
@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "test":
-            from common.testing import test_one
+            from common.commands.testing import test_one
 
             return test_one(unknown)  # pytest's own flags pass through
         if args.command == "test-all":
-            from common.testing import test_all
+            from common.commands.testing import test_all
 
             return test_all(parse_backend_list(args.backends), unknown)
         return args.run(args)

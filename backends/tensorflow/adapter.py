@@ -16,10 +16,9 @@ from typing import Any
 import h5py  # installed with TensorFlow; reads Keras' .weights.h5 without building a model
 import numpy as np
 
-from common.errors import ParamFileError
-from common.interface import Backend, GradState, Model, ParamInfo, WeightLayout
-from common.oracle import Loss
-from common.spec import (
+from common.core.interface import Backend, GradState, Model, ParamInfo, WeightLayout
+from common.core.oracle import Loss
+from common.core.spec import (
     ROLES,
     Block,
     Dense,
@@ -29,6 +28,7 @@ from common.spec import (
     param_name,
     split_param_name,
 )
+from common.errors import ParamFileError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # must precede the import: quiets TF's C++ logs
 import tensorflow as tf  # noqa: E402

@@ -1,13 +1,12 @@
 """What every backend is held to, written once as data.
 
 Shapes and tie positions of the book's models are spelled out by hand here (not derived from
-common.spec), so the spec machinery is itself checked against them in tests/common.
-Per-backend entries are facts about a framework, not exceptions to a rule.
+common.core.spec), so the spec machinery is itself checked against them in tests/common.
+Facts about one framework (its weight layout, its grad state before backward) live in that
+backend's declaration, backends/<name>/backend.toml.
 """
 
 from __future__ import annotations
-
-from common.interface import GradState, WeightLayout
 
 # float32 forward/backward of these small MLPs against the float64 oracle, same weights.
 RTOL = 1e-5
@@ -54,19 +53,4 @@ NEST_LEVELS: dict[str, tuple[str, ...]] = {
     "layers": ("layers.0", "layers.1"),
     "layers.0": ("layers.0.0", "layers.0.1"),
     "layers.0.0": ("layers.0.0.0", "layers.0.0.2"),
-}
-
-# D2L 6.2.1.3: torch's grad is None, Gluon's is zeros, JAX and Keras keep no gradient on a parameter.
-GRAD_STATE_BEFORE_BACKWARD: dict[str, str] = {
-    "torch": GradState.NONE,
-    "mxnet": GradState.ZEROS,
-    "jax": GradState.NOT_STORED,
-    "tensorflow": GradState.NOT_STORED,
-}
-
-WEIGHT_LAYOUT: dict[str, str] = {
-    "torch": WeightLayout.OUT_IN,
-    "mxnet": WeightLayout.OUT_IN,
-    "jax": WeightLayout.IN_OUT,
-    "tensorflow": WeightLayout.IN_OUT,
 }

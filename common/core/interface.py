@@ -3,7 +3,7 @@
 Design requirements:
 - only numpy arrays, tuples, strings and small frozen dataclasses cross it;
 - canonical names (``layers.2.weight``) and canonical layout (weights ``(out, in)``) everywhere;
-- adapters translate; they never decide what is correct (that is ``common.oracle`` and the tests);
+- adapters translate; they never decide what is correct (that is ``common.core.oracle`` and the tests);
 - a position name reads through the native object at that position, so a tie is observed, not
   assumed from the spec.
 
@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from common.core.oracle import Loss
+from common.core.params import check_value, check_values
+from common.core.spec import LayerPath, ModelSpec, param_name, split_param_name
 from common.errors import ParamFileError
-from common.oracle import Loss
-from common.params import check_value, check_values
-from common.spec import LayerPath, ModelSpec, param_name, split_param_name
 
 __all__ = ["NATIVE_FACT_KEYS", "Backend", "GradState", "LayerParams", "Model", "ParamInfo", "WeightLayout"]
 
@@ -243,18 +243,6 @@ class Backend(abc.ABC):
             for name, value in before.items():
                 self.write_native(model, name, self.to_native(split_param_name(name)[1], value))
             raise
-
-    def export_params(self, model: Model, path: str) -> None:
-        """Write a portable safetensors file (see common.portable)."""
-        from common.portable import export_params
-
-        export_params(self, model, path)
-
-    def import_params(self, model: Model, path: str, *, allow_nonfinite: bool = False) -> dict[str, str]:
-        """Load a portable file exported by any backend; returns its metadata."""
-        from common.portable import import_params
-
-        return import_params(self, model, path, allow_nonfinite=allow_nonfinite)
 
     def read_native_params(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
         """The framework's own file (see save_native_file), as entry names and canonical values.

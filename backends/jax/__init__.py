@@ -1,0 +1,1 @@
+"""The jax backend: adapter.py, declared in backend.toml."""

@@ -1,0 +1,1 @@
+"""The mxnet backend: adapter.py, declared in backend.toml."""

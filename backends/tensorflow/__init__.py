@@ -1,0 +1,1 @@
+"""The tensorflow backend: adapter.py, declared in backend.toml."""

@@ -1,0 +1,1 @@
+"""The torch backend: adapter.py, declared in backend.toml."""

@@ -1,0 +1,7 @@
+"""`python -m common`: the paramparity command line."""
+
+import sys
+
+from common.commands.cli import main
+
+sys.exit(main())

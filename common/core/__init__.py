@@ -1,0 +1,4 @@
+"""The model core: spec, oracle, interface, parameter checks and the portable format.
+
+Framework-free: numpy and the standard library only.
+"""
