@@ -18,7 +18,8 @@ Required keys (a missing or mistyped one is an error naming the file and the key
 Optional: ``synonyms``, ``env_vars`` (set before the framework is imported), ``env_check``
 (Python run in the new environment, e.g. to insist on a CPU build), ``[capabilities]`` (each a
 table with ``value`` and ``reason``), ``[facts]`` (expected values the suite checks) and
-``[xfails]`` (test id = reason; strict xfails for this backend only).
+``[xfails]`` (test id = reason; strict xfails for this backend only), and ``bench``
+("module:function", the hand-written training loop ``make bench`` holds the adapter against).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ _OPTIONAL: dict[str, type] = {
     "capabilities": dict,
     "facts": dict,
     "xfails": dict,
+    "bench": str,
 }
 
 
@@ -80,6 +82,7 @@ class Declaration:
     capabilities: Mapping[str, Capability] = field(default_factory=dict)
     facts: Mapping[str, Any] = field(default_factory=dict)
     xfails: Mapping[str, str] = field(default_factory=dict)
+    bench: str = ""
     path: str = ""
 
     @property
@@ -138,6 +141,7 @@ def parse_declaration(path: Path) -> Declaration:
         capabilities=capabilities,
         facts=dict(data.get("facts", {})),
         xfails={str(k): str(v) for k, v in data.get("xfails", {}).items()},
+        bench=data.get("bench", ""),
         path=where,
     )
 

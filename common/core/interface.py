@@ -7,14 +7,17 @@ Design requirements:
 - a position name reads through the native object at that position, so a tie is observed, not
   assumed from the spec.
 
-An adapter implements the abstract primitives; ``Backend`` builds the public methods on them, so
-validation and layout conversion are written once.
+An adapter implements its framework's primitives (make a Dense, find the parameter object at a
+position, run N steps of its own SGD...); ``Backend`` builds everything else on them once: the
+recursive builder, unique parameters by object identity, the tie-identity facts, the fresh-twin
+grad state, the native-file entry checks, the compiled-step cache, validation and layout.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,15 +25,34 @@ import numpy as np
 
 from common.core.oracle import Loss
 from common.core.params import check_value, check_values
-from common.core.spec import LayerPath, ModelSpec, param_name, split_param_name
+from common.core.spec import ROLES, Block, Dense, Layer, LayerPath, ModelSpec, param_name, split_param_name
 from common.errors import ParamFileError
 
-__all__ = ["NATIVE_FACT_KEYS", "Backend", "GradState", "LayerParams", "Model", "ParamInfo", "WeightLayout"]
+__all__ = [
+    "NATIVE_FACT_KEYS",
+    "NOT_STORED",
+    "Backend",
+    "GradState",
+    "LayerParams",
+    "Model",
+    "ParamInfo",
+    "WeightLayout",
+    "qualname",
+]
 
 
 class WeightLayout:
     OUT_IN = "(out, in)"
     IN_OUT = "(in, out)"
+
+
+def qualname(obj: object) -> str:
+    """How a native object is named in a report: ``torch.nn.parameter.Parameter``."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+# What stored_grad returns for a framework that keeps no gradient on a parameter object.
+NOT_STORED = object()
 
 
 class GradState:
@@ -83,24 +105,68 @@ NATIVE_FACT_KEYS = (
 )
 
 
-class Backend(abc.ABC):
-    name: ClassVar[str]  # canonical backend name, e.g. "torch"
-    weight_layout: ClassVar[str]  # WeightLayout.OUT_IN or WeightLayout.IN_OUT
-    lazy_mechanism: ClassVar[str]  # how input size is inferred, e.g. "nn.LazyLinear"
-    tie_mechanism: ClassVar[str]  # how a layer is shared, e.g. "the same module object"
+# (canonical owner name, the native parameter object, every position observed to use that object)
+Observed = tuple[str, Any, list[str]]
 
-    # -- primitives each adapter implements ------------------------------------------------------
+
+class Backend(abc.ABC):
+    name: ClassVar[str]  # canonical backend name; must match its declaration
+    weight_layout: ClassVar[str]  # WeightLayout.OUT_IN or WeightLayout.IN_OUT
+    lazy_mechanism: ClassVar[str]  # how input size is inferred, or why it is not
+    tie_mechanism: ClassVar[str]  # how a layer is shared, e.g. "the same module object"
+    native_file_suffix: ClassVar[str]  # the framework's own parameter file, e.g. ".pt"
+
+    # == primitives each adapter implements ======================================================
     @abc.abstractmethod
     def framework_version(self) -> str: ...
 
+    # -- building: build_mlp below walks the spec and calls these ---------------------------------
     @abc.abstractmethod
-    def build_mlp(self, spec: ModelSpec) -> Model:
-        """Build with lazy input size (LazyLinear / deferred init / init(x) / build-on-call)."""
+    def new_dense(self, units: int, in_features: int) -> Any:
+        """A Dense layer of the framework's own kind. A lazy framework ignores ``in_features``
+        (its declaration says lazy_input_size = true); an eager one needs it."""
+
+    @abc.abstractmethod
+    def new_relu(self) -> Any: ...
+
+    @abc.abstractmethod
+    def finish_sequential(self, container: Any, children: list[Any]) -> Any:
+        """The framework's sequential container holding ``children`` (``container`` is what
+        new_sequential returned, or None)."""
+
+    @abc.abstractmethod
+    def child(self, container: Any, index: int) -> Any:
+        """The layer object the framework holds at ``index`` of a sequential container."""
+
+    def new_sequential(self, spec: ModelSpec, path: LayerPath) -> Any:
+        """Optional: create a container before its children (Gluon name scopes, Keras names)."""
+        return None
+
+    def children_scope(self, container: Any) -> contextlib.AbstractContextManager:
+        """Optional: the context children are created in, e.g. Gluon's ``name_scope()``."""
+        return contextlib.nullcontext()
+
+    def share_dense(self, owner: Any, units: int) -> Any:
+        """The framework's sharing mechanism: by default the very same layer object."""
+        return owner
+
+    def finish_model(self, model: Model) -> None:  # noqa: B027 - optional hook
+        """Optional: work after the net is built (Gluon's ``initialize()``, Flax's adoption)."""
+
+    # -- observing --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def param_object(self, model: Model, position: str) -> Any:
+        """The native parameter object at a position, reached through the layer at that position.
+        Two positions are tied exactly when this returns the same object for both."""
+
+    @abc.abstractmethod
+    def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
+        """(native name as the framework's listing shows it, native shape, dtype name)."""
 
     @abc.abstractmethod
     def unbuilt_params(self, model: Model) -> dict[str, str]:
         """Before any forward pass: native name -> the shape as the framework shows it then
-        (e.g. "(8, 0)", "uninitialized"). Empty if the framework holds no parameters yet."""
+        (e.g. "(8, -1)", "<UninitializedParameter>"). Empty if it holds no parameters yet."""
 
     @abc.abstractmethod
     def materialize(self, model: Model) -> None:
@@ -110,60 +176,229 @@ class Backend(abc.ABC):
     def forward(self, model: Model, x: np.ndarray) -> np.ndarray: ...
 
     @abc.abstractmethod
-    def list_params(self, model: Model) -> tuple[ParamInfo, ...]:
-        """Every unique parameter, in the spec's owner order, with the positions observed to use it."""
-
-    @abc.abstractmethod
     def read_native(self, model: Model, position: str) -> np.ndarray:
-        """The value at a position (any position, tied or not), in native layout."""
+        """The value at a position (any position, tied or not), in native layout, as a copy."""
 
     @abc.abstractmethod
     def write_native(self, model: Model, position: str, value: np.ndarray) -> None:
-        """Write in place, through the native object at ``position``; value is native layout."""
+        """Write in place, through the native object at ``position``; value is native layout.
+        Raise ValueError on a shape mismatch rather than broadcasting."""
 
     @abc.abstractmethod
     def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
-        """The value the framework's own lookup finds under ``native_name`` (the name list_params
-        reports), native layout; KeyError naming it if there is none."""
+        """The value the framework's own lookup finds under ``native_name``; KeyError if none."""
 
     @abc.abstractmethod
-    def native_type(self, model: Model, position: str) -> str:
-        """The qualified class name of the parameter object at ``position``."""
+    def stored_grad(self, model: Model, param: Any) -> Any:
+        """What the framework keeps as ``param``'s gradient: NOT_STORED if it keeps none on the
+        object, else the stored value (None, or an array-like)."""
+
+    # -- facts for the diff -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def listing(self, model: Model) -> tuple[str, list[str]]:
+        """The framework's own "all parameters" call, as the book writes it, and its names."""
 
     @abc.abstractmethod
-    def grad_state_before_backward(self, model: Model) -> str:
-        """One of GradState's values, read off the framework, not assumed: what a model of this
-        spec holds before any backward pass (an adapter may read it off a fresh twin)."""
+    def layer_list(self, model: Model) -> tuple[str, list[Any]]:
+        """The framework's own list of top-level layers (e.g. "net.layers") and its entries."""
 
+    @abc.abstractmethod
+    def serializations(self, model: Model) -> dict[str, list[str]]:
+        """Serialization or listing call -> the entry names it produces."""
+
+    # -- gradients and training -------------------------------------------------------------------
     @abc.abstractmethod
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
-        """Gradients of the loss for every unique native parameter, keyed by canonical owner
-        name, in native layout. Must not accumulate across calls."""
+        """Gradients of the loss for every unique parameter, keyed by canonical owner name, in
+        native layout. Must not accumulate across calls."""
 
     @abc.abstractmethod
-    def native_sgd_step(
-        self, model: Model, x: np.ndarray, loss: Loss, lr: float
-    ) -> tuple[float, dict[str, np.ndarray]]:
-        """One step of the framework's own plain SGD optimizer. Returns the loss before the step
-        and the gradients the optimizer applied (canonical owner name -> native layout)."""
+    def native_train(
+        self, model: Model, x: np.ndarray, loss: Loss, lr: float, steps: int, watch: bool
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``steps`` steps of the framework's own plain SGD, on its fast path (a compiled step,
+        built once per model through ``compiled``). Returns the loss before each step, shape
+        (steps,), and with ``watch`` the gradient each step applied, per unique parameter
+        (canonical owner name -> (steps, *native shape)); ``{}`` without. Values stay on the
+        framework's side until the end, then cross as numpy once."""
 
+    # -- files --------------------------------------------------------------------------------------
     @abc.abstractmethod
     def save_native_file(self, model: Model, path: str) -> str:
-        """Save with the framework's own format; returns the call used, e.g. "torch.save(net.state_dict())".
-        ``path`` has no extension; return value's file is ``path`` + the format's extension."""
+        """Save with the framework's own format to ``path + native_file_suffix``; return the call."""
 
     @abc.abstractmethod
-    def load_native_file(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
-        """Read a file that save_native_file wrote for the same spec, never running code from it
-        (torch: weights_only=True, its restricted unpickler; the others read data formats).
-        Returns the entry names stored in the file, in order, and the values mapped to canonical
-        owner names in native layout. Does not modify ``model``."""
+    def native_file_keys(self, model: Model) -> dict[str, str]:
+        """Entry name in the framework's own file -> the canonical owner it holds (a tie stored
+        twice has two keys for one owner). Needs no built parameters."""
 
-    # -- optional hooks ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def read_native_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
+        """Every (entry name, value in native layout) of ``file``, in file order, read with the
+        framework's own reader without running code from the file."""
+
     def seed(self, seed: int) -> None:  # noqa: B027 - optional: a no-op where init is already seeded
         """Seed the framework's own RNG, so default initial values are reproducible."""
 
-    # -- public methods built on the primitives ---------------------------------------------------
+    # == machinery written once ==================================================================
+    def build_mlp(self, spec: ModelSpec) -> Model:
+        """Walk the spec: a Block becomes a nested sequential, a tied position gets
+        ``share_dense(owner)``. The position table is then read back through ``child``, so it
+        holds what the framework really holds."""
+        owners = {slot.path: slot.owner for slot in spec.dense_slots}
+        widths = {slot.path: slot.in_features for slot in spec.dense_slots}
+        made: dict[LayerPath, Any] = {}
+
+        def build(layers: tuple[Layer, ...], prefix: LayerPath) -> Any:
+            container = self.new_sequential(spec, prefix)
+            children = []
+            with self.children_scope(container):
+                for index, layer in enumerate(layers):
+                    path = prefix + (index,)
+                    if isinstance(layer, Block):
+                        children.append(build(layer.layers, path))
+                    elif isinstance(layer, Dense):
+                        owner = owners[path]  # owners come first in walk order
+                        made[path] = (
+                            self.new_dense(layer.units, widths[path])
+                            if owner == path
+                            else self.share_dense(made[owner], layer.units)
+                        )
+                        children.append(made[path])
+                    else:
+                        children.append(self.new_relu())
+            return self.finish_sequential(container, children)
+
+        net = build(spec.layers, ())
+        model = Model(spec, net, {"layers": {path: self.layer_at(net, path) for path, _ in spec.walk()}})
+        self.finish_model(model)
+        return model
+
+    def layer_at(self, net: Any, path: LayerPath) -> Any:
+        node = net
+        for index in path:
+            node = self.child(node, index)
+        return node
+
+    def observed_params(self, model: Model) -> list[Observed]:
+        """Unique parameters by object identity, in walk order; the first position names each."""
+        seen: dict[int, Observed] = {}
+        for slot in model.spec.dense_slots:
+            for role in ROLES:
+                position = param_name(slot.path, role)
+                param = self.param_object(model, position)
+                seen.setdefault(id(param), (position, param, []))[2].append(position)
+        return list(seen.values())
+
+    def list_params(self, model: Model) -> tuple[ParamInfo, ...]:
+        """Every unique parameter, in the spec's owner order, with the positions observed to use it."""
+        self.materialize(model)
+        infos = []
+        for name, param, positions in self.observed_params(model):
+            native_name, native_shape, dtype = self.describe_param(model, param)
+            role = split_param_name(name)[1]
+            swap = role == "weight" and self.weight_layout == WeightLayout.IN_OUT
+            infos.append(
+                ParamInfo(
+                    name=name,
+                    native_name=native_name,
+                    native_shape=tuple(native_shape),
+                    shape=tuple(native_shape)[::-1] if swap else tuple(native_shape),
+                    dtype=dtype,
+                    native_class=qualname(param),
+                    positions=tuple(positions),
+                )
+            )
+        return tuple(infos)
+
+    def native_type(self, model: Model, position: str) -> str:
+        """The qualified class name of the parameter object at ``position``."""
+        self._check_position(model, position)
+        self.materialize(model)
+        return qualname(self.param_object(model, position))
+
+    def tie_identity(self, model: Model) -> dict[str, bool]:
+        """For the first tie group: is it one layer object, and one parameter object per role?"""
+        if not model.spec.ties:
+            return {}
+        paths = model.spec.ties[0]
+        layers = [model.state["layers"][path] for path in paths]
+        params = [[self.param_object(model, param_name(path, role)) for path in paths] for role in ROLES]
+        return {
+            "same layer object": all(layer is layers[0] for layer in layers),
+            "same parameter object": all(p is group[0] for group in params for p in group),
+        }
+
+    def grad_state_before_backward(self, model: Model) -> str:
+        """One of GradState's values, read off a fresh twin of the same spec (so no earlier
+        backward on ``model`` counts), never assumed."""
+        fresh = self.build_mlp(model.spec)
+        self.materialize(fresh)
+        grads = [self.stored_grad(fresh, param) for _, param, _ in self.observed_params(fresh)]
+        if all(g is NOT_STORED for g in grads):
+            return GradState.NOT_STORED
+        if all(g is None for g in grads):
+            return GradState.NONE
+        if all(g is not None and g is not NOT_STORED and not np.any(np.asarray(g)) for g in grads):
+            return GradState.ZEROS
+        raise RuntimeError(f"unexpected stored gradients before backward: {[qualname(g) for g in grads]}")
+
+    def native_facts(self, model: Model) -> dict[str, Any]:
+        """Framework behaviour for the diff, one plain JSON value per NATIVE_FACT_KEYS entry."""
+        self.materialize(model)
+        listing_call, listing_names = self.listing(model)
+        layer_list_call, layers = self.layer_list(model)
+        return {
+            "listing_call": listing_call,
+            "listing_names": list(listing_names),
+            "layer_list_call": layer_list_call,
+            "layer_list_length": len(layers),
+            "unique_layer_objects": len({id(layer) for layer in layers}),
+            "serializations": self.serializations(model),
+            "tie_identity": self.tie_identity(model),
+        }
+
+    def compiled(self, model: Model, key: Any, make: Callable[[], Any]) -> Any:
+        """A compiled step or optimizer, built once per model and key, then reused."""
+        cache = model.state.setdefault("compiled", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+    @staticmethod
+    def note_trace(model: Model) -> None:
+        """Call inside a function the framework traces (jit, tf.function): it runs once per trace,
+        so the suite can check that steps reuse one compiled function."""
+        model.state["traces"] = model.state.get("traces", 0) + 1
+
+    @staticmethod
+    def traces(model: Model) -> int:
+        return model.state.get("traces", 0)
+
+    def load_native_file(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
+        """Entry names of the framework's own file and its values by canonical owner (native
+        layout). Unknown, missing or disagreeing entries are refused; ``model`` is not changed."""
+        file = path + self.native_file_suffix
+        expected = self.native_file_keys(model)
+        entries = self.read_native_entries(model, file)
+        values: dict[str, np.ndarray] = {}
+        for key, value in entries:
+            if key not in expected:
+                raise ParamFileError(
+                    f"{file}: entry {key!r} is not a parameter of {model.spec.name!r}; "
+                    f"expected: {', '.join(expected)}"
+                )
+            owner = expected[key]
+            value = np.asarray(value)
+            if owner in values and not np.array_equal(values[owner], value):
+                raise ParamFileError(f"{file}: entry {key!r} differs from another stored copy of {owner}")
+            values[owner] = value
+        missing = sorted(set(expected.values()) - set(values))
+        if missing:
+            raise ParamFileError(f"{file}: holds no entry for {', '.join(missing)}")
+        return [key for key, _ in entries], values
+
+    # == public methods, canonical layout ========================================================
     def to_canonical(self, role: str, native: np.ndarray) -> np.ndarray:
         native = np.asarray(native)
         if role == "weight" and self.weight_layout == WeightLayout.IN_OUT:
@@ -224,9 +459,23 @@ class Backend(abc.ABC):
         self, model: Model, x: np.ndarray, loss: Loss, lr: float
     ) -> tuple[float, dict[str, np.ndarray]]:
         """One framework-SGD step; returns the loss before it and the applied gradients (canonical)."""
+        losses, grads = self.train(model, x, loss, lr, steps=1, watch=True)
+        return float(losses[0]), {name: g[0] for name, g in grads.items()}
+
+    def train(
+        self, model: Model, x: np.ndarray, loss: Loss, lr: float, steps: int, watch: bool = False
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``steps`` framework-SGD steps on the fast path: losses (steps,) and, with ``watch``, the
+        applied gradient of each step per unique parameter, canonical layout (steps, *shape)."""
         self.materialize(model)
-        value, native = self.native_sgd_step(model, np.asarray(x, dtype=np.float32), loss, lr)
-        return value, {name: self.to_canonical(split_param_name(name)[1], g) for name, g in native.items()}
+        losses, native = self.native_train(model, np.asarray(x, dtype=np.float32), loss, lr, steps, watch)
+        grads = {
+            name: np.swapaxes(g, -1, -2) if self._swaps(name) else np.asarray(g) for name, g in native.items()
+        }
+        return np.asarray(losses, dtype=np.float64), grads
+
+    def _swaps(self, name: str) -> bool:
+        return split_param_name(name)[1] == "weight" and self.weight_layout == WeightLayout.IN_OUT
 
     def load_params(
         self, model: Model, values: Mapping[str, np.ndarray], *, allow_nonfinite: bool = False
@@ -267,11 +516,6 @@ class Backend(abc.ABC):
     def snapshot(self, model: Model) -> dict[str, np.ndarray]:
         """Copies of every unique parameter, canonical layout."""
         return {p.name: np.array(self.get_param(model, p.name)) for p in model.spec.params}
-
-    @abc.abstractmethod
-    def native_facts(self, model: Model) -> dict[str, Any]:
-        """Framework behaviour for the diff, one value per NATIVE_FACT_KEYS entry, all plain
-        JSON values (str, int, bool, lists and dicts of them)."""
 
     @staticmethod
     def _check_position(model: Model, name: str) -> str:

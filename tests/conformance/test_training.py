@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.commands.training import baseline_start, oracle_losses, train
+from common.commands.training import baseline_start, oracle_losses, regression_data, train
 from common.core.models import NEST, TIED
+from common.core.oracle import Loss
 from tests.conformance.fixtures import loaded_model
 from tests.helpers import assert_close, assert_equal
 
@@ -70,3 +71,41 @@ def test_nest_params_reachable_by_canonical_and_native_name(backend):
         assert_close(param.native_name, by_native, weights[param.name], "by native name")
     with pytest.raises(KeyError, match="no-such-param"):
         backend.get_by_native_name(model, "no-such-param")
+
+
+def _regression_loss():
+    x, y = regression_data(TIED)
+    return x, Loss("mse", y)
+
+
+def test_bulk_training_matches_step_by_step(backend):
+    """train(steps=N) on the fast path and N single sgd_step calls are the same SGD run."""
+    x, loss = _regression_loss()
+    bulk, _ = loaded_model(backend, TIED)
+    stepped, _ = loaded_model(backend, TIED)
+    losses, grads = backend.train(bulk, x, loss, 0.05, steps=4, watch=True)
+    singles = [backend.sgd_step(stepped, x, loss, 0.05) for _ in range(4)]
+    assert_close("bulk losses", losses, [value for value, _ in singles], "vs 4 sgd_step calls")
+    assert_equal("watched parameters", sorted(grads), sorted(TIED.param_shapes))
+    for name, per_step in grads.items():
+        assert_equal(f"{name} watched shape", per_step.shape, (4, *TIED.param_shapes[name]))
+        for step, (_, applied) in enumerate(singles):
+            assert_close(f"{name} grad at step {step}", per_step[step], applied[name])
+    for name, value in backend.snapshot(bulk).items():
+        assert_close(f"{name} after 4 steps", value, backend.snapshot(stepped)[name])
+    unwatched_losses, unwatched = backend.train(bulk, x, loss, 0.05, steps=2, watch=False)
+    assert_equal("gradients returned without watch", unwatched, {})
+    assert_equal("losses shape", np.shape(unwatched_losses), (2,))
+
+
+def test_the_compiled_step_is_built_once_per_model(backend):
+    """Repeated training calls, at any learning rate, reuse the compiled step: no retrace."""
+    x, loss = _regression_loss()
+    model, _ = loaded_model(backend, TIED)
+    backend.train(model, x, loss, 0.05, steps=2, watch=False)
+    backend.train(model, x, loss, 0.05, steps=2, watch=True)
+    warm = backend.traces(model)
+    backend.train(model, x, loss, 0.01, steps=3, watch=False)
+    backend.train(model, x, loss, 0.02, steps=3, watch=True)
+    backend.sgd_step(model, x, loss, 0.03)
+    assert_equal("traces after warm-up", backend.traces(model), warm, "a retrace per call is slow")
