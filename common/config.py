@@ -53,6 +53,20 @@ def add_backends_option(parser) -> None:
     )
 
 
+DEFAULT_TIMEOUT = 1800.0
+
+
+def add_timeout_option(parser, default: float = DEFAULT_TIMEOUT) -> None:
+    """The ``--timeout`` every per-backend command takes: a hung backend is reported, not waited on."""
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default,
+        metavar="SECONDS",
+        help=f"give up on one backend after this many seconds (default {default:.0f})",
+    )
+
+
 def selected_backend(environ: Mapping[str, str] | None = None) -> str:
     """The backend named by PARITY_BACKEND. This is the only function that reads it."""
     environ = os.environ if environ is None else environ

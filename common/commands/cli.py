@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.config import add_backends_option, parse_backend_list
+from common.config import add_backends_option, add_timeout_option, parse_backend_list
 from common.errors import USAGE_EXIT_CODE, UsageError
 
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Any other argument goes to pytest.",
     )
     add_backends_option(test_all)
+    add_timeout_option(test_all)
 
     from common.commands import diff, inspect, roundtrip, train_report  # subcommands register themselves
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "test-all":
             from common.commands.testing import test_all
 
-            return test_all(parse_backend_list(args.backends), unknown)
+            return test_all(parse_backend_list(args.backends), unknown, args.timeout)
         return args.run(args)
     except UsageError as error:
         print(f"paramparity: error: {error}", file=sys.stderr)

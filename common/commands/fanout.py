@@ -9,7 +9,10 @@ with the error), so one broken backend never hides the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,10 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.config import DEFAULT_TIMEOUT
 from common.envs import ROOT, backend_env, ensure_venv, venv_python
 from common.errors import USAGE_EXIT_CODE, UsageError
 
 PROGRESS = "progress:"
+LINE_LIMIT = 2000  # characters kept of one stderr line
 Record = Mapping[str, Any]
 Command = Callable[[str, Path], list[str]]
 
@@ -52,8 +57,14 @@ def prepare_envs(backends: Sequence[str]) -> None:
 
 
 def run_parallel(
-    backends: Sequence[str], command: Command, stream=sys.stderr, what: str = "running"
+    backends: Sequence[str],
+    command: Command,
+    stream=sys.stderr,
+    what: str = "running",
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> dict[str, Record]:
+    """Every child at once; one that outlives ``timeout`` is killed (its whole process group) and
+    reported as timed out while the others finish."""
     records: dict[str, Record] = {}
     lock = threading.Lock()
 
@@ -71,21 +82,34 @@ def run_parallel(
             return
         say(f"[{backend}] {what} ...")
         process = subprocess.Popen(
-            argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            argv,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,
         )
+        timer = threading.Timer(timeout, os.killpg, (process.pid, signal.SIGKILL))
+        timer.start()
         last = "no output"
-        for line in process.stderr:
-            line = line.rstrip()
-            if line.startswith(PROGRESS):
-                say(f"[{backend}] {line.removeprefix(PROGRESS).strip()}")
-            elif line:
-                last = line
-        status = process.wait()
+        try:
+            for line in process.stderr:
+                line = line.rstrip()[:LINE_LIMIT]  # a runaway stderr line cannot bloat a record
+                if line.startswith(PROGRESS):
+                    say(f"[{backend}] {line.removeprefix(PROGRESS).strip()}")
+                elif line:
+                    last = line
+            status = process.wait()
+        finally:
+            timer.cancel()
         try:
             record = json.loads(out.read_text())
         except (OSError, json.JSONDecodeError):
             record = {"backend": backend, "ok": False, "error": f"exited {status} without a record: {last}"}
-        if status != 0 and record.get("ok"):
+        if status == -signal.SIGKILL and time.monotonic() - started >= timeout:
+            record = {"backend": backend, "ok": False, "error": f"timed out after {timeout:.0f}s"}
+        elif status != 0 and record.get("ok"):
             record = {"backend": backend, "ok": False, "error": f"exited {status}: {last}"}
         records[backend] = record
         result = "done" if record.get("ok") else f"FAILED: {record.get('error')}"
@@ -106,7 +130,22 @@ def report_progress(text: str) -> None:
 
 
 def write_record(path: str, record: Record) -> None:
-    Path(path).write_text(json.dumps(record, indent=1, sort_keys=True, default=_plain) + "\n")
+    write_atomically(Path(path), json.dumps(record, indent=1, sort_keys=True, default=_plain) + "\n")
+
+
+def write_atomically(path: Path, text: str | bytes) -> None:
+    """Write a temp file beside ``path``, then rename: a reader never sees half a file, and two
+    writers leave one whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(text.encode() if isinstance(text, str) else text)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def child_main(

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from common.commands.textable import format_table
-from common.config import add_backends_option, parse_backend_list
+from common.config import add_backends_option, add_timeout_option, parse_backend_list
 from common.core import oracle, portable
 from common.core.expectations import ATOL, RTOL
 from common.core.models import BOOK_SPECS
@@ -131,6 +131,7 @@ def add_parser(commands) -> None:
         "into every backend; check forward outputs, gradients and ties.",
     )
     add_backends_option(parser)
+    add_timeout_option(parser)
     parser.set_defaults(run=run_roundtrip)
 
 
@@ -144,6 +145,7 @@ def run_roundtrip(args: argparse.Namespace) -> int:
             backends,
             module_command("common.commands.roundtrip", "--phase", "export", "--dir", folder),
             what="exporting",
+            timeout=args.timeout,
         )
         sources = ",".join(b for b in backends if exports[b].get("ok"))
         imports = run_parallel(
@@ -158,6 +160,7 @@ def run_roundtrip(args: argparse.Namespace) -> int:
                 sources or "none",
             ),
             what="importing",
+            timeout=args.timeout,
         )
     tables = matrices(exports, imports)
     all_ok = all(ok for rows in tables.values() for _, ok in rows)

@@ -1,13 +1,16 @@
 """`make test` and `make test-all`: each suite runs in its own environment, as a subprocess.
 
-test-all keeps going when a backend fails, and counts a backend that cannot run (its env cannot
-be created, its framework does not import, no test ran) as a failure, never as a skip.
+test-all runs the suites concurrently (one per core), prints each suite's output whole when it
+ends, keeps going when a backend fails, and counts a backend that cannot run (its env cannot be
+created, its framework does not import, no test ran, it timed out) as a failure, never a skip.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,11 +18,12 @@ import time
 from dataclasses import dataclass
 
 from common.commands.textable import format_table
-from common.config import ENV_VAR, selected_backend
-from common.envs import ROOT, backend_env, ensure_backend_env
+from common.config import DEFAULT_TIMEOUT, ENV_VAR, selected_backend
+from common.envs import ROOT, backend_env, ensure_backend_env, ensure_venv
 from common.errors import UsageError
 
 COUNT_COLUMNS = ("passed", "failed", "error", "xfailed", "xpassed", "skipped")
+OUTPUT_LIMIT = 256_000  # bytes of a suite's output kept for the log
 
 
 @dataclass
@@ -29,6 +33,7 @@ class SuiteResult:
     exitstatus: int
     seconds: float
     problem: str = ""
+    output: str = ""
 
     @property
     def ok(self) -> bool:
@@ -45,7 +50,19 @@ def pytest_command(python: str, suite: str, extra: list[str]) -> list[str]:
     return [python, "-m", "pytest", suite, *extra]  # default verbosity: keeps the backend header
 
 
-def run_suite(name: str, python: str, suite: str, extra: list[str], backend: str | None) -> SuiteResult:
+def run_suite(
+    name: str,
+    python: str,
+    suite: str,
+    extra: list[str],
+    backend: str | None,
+    *,
+    timeout: float | None = None,
+    capture: bool = False,
+) -> SuiteResult:
+    """One pytest run in its own process group. With ``capture`` its output is kept and returned
+    in ``output`` so parallel suites print whole; past ``timeout`` the group is killed and the
+    suite counts as failed, with the cause."""
     env = dict(os.environ)
     env.pop(ENV_VAR, None)
     if backend:
@@ -53,26 +70,53 @@ def run_suite(name: str, python: str, suite: str, extra: list[str], backend: str
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as scratch:
         summary_path = os.path.join(scratch, "summary.json")
+        log_path = os.path.join(scratch, "output.txt")
         env["PARITY_SUMMARY_FILE"] = summary_path
-        status = subprocess.run(pytest_command(python, suite, extra), cwd=ROOT, env=env).returncode
+        with open(log_path, "w") as log:
+            sink = log if capture else None
+            process = subprocess.Popen(
+                pytest_command(python, suite, extra),
+                cwd=ROOT,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT if capture else None,
+                start_new_session=True,  # one group, so a timeout kills pytest and its children
+            )
+            try:
+                status = process.wait(timeout=timeout)
+                problem = ""
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                status = process.wait()
+                problem = f"timed out after {timeout:.0f}s"
         seconds = time.monotonic() - started
-        if not os.path.exists(summary_path):
-            return SuiteResult(name, {}, status, seconds, f"pytest exited {status} before reporting")
+        output = tail_text(log_path) if capture else ""
+        if problem or not os.path.exists(summary_path):
+            problem = problem or f"pytest exited {status} before reporting"
+            return SuiteResult(name, {}, status, seconds, problem, output)
         with open(summary_path) as handle:
             counts = json.load(handle)
     counts.pop("exitstatus", None)
     problem = "no test ran" if status == 5 or not counts.get("passed") else ""
-    return SuiteResult(name, counts, status, seconds, problem)
+    return SuiteResult(name, counts, status, seconds, problem, output)
 
 
-def run_backend(backend: str, extra: list[str]) -> SuiteResult:
-    print(f"\n==> {backend}: conformance suite in .venvs/{backend_env(backend)}", flush=True)
+def tail_text(path: str, limit: int = OUTPUT_LIMIT) -> str:
+    """A suite's output, its last ``limit`` bytes at most: a runaway suite cannot flood the log."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - limit))
+        text = handle.read().decode("utf-8", "replace")
+    return text if size <= limit else f"[... {size - limit} bytes cut ...]\n{text}"
+
+
+def run_backend(backend: str, extra: list[str], timeout: float | None = None) -> SuiteResult:
     try:
-        python = ensure_backend_env(backend)
+        python = ensure_backend_env(backend, quiet=True)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return SuiteResult(backend, {}, 2, 0.0, "environment could not be created")
-    return run_suite(backend, str(python), "tests/conformance", extra, backend)
+        return SuiteResult(backend, {}, 2, 0.0, f"environment: {error}")
+    return run_suite(backend, str(python), "tests/conformance", extra, backend, timeout=timeout, capture=True)
 
 
 def summary_table(results: list[SuiteResult]) -> str:
@@ -94,17 +138,41 @@ def test_one(extra: list[str]) -> int:
     ).returncode
 
 
-def test_all(backends: tuple[str, ...], extra: list[str]) -> int:
-    print("==> base: common/'s own tests in .venvs/base", flush=True)
-    results = [run_suite("base (common)", sys.executable, "tests/common", extra, None)]
-    results += [run_backend(backend, extra) for backend in backends]
-    print("\n== paramparity test-all summary")
-    print(summary_table(results))
-    failed = [r.name for r in results if not r.ok]
+def test_all(backends: tuple[str, ...], extra: list[str], timeout: float = DEFAULT_TIMEOUT) -> int:
+    """Every suite, up to one per core at a time, each printed whole when it ends; a summary;
+    exit 1 if any suite failed, timed out or could not run."""
+    for env in dict.fromkeys(backend_env(b) for b in backends):  # make and pip are not parallel-safe
+        try:
+            ensure_venv(env, quiet=True)
+        except UsageError as error:
+            print(f"[{env}] {error}", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    jobs = {
+        "base (common)": lambda: run_suite(
+            "base (common)", sys.executable, "tests/common", extra, None, timeout=timeout, capture=True
+        ),
+        **{backend: (lambda b=backend: run_backend(b, extra, timeout)) for backend in backends},
+    }
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    print(f"==> {len(jobs)} suites, {workers} at a time (timeout {timeout:.0f}s each)", flush=True)
+    results: dict[str, SuiteResult] = {}
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(job): name for name, job in jobs.items()}
+        for future in concurrent.futures.as_completed(futures):
+            result = future.result()
+            results[futures[future]] = result
+            state = "ok" if result.ok else f"FAILED ({result.problem or 'tests failed'})"
+            print(f"\n==> {result.name}: {state} in {result.seconds:.0f}s", flush=True)
+            if result.output:
+                print(result.output.rstrip(), flush=True)
+    ordered = [results[name] for name in jobs]
+    print(f"\n== paramparity test-all summary ({time.monotonic() - started:.0f}s wall)")
+    print(summary_table(ordered))
+    failed = [r.name for r in ordered if not r.ok]
     if failed:
         print(f"\nFAILED: {', '.join(failed)}")
         return 1
-    print(f"\nall {len(results)} suites passed")
+    print(f"\nall {len(ordered)} suites passed")
     return 0
 
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from common.commands.fanout import module_command, prepare_envs, run_parallel, write_record
+from common.commands.fanout import module_command, prepare_envs, run_parallel, write_atomically, write_record
 from common.commands.textable import format_table
 from common.commands.training import (
     DEFAULT_LR,
@@ -23,7 +23,7 @@ from common.commands.training import (
     oracle_losses,
     parameter_budget,
 )
-from common.config import add_backends_option, parse_backend_list
+from common.config import add_backends_option, add_timeout_option, parse_backend_list
 from common.core.models import TIED
 from common.envs import ROOT
 
@@ -210,6 +210,7 @@ def add_parser(commands) -> None:
         "SGD, from identical seeded weights; plot and summarize.",
     )
     add_backends_option(parser)
+    add_timeout_option(parser)
     parser.add_argument(
         "--steps", type=int, default=DEFAULT_STEPS, help=f"SGD steps (default {DEFAULT_STEPS})"
     )
@@ -225,7 +226,7 @@ def run_train(args: argparse.Namespace) -> int:
     backends = parse_backend_list(args.backends)
     prepare_envs(backends)
     command = module_command("common.commands.training", "--steps", str(args.steps), "--lr", str(args.lr))
-    records = run_parallel(backends, command, what="training")
+    records = run_parallel(backends, command, what="training", timeout=args.timeout)
     tied_start, untied_start = baseline_start(TIED)
     reference = oracle_losses(TIED, tied_start, args.steps, args.lr)
     reference_untied = oracle_losses(TIED.untied(), untied_start, args.steps, args.lr)
@@ -234,8 +235,10 @@ def run_train(args: argparse.Namespace) -> int:
     pictures = draw(records, reference, reference_untied)
     REPORTS.mkdir(exist_ok=True)
     for name, data in pictures.items():
-        (REPORTS / name).write_bytes(data)
-    (REPORTS / "train.html").write_text(render_html(records, summary, sharing, pictures, args.steps, args.lr))
+        write_atomically(REPORTS / name, data)
+    write_atomically(
+        REPORTS / "train.html", render_html(records, summary, sharing, pictures, args.steps, args.lr)
+    )
     for name, record in records.items():
         write_record(str(REPORTS / f"train_{name}.json"), record)
     print(f"\nTied MLP, SGD lr={args.lr}, {args.steps} steps (numpy oracle final loss {reference[-1]:.4f})")

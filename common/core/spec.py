@@ -112,6 +112,10 @@ class ModelSpec:
                 width = layer.units
         return tuple(slots)
 
+    @cached_property
+    def _slot_by_path(self) -> dict[LayerPath, DenseSlot]:
+        return {slot.path: slot for slot in self.dense_slots}
+
     @property
     def out_features(self) -> int:
         return self.dense_slots[-1].units if self.dense_slots else self.in_features
@@ -119,14 +123,16 @@ class ModelSpec:
     @cached_property
     def params(self) -> tuple[ParamSlot, ...]:
         """Unique parameters in traversal order of their owners."""
+        users: dict[LayerPath, list[LayerPath]] = {}
+        for slot in self.dense_slots:  # one pass, so a spec of N layers costs O(N)
+            users.setdefault(slot.owner, []).append(slot.path)
         result = []
         for slot in self.dense_slots:
             if slot.tied:
                 continue
-            users = [s.path for s in self.dense_slots if s.owner == slot.path]
             for role in ROLES:
                 shape = (slot.units, slot.in_features) if role == "weight" else (slot.units,)
-                positions = tuple(param_name(path, role) for path in users)
+                positions = tuple(param_name(path, role) for path in users[slot.path])
                 result.append(ParamSlot(param_name(slot.path, role), role, slot.path, shape, positions))
         return tuple(result)
 
@@ -140,9 +146,9 @@ class ModelSpec:
             path, role = split_param_name(name)
         except KeyError:
             raise KeyError(f"{name!r} is not a parameter name of {self.name!r}") from None
-        for slot in self.dense_slots:
-            if slot.path == path:
-                return param_name(slot.owner, role)
+        slot = self._slot_by_path.get(path)
+        if slot is not None:
+            return param_name(slot.owner, role)
         raise KeyError(
             f"{name!r} names no Dense layer of {self.name!r}; Dense layers: "
             + ", ".join(layer_name(s.path) for s in self.dense_slots)

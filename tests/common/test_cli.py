@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -85,12 +86,15 @@ def test_a_backend_that_cannot_run_is_a_failure(result, ok):
 def test_test_all_reports_every_backend_then_fails(monkeypatch, capsys):
     names = backend_names()
 
-    def fake_backend(name, extra):
+    def fake_backend(name, extra, timeout):
         if name == names[1]:
             return SuiteResult(name, {}, 2, 0.0, "environment could not be created")
         return SuiteResult(name, {"passed": 5, "xfailed": 1}, 0, 1.0)
 
-    monkeypatch.setattr(testing, "run_suite", lambda *a: SuiteResult("base (common)", {"passed": 9}, 0, 1.0))
+    monkeypatch.setattr(
+        testing, "run_suite", lambda *a, **k: SuiteResult("base (common)", {"passed": 9}, 0, 1.0)
+    )
+    monkeypatch.setattr(testing, "ensure_venv", lambda *a, **k: None)
     monkeypatch.setattr(testing, "run_backend", fake_backend)
     assert testing.test_all(names, []) == 1
     out = capsys.readouterr().out
@@ -111,3 +115,40 @@ def test_run_suite_counts_outcomes(tmp_path):
     result = testing.run_suite("tiny", sys.executable, str(suite), ["-p", "tests.conftest"], None)
     assert (result.counts["passed"], result.counts["failed"], result.counts["xfailed"]) == (1, 1, 1)
     assert not result.ok
+
+
+def test_a_hanging_suite_is_reported_as_timed_out_while_the_others_finish(monkeypatch, capsys, tmp_path):
+    """A suite that never ends is killed at the timeout; every other suite still reports."""
+    names = backend_names()
+    hang, quick = tmp_path / "test_hang.py", tmp_path / "test_quick.py"
+    hang.write_text("import time\ndef test_hang(): time.sleep(600)\n")
+    quick.write_text("def test_quick(): pass\n")
+
+    real_run_suite = testing.run_suite
+
+    def fake_backend(name, extra, timeout):
+        suite = hang if name == names[0] else quick
+        return real_run_suite(name, sys.executable, str(suite), ["-p", "tests.conftest"], None,
+                                 timeout=timeout, capture=True)  # fmt: skip
+
+    monkeypatch.setattr(testing, "run_backend", fake_backend)
+    monkeypatch.setattr(testing, "ensure_venv", lambda *a, **k: None)
+    monkeypatch.setattr(
+        testing,
+        "run_suite",
+        lambda name, *a, **k: real_run_suite(
+            name,
+            sys.executable,
+            str(quick),
+            ["-p", "tests.conftest"],
+            None,
+            timeout=k.get("timeout"),
+            capture=True,
+        ),  # fmt: skip
+    )
+    started = time.monotonic()
+    assert testing.test_all(names[:3], [], timeout=8) == 1
+    assert time.monotonic() - started < 60
+    out = capsys.readouterr().out
+    assert f"{names[0]}: FAILED (timed out after 8s)" in out
+    assert all(f"==> {name}: ok" in out for name in names[1:3])
