@@ -52,6 +52,9 @@ train: $(VENVS)/base/.stamp ## train the tied MLP in every backend; writes repor
 roundtrip: $(VENVS)/base/.stamp ## export from each backend, import into every other: one matrix per model
 	@$(CLI) roundtrip $(ARGS)
 
+bench: $(VENVS)/base/.stamp ## ratios: adapter vs hand-written training, suites vs imports, per-layer scaling
+	@$(CLI) bench $(ARGS)
+
 lint: $(VENVS)/base/.stamp ## ruff check and format check
 	@$(BASE_PY) -m ruff check . && $(BASE_PY) -m ruff format --check .
 

@@ -14,6 +14,7 @@ configured find-links, indexes and constraints are passed to uv as flags, and ea
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -146,6 +147,8 @@ def create(env: str) -> float:
                     _fail(env, log_path, f"the check of {entry.path} failed: {last}")
     (target / ".stamp").touch()
     seconds = time.monotonic() - started
+    record = {"seconds": round(seconds, 1), "installer": installer}
+    (VENVS / f"{env}.created.json").write_text(json.dumps(record) + "\n")  # read by make bench
     print(f"==> .venvs/{env} ready ({installer}, {seconds:.1f}s)", flush=True)
     return seconds
 

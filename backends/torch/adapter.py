@@ -79,8 +79,14 @@ class TorchBackend(Backend):
         return getattr(module, role)
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
-        names = {id(p): name for name, p in model.native.named_parameters()}
-        return names[id(param)], tuple(param.shape), str(param.dtype).removeprefix("torch.")
+        # Parameter objects keep their identity when LazyLinear materializes, so one table serves.
+        if "native_names" not in model.state:
+            model.state["native_names"] = {id(p): name for name, p in model.native.named_parameters()}
+        return (
+            model.state["native_names"][id(param)],
+            tuple(param.shape),
+            str(param.dtype).removeprefix("torch."),
+        )
 
     def read_native(self, model: Model, position: str) -> np.ndarray:
         return _to_numpy(self.param_object(model, position))

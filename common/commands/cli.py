@@ -33,12 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_backends_option(test_all)
     add_timeout_option(test_all)
 
-    from common.commands import diff, inspect, roundtrip, train_report  # subcommands register themselves
+    from common.commands import (
+        bench,
+        diff,
+        fuzz,
+        inspect,
+        roundtrip,
+        train_report,
+    )  # subcommands register themselves
 
     diff.add_parser(commands)
+    bench.add_parser(commands)
     train_report.add_parser(commands)
     roundtrip.add_parser(commands)
     inspect.add_parsers(commands)
+    fuzz.add_parser(commands)
     return parser
 
 

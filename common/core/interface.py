@@ -274,6 +274,13 @@ class Backend(abc.ABC):
         self.finish_model(model)
         return model
 
+    def ensure_built(self, model: Model) -> None:
+        """materialize once per model: public calls check a flag, not every parameter, so a call
+        on a model of N layers stays O(1) here rather than O(N)."""
+        if not model.state.get("built"):
+            self.materialize(model)
+            model.state["built"] = True
+
     def layer_at(self, net: Any, path: LayerPath) -> Any:
         node = net
         for index in path:
@@ -292,7 +299,7 @@ class Backend(abc.ABC):
 
     def list_params(self, model: Model) -> tuple[ParamInfo, ...]:
         """Every unique parameter, in the spec's owner order, with the positions observed to use it."""
-        self.materialize(model)
+        self.ensure_built(model)
         infos = []
         for name, param, positions in self.observed_params(model):
             native_name, native_shape, dtype = self.describe_param(model, param)
@@ -314,7 +321,7 @@ class Backend(abc.ABC):
     def native_type(self, model: Model, position: str) -> str:
         """The qualified class name of the parameter object at ``position``."""
         self._check_position(model, position)
-        self.materialize(model)
+        self.ensure_built(model)
         return qualname(self.param_object(model, position))
 
     def tie_identity(self, model: Model) -> dict[str, bool]:
@@ -345,7 +352,7 @@ class Backend(abc.ABC):
 
     def native_facts(self, model: Model) -> dict[str, Any]:
         """Framework behaviour for the diff, one plain JSON value per NATIVE_FACT_KEYS entry."""
-        self.materialize(model)
+        self.ensure_built(model)
         listing_call, listing_names = self.listing(model)
         layer_list_call, layers = self.layer_list(model)
         return {
@@ -412,13 +419,13 @@ class Backend(abc.ABC):
     def get_param(self, model: Model, name: str) -> np.ndarray:
         """Targeted access: the value at any position, canonical layout."""
         self._check_position(model, name)
-        self.materialize(model)
+        self.ensure_built(model)
         return self.to_canonical(split_param_name(name)[1], self.read_native(model, name))
 
     def get_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
         """Access by the framework's own name (``0.0.0.weight``, ``params/layers_0/kernel``...),
         canonical layout."""
-        self.materialize(model)
+        self.ensure_built(model)
         canonical = {p.native_name: p.name for p in self.list_params(model)}
         if native_name not in canonical:
             raise KeyError(
@@ -432,14 +439,14 @@ class Backend(abc.ABC):
         """In-place write through ``name``'s position; a tied partner must see it."""
         owner = self._check_position(model, name)
         array = check_value(model.spec, owner, value)
-        self.materialize(model)
+        self.ensure_built(model)
         self.write_native(model, name, self.to_native(split_param_name(name)[1], array))
 
     def layer(self, model: Model, index: int | LayerPath) -> LayerParams:
         path = (index,) if isinstance(index, int) else tuple(index)
         weight_name, bias_name = param_name(path, "weight"), param_name(path, "bias")
         self._check_position(model, weight_name)
-        self.materialize(model)
+        self.ensure_built(model)
         native_w, native_b = self.read_native(model, weight_name), self.read_native(model, bias_name)
         return LayerParams(
             path,
@@ -451,7 +458,7 @@ class Backend(abc.ABC):
 
     def backward(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         """Gradients of a scalar loss for every unique parameter, canonical layout."""
-        self.materialize(model)
+        self.ensure_built(model)
         native = self.native_grads(model, np.asarray(x, dtype=np.float32), loss)
         return {name: self.to_canonical(split_param_name(name)[1], grad) for name, grad in native.items()}
 
@@ -467,7 +474,7 @@ class Backend(abc.ABC):
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``steps`` framework-SGD steps on the fast path: losses (steps,) and, with ``watch``, the
         applied gradient of each step per unique parameter, canonical layout (steps, *shape)."""
-        self.materialize(model)
+        self.ensure_built(model)
         losses, native = self.native_train(model, np.asarray(x, dtype=np.float32), loss, lr, steps, watch)
         grads = {
             name: np.swapaxes(g, -1, -2) if self._swaps(name) else np.asarray(g) for name, g in native.items()
@@ -483,7 +490,7 @@ class Backend(abc.ABC):
         """Load a full set of unique parameters. Everything is validated first; if a write still
         fails, the previous values are restored, so the model is never left half-loaded."""
         checked = check_values(model.spec, values, allow_nonfinite=allow_nonfinite)
-        self.materialize(model)
+        self.ensure_built(model)
         before = self.snapshot(model)
         try:
             for name, value in checked.items():
@@ -495,16 +502,21 @@ class Backend(abc.ABC):
 
     def read_native_params(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
         """The framework's own file (see save_native_file), as entry names and canonical values.
-        Whatever the framework's reader raises on a bad file becomes one ParamFileError."""
+        The framework's reader runs isolated (common.core.isolate: a child process re-creating this
+        adapter and a model of the same spec, under a memory cap and a time limit), so a crash, an
+        out-of-memory or a hang is a ParamFileError too, as is whatever the reader raises."""
+        from common.core import isolate
+        from common.core.untrusted import cause_line, printable
+
+        where = printable(path)
         try:
-            entries, native = self.load_native_file(model, path)
-        except ParamFileError:
-            raise
-        except Exception as error:
-            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            entries, native = isolate.read_native(
+                self.name, model.spec.to_dict(), path, where=where, what=f"the {self.name} native reader"
+            )
+        except isolate.ReaderError as error:
             raise ParamFileError(
-                f"{path}: cannot read it as a {self.name} native parameter file "
-                f"({type(error).__name__}: {first_line})"
+                f"{where}: cannot read it as a {self.name} native parameter file "
+                f"({error.type_name}: {cause_line(error.message)})"
             ) from None
         values = {name: self.to_canonical(split_param_name(name)[1], v) for name, v in native.items()}
         return entries, values

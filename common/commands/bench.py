@@ -1,0 +1,322 @@
+"""`make bench`: what the suite costs, as ratios measured in one run (these machines are noisy,
+so no figure is an absolute time on its own; each is a median of repeats or a ratio).
+
+1. training: the adapter's ``train`` (with and without per-step watching) against the backend's
+   hand-written loop on its natural fast path (``bench`` in its declaration), same run;
+2. suites: each suite's wall time against the bare import of its framework, and test-all's total
+   against the summed floor;
+3. scaling: per-layer cost of spec construction, list_params, backward and export/import at 10 to
+   10,000 layers (log-log plot), to catch anything quadratic;
+4. diff: ``make diff`` against the slowest bare import;
+5. environments: the seconds each took to create, as recorded when it was created.
+
+The per-backend parts run in the backend's environment (``--backend``); this module imports no
+framework itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.commands.fanout import child_main, module_command, prepare_envs, run_parallel, write_atomically
+from common.commands.textable import format_table
+from common.config import add_backends_option, add_timeout_option, parse_backend_list
+from common.core import oracle, portable
+from common.core.models import TIED
+from common.core.oracle import Loss
+from common.core.spec import Dense, ModelSpec, ReLU
+from common.declarations import declaration, envs
+from common.envs import ROOT, VENVS, backend_env, venv_python
+
+REPORTS = ROOT / "reports"
+STEPS = 200
+REPEATS = 5
+SIZES = (10, 100, 1000, 10000)
+BACKEND_SIZES = (10, 100, 1000)  # by default: 10,000 framework layers take ~5 min per backend here
+
+
+def median_seconds(run, repeats: int = REPEATS) -> float:
+    run()  # warm-up: compilation and first-call costs are not the steady state
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def deep_spec(layers: int) -> ModelSpec:
+    """``layers`` Dense layers of width 4 with a ReLU between each, no ties."""
+    body: list[Any] = []
+    for _ in range(layers):
+        body += [Dense(4), ReLU()]
+    return ModelSpec(f"deep{layers}", in_features=4, layers=tuple(body[:-1]))
+
+
+# -- in the backend's environment ------------------------------------------------------------------
+def measure_backend(name: str, sizes: tuple[int, ...]) -> dict[str, Any]:
+    from common.commands.fanout import report_progress
+    from common.commands.training import regression_data
+    from common.registry import load_backend
+
+    backend = load_backend(name)
+    entry = declaration(name)
+    x, y = regression_data(TIED)
+    loss = Loss("mse", y)
+    weights = oracle.initial_weights(TIED)
+    result: dict[str, Any] = {"steps": STEPS, "repeats": REPEATS}
+    if entry.bench:
+        module, _, function = entry.bench.partition(":")
+        handwritten = getattr(importlib.import_module(module), function)
+        report_progress(f"training {STEPS} steps x {REPEATS} repeats")
+        hand = median_seconds(lambda: handwritten(TIED, weights, x, y, 0.05, STEPS))
+        model = backend.build_mlp(TIED)
+        backend.load_params(model, weights)
+        plain = median_seconds(lambda: backend.train(model, x, loss, 0.05, STEPS, watch=False))
+        watched = median_seconds(lambda: backend.train(model, x, loss, 0.05, STEPS, watch=True))
+        result["training"] = {"unwatched": plain / hand, "watched": watched / hand}
+    scaling: dict[str, dict[str, float]] = {}
+    for size in sizes:
+        report_progress(f"scaling at {size} layers")
+        spec = deep_spec(size)
+        model = backend.build_mlp(spec)
+        backend.materialize(model)
+        inputs = oracle.sample_input(spec)
+        with tempfile.TemporaryDirectory() as folder:
+            path = str(Path(folder) / "p.safetensors")
+            costs = {
+                "list_params": median_seconds(lambda m=model: backend.list_params(m), 3),
+                "backward": median_seconds(lambda m=model, i=inputs: backend.backward(m, i, Loss()), 3),
+                "export+import": median_seconds(
+                    lambda m=model, p=path: (
+                        portable.export_params(backend, m, p),
+                        portable.import_params(backend, m, p),
+                    ),
+                    3,
+                ),
+            }
+        scaling[str(size)] = {key: seconds / size for key, seconds in costs.items()}
+    result["scaling_per_layer"] = scaling
+    return result
+
+
+def bare_import_seconds(backend: str) -> float:
+    """Median wall time of a fresh interpreter importing the backend's adapter (its framework)."""
+    python = str(venv_python(backend_env(backend)))
+    code = f"from common.registry import load_backend; load_backend({backend!r})"
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([python, "-c", code], cwd=ROOT, check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def spec_scaling(sizes: tuple[int, ...]) -> dict[str, float]:
+    per_layer = {}
+    for size in sizes:
+        seconds = median_seconds(lambda s=size: deep_spec(s).params, 3)
+        per_layer[str(size)] = seconds / size
+    return per_layer
+
+
+# -- the command -----------------------------------------------------------------------------------
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "bench",
+        help="ratios: adapter vs hand-written training, suites vs bare imports, per-layer scaling",
+        description=__doc__.split("\n\n")[0],
+    )
+    add_backends_option(parser)
+    add_timeout_option(parser)
+    parser.add_argument("--no-suites", action="store_true", help="skip the test-all and diff timings")
+    parser.add_argument(
+        "--max-layers",
+        type=int,
+        choices=SIZES,
+        default=BACKEND_SIZES[-1],
+        help=f"largest model for the per-backend scaling (default {BACKEND_SIZES[-1]}; spec: always {SIZES[-1]})",
+    )
+    parser.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    backends = parse_backend_list(args.backends)
+    prepare_envs(backends)
+    sizes = ",".join(str(size) for size in SIZES if size <= args.max_layers)
+    records = run_parallel(
+        backends,
+        module_command("common.commands.bench", "--sizes", sizes),
+        what="benchmarking",
+        timeout=args.timeout,
+    )
+    print("measuring bare imports ...", file=sys.stderr, flush=True)
+    imports = {b: bare_import_seconds(b) for b in backends if records[b].get("ok")}
+    report: dict[str, Any] = {
+        "backends": {b: {**records[b], "bare_import_s": imports.get(b)} for b in backends},
+        "spec_per_layer_s": spec_scaling(SIZES),
+        "env_create_s": env_creation_seconds(),
+    }
+    if not args.no_suites:
+        report["suites"] = time_suites(backends, imports, args.timeout)
+        report["diff"] = time_diff(backends, imports, args.timeout)
+    REPORTS.mkdir(exist_ok=True)
+    write_atomically(REPORTS / "bench.json", json.dumps(report, indent=1, sort_keys=True) + "\n")
+    plot_scaling(report, REPORTS / "bench_scaling.png")
+    print(render(report))
+    print("\nwrote reports/bench.json and reports/bench_scaling.png")
+    return 0 if all(r.get("ok") for r in records.values()) else 1
+
+
+def env_creation_seconds() -> dict[str, float | None]:
+    found = {}
+    for env in envs():
+        record = VENVS / f"{env}.created.json"
+        found[env] = json.loads(record.read_text())["seconds"] if record.exists() else None
+    return found
+
+
+def time_suites(backends: tuple[str, ...], imports: dict[str, float], timeout: float) -> dict[str, Any]:
+    """Run test-all once and read each suite's wall time from its summary."""
+    print("running test-all for the suite timings ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    completed = subprocess.run(
+        [sys.executable, "-m", "common", "test-all", "--backends", ",".join(backends),
+         "--timeout", str(timeout), "-q"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    total = time.perf_counter() - started
+    seconds = {}
+    for line in completed.stdout.splitlines():
+        parts = line[1:].split()
+        if parts and parts[0] in backends and parts[-2].endswith("s"):
+            seconds[parts[0]] = float(parts[-2].rstrip("s"))
+    floor = sum(imports.values())
+    return {
+        "per_suite": {b: {"seconds": s, "ratio": s / imports[b]} for b, s in seconds.items() if b in imports},
+        "total_s": total,
+        "summed_import_floor_s": floor,
+        "total_ratio": total / floor if floor else None,
+        "exit_status": completed.returncode,
+    }
+
+
+def time_diff(backends: tuple[str, ...], imports: dict[str, float], timeout: float) -> dict[str, Any]:
+    print("running diff ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "common", "diff", "--backends", ",".join(backends), "--timeout", str(timeout)],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    slowest = max(imports.values(), default=0.0)
+    return {"seconds": seconds, "slowest_import_s": slowest, "ratio": seconds / slowest if slowest else None}
+
+
+def _fmt(value: float | None, unit: str = "x") -> str:
+    return "-" if value is None else f"{value:.2f}{unit}"
+
+
+def render(report: dict[str, Any]) -> str:
+    rows = []
+    for name, record in report["backends"].items():
+        if not record.get("ok"):
+            rows.append([name, f"FAILED: {record.get('error')}", "", "", ""])
+            continue
+        training = record.get("training", {})
+        suite = report.get("suites", {}).get("per_suite", {}).get(name, {})
+        rows.append(
+            [
+                name,
+                _fmt(training.get("unwatched")),
+                _fmt(training.get("watched")),
+                _fmt(suite.get("ratio")),
+                _fmt(record.get("bare_import_s"), "s"),
+            ]
+        )
+    lines = [
+        "paramparity bench (ratios from one run; medians of repeats)",
+        "",
+        format_table(["backend", "train vs hand", "watched vs hand", "suite vs import", "bare import"], rows),
+    ]
+    if "suites" in report:
+        suites = report["suites"]
+        lines.append(
+            f"\ntest-all: {suites['total_s']:.0f}s = {_fmt(suites['total_ratio'])} the summed bare "
+            f"imports ({suites['summed_import_floor_s']:.1f}s)"
+        )
+        diff = report["diff"]
+        lines.append(f"diff: {diff['seconds']:.1f}s = {_fmt(diff['ratio'])} the slowest bare import")
+    spec = report["spec_per_layer_s"]
+    lines.append(
+        "\nspec construction per layer: "
+        + ", ".join(f"{n} layers {v * 1e6:.1f}us" for n, v in spec.items())
+        + f" (10,000 vs 10: {_fmt(spec[str(SIZES[-1])] / spec[str(SIZES[0])])})"
+    )
+    for name, record in report["backends"].items():
+        scaling = record.get("scaling_per_layer", {})
+        if scaling:
+            sizes = list(scaling)
+            growth = {k: scaling[sizes[-1]][k] / scaling[sizes[0]][k] for k in scaling[sizes[0]]}
+            text = ", ".join(f"{k} {_fmt(v)}" for k, v in growth.items())
+            lines.append(f"{name}: per-layer cost at {sizes[-1]} vs {sizes[0]} layers: {text}")
+    created = ", ".join(f"{env} {_fmt(s, 's')}" for env, s in report["env_create_s"].items())
+    lines.append(f"\nenvironment creation (as recorded when made): {created}")
+    return "\n".join(lines)
+
+
+def plot_scaling(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(8, 5))
+    spec = report["spec_per_layer_s"]
+    axes.plot([int(n) for n in spec], list(spec.values()), "k-o", label="spec construction")
+    for name, record in report["backends"].items():
+        scaling = record.get("scaling_per_layer", {})
+        for key, style in (("list_params", "-"), ("backward", "--"), ("export+import", ":")):
+            if scaling:
+                axes.plot(
+                    [int(n) for n in scaling],
+                    [v[key] for v in scaling.values()],
+                    style,
+                    marker=".",
+                    label=f"{name} {key}",
+                )
+    axes.set(xscale="log", yscale="log", xlabel="layers", ylabel="seconds per layer")
+    axes.set_title("Per-layer cost (flat = linear)")
+    axes.legend(fontsize=6, ncol=2)
+    buffer = tempfile.SpooledTemporaryFile()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    buffer.seek(0)
+    write_atomically(path, buffer.read())
+    pyplot.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--sizes", default=",".join(map(str, BACKEND_SIZES)))
+
+    def produce(args: argparse.Namespace) -> dict[str, Any]:
+        sizes = tuple(int(size) for size in args.sizes.split(","))
+        return measure_backend(args.backend, sizes)
+
+    return child_main("paramparity bench child", produce, arguments, argv)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
