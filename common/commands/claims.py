@@ -69,9 +69,36 @@ MEASURES: dict[str, Callable[[Record], Any]] = {
     "parameters exist before the first forward": lambda r: bool(r["models"]["mlp"]["unbuilt"]),
 }
 
-# What to show beside a yes/no measurement, so a reader sees why.
-DETAILS: dict[str, Callable[[Record], str]] = {
-    "layer list length == unique layer objects (tied)": _layer_list,
+
+# How an observation reads, in the claim's own terms, so a verdict never reads like a
+# contradiction ("observed: false (holds)"): each takes the observed value and the record.
+def _yes_no(yes: str, no: str) -> Callable[[Any, Record], str]:
+    return lambda observed, record: yes if observed else no
+
+
+def _write_seen(observed: Any, record: Record) -> str:
+    ties = _tied(record)["ties"]
+    seen = "is seen" if observed else "is not seen"
+    return f"a write at {ties['written']} {seen} at {ties['observed']}"
+
+
+def _shape(observed: Any, record: Record) -> str:
+    return f"({', '.join(str(n) for n in observed)}{',' if len(observed) == 1 else ''})"
+
+
+DESCRIBE: dict[str, Callable[[Any, Record], str]] = {
+    "layer list length == unique layer objects (tied)": lambda observed, record: _layer_list(record),
+    "len(params['params']) (tied)": lambda observed, record: f"{observed} top-level entries",
+    "grad before backward": lambda observed, record: f"grad before backward: {observed}",
+    "write at one tied position is seen at the other": _write_seen,
+    "tied gradient == sum over its uses": _yes_no(
+        "the tied gradient is the sum over its uses", "the tied gradient is not the sum over its uses"
+    ),
+    "layer 2 native weight shape (mlp)": _shape,
+    "first parameter's shape before the first forward": lambda observed, record: str(observed),
+    "parameters exist before the first forward": _yes_no(
+        "parameters exist before the first forward", "no parameters before the first forward"
+    ),
 }
 
 BOOK_CLAIMS: tuple[Claim, ...] = (
@@ -180,12 +207,17 @@ BOOK_CLAIMS: tuple[Claim, ...] = (
 )
 
 
+HOLDS, DOES_NOT_HOLD, NOT_EVALUATED = "holds", "does not hold", "not evaluated"
+NOT_APPLICABLE = "n/a"  # the claim is about another book tab
+STATUSES = (HOLDS, DOES_NOT_HOLD, NOT_EVALUATED, NOT_APPLICABLE)
+
+
 @dataclass(frozen=True)
 class Verdict:
     claim: Claim
-    status: str  # "holds", "does not hold", "not run"
+    status: str  # HOLDS, DOES_NOT_HOLD or NOT_EVALUATED
     observed: Any
-    detail: str = ""
+    detail: str = ""  # the observation in words, or why the claim was not evaluated
 
 
 def applies_to(claim: Claim, book_tab: str) -> bool:
@@ -195,9 +227,14 @@ def applies_to(claim: Claim, book_tab: str) -> bool:
 
 def evaluate(claim: Claim, record: Record | None) -> Verdict:
     if not record or not record.get("ok"):
-        return Verdict(claim, "not run", (record or {}).get("error", "no record"))
-    observed = MEASURES[claim.measure](record)
+        return Verdict(claim, NOT_EVALUATED, (record or {}).get("error", "no record"), "the backend failed")
+    try:
+        observed = MEASURES[claim.measure](record)
+        observed = tuple(observed) if isinstance(observed, list) else observed
+        detail = DESCRIBE[claim.measure](observed, record)
+    except KeyError as error:
+        return Verdict(claim, NOT_EVALUATED, None, f"the record lacks {error}")
+    except (TypeError, IndexError, ValueError, StopIteration) as error:
+        return Verdict(claim, NOT_EVALUATED, None, f"unreadable record: {type(error).__name__}: {error}")
     expected = tuple(claim.expected) if isinstance(claim.expected, list) else claim.expected
-    observed = tuple(observed) if isinstance(observed, list) else observed
-    detail = DETAILS[claim.measure](record) if claim.measure in DETAILS else ""
-    return Verdict(claim, "holds" if observed == expected else "does not hold", observed, detail)
+    return Verdict(claim, HOLDS if observed == expected else DOES_NOT_HOLD, observed, detail)

@@ -1,6 +1,10 @@
 """`make diff`: run one behaviour probe per backend, in its own environment, in parallel; merge
 the records into one table (a row per behaviour, a column per backend) and check the book.
 
+One probe run serves every format: the records are saved once, to reports/diff.json, and
+``--from`` renders any format from saved records (several files merge, later files winning per
+backend), so a CI matrix's records can be shown together without installing any framework.
+
 This process imports no framework: the probes are subprocesses (common.commands.probe).
 """
 
@@ -8,35 +12,79 @@ from __future__ import annotations
 
 import argparse
 import html
+import io
 import json
+import math
+import os
+import re
+import shutil
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.commands.claims import BOOK_CLAIMS, applies_to, evaluate
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from common.commands.claims import (
+    BOOK_CLAIMS,
+    DOES_NOT_HOLD,
+    HOLDS,
+    NOT_APPLICABLE,
+    NOT_EVALUATED,
+    applies_to,
+    evaluate,
+)
 from common.commands.fanout import Command, module_command, prepare_envs, run_parallel
-from common.commands.textable import format_table
-from common.config import add_backends_option, backend_names, parse_backend_list
-from common.declarations import declaration
+from common.commands.textable import INDENT, SHAPE, fit_columns, pieces, wrap
+from common.config import add_backends_option, backend_names, canonical_backend, parse_backend_list
+from common.core.expectations import ATOL, RTOL
+from common.declarations import DeclarationError, declaration
 from common.envs import ROOT
+from common.errors import UsageError
 
 FORMATS = ("terminal", "json", "markdown", "html")
+EXTENSIONS = {"json": "json", "markdown": "md", "html": "html"}
 REPORTS = ROOT / "reports"
+RECORDS_FILE = "diff.json"  # the json format is the saved records, with the merged table
+DEFAULT_WIDTH = 120  # when neither --width, COLUMNS nor a terminal says
+MAX_RECORDS_BYTES = 64 << 20
 Record = Mapping[str, Any]
+
+# -- markers: every one is explained in every format -------------------------------------------------
+DIFFERS, LACKS, CLAIM_FAILS = "*", "?", "!"
+TOLERANCE = f"rtol {RTOL:g}, atol {ATOL:g}"
+LEGEND = {
+    DIFFERS: f"the backends differ in this behaviour (numbers within the oracle tolerance, {TOLERANCE}, "
+    "count as equal)",
+    LACKS: "a backend's record lacks this value (its cell says why)",
+}
+CLAIMS_LEGEND = {
+    CLAIM_FAILS: "the claim does not hold on at least one backend it applies to",
+    NOT_APPLICABLE: "the claim is about another framework's tab of the book",
+}
+CONTEXT_NOTE = "Versions are context: shown, never compared."
+FAILED_NOTE = "A backend without a record keeps an empty column; the cause is listed above the table."
 
 
 # -- rows: what the diff shows, one extractor per behaviour --------------------------------------
+BEHAVIOUR, CONTEXT = "behaviour", "context"
+
+
 @dataclass(frozen=True)
 class Row:
     section: str
     label: str
-    extract: Callable[[Record], Any]
-
-
-def _model(name: str) -> Callable[[Record], Record]:
-    return lambda record: record["models"][name]
+    extract: Callable[[Record], Any]  # what the cell shows
+    compare: Callable[[Record], Any] | None = None  # the behaviour compared; None: what is shown
+    kind: str = BEHAVIOUR  # CONTEXT rows are shown and never compared
 
 
 def _names(model: str) -> Callable[[Record], Any]:
@@ -94,10 +142,19 @@ def _max_diffs(model: str) -> Callable[[Record], Any]:
     return extract
 
 
+def _model_facts(r: Record, model: str) -> Record:
+    return r["models"][model]["facts"]
+
+
+def _tied_facts(r: Record) -> Record:
+    return _model_facts(r, "tied")
+
+
+ORACLE = "Numbers vs the numpy oracle (max |delta|)"
 ROWS: tuple[Row, ...] = (
-    Row("Versions", "framework", lambda r: r["versions"]["framework"]),
-    Row("Versions", "python", lambda r: r["versions"]["python"]),
-    Row("Versions", "numpy", lambda r: r["versions"]["numpy"]),
+    Row("Versions", "framework", lambda r: r["versions"]["framework"], kind=CONTEXT),
+    Row("Versions", "python", lambda r: r["versions"]["python"], kind=CONTEXT),
+    Row("Versions", "numpy", lambda r: r["versions"]["numpy"], kind=CONTEXT),
     Row("The 4->8->1 MLP", "native parameter names", _names("mlp")),
     Row(
         "The 4->8->1 MLP",
@@ -108,45 +165,47 @@ ROWS: tuple[Row, ...] = (
     Row("The 4->8->1 MLP", "native shapes after first forward", _native_shapes),
     Row("The 4->8->1 MLP", "shapes before the first forward", _unbuilt),
     Row("The 4->8->1 MLP", "when shapes become known", lambda r: r["mechanisms"]["lazy"]),
-    Row("The 4->8->1 MLP", "default initializer (weights)", _init_stats),
+    Row(
+        "The 4->8->1 MLP",
+        "default initializer (weights)",
+        _init_stats,
+        compare=lambda r: r["models"]["mlp"]["init_stats"],
+    ),
     Row(
         "The 4->8->1 MLP",
         "gradient before backward",
         lambda r: r["models"]["mlp"]["grad_state_before_backward"],
     ),
-    Row("All parameters at once", "listing call", lambda r: r["models"]["mlp"]["facts"]["listing_call"]),
+    Row("All parameters at once", "listing call", lambda r: _model_facts(r, "mlp")["listing_call"]),
     Row(
         "All parameters at once",
         "entries returned (mlp / tied / nest)",
-        lambda r: " / ".join(
-            str(len(r["models"][m]["facts"]["listing_names"])) for m in ("mlp", "tied", "nest")
-        ),
+        lambda r: " / ".join(str(len(_model_facts(r, m)["listing_names"])) for m in ("mlp", "tied", "nest")),
     ),
     Row("NestMLP", "canonical <- native names", _nest_names),
     Row("The tied model", "tie mechanism", lambda r: r["mechanisms"]["tie"]),
     Row(
         "The tied model",
         "layer list length",
-        lambda r: (
-            f"len({r['models']['tied']['facts']['layer_list_call']}) = "
-            f"{r['models']['tied']['facts']['layer_list_length']}"
-        ),
+        lambda r: f"len({_tied_facts(r)['layer_list_call']}) = {_tied_facts(r)['layer_list_length']}",
+        compare=lambda r: _tied_facts(r)["layer_list_length"],
     ),
-    Row(
-        "The tied model",
-        "distinct layer objects in it",
-        lambda r: r["models"]["tied"]["facts"]["unique_layer_objects"],
-    ),
+    Row("The tied model", "distinct layer objects in it", lambda r: _tied_facts(r)["unique_layer_objects"]),
     Row(
         "The tied model",
         "unique parameters (untied model)",
         lambda r: "{unique_params} ({untied_unique_params})".format(**r["models"]["tied"]["ties"]),
     ),
-    Row("The tied model", "native listings and serializations", _serializations),
+    Row(
+        "The tied model",
+        "native listings and serializations",
+        _serializations,
+        compare=lambda r: sorted(len(e) for e in _tied_facts(r)["serializations"].values()),
+    ),
     Row(
         "The tied model",
         "same layer / parameter object",
-        lambda r: [f"{k}: {v}" for k, v in r["models"]["tied"]["facts"]["tie_identity"].items()],
+        lambda r: [f"{k}: {v}" for k, v in _tied_facts(r)["tie_identity"].items()],
     ),
     Row(
         "The tied model",
@@ -160,48 +219,115 @@ ROWS: tuple[Row, ...] = (
     ),
     Row("The tied model", "native file format", _native_file("tied")),
     Row("The tied model", "native file stores the tied parameter", _tied_in_native_file),
-    Row("Numbers vs the numpy oracle (max |delta|)", "mlp", _max_diffs("mlp")),
-    Row("Numbers vs the numpy oracle (max |delta|)", "tied", _max_diffs("tied")),
-    Row("Numbers vs the numpy oracle (max |delta|)", "nest", _max_diffs("nest")),
+    *(
+        Row(ORACLE, model, _max_diffs(model), compare=lambda r, m=model: r["models"][m]["max_abs_diff"])
+        for model in ("mlp", "tied", "nest")
+    ),
 )
 
 
+CAPABILITIES = "Declared capabilities"
+
+
+def _capability(record: Record, key: str) -> Mapping[str, Any] | None:
+    """From the record if the probe wrote it, else from the backend's declaration."""
+    recorded = record.get("capabilities", {}).get(key)
+    if recorded is not None:
+        return recorded
+    declared = declaration(record["backend"]).capabilities.get(key)
+    return None if declared is None else {"value": declared.value, "reason": declared.reason}
+
+
+def _capability_row(key: str) -> Row:
+    def extract(r: Record) -> str:
+        capability = _capability(r, key)
+        if capability is None:
+            return "not declared"
+        return f"{'yes' if capability['value'] else 'no'}: {capability['reason']}"
+
+    def compare(r: Record) -> Any:
+        capability = _capability(r, key)
+        return None if capability is None else capability["value"]
+
+    return Row(CAPABILITIES, key.replace("_", " "), extract, compare)
+
+
+def capability_rows(records: Mapping[str, Record]) -> tuple[Row, ...]:
+    """A row per capability that any of these backends declares or records."""
+    keys: set[str] = set()
+    for name, record in records.items():
+        keys |= set(record.get("capabilities", {}))
+        try:
+            keys |= set(declaration(name).capabilities)
+        except DeclarationError:
+            pass
+    return tuple(_capability_row(key) for key in sorted(keys))
+
+
 # -- merging ---------------------------------------------------------------------------------------
+def close(a: Any, b: Any) -> bool:
+    """Equal, with numbers compared within the oracle's tolerance."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+    return a == b
+
+
+_UNREADABLE = (KeyError, TypeError, IndexError, ValueError, AttributeError, DeclarationError)
+
+
+def _merge_row(row: Row, records: Mapping[str, Record]) -> dict[str, Any]:
+    cells: dict[str, dict[str, Any]] = {}
+    compared: list[Any] = []
+    for name, record in records.items():
+        try:
+            cells[name] = {"value": _plain(row.extract(record))}
+            compared.append(_plain((row.compare or row.extract)(record)))
+        except KeyError as error:
+            cells[name] = {"error": f"record lacks {error}"}
+        except _UNREADABLE as error:
+            cells[name] = {"error": f"unreadable record: {type(error).__name__}: {error}"}
+    differs = row.kind == BEHAVIOUR and any(not close(compared[0], other) for other in compared[1:])
+    lacks = any("error" in cell for cell in cells.values())
+    return {
+        "section": row.section,
+        "label": row.label,
+        "kind": row.kind,
+        "cells": cells,
+        "differs": differs,
+        "mark": DIFFERS if differs else (LACKS if lacks else ""),
+    }
+
+
 def merge(records: Mapping[str, Record]) -> dict[str, Any]:
-    """One document from per-backend records; a failed record gets an error cell in every row."""
+    """One document from per-backend records. A failed backend keeps its column, empty: it has no
+    cell in any row, and its error is in ``failed``."""
     backends = [name for name in backend_names() if name in records]
-    rows = []
-    for row in ROWS:
-        cells = {}
-        for name in backends:
-            record = records[name]
-            if not record.get("ok"):
-                cells[name] = {"error": record.get("error", "no record")}
-                continue
-            try:
-                cells[name] = {"value": _plain(row.extract(record))}
-            except (KeyError, TypeError, IndexError) as error:
-                cells[name] = {"error": f"record lacks {error}"}
-        values = [json.dumps(c, sort_keys=True) for c in cells.values() if "value" in c]
-        rows.append(
-            {
-                "section": row.section,
-                "label": row.label,
-                "cells": cells,
-                "agree": len(set(values)) <= 1 and len(values) == len(cells),
-            }
-        )
-    claims = []
-    for claim in BOOK_CLAIMS:
-        for name in backends:
-            if applies_to(claim, declaration(name).book_tab):
-                claims.append(_verdict(claim, name, records[name]))
-    failed = sorted(name for name in backends if not records[name].get("ok"))
+    failed = {
+        name: str(records[name].get("error", "no record")) for name in backends if not records[name].get("ok")
+    }
+    ok = {name: {**records[name], "backend": name} for name in backends if name not in failed}
+    rows = [_merge_row(row, ok) for row in (*ROWS, *capability_rows(ok))]
+    claims = [
+        _verdict(claim, name, records[name])
+        for claim in BOOK_CLAIMS
+        for name in backends
+        if applies_to(claim, declaration(name).book_tab)
+    ]
     return {
         "backends": backends,
         "failed": failed,
+        "legend": {**LEGEND, **CLAIMS_LEGEND},
         "rows": rows,
         "claims": claims,
+        "claim_counts": {
+            s: sum(c["status"] == s for c in claims) for s in (HOLDS, DOES_NOT_HOLD, NOT_EVALUATED)
+        },
         "records": {name: records[name] for name in backends},
     }
 
@@ -225,147 +351,441 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-# -- rendering -------------------------------------------------------------------------------------
-def _cell_text(cell: Mapping[str, Any], sep: str = "\n") -> str:
+# -- what every format shows, as text ----------------------------------------------------------------
+def _printable(text: str) -> str:
+    """Control characters from a record (a file, perhaps someone else's) shown escaped."""
+    return "".join(ch if ch == "\n" or ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def cell_lines(cell: Mapping[str, Any] | None) -> list[str]:
+    """A cell as lines: one per item of a list; none for a backend without a record."""
+    if cell is None:
+        return []
     if "error" in cell:
-        return f"ERROR: {cell['error']}"
+        return [_printable(f"error: {cell['error']}")]
     value = cell["value"]
     if isinstance(value, list):
-        return sep.join(str(v) for v in value) if value else "(none)"
-    return str(value)
+        return [_printable(str(v)) for v in value] or ["(none)"]
+    return _printable(str(value)).split("\n")
 
 
-def render_terminal(doc: Mapping[str, Any]) -> str:
-    backends = doc["backends"]
-    out, section = [], None
-    table_rows, marks = [], []
-    for row in doc["rows"]:
-        if row["section"] != section:
-            section = row["section"]
-            table_rows.append([f"[{section}]"] + [""] * len(backends))
-            marks.append("")
-        table_rows.append([row["label"]] + [_cell_text(row["cells"][b]) for b in backends])
-        marks.append("" if row["agree"] else "*")
-    out.append("paramparity diff: how the frameworks manage parameters (* = backends disagree)\n")
-    out.append(format_table(["behaviour", *backends], table_rows, marks, max_width=36))
-    out.append("\nThe book, checked (D2L 6.2; each claim evaluated on the installed version)\n")
-    claim_rows = [
-        [
-            c["backend"],
-            c["section"],
-            c["quote"],
-            _observed(c),
-            c["status"].upper() if c["status"] != "holds" else "holds",
-        ]
-        for c in doc["claims"]
+@dataclass
+class ClaimRow:
+    tab: str
+    section: str
+    quote: str
+    cells: dict[str, str] = field(default_factory=dict)  # backend -> its verdict, in words
+    statuses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def mark(self) -> str:
+        return CLAIM_FAILS if DOES_NOT_HOLD in self.statuses.values() else ""
+
+
+def claim_rows(doc: Mapping[str, Any]) -> list[ClaimRow]:
+    """One row per claim, a verdict per backend: n/a where the claim is about another tab."""
+    rows: dict[tuple[str, str, str], ClaimRow] = {}
+    for check in doc["claims"]:
+        key = (check["tab"], check["section"], check["quote"])
+        row = rows.setdefault(key, ClaimRow(*key))
+        row.statuses[check["backend"]] = check["status"]
+        row.cells[check["backend"]] = _printable(_verdict_text(check))
+    for row in rows.values():
+        for name in doc["backends"]:
+            row.statuses.setdefault(name, NOT_APPLICABLE)
+            row.cells.setdefault(name, NOT_APPLICABLE)
+        row.cells = {name: row.cells[name] for name in doc["backends"]}
+    return list(rows.values())
+
+
+def _verdict_text(check: Mapping[str, Any]) -> str:
+    if check["status"] == NOT_EVALUATED:
+        return f"not evaluated ({check['detail']})" if check.get("detail") else NOT_EVALUATED
+    observed = check.get("detail") or json.dumps(check["observed"])
+    return f"observed: {observed} ({check['status']})"
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def summary_lines(doc: Mapping[str, Any]) -> list[str]:
+    counts = doc["claim_counts"]
+    claims = len({(c["section"], c["quote"]) for c in doc["claims"]})
+    lines = [
+        f"Book claims: {_plural(claims, 'claim', 'claims')}, "
+        f"{_plural(len(doc['claims']), 'check', 'checks')} on "
+        f"{_plural(len(doc['backends']), 'backend', 'backends')}: "
+        f"{_plural(counts[HOLDS], 'holds', 'hold')}, "
+        f"{counts[DOES_NOT_HOLD]} {'does not hold' if counts[DOES_NOT_HOLD] == 1 else 'do not hold'}, "
+        f"{counts[NOT_EVALUATED]} not evaluated."
     ]
-    claim_marks = ["" if c["status"] == "holds" else "!" for c in doc["claims"]]
-    out.append(format_table(["backend", "sec", "claim", "observed", "verdict"], claim_rows, claim_marks))
-    out.append(_footer(doc))
-    return "\n".join(out) + "\n"
+    if doc["failed"]:
+        lines.append(f"Failed: {', '.join(doc['failed'])} (causes above the table).")
+    return lines
 
 
-def _observed(claim: Mapping[str, Any]) -> str:
-    return claim.get("detail") or _short(claim["observed"])
+def failed_lines(doc: Mapping[str, Any]) -> list[str]:
+    return [_printable(f"{name} failed: {error}") for name, error in doc["failed"].items()]
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return text if len(text) <= 40 else text[:37] + "..."
+def _sections(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Mapping[str, Any]]]]:
+    out: list[tuple[str, list[Mapping[str, Any]]]] = []
+    for row in rows:
+        if not out or out[-1][0] != row["section"]:
+            out.append((row["section"], []))
+        out[-1][1].append(row)
+    return out
 
 
-def _footer(doc: Mapping[str, Any]) -> str:
-    broken = [c for c in doc["claims"] if c["status"] == "does not hold"]
-    lines = [f"\n{len(broken)} of {len(doc['claims'])} book claims do not hold on the installed versions."]
-    for name in doc["failed"]:
-        lines.append(f"backend {name} FAILED: {doc['records'][name].get('error')}")
-    return "\n".join(lines)
+def _section_title(section: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    return f"{section} (context, not compared)" if all(r["kind"] == CONTEXT for r in rows) else section
+
+
+# -- terminal ----------------------------------------------------------------------------------------
+TITLE = "paramparity diff: how the frameworks manage parameters"
+CLAIMS_TITLE = "The book, checked (D2L 6.2; each claim evaluated on the installed version)"
+LABEL_FLOOR, COLUMN_FLOOR = 24, 20  # narrower than this, the stacked layout reads better
+GAP = 2  # between table columns
+LABEL_INDENT = "    "  # a wrapped label goes on under its own first word, not under the next label
+STYLES = {DIFFERS: "bold yellow", LACKS: "bold magenta", CLAIM_FAILS: "bold red"}
+VERDICT_STYLES = {HOLDS: "green", DOES_NOT_HOLD: "bold red", NOT_EVALUATED: "magenta", NOT_APPLICABLE: "dim"}
+
+
+def terminal_width(requested: int | None = None) -> int:
+    """--width, else COLUMNS, else the terminal's width, else DEFAULT_WIDTH."""
+    return requested or shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
+
+
+def _paragraph(text: str, width: int, style: str = "", indent: str = "  ") -> Text:
+    return Text("\n".join(wrap(text, width, indent)), style=style)
+
+
+def _legend(entries: Mapping[str, str], width: int) -> list[Text]:
+    return [
+        _paragraph(f"{mark} = {meaning}", width, STYLES.get(mark, "dim")) for mark, meaning in entries.items()
+    ]
+
+
+def _grouped(cells: Mapping[str, Sequence[str]]) -> list[tuple[str, list[str]]]:
+    """Backends with the same text share one entry; "all" when every shown backend does."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, lines in cells.items():
+        groups.setdefault(tuple(lines), []).append(name)
+    return [
+        ("all" if len(names) == len(cells) > 1 else ", ".join(names), list(lines))
+        for lines, names in groups.items()
+    ]
+
+
+def _stacked_entry(label: str, lines: Sequence[str], width: int) -> list[str]:
+    """``    label: value`` with the value's lines aligned after the label, or below it if long."""
+    head = f"    {label}: "
+    if len(head) <= max(width // 2, 16):
+        room = width - len(head)
+        out = [line for value in lines for line in wrap(value, room)] or [""]
+        return [head + out[0]] + [" " * len(head) + line for line in out[1:]]
+    return wrap(head.rstrip(), width, "      ") + [
+        "      " + line for value in lines for line in wrap(value, width - 6)
+    ]
+
+
+def _stacked(
+    title: str, rows: Sequence[tuple[str, str, Mapping[str, Sequence[str]]]], width: int, styles: Mapping
+) -> Text:
+    """Each row as its label, then one ``backends: value`` entry per distinct value."""
+    out = Text()
+    if title:
+        out.append("\n".join(wrap(title, width)) + "\n", style="bold")
+    for mark, label, cells in rows:
+        start = len(out)
+        out.append("\n".join(wrap(f"{mark or ' '} {label}", width)) + "\n", style="bold")
+        if mark:
+            out.stylize(STYLES.get(mark, ""), start, start + 1)
+        for group, lines in _grouped(cells):
+            entry = "\n".join(_stacked_entry(group, lines, width))
+            out.append(entry + "\n", style=styles.get(lines[0] if lines else "", ""))
+    out.rstrip()
+    return out
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str], Sequence[str]]], widths: Sequence[int]
+) -> Table:
+    """A rich table of pre-wrapped cells; ``rows`` are (mark, cells, styles) with cells already text."""
+    table = Table(box=None, padding=(0, GAP // 2), pad_edge=False, show_edge=False, header_style="bold")
+    for header, width in zip(headers, widths, strict=True):
+        table.add_column("\n".join(wrap(header, width)), width=width, no_wrap=True, overflow="fold")
+    for mark, cells, styles in rows:
+        texts = []
+        for k, (cell, width, style) in enumerate(zip(cells, widths, styles, strict=True)):
+            text = Text("\n".join(wrap(cell, width, LABEL_INDENT if k == 0 else INDENT)), style=style)
+            if k == 0 and mark:
+                text.stylize(STYLES.get(mark, ""), 0, 1)
+            texts.append(text)
+        table.add_row(*texts)
+    return table
+
+
+def _fit(columns: Sequence[Sequence[str]], width: int, floors: Sequence[int]) -> list[int] | None:
+    """Column widths for a table that fits ``width``; None when it would not read well."""
+    return fit_columns(columns, width - GAP * (len(columns) - 1), floors, [LABEL_INDENT])
+
+
+def _behaviour_block(doc: Mapping[str, Any], width: int) -> RenderableType:
+    backends = doc["backends"]
+    headers = ["behaviour", *(f"{b}\n(failed)" if b in doc["failed"] else b for b in backends)]
+    body: list[tuple[str, list[str], list[str]]] = []
+    for section, rows in _sections(doc["rows"]):
+        body.append(
+            (
+                "",
+                [f"[{_section_title(section, rows)}]", *[""] * len(backends)],
+                ["bold"] * (len(backends) + 1),
+            )
+        )
+        for row in rows:
+            cells = [row["cells"].get(b) for b in backends]
+            texts = ["\n".join(cell_lines(cell)) for cell in cells]
+            styles = ["magenta" if cell and "error" in cell else "" for cell in cells]
+            body.append((row["mark"], [f"{row['mark'] or ' '} {row['label']}", *texts], ["", *styles]))
+    columns = [[headers[k], *(cells[k] for _, cells, _ in body)] for k in range(len(headers))]
+    widths = _fit(columns, width, [LABEL_FLOOR, *[COLUMN_FLOOR] * len(backends)])
+    if widths is not None:
+        return _table(headers, body, widths)
+    blocks = []
+    for section, rows in _sections(doc["rows"]):
+        stacked = [
+            (row["mark"], row["label"], {b: cell_lines(c) for b, c in row["cells"].items()}) for row in rows
+        ]
+        blocks.append(_stacked(f"[{_section_title(section, rows)}]", stacked, width, {}))
+    return Group(*blocks)
+
+
+def _claims_block(doc: Mapping[str, Any], width: int) -> RenderableType:
+    backends, rows = doc["backends"], claim_rows(doc)
+    headers = ["sec", "claim", *backends]
+    body = [
+        (
+            row.mark,
+            [f"{row.mark or ' '} {row.section}", row.quote, *row.cells.values()],
+            ["", "", *(VERDICT_STYLES[row.statuses[b]] for b in backends)],
+        )
+        for row in rows
+    ]
+    columns = [[headers[k], *(cells[k] for _, cells, _ in body)] for k in range(len(headers))]
+    widths = _fit(columns, width, [8, LABEL_FLOOR, *[COLUMN_FLOOR] * len(backends)])
+    if widths is not None:
+        return _table(headers, body, widths)
+    styles = {
+        text: VERDICT_STYLES[s]
+        for row in rows
+        for text, s in zip(row.cells.values(), row.statuses.values(), strict=True)
+    }
+    stacked = [
+        (row.mark, f"{row.section} {row.quote}", {b: [t] for b, t in row.cells.items()}) for row in rows
+    ]
+    return _stacked("", stacked, width, styles)
+
+
+def terminal_renderables(doc: Mapping[str, Any], width: int) -> list[RenderableType]:
+    parts: list[RenderableType] = [_paragraph(TITLE, width, "bold")]
+    parts += _legend(LEGEND, width)
+    parts += [_paragraph(CONTEXT_NOTE, width, "dim")]
+    if doc["failed"]:
+        parts += [_paragraph(FAILED_NOTE, width, "dim")]
+        parts += [_paragraph(line, width, "bold red") for line in failed_lines(doc)]
+    parts += [Text(""), _behaviour_block(doc, width), Text(""), _paragraph(CLAIMS_TITLE, width, "bold")]
+    parts += _legend(CLAIMS_LEGEND, width)
+    parts += [Text(""), _claims_block(doc, width), Text("")]
+    parts += [_paragraph(line, width) for line in summary_lines(doc)]
+    return [Group(*parts)]
+
+
+def render_terminal(doc: Mapping[str, Any], width: int | None = None) -> str:
+    """The terminal view as plain text, at most ``width`` (default: terminal_width()) columns."""
+    width = terminal_width(width)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, highlight=False, emoji=False, markup=False)
+    console.print(*terminal_renderables(doc, width))
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def print_terminal(doc: Mapping[str, Any], width: int | None = None, console: Console | None = None) -> None:
+    """In colour on a terminal; plain text (no trailing blanks) anywhere else."""
+    width = terminal_width(width)
+    console = console or Console(width=width, highlight=False, emoji=False, markup=False)
+    if console.is_terminal:
+        console.print(*terminal_renderables(doc, width))
+    else:
+        console.file.write(render_terminal(doc, width))
+
+
+# -- markdown ----------------------------------------------------------------------------------------
+_MD_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "\n": "<br>"}
+
+
+def md(text: str) -> str:
+    """``text`` as the literal content of a Markdown table cell."""
+    out = []
+    for ch in _printable(str(text)):
+        if ch in _MD_ESCAPES:
+            out.append(_MD_ESCAPES[ch])
+        elif ch in "\\`*_[]|~#!":
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(md(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(md(cell) for cell in row) + " |" for row in rows]
+    return lines
 
 
 def render_markdown(doc: Mapping[str, Any]) -> str:
     backends = doc["backends"]
-
-    def esc(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", "<br>")
-
-    out = ["# paramparity diff", "", "Rows marked **≠** differ between backends.", ""]
-    section = None
-    for row in doc["rows"]:
-        if row["section"] != section:
-            section = row["section"]
-            out += [
-                "",
-                f"## {section}",
-                "",
-                "| behaviour | " + " | ".join(backends) + " |",
-                "|---" * (len(backends) + 1) + "|",
-            ]
-        label = row["label"] if row["agree"] else f"**≠** {row['label']}"
-        out.append(
-            f"| {esc(label)} | " + " | ".join(esc(_cell_text(row["cells"][b])) for b in backends) + " |"
+    out = ["# paramparity diff", ""]
+    out += [f"- **{md(mark)}** = {md(meaning)}" for mark, meaning in LEGEND.items()]
+    out += [f"- {md(CONTEXT_NOTE)}", ""]
+    if doc["failed"]:
+        out += [md(FAILED_NOTE), ""] + [f"- {md(line)}" for line in failed_lines(doc)] + [""]
+    headers = ["", "behaviour", *(f"{b} (failed)" if b in doc["failed"] else b for b in backends)]
+    for section, rows in _sections(doc["rows"]):
+        out += [f"## {md(_section_title(section, rows))}", ""]
+        out += _md_table(
+            headers,
+            [
+                [row["mark"], row["label"], *("\n".join(cell_lines(row["cells"].get(b))) for b in backends)]
+                for row in rows
+            ],
         )
-    out += [
-        "",
-        "## The book, checked",
-        "",
-        "| backend | section | claim | observed | verdict |",
-        "|---|---|---|---|---|",
-    ]
-    for c in doc["claims"]:
-        verdict = c["status"] if c["status"] == "holds" else f"**{c['status']}**"
-        out.append(
-            f"| {c['backend']} | {c['section']} | {esc(c['quote'])} | {esc(_observed(c))} | {verdict} |"
-        )
-    out.append(_footer(doc).replace("\n", "\n\n"))
+        out.append("")
+    out += ["## The book, checked", ""]
+    out += [f"- **{md(mark)}** = {md(meaning)}" for mark, meaning in CLAIMS_LEGEND.items()]
+    out.append("")
+    out += _md_table(
+        ["", "section", "claim", *backends],
+        [[row.mark, row.section, row.quote, *row.cells.values()] for row in claim_rows(doc)],
+    )
+    out += [""] + [md(line) for line in summary_lines(doc)]
     return "\n".join(out) + "\n"
 
 
-HTML_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin-bottom:2em}td,th{border:1px solid #ccc;padding:4px 8px;
-vertical-align:top;text-align:left;font-size:13px}th{background:#f0f0f0}tr.differ td:first-child
-{border-left:4px solid #d97706}tr.section td{background:#e8eef8;font-weight:bold}.error{color:#b91c1c}
-.bad{background:#fee2e2}.good{background:#dcfce7}code{font-size:12px}"""
+# -- html --------------------------------------------------------------------------------------------
+HTML_STYLE = """
+*{box-sizing:border-box}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2328;margin:0;padding:1rem 1.5rem}
+h1{font-size:1.4rem;margin:.2rem 0 .6rem}h2{font-size:1.15rem;margin:1.8rem 0 .5rem}
+ul.legend{padding-left:1.2rem;margin:.3rem 0}ul.failed{color:#b42318;font-weight:600}
+table{border-collapse:collapse;width:100%;table-layout:fixed;margin:0 0 1rem}
+th,td{border:1px solid #d0d7de;padding:4px 6px;vertical-align:top;text-align:left;overflow-wrap:anywhere;
+word-break:normal}
+thead th{background:#f6f8fa}
+col.mark{width:1.8rem}col.label{width:15rem}col.sec{width:4.5rem}col.claim{width:17rem}col.failed{width:6rem}
+td .v{display:block;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;white-space:pre-wrap}
+tr.section th{background:#eef3fb;font-size:1rem}.nw{white-space:nowrap}
+td.mark{font-weight:700;text-align:center}tr.m-differs td.mark{color:#b45309;background:#fff7e6}
+tr.m-lacks td.mark{color:#86198f}td.error .v{color:#86198f}
+td.absent{background:repeating-linear-gradient(45deg,#fafafa,#fafafa 6px,#f0f0f0 6px,#f0f0f0 12px)}
+td.holds{background:#e7f7ec}td.fails{background:#fde8e8;font-weight:600}td.na{color:#8c959f}
+td.notev{background:#f5e8fb}tr.m-fails td.mark{color:#b42318}
+@media (max-width:900px){
+ table,thead,tbody,tr,th,td{display:block;width:auto}colgroup,thead{display:none}
+ tr{border:1px solid #d0d7de;border-top:none;padding:4px 6px}tr.section{border:none;margin-top:1rem}
+ th,td{border:none;padding:2px 0}td.mark{display:inline;padding-right:.4rem}td.mark:empty{display:none}
+ th.label,td.label{display:inline;font-weight:600}
+ td[data-backend]{display:flex;gap:.6rem}td[data-backend]>div{flex:1;min-width:0}
+ td[data-backend]::before{content:attr(data-backend);flex:0 0 6.5rem;font-size:12px;font-weight:600;
+  color:#57606a}
+ td.absent{display:none}td.na{display:none}
+}
+"""
+
+
+def _h(text: str) -> str:
+    """Escaped for HTML, with a line-break opportunity after every separator of a name, and none
+    inside a shape."""
+    out, text = [], _printable(str(text))
+    for k, part in enumerate(re.split(f"({SHAPE.pattern})", text)):
+        if k % 2:
+            out.append(f"<span class='nw'>{html.escape(part)}</span>")
+        else:
+            out.append("<wbr>".join(html.escape(piece) for piece in pieces(part)))
+    return "".join(out)
+
+
+def _h_cell(lines: Sequence[str]) -> str:
+    return "<div>" + "".join(f'<span class="v">{_h(line)}</span>' for line in lines) + "</div>"
+
+
+_MARK_CLASSES = {DIFFERS: "m-differs", LACKS: "m-lacks", CLAIM_FAILS: "m-fails"}
+_VERDICT_CLASSES = {HOLDS: "holds", DOES_NOT_HOLD: "fails", NOT_EVALUATED: "notev", NOT_APPLICABLE: "na"}
+
+
+def _html_legend(entries: Mapping[str, str], notes: Sequence[str] = ()) -> str:
+    items = [f"<li><b>{html.escape(m)}</b> = {html.escape(text)}</li>" for m, text in entries.items()]
+    items += [f"<li>{html.escape(note)}</li>" for note in notes]
+    return f"<ul class='legend'>{''.join(items)}</ul>"
+
+
+def _html_table(
+    name: str, heads: Sequence[str], label_cols: Sequence[str], backend_cols: Sequence[str]
+) -> str:
+    cols = "".join(f"<col class='{c}'>" for c in [*label_cols, *backend_cols])
+    cells = "".join(f"<th>{head}</th>" for head in heads)
+    return f"<table class='{name}'><colgroup>{cols}</colgroup><thead><tr>{cells}</tr></thead><tbody>"
+
+
+def _html_row(mark: str, labels: Sequence[str], cells: Sequence[tuple[str, str, str]]) -> str:
+    """A row: its mark, its label cells (HTML), then (backend, css class, HTML) per backend."""
+    tds = "".join(f"<td class='label'>{label}</td>" for label in labels)
+    tds += "".join(
+        f"<td class='{css}' data-backend='{html.escape(b)}'>{inner}</td>" for b, css, inner in cells
+    )
+    return f"<tr class='{_MARK_CLASSES.get(mark, '')}'><td class='mark'>{html.escape(mark)}</td>{tds}</tr>"
 
 
 def render_html(doc: Mapping[str, Any]) -> str:
     backends = doc["backends"]
-
-    def cell(c: Mapping[str, Any]) -> str:
-        text = html.escape(_cell_text(c)).replace("\n", "<br>")
-        return f'<td class="error">{text}</td>' if "error" in c else f"<td><code>{text}</code></td>"
-
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>paramparity diff</title>",
-        f"<style>{HTML_STYLE}</style></head><body><h1>paramparity diff</h1>",
-        "<p>One column per backend; rows with an orange bar differ between backends.</p><table>",
-        "<tr><th>behaviour</th>" + "".join(f"<th>{html.escape(b)}</th>" for b in backends) + "</tr>",
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>paramparity diff</title><style>{HTML_STYLE}</style></head><body>",
+        "<h1>paramparity diff</h1>",
+        _html_legend(LEGEND, [CONTEXT_NOTE] + ([FAILED_NOTE] if doc["failed"] else [])),
     ]
-    section = None
-    for row in doc["rows"]:
-        if row["section"] != section:
-            section = row["section"]
-            parts.append(
-                f"<tr class='section'><td colspan='{len(backends) + 1}'>{html.escape(section)}</td></tr>"
-            )
-        css = "" if row["agree"] else " class='differ'"
+    if doc["failed"]:
         parts.append(
-            f"<tr{css}><td>{html.escape(row['label'])}</td>"
-            + "".join(cell(row["cells"][b]) for b in backends)
-            + "</tr>"
+            "<ul class='failed'>" + "".join(f"<li>{_h(f)}</li>" for f in failed_lines(doc)) + "</ul>"
         )
-    parts.append(
-        "</table><h2>The book, checked</h2><table><tr><th>backend</th><th>section</th>"
-        "<th>claim</th><th>observed</th><th>verdict</th></tr>"
-    )
-    for c in doc["claims"]:
-        css = "good" if c["status"] == "holds" else "bad"
-        parts.append(
-            f"<tr><td>{c['backend']}</td><td>{c['section']}</td><td>{html.escape(c['quote'])}</td>"
-            f"<td><code>{html.escape(_observed(c))}</code></td>"
-            f"<td class='{css}'>{c['status']}</td></tr>"
-        )
-    parts.append(f"</table><pre>{html.escape(_footer(doc).strip())}</pre></body></html>")
+    heads = [f"{html.escape(b)}{' (failed)' if b in doc['failed'] else ''}" for b in backends]
+    columns = ["failed" if b in doc["failed"] else "backend" for b in backends]
+    parts.append(_html_table("diff", ["", "behaviour", *heads], ["mark", "label"], columns))
+    for section, rows in _sections(doc["rows"]):
+        title = html.escape(_section_title(section, rows))
+        parts.append(f"<tr class='section'><th colspan='{len(backends) + 2}'>{title}</th></tr>")
+        for row in rows:
+            cells = [
+                (b, _cell_class(row["cells"].get(b)), _h_cell(cell_lines(row["cells"].get(b))))
+                for b in backends
+            ]
+            parts.append(_html_row(row["mark"], [_h(row["label"])], cells))
+    parts.append("</tbody></table><h2>The book, checked</h2>" + _html_legend(CLAIMS_LEGEND))
+    heads = ["", "section", "claim", *(html.escape(b) for b in backends)]
+    parts.append(_html_table("claims", heads, ["mark", "sec", "claim"], ["backend"] * len(backends)))
+    for row in claim_rows(doc):
+        cells = [(b, _VERDICT_CLASSES[row.statuses[b]], f"<div>{_h(t)}</div>") for b, t in row.cells.items()]
+        parts.append(_html_row(row.mark, [html.escape(row.section), _h(row.quote)], cells))
+    parts.append("</tbody></table>")
+    parts += [f"<p>{html.escape(line)}</p>" for line in summary_lines(doc)]
+    parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _cell_class(cell: Mapping[str, Any] | None) -> str:
+    return "absent" if cell is None else ("error" if "error" in cell else "value")
 
 
 def render_json(doc: Mapping[str, Any]) -> str:
@@ -378,24 +798,157 @@ RENDERERS = {
     "markdown": render_markdown,
     "html": render_html,
 }
-EXTENSIONS = {"json": "json", "markdown": "md", "html": "html"}
+
+
+# -- files -------------------------------------------------------------------------------------------
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: a reader
+    sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_report(doc: Mapping[str, Any], fmt: str, out_dir: Path = REPORTS) -> Path:
+    return write_atomic(out_dir / f"diff.{EXTENSIONS[fmt]}", RENDERERS[fmt](doc))
+
+
+def load_records(paths: Sequence[str | Path], warn=sys.stderr) -> dict[str, Record]:
+    """The records in saved diff.json files (or single probe records); later files win per backend."""
+    merged: dict[str, Record] = {}
+    for path in map(Path, paths):
+        try:
+            size = path.stat().st_size
+        except OSError as error:
+            raise UsageError(f"--from {path}: cannot read it: {error.strerror}") from None
+        if size > MAX_RECORDS_BYTES:
+            raise UsageError(f"--from {path}: {size} bytes, but records are at most {MAX_RECORDS_BYTES}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise UsageError(f"--from {path}: not a JSON file: {error}") from None
+        if isinstance(data, dict) and isinstance(data.get("records"), dict):
+            found = data["records"]
+        elif isinstance(data, dict) and isinstance(data.get("backend"), str) and "ok" in data:
+            found = {data["backend"]: data}
+        else:
+            raise UsageError(
+                f"--from {path}: neither a diff.json (an object with 'records') "
+                "nor a probe record (an object with 'backend' and 'ok')"
+            )
+        for name, record in found.items():
+            if not isinstance(record, dict):
+                raise UsageError(f"--from {path}: the record of {name!r} is not an object")
+            try:
+                merged[canonical_backend(str(name))] = record
+            except UsageError as error:
+                print(f"paramparity: --from {path}: skipping a record: {error}", file=warn)
+    return merged
 
 
 # -- running the probes ----------------------------------------------------------------------------
 PROBE = module_command("common.commands.probe")
 
 
-def run_probes(backends: Sequence[str], command: Command = PROBE, stream=sys.stderr) -> dict[str, Record]:
+@dataclass
+class _Probe:
+    text: str = "waiting"
+    started: float | None = None
+    ended: float | None = None
+    ok: bool | None = None
+    spinner: Spinner = field(default_factory=lambda: Spinner("dots", style="cyan"))
+
+
+class ProbeProgress:
+    """Live progress of the probes: one line per backend with its elapsed time and final state.
+
+    It is the stream fanout.run_parallel writes its ``[backend] message`` lines to; rich.Live
+    redraws it.
+    """
+
+    LINE = re.compile(r"^\[(?P<backend>[^\]]+)\] (?P<text>.*)$")
+
+    def __init__(self, backends: Sequence[str], clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.probes = {name: _Probe() for name in backends}
+        self._buffer = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._buffer += text
+            *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            self.update(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def update(self, line: str) -> None:
+        match = self.LINE.match(line)
+        if not match or match["backend"] not in self.probes:
+            return
+        probe, text, now = self.probes[match["backend"]], match["text"], self.clock()
+        probe.started = probe.started if probe.started is not None else now
+        if text.startswith("done"):
+            probe.text, probe.ok, probe.ended = "done", True, now
+        elif text.startswith("FAILED"):
+            probe.text, probe.ok, probe.ended = text.removeprefix("FAILED: "), False, now
+        else:
+            probe.text = text
+
+    def __rich__(self) -> Table:
+        table = Table.grid(padding=(0, 1))
+        table.add_column(width=1)
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+        table.add_column(no_wrap=True, overflow="ellipsis")
+        now = self.clock()
+        for name, probe in self.probes.items():
+            elapsed = "" if probe.started is None else f"{(probe.ended or now) - probe.started:.1f}s"
+            if probe.ok is None:
+                state: RenderableType = probe.spinner if probe.started is not None else Text("·", "dim")
+                text = Text(probe.text)
+            else:
+                state = Text("✓", "green") if probe.ok else Text("✗", "bold red")
+                text = Text("done", "green") if probe.ok else Text(f"failed: {probe.text}", "red")
+            table.add_row(state, name, elapsed, text)
+        return table
+
+
+def run_probes(
+    backends: Sequence[str], command: Command = PROBE, stream=None, console: Console | None = None
+) -> dict[str, Record]:
+    """Every backend's record. Progress: a live display on a terminal, else plain lines to
+    ``stream`` (default stderr)."""
     if command is PROBE:
         prepare_envs(backends)
-    return run_parallel(backends, command, stream, what="probing")
+    console = console or Console(stderr=True)
+    if stream is not None or not console.is_terminal:
+        return run_parallel(backends, command, stream or sys.stderr, what="probing")
+    progress = ProbeProgress(backends)
+    with Live(progress, console=console, refresh_per_second=8, transient=False):
+        return run_parallel(backends, command, progress, what="probing")
 
 
-def write_report(doc: Mapping[str, Any], fmt: str, out_dir: Path = REPORTS) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"diff.{EXTENSIONS[fmt]}"
-    path.write_text(RENDERERS[fmt](doc))
-    return path
+# -- the command -------------------------------------------------------------------------------------
+def _width(text: str) -> int:
+    try:
+        width = int(text)
+    except ValueError:
+        width = 0
+    if width < 20:
+        raise argparse.ArgumentTypeError(f"--width={text}, but should be a number of columns >= 20")
+    return width
 
 
 def add_parser(commands) -> None:
@@ -403,26 +956,72 @@ def add_parser(commands) -> None:
         "diff",
         help="side-by-side report of how the frameworks behave",
         description="Run one behaviour probe per backend (each in its own .venvs/<backend>, in parallel), "
-        "merge the records into one table and check the book's claims. Exit 1 if any backend failed.",
+        f"save the records to reports/{RECORDS_FILE}, merge them into one table and check the book's "
+        "claims. Exit 1 if any backend failed.",
     )
     add_backends_option(parser)
     parser.add_argument(
         "--format",
         default="terminal",
-        choices=FORMATS,
-        help="terminal prints; json/markdown/html write reports/diff.<ext> (and print the path)",
+        choices=(*FORMATS, "all"),
+        help="terminal prints; json/markdown/html write reports/diff.<ext>; all does every one",
     )
+    parser.add_argument(
+        "--from",
+        dest="from_files",
+        nargs="+",
+        metavar="FILE",
+        help=f"render saved records ({RECORDS_FILE} files) instead of probing; no framework is needed; "
+        "several files merge, later files winning per backend",
+    )
+    parser.add_argument(
+        "--width",
+        type=_width,
+        help=f"terminal width (default: COLUMNS, else the terminal's, else {DEFAULT_WIDTH})",
+    )
+    parser.add_argument("--out-dir", type=Path, default=REPORTS, help="where reports go (default: reports/)")
     parser.set_defaults(run=run_diff)
+    _refuse_unknown_arguments(parser)
+
+
+def _refuse_unknown_arguments(parser: argparse.ArgumentParser) -> None:
+    """Unknown arguments end in this command's usage (exit 2), not the top-level one."""
+    parse_known_args = parser.parse_known_args
+
+    def strict(args=None, namespace=None):
+        namespace, unknown = parse_known_args(args, namespace)
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return namespace, unknown
+
+    parser.parse_known_args = strict
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    backends = parse_backend_list(args.backends)
-    records = run_probes(backends)
-    doc = merge(records)
-    if args.format == "terminal":
-        sys.stdout.write(render_terminal(doc))
+    if args.from_files:
+        records = load_records(args.from_files)
+        if args.backends.strip().lower() != "all":
+            records = {name: records[name] for name in parse_backend_list(args.backends) if name in records}
+        if not records:
+            raise UsageError(f"--from {' '.join(args.from_files)}: no record of a selected backend")
     else:
-        path = write_report(doc, args.format)
-        sys.stdout.write(_footer(doc).lstrip() + "\n")
-        print(f"wrote {path.relative_to(ROOT)}")
+        records = run_probes(parse_backend_list(args.backends))
+    doc = merge(records)
+    formats = FORMATS if args.format == "all" else (args.format,)
+    files = [
+        fmt
+        for fmt in FORMATS
+        if fmt in EXTENSIONS and (fmt in formats or fmt == "json" and not args.from_files)
+    ]
+    written = [write_report(doc, fmt, args.out_dir) for fmt in files]
+    if "terminal" in formats:
+        print_terminal(doc, args.width)
+    else:
+        print("\n".join(failed_lines(doc) + summary_lines(doc)))
+    for path in written:
+        print(f"wrote {_shown(path)}")
     return 1 if doc["failed"] else 0

@@ -41,11 +41,15 @@ def make_record(backend: str, **changes: Any) -> dict[str, Any]:
                 "layer_list_call": "net.layers",
                 "layer_list_length": len(spec.layers),
                 "unique_layer_objects": len(spec.layers),
-                "serializations": {"save()": ["a", "b"]},
+                "serializations": {"save()": [p["native_name"] for p in params]},
                 "tie_identity": {"same parameter object": True} if spec.ties else {},
             },
             "max_abs_diff": {"forward": 1e-8, "grad layers.0.weight": 2e-8},
-            "native_file": {"call": "save()", "entries": ["a", "b"], "round_trip_equal": True},
+            "native_file": {
+                "call": "save()",
+                "entries": [p["native_name"] for p in params],
+                "round_trip_equal": True,
+            },
         }
     models["tied"]["ties"] = {
         "unique_params": 6,
@@ -75,3 +79,33 @@ def make_record(backend: str, **changes: Any) -> dict[str, Any]:
 
 def failed_record(backend: str, error: str = "ImportError: no module named tensorflow") -> dict[str, Any]:
     return {"backend": backend, "ok": False, "error": error}
+
+
+def varied_records(backends: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """One record per backend, each with values of its own (names, classes, calls, layouts, numbers
+    within the oracle tolerance), as real frameworks give: every renderer must show them all.
+    ``token(backend)`` is in each of its records and breaks nowhere when wrapped."""
+    records = {}
+    for k, backend in enumerate(backends):
+        record = make_record(backend)
+        record["versions"]["framework"] = f"{k + 1}.{k}.0"
+        record["mechanisms"]["weight_layout"] = ("(out, in)", "(in, out)")[k % 2]
+        record["mechanisms"]["tie"] = f"the same {token(backend)} object at both positions"
+        for model in record["models"].values():
+            for p in model["params"]:
+                p["native_name"] = f"{backend}_net/{p['name']}"
+                p["native_class"] = token(backend)
+            model["facts"]["listing_call"] = f"net.{backend}_params()"
+            model["max_abs_diff"] = {  # float noise: a different worst gradient per backend
+                "forward": 1.7e-9 * (k + 1),
+                "grad layers.0.weight": 2.1e-8 * (k + 1),
+                "grad layers.0.bias": 7e-8 / (k + 1),
+            }
+        record["models"]["mlp"]["unbuilt"] = {f"{backend}_dense0.weight": "<UninitializedParameter>"}
+        records[backend] = record
+    return records
+
+
+def token(backend: str) -> str:
+    """A word unique to ``backend`` with no separator in it."""
+    return "Cls" + "".join(ch for ch in backend.title() if ch.isalnum()) + "Param"

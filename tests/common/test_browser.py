@@ -1,0 +1,82 @@
+"""diff.html in a real browser (headless Chromium): no horizontal scrollbar at 1400 px or on a
+narrow screen, a readable behaviour column, the stacked layout below 900 px.
+
+Skipped, saying so, where no Chromium is installed (``apt-get install chromium``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from common.commands import diff
+from common.config import backend_names
+from tests.common.records import failed_record, varied_records
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+BROWSER = next((path for name in BROWSERS if (path := shutil.which(name))), None)
+pytestmark = pytest.mark.skipif(
+    BROWSER is None, reason=f"no headless Chromium on PATH (looked for {', '.join(BROWSERS)})"
+)
+
+# Runs after the page has laid out; its findings go into the DOM that --dump-dom prints.
+MEASURE = """<script>
+const root = document.documentElement, label = document.querySelector("table.diff td.label");
+document.body.setAttribute("data-measured", JSON.stringify({
+  scrollWidth: root.scrollWidth, clientWidth: root.clientWidth, innerWidth: window.innerWidth,
+  labelWidth: label.getBoundingClientRect().width,
+  thead: getComputedStyle(document.querySelector("table.diff thead")).display,
+}));
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    names = backend_names()
+    records = varied_records(names)
+    records[names[1]] = failed_record(names[1], "ImportError: " + "a_very_long_module_name." * 12)
+    records[names[0]]["mechanisms"]["lazy"] = "W" * 300  # no break anywhere: only overflow-wrap saves it
+    path = tmp_path_factory.mktemp("html") / "diff.html"
+    path.write_text(diff.render_html(diff.merge(records)).replace("</body>", MEASURE + "</body>"))
+    return path
+
+
+def measure(page, width: int, tmp_path) -> dict:
+    result = subprocess.run(
+        [
+            BROWSER,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--window-size={width},900",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    found = re.search(r'data-measured="([^"]*)"', result.stdout)
+    assert found, f"{BROWSER} printed no measurement (exit {result.returncode}): {result.stderr[-2000:]}"
+    return json.loads(html.unescape(found[1]))
+
+
+@pytest.mark.parametrize("width", [1400, 1100])
+def test_the_table_fits_a_wide_window(page, width, tmp_path):
+    seen = measure(page, width, tmp_path)
+    assert seen["scrollWidth"] <= seen["clientWidth"], seen
+    assert seen["thead"] != "none", seen
+    assert seen["labelWidth"] >= 180, f"the behaviour column is {seen['labelWidth']}px wide: {seen}"
+
+
+@pytest.mark.parametrize("width", [800, 480])
+def test_a_narrow_window_gets_the_stacked_layout(page, width, tmp_path):
+    seen = measure(page, width, tmp_path)
+    assert seen["scrollWidth"] <= seen["clientWidth"], seen
+    assert seen["thead"] == "none", seen
