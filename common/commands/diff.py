@@ -44,7 +44,14 @@ from common.commands.claims import (
 )
 from common.commands.fanout import Command, module_command, prepare_envs, run_parallel
 from common.commands.textable import INDENT, SHAPE, fit_columns, pieces, wrap
-from common.config import add_backends_option, backend_names, canonical_backend, parse_backend_list
+from common.config import (
+    DEFAULT_TIMEOUT,
+    add_backends_option,
+    add_timeout_option,
+    backend_names,
+    canonical_backend,
+    parse_backend_list,
+)
 from common.core.expectations import ATOL, RTOL
 from common.declarations import DeclarationError, declaration
 from common.envs import ROOT
@@ -926,7 +933,11 @@ class ProbeProgress:
 
 
 def run_probes(
-    backends: Sequence[str], command: Command = PROBE, stream=None, console: Console | None = None
+    backends: Sequence[str],
+    command: Command = PROBE,
+    stream=None,
+    console: Console | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> dict[str, Record]:
     """Every backend's record. Progress: a live display on a terminal, else plain lines to
     ``stream`` (default stderr)."""
@@ -934,10 +945,10 @@ def run_probes(
         prepare_envs(backends)
     console = console or Console(stderr=True)
     if stream is not None or not console.is_terminal:
-        return run_parallel(backends, command, stream or sys.stderr, what="probing")
+        return run_parallel(backends, command, stream or sys.stderr, what="probing", timeout=timeout)
     progress = ProbeProgress(backends)
     with Live(progress, console=console, refresh_per_second=8, transient=False):
-        return run_parallel(backends, command, progress, what="probing")
+        return run_parallel(backends, command, progress, what="probing", timeout=timeout)
 
 
 # -- the command -------------------------------------------------------------------------------------
@@ -960,6 +971,7 @@ def add_parser(commands) -> None:
         "claims. Exit 1 if any backend failed.",
     )
     add_backends_option(parser)
+    add_timeout_option(parser)
     parser.add_argument(
         "--format",
         default="terminal",
@@ -1009,7 +1021,7 @@ def run_diff(args: argparse.Namespace) -> int:
         if not records:
             raise UsageError(f"--from {' '.join(args.from_files)}: no record of a selected backend")
     else:
-        records = run_probes(parse_backend_list(args.backends))
+        records = run_probes(parse_backend_list(args.backends), timeout=args.timeout)
     doc = merge(records)
     formats = FORMATS if args.format == "all" else (args.format,)
     files = [
