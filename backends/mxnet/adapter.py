@@ -1,15 +1,19 @@
-"""MXNet Gluon adapter: nn.Sequential of nn.Dense(units) with deferred init; a tie is a second
-nn.Dense built on the owner's ParameterDict (``params=owner.params``), as D2L 6.2 does.
+"""MXNet Gluon adapter: nn.HybridSequential of nn.Dense(units) with deferred init; a tie is a
+second nn.Dense built on the owner's ParameterDict (``params=owner.params``), as D2L 6.2 does.
 
 Like the book we run Gluon in numpy mode (``npx.set_np()``) and feed it ``mxnet.np`` arrays.
 Consequence: an unknown dimension shows as -1 (the legacy ``mx.nd`` mode shows 0).
+Fast path: the net and its loss as one hybridized block (one cached graph per model and loss
+kind) with gluon.Trainer's SGD; losses and watched gradients stay MXNet arrays until the last step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,19 +26,30 @@ with warnings.catch_warnings():
     from mxnet import np as mnp  # not "np": that name is the real numpy here
     from mxnet.gluon import nn
 
-from common.core.interface import Backend, GradState, Model, ParamInfo, WeightLayout
+from common.core.interface import NOT_STORED, Backend, Model, WeightLayout
 from common.core.oracle import Loss
-from common.core.spec import ROLES, Block, Dense, LayerPath, ModelSpec, param_name, split_param_name
-from common.errors import ParamFileError
+from common.core.spec import LayerPath, ModelSpec, split_param_name
 
 __all__ = ["MXNetBackend"]
 
-# (canonical owner name, the Parameter object, every position name that uses that object)
-Observed = tuple[str, gluon.Parameter, list[str]]
+
+def _numpy(array: mnp.ndarray) -> np.ndarray:
+    return array.asnumpy().astype(np.float32, copy=True)
 
 
-def _qualname(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+class _Objective(gluon.HybridBlock):
+    """The net and its loss as one HybridBlock, so hybridize() caches the whole forward as one
+    graph. ``hybrid_forward`` runs per call only when not hybridized; hybridized, once per trace."""
+
+    def __init__(self, net: nn.HybridSequential, kind: str, on_trace: Callable[[], None]) -> None:
+        super().__init__(prefix="objective_")
+        self._kind, self._on_trace = kind, on_trace
+        self.net = net  # a registered child: the cached graph finds its Parameters by name
+
+    def hybrid_forward(self, F: Any, x: Any, *target: Any) -> Any:
+        self._on_trace()
+        y = self.net(x)
+        return y.sum() if self._kind == "sum" else ((y - target[0]) ** 2).mean()
 
 
 class MXNetBackend(Backend):
@@ -44,6 +59,7 @@ class MXNetBackend(Backend):
         "deferred init: nn.Dense(units) without in_units; weight is (units, -1) until the first forward"
     )
     tie_mechanism = "a second nn.Dense(units, params=owner.params): another layer object, the same Parameters"
+    native_file_suffix = ".params"
 
     def __init__(self) -> None:
         # set_np() is per-thread global state: models must be built and run on this thread.
@@ -57,230 +73,173 @@ class MXNetBackend(Backend):
         mx.random.seed(seed)
 
     # -- building --------------------------------------------------------------------------------
-    def build_mlp(self, spec: ModelSpec) -> Model:
-        owners = {slot.path: slot.owner for slot in spec.dense_slots}
-        # An explicit prefix keeps native names independent of how many nets were built before.
-        net = nn.Sequential(prefix=f"{spec.name}_")
-        self._add(net, spec.layers, (), {}, owners)
-        net.initialize()
-        # The table is read back from the built net, so it holds what the net really holds.
-        table = {path: self._index(net, path) for path, _ in spec.walk()}
-        return Model(spec, net, {"layers": table})
+    def new_sequential(self, spec: ModelSpec, path: LayerPath) -> nn.HybridSequential:
+        # An explicit root prefix keeps native names independent of how many nets were built
+        # before; a nested one is named by its parent's name_scope counter (hybridsequential0_).
+        return nn.HybridSequential(prefix=f"{spec.name}_") if path == () else nn.HybridSequential()
 
-    def _add(
-        self,
-        parent: nn.Sequential,
-        layers: tuple[Any, ...],
-        prefix: LayerPath,
-        built: dict[LayerPath, nn.Dense],
-        owners: dict[LayerPath, LayerPath],
-    ) -> None:
+    def children_scope(self, container: nn.HybridSequential) -> contextlib.AbstractContextManager:
         # Children created in the parent's name_scope are named by a per-block counter.
-        with parent.name_scope():
-            for index, layer in enumerate(layers):
-                path = prefix + (index,)
-                if isinstance(layer, Block):
-                    child = nn.Sequential()
-                    self._add(child, layer.layers, path, built, owners)
-                elif isinstance(layer, Dense):
-                    owner = owners[path]
-                    child = nn.Dense(layer.units) if owner == path else self._tie(built[owner], layer.units)
-                    built[path] = child
-                else:
-                    child = nn.Activation("relu")
-                parent.add(child)
+        return container.name_scope()
 
-    @staticmethod
-    def _tie(owner: nn.Dense, units: int) -> nn.Dense:
+    def new_dense(self, units: int, in_features: int) -> nn.Dense:
+        return nn.Dense(units)  # no in_units: deferred init, like the book
+
+    def share_dense(self, owner: nn.Dense, units: int) -> nn.Dense:
         # Gluon shares Parameters, not blocks: the new Dense finds weight/bias in owner's dict.
         return nn.Dense(units, params=owner.params)
 
-    @staticmethod
-    def _index(net: nn.Sequential, path: LayerPath) -> gluon.Block:
-        block = net
-        for index in path:
-            block = block[index]
-        return block
+    def new_relu(self) -> nn.HybridBlock:
+        return nn.Activation("relu")
 
-    # -- observation -----------------------------------------------------------------------------
-    @staticmethod
-    def _dense(model: Model, position: str) -> tuple[nn.Dense, str]:
+    def finish_sequential(self, container: nn.HybridSequential, children: list[Any]) -> nn.HybridSequential:
+        container.add(*children)
+        return container
+
+    def child(self, container: nn.HybridSequential, index: int) -> gluon.Block:
+        return container[index]
+
+    def finish_model(self, model: Model) -> None:
+        model.native.initialize()
+        # A cached graph per net; hybridizing does not change which Parameter objects it holds.
+        model.native.hybridize()
+
+    # -- observing -------------------------------------------------------------------------------
+    def param_object(self, model: Model, position: str) -> gluon.Parameter:
+        model.spec.owner_of(position)  # KeyError naming ``position`` unless it is a Dense position
         path, role = split_param_name(position)
-        block = model.state["layers"].get(path)
+        block = model.state["layers"][path]
         if not isinstance(block, nn.Dense):
-            raise KeyError(f"{position!r}: no nn.Dense at that position of {model.spec.name!r}")
-        return block, role
-
-    def _param(self, model: Model, position: str) -> gluon.Parameter:
-        block, role = self._dense(model, position)
+            raise KeyError(f"{position!r}: the block there is {type(block).__name__}, not nn.Dense")
         return getattr(block, role)
 
-    @staticmethod
-    def _observed(model: Model) -> list[Observed]:
-        """Unique Parameters by identity, in walk order; the first position using one names it."""
-        seen: dict[int, Observed] = {}
-        for path, block in model.state["layers"].items():
-            if isinstance(block, nn.Dense):
-                for role in ROLES:
-                    param, position = getattr(block, role), param_name(path, role)
-                    seen.setdefault(id(param), (position, param, []))[2].append(position)
-        return list(seen.values())
+    def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
+        # Parameter objects keep their identity through deferred init, so one table serves.
+        if "native_names" not in model.state:
+            params = model.native.collect_params()
+            model.state["native_names"] = {id(p): key for key, p in params.items()}
+        return model.state["native_names"][id(param)], tuple(param.shape), np.dtype(param.dtype).name
 
-    @staticmethod
-    def _numpy(array: mnp.ndarray) -> np.ndarray:
-        return array.asnumpy().astype(np.float32, copy=True)
-
-    # -- primitives ------------------------------------------------------------------------------
     def unbuilt_params(self, model: Model) -> dict[str, str]:
         return {key: str(param.shape) for key, param in model.native.collect_params().items()}
 
     def materialize(self, model: Model) -> None:
         # Before the first forward, deferred shapes hold a -1 for the unknown input size.
-        if any(-1 in param.shape for _, param, _ in self._observed(model)):
+        if any(-1 in param.shape for _, param, _ in self.observed_params(model)):
             model.native(mnp.zeros((1, model.spec.in_features), dtype="float32"))
 
     def forward(self, model: Model, x: np.ndarray) -> np.ndarray:
-        return self._numpy(model.native(mnp.array(x, dtype="float32")))
-
-    def list_params(self, model: Model) -> tuple[ParamInfo, ...]:
-        self.materialize(model)
-        names = {id(param): key for key, param in model.native.collect_params().items()}
-        return tuple(
-            ParamInfo(
-                name,
-                names[id(param)],
-                tuple(param.shape),
-                tuple(param.shape),
-                np.dtype(param.dtype).name,
-                _qualname(param),
-                tuple(positions),
-            )
-            for name, param, positions in self._observed(model)
-        )
+        return _numpy(model.native(mnp.array(x, dtype="float32")))
 
     def read_native(self, model: Model, position: str) -> np.ndarray:
-        return self._numpy(self._param(model, position).data())
+        return _numpy(self.param_object(model, position).data())
 
     def write_native(self, model: Model, position: str, value: np.ndarray) -> None:
-        # set_data writes in place (arr[:] = value), so a shared Parameter shows it everywhere.
-        self._param(model, position).set_data(mnp.array(value, dtype="float32"))
+        param = self.param_object(model, position)
+        value = np.asarray(value, dtype=np.float32)
+        if tuple(param.shape) != value.shape:  # set_data would broadcast silently
+            raise ValueError(f"{position}: shape={value.shape}, but should be {tuple(param.shape)}")
+        # set_data writes in place (arr[:] = value), so a shared Parameter and the cached graph see it.
+        param.set_data(mnp.array(value, dtype="float32"))
 
     def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
         params = model.native.collect_params()
         if native_name not in params.keys():
             raise KeyError(f"{native_name!r} is not in net.collect_params()")
-        return self._numpy(params[native_name].data())
+        return _numpy(params[native_name].data())
 
-    def native_type(self, model: Model, position: str) -> str:
-        return _qualname(self._param(model, position))
+    def stored_grad(self, model: Model, param: Any) -> Any:
+        # Gluon allocates the grad buffer at init, zeroed; grad_req "null" means none is kept.
+        return NOT_STORED if param.grad_req == "null" else param.grad()
 
-    def grad_state_before_backward(self, model: Model) -> str:
-        # Read off a fresh twin, so the answer is about "before backward" whatever model has seen.
-        fresh = self.build_mlp(model.spec)
-        self.materialize(fresh)
-        states = set()
-        for name, param, _ in self._observed(fresh):
-            if param.grad_req == "null":
-                states.add(GradState.NOT_STORED)
-            elif not param.grad().asnumpy().any():
-                states.add(GradState.ZEROS)  # Gluon allocates the grad buffer at init, zeroed
-            else:
-                raise RuntimeError(f"{name}: nonzero gradient before any backward pass")
-        if len(states) != 1:
-            raise RuntimeError(f"parameters disagree on their gradient state: {sorted(states)}")
-        return states.pop()
+    # -- facts -----------------------------------------------------------------------------------
+    def listing(self, model: Model) -> tuple[str, list[str]]:
+        return "net.collect_params()", list(model.native.collect_params().keys())
 
-    def _record_loss(self, model: Model, x: np.ndarray, loss: Loss) -> mnp.ndarray:
-        """Forward and loss under autograd, then backward; grad_req='write' overwrites old grads."""
-        with autograd.record():
-            y = model.native(mnp.array(x, dtype="float32"))
-            if loss.kind == "sum":
-                value = y.sum()
-            else:
-                value = ((y - mnp.array(loss.target, dtype="float32")) ** 2).mean()
-        value.backward()
-        return value
+    def layer_list(self, model: Model) -> tuple[str, list[Any]]:
+        return "net._children", list(model.native._children.values())
 
-    def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
-        self._record_loss(model, x, loss)
-        # A shared Parameter is one autograd variable, so its grad is already the sum over uses.
-        return {name: self._numpy(param.grad()) for name, param, _ in self._observed(model)}
-
-    def native_sgd_step(
-        self, model: Model, x: np.ndarray, loss: Loss, lr: float
-    ) -> tuple[float, dict[str, np.ndarray]]:
-        trainer = model.state.get("trainer")
-        if trainer is None:
-            # Unique Parameters only, so a shared one is updated once per step.
-            params = [param for _, param, _ in self._observed(model)]
-            trainer = model.state["trainer"] = gluon.Trainer(params, "sgd", {"learning_rate": lr})
-        trainer.set_learning_rate(lr)
-        value = self._record_loss(model, x, loss)
-        grads = {name: self._numpy(param.grad()) for name, param, _ in self._observed(model)}
-        trainer.step(1)  # step(batch_size) rescales grads by 1/batch_size; 1 keeps update = lr*grad
-        return float(value.item()), grads
-
-    def save_native_file(self, model: Model, path: str) -> str:
-        self.materialize(model)
-        model.native.save_parameters(path + ".params")
-        return "net.save_parameters(path + '.params')"
-
-    def load_native_file(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
-        # npx.load reads MXNet's binary NDArray format (no pickle); its dict keeps file order.
-        stored = npx.load(path + ".params")
-        self.materialize(model)
-        canonical = {id(param): name for name, param, _ in self._observed(model)}
-        # save_parameters keys entries by _collect_params_with_prefix(), e.g. "0.weight".
-        owners = {
-            key: canonical[id(param)] for key, param in model.native._collect_params_with_prefix().items()
-        }
-        values: dict[str, np.ndarray] = {}
-        for key, array in stored.items():
-            if key not in owners:
-                raise ParamFileError(
-                    f"{path}.params: entry {key!r} is not a parameter of "
-                    f"{model.spec.name!r}; expected: {', '.join(owners)}"
-                )
-            value = self._numpy(array)
-            owner = owners[key]
-            if owner in values and not np.array_equal(values[owner], value):
-                raise ParamFileError(
-                    f"{path}.params: entry {key!r} differs from another stored copy of {owner}"
-                )
-            values[owner] = value
-        return list(stored), values
-
-    def native_facts(self, model: Model) -> dict[str, Any]:
-        self.materialize(model)
+    def serializations(self, model: Model) -> dict[str, list[str]]:
         net = model.native
-        children = list(net._children.values())
-        tie_identity: dict[str, bool] = {}
-        if model.spec.ties:
-            first, second = model.spec.ties[0][:2]
-            table = model.state["layers"]
-            tie_identity = {
-                "same layer object": table[first] is table[second],
-                "same parameter object": table[first].weight is table[second].weight,
-            }
         return {
-            "listing_call": "net.collect_params()",
-            "listing_names": list(net.collect_params().keys()),
-            "layer_list_call": "net._children",
-            "layer_list_length": len(children),
-            "unique_layer_objects": len({id(child) for child in children}),
-            "serializations": {
-                "_collect_params_with_prefix() (what save_parameters writes)": list(
-                    net._collect_params_with_prefix()
-                ),
-                "save_parameters(deduplicate=True)": self._saved_names(net, deduplicate=True),
-            },
-            "tie_identity": tie_identity,
+            "_collect_params_with_prefix() (what save_parameters writes)": list(
+                net._collect_params_with_prefix()
+            ),
+            "save_parameters(deduplicate=True)": self._saved_names(net, deduplicate=True),
         }
 
     @staticmethod
-    def _saved_names(net: nn.Sequential, *, deduplicate: bool) -> list[str]:
+    def _saved_names(net: nn.HybridSequential, *, deduplicate: bool) -> list[str]:
         """The entry names save_parameters really writes, read back from a scratch file."""
         with tempfile.TemporaryDirectory() as folder:
             file = os.path.join(folder, "net.params")
             net.save_parameters(file, deduplicate=deduplicate)
             return list(npx.load(file))
+
+    # -- gradients and training ------------------------------------------------------------------
+    def _objective(self, model: Model, kind: str) -> _Objective:
+        def make() -> _Objective:
+            objective = _Objective(model.native, kind, lambda: self.note_trace(model))
+            # static_alloc/static_shape: buffers planned once for the step's fixed shapes.
+            objective.hybridize(static_alloc=True, static_shape=True)
+            return objective
+
+        return self.compiled(model, ("objective", kind), make)
+
+    def _record_loss(self, model: Model, inputs: mnp.ndarray, loss: Loss, target: tuple) -> mnp.ndarray:
+        """Forward and loss under autograd, then backward; grad_req 'write' overwrites old grads."""
+        objective = self._objective(model, loss.kind)
+        with autograd.record():
+            value = objective(inputs, *target)
+        value.backward()
+        return value
+
+    @staticmethod
+    def _inputs(x: np.ndarray, loss: Loss) -> tuple[mnp.ndarray, tuple]:
+        target = () if loss.kind == "sum" else (mnp.array(loss.target, dtype="float32"),)
+        return mnp.array(x, dtype="float32"), target
+
+    def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
+        inputs, target = self._inputs(x, loss)
+        self._record_loss(model, inputs, loss, target)
+        # A shared Parameter is one autograd variable, so its grad is already the sum over uses.
+        return {name: _numpy(param.grad()) for name, param, _ in self.observed_params(model)}
+
+    def native_train(
+        self, model: Model, x: np.ndarray, loss: Loss, lr: float, steps: int, watch: bool
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        unique = [(name, param) for name, param, _ in self.observed_params(model)]
+        # Unique Parameters only, so a shared one is updated once per step.
+        trainer = self.compiled(
+            model,
+            "trainer",
+            lambda: gluon.Trainer([p for _, p in unique], "sgd", {"learning_rate": lr}),
+        )
+        trainer.set_learning_rate(lr)
+        inputs, target = self._inputs(x, loss)
+        losses, grads = [], {name: [] for name, _ in unique}
+        for _ in range(steps):
+            losses.append(self._record_loss(model, inputs, loss, target))
+            if watch:
+                for name, param in unique:
+                    grads[name].append(param.grad().copy())
+            trainer.step(1)  # step(batch_size) rescales grads by 1/batch_size; 1 keeps update = lr*grad
+        stacked = {name: mnp.stack(g).asnumpy() for name, g in grads.items()} if watch else {}
+        return mnp.stack(losses).asnumpy().astype(np.float64), stacked
+
+    # -- files -----------------------------------------------------------------------------------
+    def save_native_file(self, model: Model, path: str) -> str:
+        self.materialize(model)
+        model.native.save_parameters(path + self.native_file_suffix)
+        return "net.save_parameters(path + '.params')"
+
+    def native_file_keys(self, model: Model) -> dict[str, str]:
+        # save_parameters keys entries by _collect_params_with_prefix(), e.g. "0.weight"; a tie
+        # reaches the owner's Parameter through its own index, so it is stored twice.
+        canonical = {id(param): name for name, param, _ in self.observed_params(model)}
+        stored = model.native._collect_params_with_prefix()
+        return {key: canonical[id(param)] for key, param in stored.items()}
+
+    def read_native_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
+        # npx.load reads MXNet's binary NDArray format (no pickle); its dict keeps file order.
+        return [(key, _numpy(array)) for key, array in npx.load(file).items()]

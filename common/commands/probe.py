@@ -23,6 +23,7 @@ from common.core.interface import Backend
 from common.core.models import BOOK_SPECS
 from common.core.oracle import Loss
 from common.core.spec import ModelSpec
+from common.declarations import declaration
 from common.registry import load_backend
 
 RECORD_VERSION = 1
@@ -40,6 +41,10 @@ def probe(backend_name: str) -> dict[str, Any]:
             "framework": backend.framework_version(),
             "python": platform.python_version(),
             "numpy": np.__version__,
+        },
+        "capabilities": {
+            key: {"value": capability.value, "reason": capability.reason}
+            for key, capability in declaration(backend.name).capabilities.items()
         },
         "mechanisms": {
             "weight_layout": backend.weight_layout,

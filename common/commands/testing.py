@@ -46,8 +46,10 @@ class SuiteResult:
         )
 
 
-def pytest_command(python: str, suite: str, extra: list[str]) -> list[str]:
-    return [python, "-m", "pytest", suite, *extra]  # default verbosity: keeps the backend header
+def pytest_command(python: str, suite: str, extra: list[str], cache: str = "base") -> list[str]:
+    """Default verbosity keeps the backend header. Each suite keeps its own pytest cache, so
+    --lf and --ff of one backend are not confused by another's run of the same test ids."""
+    return [python, "-m", "pytest", suite, "-o", f"cache_dir=.pytest_cache/{cache}", *extra]
 
 
 def run_suite(
@@ -75,7 +77,7 @@ def run_suite(
         with open(log_path, "w") as log:
             sink = log if capture else None
             process = subprocess.Popen(
-                pytest_command(python, suite, extra),
+                pytest_command(python, suite, extra, backend or "base"),
                 cwd=ROOT,
                 env=env,
                 stdout=sink,
@@ -134,7 +136,7 @@ def test_one(extra: list[str]) -> int:
     python = ensure_backend_env(backend)
     env = dict(os.environ, **{ENV_VAR: backend})
     return subprocess.run(
-        pytest_command(str(python), "tests/conformance", extra), cwd=ROOT, env=env
+        pytest_command(str(python), "tests/conformance", extra, backend), cwd=ROOT, env=env
     ).returncode
 
 

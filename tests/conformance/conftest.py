@@ -1,4 +1,5 @@
-"""The conformance suite's harness: one backend per run, chosen by PARITY_BACKEND.
+"""The conformance suite's harness: one backend per run, chosen by PARITY_BACKEND (loaded once by
+tests/conftest.py into ``config.parity_backend``).
 
 Known divergences live in the backend's declaration (``[xfails]`` of backends/<name>/backend.toml:
 test id = reason); they become strict xfails, so a divergence that disappears fails the run too.
@@ -11,15 +12,6 @@ import pytest
 
 from common.core.interface import Backend
 from common.declarations import declaration
-from common.errors import UsageError
-from common.registry import load_backend
-
-
-def pytest_configure(config):
-    try:
-        config.parity_backend = load_backend()
-    except UsageError as error:
-        raise pytest.UsageError(f"paramparity: {error}") from None
 
 
 def pytest_report_header(config):
