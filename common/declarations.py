@@ -24,6 +24,7 @@ table with ``value`` and ``reason``), ``[facts]`` (expected values the suite che
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,31 @@ from typing import Any
 
 from common.errors import UsageError
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def _is_project(folder: Path) -> bool:
+    pyproject = folder / "pyproject.toml"
+    return (
+        (folder / "backends").is_dir()
+        and pyproject.is_file()
+        and 'name = "paramparity"' in pyproject.read_text(errors="replace")
+    )
+
+
+def find_root() -> Path:
+    """The checkout, found from the project files: this package's parent when it lives in one (a
+    checkout or an editable install), else the working directory or one above it (an installed
+    copy run from a checkout), else PARITY_ROOT. The environments and reports live there."""
+    override = os.environ.get("PARITY_ROOT")
+    if override:
+        return Path(override).resolve()
+    here = Path(__file__).resolve().parent.parent
+    for folder in (here, Path.cwd(), *Path.cwd().parents):
+        if _is_project(folder):
+            return folder
+    return here
+
+
+ROOT = find_root()
 BACKENDS_DIR = ROOT / "backends"
 DECLARATION_FILE = "backend.toml"
 

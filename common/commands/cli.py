@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command not in ("test", "test-all"):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        # The command's own usage, not the top-level one: it says what that command takes.
+        subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subcommands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "test":
             from common.commands.testing import test_one

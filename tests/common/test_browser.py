@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ from tests.common.records import failed_record, varied_records
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 BROWSER = next((path for name in BROWSERS if (path := shutil.which(name))), None)
+if BROWSER is None and os.environ.get("PARITY_REQUIRE_BROWSER"):  # CI: a skip here would hide the check
+    raise RuntimeError(f"PARITY_REQUIRE_BROWSER is set, but no Chromium is on PATH ({', '.join(BROWSERS)})")
 pytestmark = pytest.mark.skipif(
     BROWSER is None, reason=f"no headless Chromium on PATH (looked for {', '.join(BROWSERS)})"
 )
