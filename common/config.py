@@ -10,6 +10,8 @@ from common.declarations import declarations
 from common.errors import UsageError
 
 ENV_VAR = "PARITY_BACKEND"
+DEVICE_VAR = "PARITY_DEVICE"
+DEVICES = ("cpu", "cuda")
 
 
 def backend_names() -> tuple[str, ...]:
@@ -74,3 +76,12 @@ def selected_backend(environ: Mapping[str, str] | None = None) -> str:
     if not value:
         raise UsageError(f"{ENV_VAR} is not set; set it to one of: {valid_names()}")
     return canonical_backend(value)
+
+
+def selected_device(environ: Mapping[str, str] | None = None) -> str:
+    """The device named by PARITY_DEVICE (default cpu). This is the only function that reads it."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(DEVICE_VAR, "").strip().lower() or "cpu"
+    if value not in DEVICES:
+        raise UsageError(f"{DEVICE_VAR}={value!r} is not a device; valid: {', '.join(DEVICES)}")
+    return value

@@ -19,7 +19,9 @@ Optional: ``synonyms``, ``env_vars`` (set before the framework is imported), ``e
 (Python run in the new environment, e.g. to insist on a CPU build), ``[capabilities]`` (each a
 table with ``value`` and ``reason``), ``[facts]`` (expected values the suite checks) and
 ``[xfails]`` (test id = reason; strict xfails for this backend only), and ``bench``
-("module:function", the hand-written training loop ``make bench`` holds the adapter against).
+("module:function", ``make_handwritten(spec, weights, x, y, lr) -> run(steps) -> losses``: the
+hand-written training loop on the framework's fast path that ``make bench`` holds the adapter
+against, set up once like the adapter's model).
 """
 
 from __future__ import annotations

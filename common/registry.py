@@ -9,7 +9,7 @@ import importlib.util
 import os
 import sys
 
-from common.config import canonical_backend, selected_backend
+from common.config import canonical_backend, selected_backend, selected_device
 from common.core.interface import Backend
 from common.declarations import Declaration, declaration
 from common.errors import BackendUnavailable, UsageError
@@ -61,4 +61,6 @@ def adapter_class(entry: Declaration) -> type[Backend]:
 def load_backend(name: str | None = None) -> Backend:
     """The adapter for ``name`` (any synonym), or for PARITY_BACKEND when name is None."""
     name = canonical_backend(name) if name else selected_backend()
-    return adapter_class(declaration(name))()
+    backend = adapter_class(declaration(name))()
+    backend.use_device(selected_device())
+    return backend

@@ -68,6 +68,15 @@ class MXNetBackend(Backend):
     def framework_version(self) -> str:
         return mx.__version__
 
+    def available_devices(self) -> dict[str, str]:
+        cuda = "" if mx.runtime.Features().is_enabled("CUDA") else f"mxnet {mx.__version__} is a CPU build"
+        return {"cpu": "", "cuda": cuda or "this adapter places models on the CPU only"}
+
+    def param_location(self, model: Model, position: str) -> tuple[str, int]:
+        # The NDArray handle: one per buffer a Parameter owns, so a tie shows one handle.
+        data = self.param_object(model, position).data()
+        return data.ctx.device_type, data.handle.value
+
     def seed(self, seed: int) -> None:
         # Deferred init draws from MXNet's global generator at the first forward.
         mx.random.seed(seed)

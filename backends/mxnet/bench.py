@@ -5,6 +5,7 @@ step)."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
@@ -16,10 +17,11 @@ with warnings.catch_warnings():
     from mxnet.gluon import nn
 
 
-def handwritten_train(
-    spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float, steps: int
-) -> np.ndarray:
-    """The book's tied MLP (or any flat Dense/ReLU spec) trained with plain SGD; returns losses."""
+def make_handwritten(
+    spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
+) -> Callable[[int], np.ndarray]:
+    """The book's tied MLP (or any flat Dense/ReLU spec), set up (and compiled) once; the returned
+    ``run(steps)`` trains it further with plain SGD and returns the losses."""
     npx.set_np()
     net, shared, layers = nn.HybridSequential(), {}, []
     with net.name_scope():
@@ -38,11 +40,15 @@ def handwritten_train(
     net.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
     inputs, targets = mnp.array(x), mnp.array(y)
-    losses = []
-    for _ in range(steps):
-        with autograd.record():
-            loss = ((net(inputs) - targets) ** 2).mean()
-        loss.backward()
-        trainer.step(1)
-        losses.append(loss)
-    return mnp.stack(losses).asnumpy()
+
+    def run(steps: int) -> np.ndarray:
+        losses = []
+        for _ in range(steps):
+            with autograd.record():
+                loss = ((net(inputs) - targets) ** 2).mean()
+            loss.backward()
+            trainer.step(1)
+            losses.append(loss)
+        return mnp.stack(losses).asnumpy()
+
+    return run

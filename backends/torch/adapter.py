@@ -37,6 +37,15 @@ class TorchBackend(Backend):
     def framework_version(self) -> str:
         return str(torch.__version__)
 
+    # -- devices ---------------------------------------------------------------------------------
+    def available_devices(self) -> dict[str, str]:
+        cuda = "" if torch.cuda.is_available() else f"no CUDA device (torch {torch.__version__} sees none)"
+        return {"cpu": "", "cuda": cuda}
+
+    def param_location(self, model: Model, position: str) -> tuple[str, int]:
+        param = self.param_object(model, position)
+        return param.device.type, param.data_ptr()
+
     # -- building --------------------------------------------------------------------------------
     def new_dense(self, units: int, in_features: int) -> nn.Module:
         return nn.LazyLinear(units)
@@ -63,6 +72,9 @@ class TorchBackend(Backend):
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 torch.manual_seed(_INIT_SEED)
                 model.native(torch.zeros(1, model.spec.in_features))
+            # Initialised on the CPU, so every device starts from the same values; .to() keeps
+            # each Parameter object (it swaps .data), so ties and the identity tables survive.
+            model.native.to(self.device)
 
     def forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         self.materialize(model)
@@ -125,9 +137,8 @@ class TorchBackend(Backend):
         }
 
     # -- gradients and training ------------------------------------------------------------------
-    @staticmethod
-    def _tensor(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
 
     def _loss(self, model: Model, x: torch.Tensor, loss: Loss) -> torch.Tensor:
         y = model.native(x)
@@ -161,7 +172,7 @@ class TorchBackend(Backend):
                     grads[name].append(p.grad.detach().clone())
             optimizer.step()
         stacked = {name: _to_numpy(torch.stack(g)) for name, g in grads.items()} if watch else {}
-        return torch.stack(losses).numpy().astype(np.float64), stacked
+        return torch.stack(losses).cpu().numpy().astype(np.float64), stacked
 
     # -- files -----------------------------------------------------------------------------------
     def save_native_file(self, model: Model, path: str) -> str:

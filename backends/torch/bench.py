@@ -3,15 +3,18 @@ practitioner writes, on torch's natural fast path (eager autograd, torch.optim.S
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
 
 
-def handwritten_train(
-    spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float, steps: int
-) -> np.ndarray:
-    """The book's tied MLP (or any flat Dense/ReLU spec) trained with plain SGD; returns losses."""
+def make_handwritten(
+    spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
+) -> Callable[[int], np.ndarray]:
+    """The book's tied MLP (or any flat Dense/ReLU spec), set up (and compiled) once; the returned
+    ``run(steps)`` trains it further with plain SGD and returns the losses."""
     shared, layers = {}, []
     for slot in spec.dense_slots:
         if slot.owner not in shared:
@@ -24,11 +27,15 @@ def handwritten_train(
     net = nn.Sequential(*layers[:-1])
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss = ((net(inputs) - targets) ** 2).mean()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
-    return torch.stack(losses).numpy()
+
+    def run(steps: int) -> np.ndarray:
+        losses = []
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = ((net(inputs) - targets) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        return torch.stack(losses).numpy()
+
+    return run

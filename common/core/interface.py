@@ -26,7 +26,7 @@ import numpy as np
 from common.core.oracle import Loss
 from common.core.params import check_value, check_values
 from common.core.spec import ROLES, Block, Dense, Layer, LayerPath, ModelSpec, param_name, split_param_name
-from common.errors import ParamFileError
+from common.errors import ParamFileError, UsageError
 
 __all__ = [
     "NATIVE_FACT_KEYS",
@@ -236,6 +236,26 @@ class Backend(abc.ABC):
     def read_native_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
         """Every (entry name, value in native layout) of ``file``, in file order, read with the
         framework's own reader without running code from the file."""
+
+    # -- devices: optional --------------------------------------------------------------------------
+    device: str = "cpu"  # set by use_device, from PARITY_DEVICE (common.config.selected_device)
+
+    def available_devices(self) -> dict[str, str]:
+        """Device -> "" where this adapter and the installed build can use it, else why not."""
+        return {"cpu": "", "cuda": "this adapter places models on the CPU only"}
+
+    def param_location(self, model: Model, position: str) -> tuple[str, int]:
+        """(device kind, address of the buffer) of the parameter at ``position``: two positions of
+        a tie must share one buffer, compared by address, not by value. Declared by the
+        ``device_placement`` capability; an adapter without it raises NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} does not report parameter buffers")
+
+    def use_device(self, device: str) -> None:
+        """Place every model this adapter builds (and its data) on ``device``, or refuse in one line."""
+        why = self.available_devices().get(device, f"unknown device {device!r}")
+        if why:
+            raise UsageError(f"PARITY_DEVICE={device}: backend {self.name!r} cannot use it: {why}")
+        self.device = device
 
     def seed(self, seed: int) -> None:  # noqa: B027 - optional: a no-op where init is already seeded
         """Seed the framework's own RNG, so default initial values are reproducible."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
 from common.commands.training import baseline_start, oracle_losses, regression_data, train
 from common.core.models import NEST, TIED
 from common.core.oracle import Loss
+from common.declarations import declaration
 from tests.conformance.fixtures import loaded_model
 from tests.helpers import assert_close, assert_equal
 
@@ -109,3 +112,15 @@ def test_the_compiled_step_is_built_once_per_model(backend):
     backend.train(model, x, loss, 0.02, steps=3, watch=True)
     backend.sgd_step(model, x, loss, 0.03)
     assert_equal("traces after warm-up", backend.traces(model), warm, "a retrace per call is slow")
+
+
+def test_the_bench_loop_trains_the_same_model(backend):
+    """``make bench`` compares the adapter with this backend's hand-written loop: they must be the
+    same computation, or the ratio means nothing."""
+    module, _, function = declaration(backend.name).bench.partition(":")
+    make_handwritten = getattr(importlib.import_module(module), function)
+    x, loss = _regression_loss()
+    model, weights = loaded_model(backend, TIED)
+    expected, _ = backend.train(model, x, loss, 0.05, steps=5)
+    run = make_handwritten(TIED, weights, x, loss.target, 0.05)
+    assert_close("hand-written losses", np.asarray(run(5), dtype=np.float64), expected, "5 SGD steps")
