@@ -1,0 +1,1 @@
+"""The nnx backend (Flax NNX): adapter.py, declared in backend.toml."""

@@ -1,0 +1,149 @@
+"""Flax NNX adapter: ``nnx.Sequential`` of ``nnx.Linear`` and ``nnx.relu``; a tie is one
+``nnx.Linear`` object placed at two positions.
+
+NNX quirks this adapter is built around:
+- NNX is eager: ``nnx.Linear(in, out, rngs=...)`` creates its kernel at construction, so every
+  Dense needs its input width and the model holds full shapes before any forward;
+- a parameter is an ``nnx.Param`` object held by its layer and mutated in place
+  (``param[...] = value``); a shared layer holds one Param, so a tie is one object, observed;
+- ``nnx.state(net)`` walks the object graph and visits a shared layer once, at its first path
+  (``layers/2``): the listing and the msgpack file hold a tied parameter once.
+Fast path: the "functional training loop" of Flax's performance guide: ``nnx.split`` the net and
+its ``nnx.Optimizer`` once per call, ``jax.jit`` one pure step over the state (``nnx.merge``,
+``nnx.value_and_grad``, ``optimizer.update``), ``nnx.update`` at the end; see backends._jax_common.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from backends._jax_common import FlaxBase, Step, Tree, checked_value, objective, slash_path, to_numpy
+from common.core.interface import Model
+from common.core.spec import ModelSpec
+
+__all__ = ["NNXBackend"]
+
+
+class NNXBackend(FlaxBase):
+    name = "nnx"
+    lazy_mechanism = (
+        "none: nnx.Linear(in_features, out_features, rngs=...) creates its kernel at construction"
+    )
+    tie_mechanism = "the same nnx.Linear object at both positions"
+    file_call = "flax.serialization.to_bytes(nnx.to_pure_dict(nnx.state(net)))"
+
+    def __init__(self) -> None:
+        self._seed = 0
+        self._rngs = nnx.Rngs(self._seed)
+
+    def framework_version(self) -> str:
+        return f"flax {flax.__version__} NNX (jax {jax.__version__})"
+
+    def seed(self, seed: int) -> None:
+        self._seed = seed
+
+    # -- building ---------------------------------------------------------------------------------
+    def build_mlp(self, spec: ModelSpec) -> Model:
+        self._rngs = nnx.Rngs(self._seed)  # every model's default init starts from the seed
+        return super().build_mlp(spec)
+
+    def new_dense(self, units: int, in_features: int) -> nnx.Linear:
+        return nnx.Linear(in_features, units, rngs=self._rngs)
+
+    def new_relu(self) -> Any:
+        return nnx.relu
+
+    def finish_sequential(self, container: Any, children: list[Any]) -> nnx.Sequential:
+        return nnx.Sequential(*children)
+
+    def child(self, container: nnx.Sequential, index: int) -> Any:
+        return container.layers[index]
+
+    # -- shapes and forward -----------------------------------------------------------------------
+    def collect_params(self, model: Model) -> dict[str, nnx.Variable]:
+        # The Variables themselves (not copies), at the path where the graph walk first meets them.
+        return {slash_path(path): var for path, var in nnx.to_flat_state(nnx.state(model.native, nnx.Param))}
+
+    def materialize(self, model: Model) -> None:
+        """Nothing to do: NNX built every parameter at construction."""
+
+    def forward(self, model: Model, x: np.ndarray) -> np.ndarray:
+        return to_numpy(model.native(jnp.asarray(x, jnp.float32)))
+
+    # -- parameters by position -------------------------------------------------------------------
+    def param_object(self, model: Model, position: str) -> nnx.Param:
+        layer, role = self.dense_at(model, position, "layers", nnx.Linear)
+        return getattr(layer, role)
+
+    def write_native(self, model: Model, position: str, value: np.ndarray) -> None:
+        param = self.param_object(model, position)
+        param[...] = checked_value(position, value, param.shape).astype(param.dtype)
+
+    # -- facts ------------------------------------------------------------------------------------
+    def listing(self, model: Model) -> tuple[str, list[str]]:
+        return "nnx.state(net, nnx.Param)", list(self.native_params(model))
+
+    def layer_list(self, model: Model) -> tuple[str, list[Any]]:
+        # nnx.relu is one function object, so every ReLU position counts as the same object.
+        return "net.layers", list(model.native.layers)
+
+    def serializations(self, model: Model) -> dict[str, list[str]]:
+        state = nnx.to_flat_state(nnx.state(model.native))
+        return {"nnx.state(net)": [slash_path(path) for path, _ in state]} | super().serializations(model)
+
+    # -- gradients and SGD ------------------------------------------------------------------------
+    def grad_input(self, model: Model) -> nnx.State:
+        return nnx.state(model.native)
+
+    def pure_grad(self, model: Model, kind: str) -> Callable[[nnx.State, jax.Array, Any], Tree]:
+        graphdef = nnx.graphdef(model.native)
+
+        def grads(state: nnx.State, x: jax.Array, target: Any) -> Tree:
+            net = nnx.merge(graphdef, state)
+            return nnx.to_pure_dict(nnx.grad(lambda n: objective(n(x), kind, target))(net))
+
+        return grads
+
+    def _optimizer(self, model: Model) -> nnx.Optimizer:
+        # Built once per model. inject_hyperparams keeps the rate in the optimizer state, where
+        # every training call sets its own (train_carry) without a retrace.
+        def make() -> nnx.Optimizer:
+            tx = optax.inject_hyperparams(optax.sgd)(learning_rate=jnp.float32(0.0))
+            return nnx.Optimizer(model.native, tx, wrt=nnx.Param)
+
+        return self.compiled(model, "optimizer", make)
+
+    def pure_step(self, model: Model, kind: str) -> Step:
+        graphdef, _ = nnx.split((model.native, self._optimizer(model)))
+
+        def step(state: nnx.State, x: jax.Array, target: Any) -> Any:
+            net, optimizer = nnx.merge(graphdef, state)
+            value, grads = nnx.value_and_grad(lambda n: objective(n(x), kind, target))(net)
+            optimizer.update(net, grads)
+            return nnx.state((net, optimizer)), value, nnx.to_pure_dict(grads)
+
+        return step
+
+    def train_carry(self, model: Model, lr: float) -> nnx.State:
+        optimizer = self._optimizer(model)
+        optimizer.opt_state.hyperparams["learning_rate"][...] = jnp.asarray(lr, jnp.float32)
+        return nnx.state((model.native, optimizer))
+
+    def keep_carry(self, model: Model, carry: nnx.State) -> None:
+        nnx.update((model.native, self._optimizer(model)), carry)
+
+    # -- files ------------------------------------------------------------------------------------
+    def file_tree(self, model: Model) -> Tree:
+        return nnx.to_pure_dict(nnx.state(model.native))
+
+    def native_file_keys(self, model: Model) -> dict[str, str]:
+        # The file is nnx.state's tree: each parameter once, under its first path.
+        return self.owners(model)
