@@ -1,4 +1,8 @@
-"""Validation of parameter values against a spec, done in full before anything is assigned."""
+"""Validation of parameter values against a spec, done in full before anything is assigned.
+
+Names and shapes can be checked from a file's header alone (``check_layout``), before any data is
+read; values are checked after (``check_values``). Names from a file are escaped in messages.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +11,72 @@ from collections.abc import Mapping
 import numpy as np
 
 from common.core.spec import ModelSpec
+from common.core.untrusted import printable, shown
 from common.errors import ParamFileError
+
+MAX_LISTED = 10  # names listed in one error; the rest are counted
 
 
 def check_value(spec: ModelSpec, name: str, value: object, *, allow_nonfinite: bool = False) -> np.ndarray:
     """One value for the unique parameter ``name``, as float32 in canonical layout."""
-    shape = spec.param_shapes[name]
     array = np.asarray(value)
     if array.dtype.kind not in "fiu":
-        raise ParamFileError(f"{name}: dtype={array.dtype}, but should be a real number type (float32)")
-    if array.shape != shape:
-        raise ParamFileError(f"{name}: shape={array.shape}, but should be {shape}")
+        raise ParamFileError(
+            f"{printable(name)}: dtype={array.dtype}, but should be a real number type (float32)"
+        )
+    check_shape(spec, name, array.shape)
     if not allow_nonfinite and not np.all(np.isfinite(array)):
-        raise ParamFileError(f"{name}: holds NaN or Inf values (pass allow_nonfinite=True to accept them)")
+        raise ParamFileError(
+            f"{printable(name)}: holds NaN or Inf values (pass allow_nonfinite=True to accept them)"
+        )
     return array.astype(np.float32)
+
+
+def check_shape(spec: ModelSpec, name: str, shape: tuple[int, ...]) -> None:
+    expected = spec.param_shapes[name]
+    if tuple(shape) != expected:
+        raise ParamFileError(f"{printable(name)}: shape={shown(tuple(shape))}, but should be {expected}")
+
+
+def check_names(spec: ModelSpec, names: list[str]) -> None:
+    """Every unique parameter present and none extra (a tied position stored again is extra)."""
+    expected = list(spec.param_shapes)
+    present = set(names)
+    missing = [name for name in expected if name not in present]
+    if missing:
+        raise ParamFileError(f"missing parameter(s) {_listed(missing)} for spec {spec.name!r}")
+    extra = [name for name in names if name not in spec.param_shapes]
+    if extra:
+        aliases = {pos: p.name for p in spec.params for pos in p.positions if pos != p.name}
+        hints = [
+            f"{n} (an alias of {aliases[n]}: store tied parameters once)" if n in aliases else n
+            for n in extra[:MAX_LISTED]
+        ]
+        raise ParamFileError(
+            f"unexpected parameter(s) {_listed(hints, len(extra))} for spec {spec.name!r}; "
+            f"expected: {', '.join(expected)}"
+        )
+
+
+def check_layout(spec: ModelSpec, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """check_names, then every shape: from a file's header alone, before its data is read."""
+    check_names(spec, list(shapes))
+    for name in spec.param_shapes:
+        check_shape(spec, name, shapes[name])
 
 
 def check_values(
     spec: ModelSpec, values: Mapping[str, object], *, allow_nonfinite: bool = False
 ) -> dict[str, np.ndarray]:
     """A full set of unique parameters: every name present, none extra, shapes and dtypes right."""
-    expected = list(spec.param_shapes)
-    missing = [name for name in expected if name not in values]
-    aliases = {pos: p.name for p in spec.params for pos in p.positions if pos != p.name}
-    extra = [name for name in values if name not in spec.param_shapes]
-    if missing:
-        raise ParamFileError(f"missing parameter(s) {missing} for spec {spec.name!r}")
-    if extra:
-        hints = [
-            f"{n} (an alias of {aliases[n]}: store tied parameters once)" if n in aliases else n
-            for n in extra
-        ]
-        raise ParamFileError(
-            f"unexpected parameter(s) {hints} for spec {spec.name!r}; expected: {', '.join(expected)}"
-        )
-    return {name: check_value(spec, name, values[name], allow_nonfinite=allow_nonfinite) for name in expected}
+    check_names(spec, list(values))
+    return {
+        name: check_value(spec, name, values[name], allow_nonfinite=allow_nonfinite)
+        for name in spec.param_shapes
+    }
+
+
+def _listed(names: list[str], total: int | None = None) -> str:
+    total = len(names) if total is None else total
+    text = shown(names[:MAX_LISTED], 1000)
+    return text if total <= MAX_LISTED else f"{text} and {total - MAX_LISTED} more"

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common.core import safetensors_io
-from common.core.params import check_values
+from common.core.params import check_layout, check_values
 from common.core.spec import ModelSpec, spec_from_dict
+from common.core.untrusted import load_json, printable, shown
 from common.errors import ParamFileError, SpecError
 
 if TYPE_CHECKING:  # the interface calls nothing here, so this is a one-way dependency
@@ -72,27 +73,45 @@ def export_params(backend: Backend, model: Model, path: str | Path) -> Path:
     )
 
 
+def header_budget(spec: ModelSpec) -> safetensors_io.HeaderBudget:
+    """The most header bytes a file for ``spec`` can sensibly need: several times what
+    write_portable writes, plus room for long version strings. Anything larger is refused before
+    the header is parsed, so a hostile header costs nothing."""
+    needed = len(json.dumps(metadata_for(spec, "", ""))) + sum(96 + len(p.name) for p in spec.params)
+    return safetensors_io.HeaderBudget(64 * 1024 + 4 * needed, f"spec {spec.name!r}")
+
+
 def read_params(
     path: str | Path, spec: ModelSpec, *, allow_nonfinite: bool = False
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Everything import_params checks, without a model: the values to load, and the metadata."""
-    tensors, metadata = safetensors_io.read(path)
-    where = str(path)
-    if metadata.get("format") != FORMAT:
-        raise ParamFileError(
-            f"{where}: metadata format={metadata.get('format')!r}, but should be {FORMAT!r} "
-            "(not written by paramparity's export_params)"
-        )
-    file_spec = _file_spec(where, metadata)
-    if _architecture(file_spec) != _architecture(spec):
-        raise ParamFileError(
-            f"{where}: spec mismatch: the file holds {_describe(file_spec)}, the model is {_describe(spec)}"
-        )
-    _check_ties(where, metadata, spec)
-    for name, array in tensors.items():
-        if array.dtype != np.float32:
-            code = safetensors_io.CODES.get(array.dtype.str, str(array.dtype))
-            raise ParamFileError(f"{where}: {name}: dtype={code}, but should be F32")
+    """Everything import_params checks, without a model: the values to load, and the metadata.
+    Metadata, names, dtypes and shapes are checked from the header; only then is data read."""
+    with safetensors_io.open_file(path, budget=header_budget(spec)) as file:
+        where, metadata = file.where, file.metadata
+        if metadata.get("format") != FORMAT:
+            raise ParamFileError(
+                f"{where}: metadata format={shown(metadata.get('format'), 100)}, but should be "
+                f"{FORMAT!r} (not written by paramparity's export_params)"
+            )
+        file_spec = _file_spec(where, metadata)
+        if _architecture(file_spec) != _architecture(spec):
+            raise ParamFileError(
+                f"{where}: spec mismatch: the file holds {_describe(file_spec)}, "
+                f"the model is {_describe(spec)}"
+            )
+        _check_ties(where, metadata, spec)
+        entries = file.entries()
+        for entry in entries:
+            if entry.dtype != "F32":
+                raise ParamFileError(
+                    f"{where}: {printable(entry.name, 200)}: dtype={printable(entry.dtype, 20)}, "
+                    "but should be F32"
+                )
+        try:
+            check_layout(spec, {entry.name: entry.shape for entry in entries})
+        except ParamFileError as error:
+            raise ParamFileError(f"{where}: {error}") from None
+        tensors = {name: file.load(name) for name in spec.param_shapes}
     try:
         values = check_values(spec, tensors, allow_nonfinite=allow_nonfinite)
     except ParamFileError as error:
@@ -108,13 +127,21 @@ def import_params(
     return metadata
 
 
-def _file_spec(where: str, metadata: dict[str, str]) -> ModelSpec:
+def _metadata_json(where: str, metadata: dict[str, str], key: str, default: str) -> Any:
     try:
-        return spec_from_dict(json.loads(metadata["spec"]))
-    except KeyError:
-        raise ParamFileError(f"{where}: metadata has no 'spec'") from None
-    except (json.JSONDecodeError, SpecError) as error:
-        raise ParamFileError(f"{where}: metadata 'spec' is invalid: {error}") from None
+        return load_json(metadata.get(key, default))
+    except ValueError as error:
+        raise ParamFileError(f"{where}: metadata '{key}' is invalid: {error}") from None
+
+
+def _file_spec(where: str, metadata: dict[str, str]) -> ModelSpec:
+    if "spec" not in metadata:
+        raise ParamFileError(f"{where}: metadata has no 'spec'")
+    data = _metadata_json(where, metadata, "spec", "")
+    try:
+        return spec_from_dict(data)
+    except SpecError as error:
+        raise ParamFileError(f"{where}: metadata 'spec' is invalid: {printable(error, 300)}") from None
 
 
 def _architecture(spec: ModelSpec) -> tuple[Any, ...]:
@@ -125,19 +152,14 @@ def _architecture(spec: ModelSpec) -> tuple[Any, ...]:
 def _describe(spec: ModelSpec) -> str:
     widths = "->".join([str(spec.in_features)] + [str(s.units) for s in spec.dense_slots])
     ties = f", ties {tie_groups(spec)}" if spec.ties else ", no ties"
-    return f"{spec.name!r} ({widths}{ties})"
+    return printable(f"{spec.name!r} ({widths}{ties})", 300)
 
 
 def _check_ties(where: str, metadata: dict[str, str], spec: ModelSpec) -> None:
-    try:
-        groups, file_aliases = (
-            json.loads(metadata.get("ties", "[]")),
-            json.loads(metadata.get("aliases", "{}")),
-        )
-    except json.JSONDecodeError:
-        raise ParamFileError(f"{where}: metadata 'ties' or 'aliases' is not JSON") from None
+    groups = _metadata_json(where, metadata, "ties", "[]")
+    file_aliases = _metadata_json(where, metadata, "aliases", "{}")
     if groups != tie_groups(spec) or file_aliases != aliases(spec):
         raise ParamFileError(
-            f"{where}: tie groups {groups} (aliases {file_aliases}) contradict the model's "
-            f"ties {tie_groups(spec)}"
+            f"{where}: tie groups {shown(groups)} (aliases {shown(file_aliases)}) contradict the "
+            f"model's ties {tie_groups(spec)}"
         )

@@ -1,20 +1,28 @@
-"""A strict reader and writer for the safetensors format, in numpy alone.
+"""safetensors files: read with the reference implementation (``safetensors``), written here.
 
 Layout: an 8-byte little-endian header length, a JSON header mapping each tensor name to its
-dtype, shape and byte range, then the raw little-endian data. Reading never executes anything
-from the file: the header is JSON, the data goes through ``np.frombuffer``. Every inconsistency
-is refused with a ParamFileError that names the file and the problem.
+dtype, shape and byte range, then the raw little-endian data. Reading never executes anything from
+the file. Before the reference parser sees a file, this module checks what it can without
+allocating anything: a regular file (not a FIFO or a device), a bounded size, and a declared
+header length that fits the file, the format's limit and the caller's budget (a spec's). Every
+refusal, the reference's included, is one ParamFileError line that names the file, with every name
+and message from the file escaped (``untrusted.printable``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
 
+from common.core.untrusted import open_regular, printable, read_exactly
 from common.errors import ParamFileError
 
 DTYPES = {
@@ -29,10 +37,13 @@ DTYPES = {
     "BOOL": "?",
 }
 CODES = {np.dtype(v).str: k for k, v in DTYPES.items()}
-MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
+MAX_HEADER = 100_000_000  # the reference implementation's limit (MAX_HEADER_SIZE), in bytes
+MAX_FILE = 8 * 1024**3  # paramparity's own: far above any model it compares
+_PROC_FD = Path("/proc/self/fd")
 
 
 def write(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
+    """Tensors in the given order (the reference writer sorts them), metadata as given."""
     header: dict[str, object] = {"__metadata__": dict(metadata)}
     offset, blobs = 0, []
     for name, array in tensors.items():
@@ -55,73 +66,110 @@ def write(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping
     Path(path).write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
 
 
-def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors (in file order) and metadata; ParamFileError for anything malformed."""
-    where = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as error:
-        raise ParamFileError(f"{where}: cannot read: {error.strerror or error}") from None
-    if len(raw) < 8:
-        raise ParamFileError(f"{where}: not a safetensors file (only {len(raw)} bytes; truncated?)")
-    (size,) = struct.unpack("<Q", raw[:8])
-    if size > MAX_HEADER or 8 + size > len(raw):
-        raise ParamFileError(
-            f"{where}: not a safetensors file, or truncated: header length {size} "
-            f"does not fit in {len(raw)} bytes"
-        )
-    try:
-        header = json.loads(raw[8 : 8 + size].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ParamFileError(f"{where}: not a safetensors file (its header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise ParamFileError(f"{where}: not a safetensors file (header is not a JSON object)")
-    metadata = header.pop("__metadata__", {}) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise ParamFileError(f"{where}: __metadata__ must map strings to strings")
-    buffer = memoryview(raw)[8 + size :]
-    tensors, spans = {}, []
-    for name, entry in header.items():
-        tensors[name] = _tensor(where, name, entry, buffer)
-        spans.append(tuple(entry["data_offsets"]))
-    expected = 0
-    for begin, end in sorted(spans):
-        if begin != expected:
-            raise ParamFileError(f"{where}: tensor data overlaps or leaves a gap at byte {expected}")
-        expected = end
-    if expected != len(buffer):
-        raise ParamFileError(
-            f"{where}: truncated or padded: tensors cover {expected} of {len(buffer)} data bytes"
-        )
-    return tensors, dict(metadata)
+@dataclass(frozen=True)
+class Entry:
+    """What the header says about one tensor; nothing of its data is read."""
+
+    name: str
+    dtype: str  # the safetensors code: "F32", "BF16"...
+    shape: tuple[int, ...]
 
 
-def _tensor(where: str, name: str, entry: object, buffer: memoryview) -> np.ndarray:
-    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise ParamFileError(f"{where}: {name}: entry must have exactly dtype, shape and data_offsets")
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPES:
-        raise ParamFileError(f"{where}: {name}: unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-    if not (
-        isinstance(shape, list)
-        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise ParamFileError(f"{where}: {name}: shape {shape!r} is not a list of non-negative ints")
-    if not (
-        isinstance(offsets, list)
-        and len(offsets) == 2
-        and all(isinstance(o, int) for o in offsets)
-        and 0 <= offsets[0] <= offsets[1] <= len(buffer)
-    ):
+@dataclass(frozen=True)
+class HeaderBudget:
+    """The most header bytes a caller expects, and why (e.g. "spec 'tied'")."""
+
+    max_bytes: int
+    reason: str
+
+
+class TensorFile:
+    """A file whose header the reference reader accepted. Names are in file (offset) order; a
+    tensor's data is read only when ``load`` asks for it."""
+
+    def __init__(self, where: str, handle, metadata: dict[str, str]) -> None:
+        self.where = where
+        self._handle = handle
+        self.metadata = metadata
+        self.names: list[str] = list(handle.offset_keys())
+
+    def entry(self, name: str) -> Entry:
+        view = self._handle.get_slice(name)
+        return Entry(name, view.get_dtype(), tuple(view.get_shape()))
+
+    def entries(self) -> list[Entry]:
+        return [self.entry(name) for name in self.names]
+
+    def load(self, name: str) -> np.ndarray:
+        try:
+            array = self._handle.get_tensor(name)
+        except Exception as error:  # e.g. BF16 or F8 data, which numpy cannot hold
+            raise ParamFileError(
+                f"{self.where}: {printable(name, 200)}: cannot load its data "
+                f"({type(error).__name__}: {printable(error, 200)})"
+            ) from None
+        return np.array(array, dtype=array.dtype.newbyteorder("="), copy=True)
+
+
+@contextlib.contextmanager
+def open_file(
+    path: str | os.PathLike, *, budget: HeaderBudget | None = None, max_bytes: int = MAX_FILE
+) -> Iterator[TensorFile]:
+    """Check the framing, then let the reference reader parse and validate the header."""
+    where = printable(os.fspath(path))
+    with open_regular(path, max_bytes=max_bytes, error=ParamFileError) as (fd, size):
+        _check_framing(fd, size, where, budget)
+        source = _PROC_FD / str(fd) if _PROC_FD.is_dir() else Path(path)  # the very file checked
+        try:
+            # pread: no mmap, so a file truncated while it is read is an error, not a SIGBUS.
+            handle = safe_open(os.fspath(source), framework="np", backend="pread")
+        except Exception as error:
+            raise ParamFileError(f"{where}: {_reason(error)}") from None
+        with handle:
+            try:
+                metadata = handle.metadata() or {}
+            except Exception as error:
+                raise ParamFileError(f"{where}: {_reason(error)}") from None
+            yield TensorFile(where, handle, dict(metadata))
+
+
+def read(
+    path: str | os.PathLike, *, budget: HeaderBudget | None = None, max_bytes: int = MAX_FILE
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every tensor (in file order) and the metadata; ParamFileError for anything malformed."""
+    with open_file(path, budget=budget, max_bytes=max_bytes) as file:
+        return {name: file.load(name) for name in file.names}, file.metadata
+
+
+def _check_framing(fd: int, size: int, where: str, budget: HeaderBudget | None) -> None:
+    if size < 8:
+        raise ParamFileError(f"{where}: not a safetensors file (only {size} bytes; truncated?)")
+    (declared,) = struct.unpack("<Q", read_exactly(fd, 0, 8, where, ParamFileError))
+    if declared > size - 8:
         raise ParamFileError(
-            f"{where}: {name}: data_offsets {offsets!r} fall outside the {len(buffer)} "
-            "data bytes (truncated?)"
+            f"{where}: not a safetensors file, or truncated: header length {declared} "
+            f"does not fit in {size} bytes"
         )
-    itemsize = np.dtype(DTYPES[dtype]).itemsize
-    if offsets[1] - offsets[0] != itemsize * int(np.prod(shape, dtype=np.int64)):
+    if declared > MAX_HEADER:
         raise ParamFileError(
-            f"{where}: {name}: {offsets[1] - offsets[0]} bytes do not hold a {dtype} "
-            f"tensor of shape {tuple(shape)}"
+            f"{where}: not a safetensors file: header length {declared} is over the format's "
+            f"limit of {MAX_HEADER} bytes"
         )
-    data = np.frombuffer(buffer[offsets[0] : offsets[1]], dtype=DTYPES[dtype])
-    return data.reshape(shape).astype(data.dtype.newbyteorder("="), copy=True)
+    if budget is not None and declared > budget.max_bytes:
+        raise ParamFileError(
+            f"{where}: header of {declared} bytes, far more than {budget.reason} needs "
+            f"(at most {budget.max_bytes}); refused before parsing it"
+        )
+
+
+_HINTS = {
+    "incomplete metadata": "tensor data truncated or padded",
+    "invalid offset": "tensor data truncated, overlapping or with gaps",
+    "header too small": "truncated",
+}
+
+
+def _reason(error: Exception) -> str:
+    message = str(error).removeprefix("Error while deserializing header: ")
+    hint = next((text for key, text in _HINTS.items() if message.startswith(key)), "")
+    return f"not a valid safetensors file{f' ({hint})' if hint else ''}: {printable(message, 300)}"

@@ -152,3 +152,16 @@ def test_a_hanging_suite_is_reported_as_timed_out_while_the_others_finish(monkey
     out = capsys.readouterr().out
     assert f"{names[0]}: FAILED (timed out after 8s)" in out
     assert all(f"==> {name}: ok" in out for name in names[1:3])
+
+
+def test_fuzz_refuses_a_bad_count_in_one_line():
+    result = run_cli("fuzz", "--mutants", "0")
+    assert result.returncode == 2 and "--mutants=0" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_inspect_escapes_a_hostile_path(tmp_path):
+    path = tmp_path / "evil\n\x1b[31m.safetensors"
+    path.write_bytes(b"not a parameter file")
+    result = run_cli("inspect", str(path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "\x1b" not in result.stderr and "evil\\n\\x1b[31m.safetensors" in result.stderr

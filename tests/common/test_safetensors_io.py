@@ -1,4 +1,5 @@
-"""The safetensors reader refuses every malformed file with a clear error and never runs code."""
+"""The safetensors reader (the reference implementation, with paramparity's checks around it) refuses
+every malformed file with a clear error and never runs code; the writer's files are the reference's."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import struct
 
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from common.core import portable, safetensors_io
 from common.core.models import MLP, TIED
@@ -55,14 +57,15 @@ def bad_files(tmp_path):
         "truncated": (raw[:-3], "truncated"),
         "text": (b"hello, this is certainly not a tensor file", "not a safetensors file"),
         "pickle": (pickle.dumps(Evil()), "not a safetensors file"),
-        "offsets outside": (struct.pack("<Q", len(header)) + header + b"\0" * 16, "fall outside"),
-        "header not an object": (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+        "offsets outside": (struct.pack("<Q", len(header)) + header + b"\0" * 16, "or offset for tensor"),
+        "header not an object": (struct.pack("<Q", 2) + b"[]", "not a valid safetensors file"),
         "unknown dtype": (
             _with_entry({"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}),
-            "unknown dtype",
+            "unknown variant `F99`",
         ),
-        "bad shape": (_with_entry({"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}), "non-negative"),
-        "size mismatch": (_with_entry({"dtype": "F32", "shape": [3], "data_offsets": [0, 4]}), "do not hold"),
+        "bad shape": (_with_entry({"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}), "integer `-1`"),
+        "size mismatch": (_with_entry({"dtype": "F32", "shape": [3], "data_offsets": [0, 4]}), "or offset"),
+        "data truncated": (_with_entry({"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}), "truncated"),
     }
 
 
@@ -83,6 +86,7 @@ def _with_entry(entry):
         "unknown dtype",
         "bad shape",
         "size mismatch",
+        "data truncated",
     ],
 )
 def test_malformed_files_are_refused(tmp_path, monkeypatch, case):
@@ -94,6 +98,30 @@ def test_malformed_files_are_refused(tmp_path, monkeypatch, case):
         safetensors_io.read(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
     assert not (tmp_path / "pwned-by-pickle").exists()
+
+
+def test_the_reference_reads_our_files_and_we_read_its(tmp_path):
+    tensors = {"z": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.array([1, 2], np.int64)}
+    safetensors_io.write(tmp_path / "ours", tensors, {"k": "v"})
+    for name, value in safetensors.numpy.load_file(tmp_path / "ours").items():
+        np.testing.assert_array_equal(value, tensors[name])
+    safetensors.numpy.save_file(tensors, tmp_path / "theirs", metadata={"k": "v"})
+    loaded, metadata = safetensors_io.read(tmp_path / "theirs")
+    assert metadata == {"k": "v"} and sorted(loaded) == ["a", "z"]
+
+
+def test_a_header_over_the_budget_is_refused_before_parsing(tmp_path):
+    path = portable.write_portable(tmp_path / "t.safetensors", TIED, initial_weights(TIED))
+    budget = safetensors_io.HeaderBudget(64, "spec 'tiny'")
+    with pytest.raises(ParamFileError, match="far more than spec 'tiny' needs"):
+        safetensors_io.read(path, budget=budget)
+
+
+def test_names_and_shapes_come_from_the_header_alone(tmp_path):
+    path = portable.write_portable(tmp_path / "t.safetensors", TIED, initial_weights(TIED))
+    with safetensors_io.open_file(path) as file:
+        assert file.names == [p.name for p in TIED.params]
+        assert file.entry("layers.0.weight") == safetensors_io.Entry("layers.0.weight", "F32", (8, 4))
 
 
 def test_missing_file(tmp_path):

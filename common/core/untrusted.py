@@ -1,0 +1,176 @@
+"""Helpers for text and files that come from outside: users import parameter files and spec files
+from anywhere, so every name and value in them is hostile until checked.
+
+- ``printable``: one line, no control characters, no ANSI escapes, no lone surrogates, bounded
+  length; used for every name, path and value that reaches an error or the terminal.
+- ``load_json``: ``json.loads`` with limits on nesting depth, integer size and duplicate keys, so a
+  hostile document is a ``ValueError`` with one readable line, never a RecursionError.
+- ``open_regular``: open a path without hanging (FIFOs) or reading without bound (devices),
+  refusing anything that is not a regular file of bounded size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import stat
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from common.errors import UsageError
+
+MAX_JSON_DEPTH = 64
+MAX_INT_DIGITS = 20  # anything longer cannot be a size or a count (2**64 has 20 digits)
+DEFAULT_TEXT_LIMIT = 500
+
+
+def printable(text: object, limit: int | None = DEFAULT_TEXT_LIMIT) -> str:
+    """``text`` as one printable line: if it holds anything ``str.isprintable`` refuses (control
+    characters such as newlines and ESC, format characters, lone surrogates), it is written with
+    Python's escapes (``\\n``, ``\\x1b``, ``\\ud800``); more than ``limit`` characters are cut,
+    saying how many were left out."""
+    text = text if isinstance(text, str) else str(text)
+    suffix = ""
+    if limit is not None and len(text) > limit:
+        suffix = f"...({len(text) - limit} more characters)"
+        text = text[:limit]
+    if not text.isprintable():
+        text = repr(text)[1:-1]  # repr escapes exactly what isprintable refuses (and backslashes)
+    return text + suffix
+
+
+def shown(value: object, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters: for values from a file inside an error message
+    (repr escapes every non-printable character, in strings nested at any depth)."""
+    return printable(repr(value), limit)
+
+
+def cause_line(message: str, limit: int = 200) -> str:
+    """The line of an error message that says what went wrong. Most messages lead with it; some
+    (MXNet's) embed a traceback and end with it."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].startswith("Traceback"):
+        frames = ("File ", "[bt]", "Stack trace", "Traceback", "^", "~")
+        meaningful = [line for line in lines if not line.startswith(frames)]
+        lines = meaningful[-1:] or lines[-1:]
+    return printable(lines[0], limit)
+
+
+# -- bounded JSON --------------------------------------------------------------------------------
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET_STEP = np.zeros(256, np.int8)
+_BRACKET_STEP[[ord("["), ord("{")]] = 1
+_BRACKET_STEP[[ord("]"), ord("}")]] = -1
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in ``text`` (brackets inside strings do not
+    count); linear time, no recursion."""
+    skeleton = _STRING.sub("", text)
+    brackets = re.sub(r"[^\[\]{}]+", "", skeleton).encode("ascii")
+    if not brackets:
+        return 0
+    steps = _BRACKET_STEP[np.frombuffer(brackets, np.uint8)].astype(np.int64)
+    return int(np.cumsum(steps).max())
+
+
+def load_json(
+    text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH, max_int_digits: int = MAX_INT_DIGITS
+) -> Any:
+    """Parse strict JSON with limits. Raises ValueError (one line, nothing from the text) for
+    invalid JSON, nesting deeper than ``max_depth``, an integer of more than ``max_int_digits``
+    digits, NaN/Infinity, or a key repeated in one object."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"not UTF-8 (byte {error.start})") from None
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise ValueError(f"nested {depth} levels deep; at most {max_depth} are allowed")
+
+    def parse_int(digits: str) -> int:
+        if len(digits.lstrip("-")) > max_int_digits:
+            raise ValueError(f"an integer of {len(digits)} digits; at most {max_int_digits} are allowed")
+        return int(digits)
+
+    def parse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            keys = [key for key, _ in pairs]
+            repeated = next(key for index, key in enumerate(keys) if key in keys[:index])
+            raise ValueError(f"key '{printable(repeated, 80)}' appears twice in one object")
+        return result
+
+    try:
+        return json.loads(
+            text, parse_int=parse_int, parse_constant=parse_constant, object_pairs_hook=unique_keys
+        )
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    except RecursionError:  # cannot happen below max_depth; kept so a lower stack limit stays safe
+        raise ValueError("nested too deeply") from None
+
+
+# -- files -------------------------------------------------------------------------------------------
+FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+@contextlib.contextmanager
+def open_regular(
+    path: str | os.PathLike, *, max_bytes: int, error: type[UsageError] = UsageError
+) -> Iterator[tuple[int, int]]:
+    """(file descriptor, size) of a regular file of at most ``max_bytes``; ``error`` (naming the
+    file) for anything else. Opening is non-blocking, so a FIFO is refused instead of waited on,
+    and the type is checked on the opened descriptor, so what was checked is what is read."""
+    where = printable(os.fspath(path))
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except (OSError, ValueError) as failure:  # ValueError: an embedded NUL
+        reason = failure.strerror if isinstance(failure, OSError) and failure.strerror else failure
+        raise error(f"{where}: cannot read: {printable(reason)}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+            raise error(f"{where}: cannot read: {kind}, not a regular file")
+        if info.st_size > max_bytes:
+            raise error(f"{where}: cannot read: {info.st_size} bytes, more than the {max_bytes} allowed")
+        os.set_blocking(fd, True)
+        yield fd, info.st_size
+    finally:
+        os.close(fd)
+
+
+def read_exactly(fd: int, offset: int, size: int, where: str, error: type[UsageError] = UsageError) -> bytes:
+    """``size`` bytes at ``offset``; ``error`` if the file changed under us and has fewer."""
+    chunks, done = [], 0
+    while done < size:
+        try:
+            chunk = os.pread(fd, min(size - done, 1 << 24), offset + done)
+        except OSError as failure:
+            if failure.errno == errno.EINTR:
+                continue
+            raise error(f"{where}: cannot read: {printable(failure.strerror or failure)}") from None
+        if not chunk:
+            raise error(f"{where}: the file shrank while it was read")
+        chunks.append(chunk)
+        done += len(chunk)
+    return b"".join(chunks)
