@@ -21,7 +21,8 @@ table with ``value`` and ``reason``), ``[facts]`` (expected values the suite che
 ``[xfails]`` (test id = reason; strict xfails for this backend only), and ``bench``
 ("module:function", ``make_handwritten(spec, weights, x, y, lr) -> run(steps) -> losses``: the
 hand-written training loop on the framework's fast path that ``make bench`` holds the adapter
-against, set up once like the adapter's model).
+against, set up once like the adapter's model), and ``hostile`` ("module:NAME", a dict of name ->
+``writer(model, path)`` making hostile native files the suite must refuse).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ _OPTIONAL: dict[str, type] = {
     "facts": dict,
     "xfails": dict,
     "bench": str,
+    "hostile": str,
 }
 
 
@@ -110,6 +112,7 @@ class Declaration:
     facts: Mapping[str, Any] = field(default_factory=dict)
     xfails: Mapping[str, str] = field(default_factory=dict)
     bench: str = ""
+    hostile: str = ""
     path: str = ""
 
     @property
@@ -169,6 +172,7 @@ def parse_declaration(path: Path) -> Declaration:
         facts=dict(data.get("facts", {})),
         xfails={str(k): str(v) for k, v in data.get("xfails", {}).items()},
         bench=data.get("bench", ""),
+        hostile=data.get("hostile", ""),
         path=where,
     )
 

@@ -18,6 +18,8 @@ from torch.nn.parameter import UninitializedParameter
 from common.core.interface import Backend, Model, WeightLayout
 from common.core.oracle import Loss
 from common.core.spec import split_param_name
+from common.core.untrusted import printable
+from common.errors import ParamFileError
 
 _INIT_SEED = 0
 
@@ -191,4 +193,24 @@ class TorchBackend(Backend):
     def read_native_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
         # weights_only=True: torch's restricted unpickler, which runs no code from the file.
         state = torch.load(file, map_location="cpu", weights_only=True)
-        return [(key, _to_numpy(tensor)) for key, tensor in state.items()]
+        if not isinstance(state, dict):
+            raise ParamFileError(f"holds a {type(state).__name__}, not a state_dict")
+        return [(key, _to_numpy(_checked_tensor(key, tensor))) for key, tensor in state.items()]
+
+
+def _checked_tensor(key: object, tensor: object) -> torch.Tensor:
+    """A stored parameter as the adapter writes one: a dense float32 tensor that owns exactly its
+    elements. Anything else is refused before it is copied out: complex, integer or float64
+    values would be cast silently, and a stride-0 (expanded) tensor would blow up on copy."""
+    name = printable(str(key))
+    if not isinstance(tensor, torch.Tensor):
+        raise ParamFileError(f"entry {name} is a {type(tensor).__name__}, not a tensor")
+    if tensor.dtype != torch.float32:
+        raise ParamFileError(f"entry {name}: dtype={tensor.dtype}, but should be torch.float32")
+    if tensor.layout != torch.strided or not tensor.is_contiguous():
+        raise ParamFileError(f"entry {name}: not a dense contiguous tensor (strides {tensor.stride()})")
+    needed = tensor.numel() * tensor.element_size()
+    held = tensor.untyped_storage().nbytes() - tensor.storage_offset() * tensor.element_size()
+    if held != needed:
+        raise ParamFileError(f"entry {name}: its storage holds {held} bytes for {needed} bytes of values")
+    return tensor

@@ -3,9 +3,11 @@ each refused with an error that names the problem, leaving the model exactly as 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from common.core import portable, safetensors_io
 from common.core.models import BOOK_SPECS, MLP, TIED
 from common.core.oracle import initial_weights
+from common.declarations import declaration
 from common.errors import ParamFileError
 from tests.conformance.fixtures import BOOK_MODEL_NAMES, book_input, loaded_model
 from tests.helpers import assert_close
@@ -173,3 +176,31 @@ def test_bad_native_file_is_refused_and_the_model_is_unchanged(backend, tmp_path
     for name, value in before.items():
         np.testing.assert_array_equal(after[name], value, err_msg=f"{name} changed by a refused file")
     assert not (tmp_path / "pwned-by-pickle").exists()
+
+
+def _declared_hostile_files(backend_name: str) -> dict:
+    reference = declaration(backend_name).hostile
+    if not reference:
+        return {}
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def test_declared_hostile_native_files_are_refused_in_one_line(backend, tmp_path):
+    """Each hostile native file the backend declares (a stride-0 tensor, complex values, HDF5
+    external storage...) is refused with one ParamFileError, quickly, and changes nothing."""
+    files = _declared_hostile_files(backend.name)
+    if not files:
+        pytest.skip(f"{declaration(backend.name).path} declares no hostile native files")
+    model, _ = loaded_model(backend, TIED)
+    before = backend.snapshot(model)
+    for kind, write in files.items():
+        path = str(tmp_path / kind.replace(" ", "_").replace("/", "_"))
+        write(model, path)
+        started = time.monotonic()
+        with pytest.raises(ParamFileError) as info:
+            backend.import_native(model, path)
+        assert time.monotonic() - started < 10, f"{kind}: took {time.monotonic() - started:.1f}s"
+        assert "\n" not in str(info.value) and "\x1b" not in str(info.value), kind
+    for name, value in backend.snapshot(model).items():
+        np.testing.assert_array_equal(value, before[name], err_msg=f"{name} changed by a refused file")
