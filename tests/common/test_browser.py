@@ -83,3 +83,55 @@ def test_a_narrow_window_gets_the_stacked_layout(page, width, tmp_path):
     seen = measure(page, width, tmp_path)
     assert seen["scrollWidth"] <= seen["clientWidth"], seen
     assert seen["thead"] == "none", seen
+
+
+# train.html: the error catcher goes first in <head>; the measurement runs once everything loaded.
+TRAIN_ERRORS = """<script>window.errors = [];
+addEventListener("error", e => errors.push(e.message || "failed to load " + e.target.tagName), true);
+</script>"""
+TRAIN_MEASURE = """<script>addEventListener("load", () => {
+const root = document.documentElement, images = [...document.images];
+document.body.setAttribute("data-measured", JSON.stringify({
+  scrollWidth: root.scrollWidth, clientWidth: root.clientWidth, images: images.length,
+  broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).length, errors: window.errors,
+}));
+});</script>"""
+
+
+@pytest.mark.parametrize("width", [1400, 480])
+def test_train_page_fits_without_errors(width, tmp_path):
+    """train.html (8 backends, one failed with a long error) has no horizontal scrollbar, loads its
+    three embedded figures and logs nothing to the console."""
+    from common.commands import train_report
+    from tests.common.test_train_report import report_of
+
+    text = train_report.render_html(report_of())
+    path = tmp_path / "train.html"
+    path.write_text(
+        text.replace("<head>", "<head>" + TRAIN_ERRORS, 1).replace("</body>", TRAIN_MEASURE + "</body>")
+    )
+    result = subprocess.run(
+        [
+            BROWSER,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--window-size={width},900",
+            "--dump-dom",
+            path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    found = re.search(r'data-measured="([^"]*)"', result.stdout)
+    assert found, f"{BROWSER} printed no measurement (exit {result.returncode}): {result.stderr[-2000:]}"
+    seen = json.loads(html.unescape(found[1]))
+    assert seen["scrollWidth"] <= seen["clientWidth"], seen
+    assert (seen["images"], seen["broken"], seen["errors"]) == (3, 0, []), seen
+    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == [], f"console messages={console}, but should be none"
