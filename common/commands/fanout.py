@@ -28,6 +28,15 @@ from common.envs import ROOT, backend_env, ensure_venv, venv_python
 from common.errors import USAGE_EXIT_CODE, UsageError
 
 PROGRESS = "progress:"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def child_environment(parallel: int) -> dict[str, str]:
+    """The environment for one of ``parallel`` children sharing this machine: each gets its share
+    of the cores for its math library threads, unless the user set OMP_NUM_THREADS."""
+    share = max(1, (os.cpu_count() or 1) // max(1, parallel))
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(share))}
 LINE_LIMIT = 2000  # characters kept of one stderr line
 Record = Mapping[str, Any]
 Command = Callable[[str, Path], list[str]]
@@ -84,6 +93,7 @@ def run_parallel(
         process = subprocess.Popen(
             argv,
             cwd=ROOT,
+            env=child_environment(len(backends)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -141,6 +151,7 @@ def write_atomically(path: Path, text: str | bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(text.encode() if isinstance(text, str) else text)
+        os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a report is an ordinary file
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from common.commands.fanout import child_environment
 from common.commands.textable import format_table
 from common.config import DEFAULT_TIMEOUT, ENV_VAR, selected_backend
 from common.envs import ROOT, backend_env, ensure_backend_env, ensure_venv
@@ -156,6 +157,7 @@ def test_all(backends: tuple[str, ...], extra: list[str], timeout: float = DEFAU
         **{backend: (lambda b=backend: run_backend(b, extra, timeout)) for backend in backends},
     }
     workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    os.environ.update(child_environment(workers))  # suites share the cores: one share of threads each
     print(f"==> {len(jobs)} suites, {workers} at a time (timeout {timeout:.0f}s each)", flush=True)
     results: dict[str, SuiteResult] = {}
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
