@@ -55,6 +55,9 @@ roundtrip: $(VENVS)/base/.stamp ## export from each backend, import into every o
 bench: $(VENVS)/base/.stamp ## ratios: adapter vs hand-written training, suites vs imports, per-layer scaling
 	@$(CLI) bench $(ARGS)
 
+fuzz: $(VENVS)/base/.stamp ## seeded fuzzing: hostile files vs the reference reader, random specs vs the oracle
+	@$(CLI) fuzz $(ARGS)
+
 lint: $(VENVS)/base/.stamp ## ruff check and format check
 	@$(BASE_PY) -m ruff check . && $(BASE_PY) -m ruff format --check .
 
