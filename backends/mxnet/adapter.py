@@ -28,7 +28,7 @@ with warnings.catch_warnings():
 
 from common.core.interface import NOT_STORED, Backend, Model, WeightLayout
 from common.core.oracle import Loss
-from common.core.spec import LayerPath, ModelSpec, split_param_name
+from common.core.spec import LayerPath, ModelSpec
 
 __all__ = ["MXNetBackend"]
 
@@ -115,12 +115,8 @@ class MXNetBackend(Backend):
 
     # -- observing -------------------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> gluon.Parameter:
-        model.spec.owner_of(position)  # KeyError naming ``position`` unless it is a Dense position
-        path, role = split_param_name(position)
-        block = model.state["layers"][path]
-        if not isinstance(block, nn.Dense):
-            raise KeyError(f"{position!r}: the block there is {type(block).__name__}, not nn.Dense")
-        return getattr(block, role)
+        layer, role = self.dense_layer(model, position, nn.Dense)
+        return getattr(layer, role)
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
         # Parameter objects keep their identity through deferred init, so one table serves.

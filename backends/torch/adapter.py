@@ -17,7 +17,6 @@ from torch.nn.parameter import UninitializedParameter
 
 from common.core.interface import Backend, Model, WeightLayout
 from common.core.oracle import Loss
-from common.core.spec import split_param_name
 from common.core.untrusted import printable
 from common.errors import ParamFileError
 
@@ -85,12 +84,8 @@ class TorchBackend(Backend):
 
     # -- access by position ----------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> nn.Parameter:
-        model.spec.owner_of(position)  # KeyError naming ``position`` unless it is a Dense position
-        path, role = split_param_name(position)
-        module = model.state["layers"][path]
-        if not isinstance(module, nn.Linear):
-            raise KeyError(f"{position!r}: the module there is {type(module).__name__}, not nn.Linear")
-        return getattr(module, role)
+        layer, role = self.dense_layer(model, position, nn.Linear)
+        return getattr(layer, role)
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
         # Parameter objects keep their identity when LazyLinear materializes, so one table serves.

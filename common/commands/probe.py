@@ -8,7 +8,6 @@ Everything but the "timing" field is deterministic, so two runs give identical r
 from __future__ import annotations
 
 import dataclasses
-import platform
 import sys
 import tempfile
 import time
@@ -37,11 +36,7 @@ def probe(backend_name: str) -> dict[str, Any]:
         "record_version": RECORD_VERSION,
         "backend": backend.name,
         "ok": True,
-        "versions": {
-            "framework": backend.framework_version(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-        },
+        "versions": backend.versions(),
         "capabilities": {
             key: {"value": capability.value, "reason": capability.reason}
             for key, capability in declaration(backend.name).capabilities.items()

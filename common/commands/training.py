@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -219,11 +218,7 @@ def training_record(
         "backend": backend.name,
         "ok": True,
         **record,
-        "versions": {
-            "framework": backend.framework_version(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-        },
+        "versions": backend.versions(),
         "timing": {"seconds": round(time.monotonic() - started, 2)},
     }
 

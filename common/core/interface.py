@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -300,6 +301,25 @@ class Backend(abc.ABC):
         if not model.state.get("built"):
             self.materialize(model)
             model.state["built"] = True
+
+    @staticmethod
+    def dense_layer(model: Model, position: str, kind: type) -> tuple[Any, str]:
+        """The layer object at a Dense position (as built, from the position table) and the role;
+        KeyError naming ``position`` if it is no Dense position or the object is not a ``kind``."""
+        model.spec.owner_of(position)
+        path, role = split_param_name(position)
+        layer = model.state["layers"][path]
+        if not isinstance(layer, kind):
+            raise KeyError(f"{position!r}: the layer there is {type(layer).__name__}, not {kind.__name__}")
+        return layer, role
+
+    def versions(self) -> dict[str, str]:
+        """What a record says it ran on."""
+        return {
+            "framework": self.framework_version(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        }
 
     def layer_at(self, net: Any, path: LayerPath) -> Any:
         node = net
