@@ -1,0 +1,356 @@
+"""Keras, written once for every Keras backend (Keras 3 on TensorFlow, JAX or PyTorch; tf-keras 2).
+
+Design requirements:
+- one adapter class per Keras flavour; each passes in its own keras module (and ``tf`` where the
+  variables are TensorFlow's), as einops' backends do, so this module imports no framework and each
+  backend's package imports only the roots its declaration names;
+- a net is a ``Sequential`` of ``Dense`` / ``ReLU``; a tie is the same ``Dense`` object added twice;
+  a nested block is a nested ``Sequential``; shapes come from build-on-call;
+- default names come from a global counter and initial values from Python's ``random``: both are
+  reset for every build, so a spec always gets the same names and values;
+- the native file is Keras' own ``.weights.h5``, read back with h5py (no model is built from it).
+
+A backend's adapter adds the framework's primitives: its gradient and training fast path, and
+whatever its Keras does differently (tf-keras names variables ``dense/kernel:0``...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from common.core.interface import NOT_STORED, Backend, Model, WeightLayout, qualname
+from common.core.oracle import Loss
+from common.core.spec import ROLES, LayerPath, ModelSpec, param_name, split_param_name
+
+__all__ = ["KerasBackendBase", "TensorFlowKerasBase", "bench_net", "tf_make_handwritten"]
+
+_INIT_SEED = 0
+_ATTR = {"weight": "kernel", "bias": "bias"}  # canonical role -> Dense attribute
+
+
+def _snake_case(name: str) -> str:
+    # The rule Keras' saving_lib uses for a layer's group name in a .weights.h5 file.
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", re.sub(r"\W+", "", name))
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+class KerasBackendBase(Backend):
+    """Everything a Keras backend shares: building, access by position, facts and files."""
+
+    weight_layout = WeightLayout.IN_OUT
+    lazy_mechanism = "Dense(units) builds its kernel on the first call (build-on-call)"
+    tie_mechanism = "the same Dense layer object at both positions"
+    native_file_suffix = ".weights.h5"
+    # saving_lib names a container's layers dense, dense_1...; Keras 3 counts a layer already saved
+    # (a tie seen in another Sequential), tf-keras skips it before counting.
+    saved_layers_take_a_name = True
+
+    def __init__(self, keras: Any, runtime: Any) -> None:
+        self.keras = keras  # the Keras module: keras (3), or tf_keras (2)
+        self.runtime = runtime  # the framework it runs on: tensorflow, jax or torch
+        self._init_seed = _INIT_SEED
+
+    def framework_version(self) -> str:
+        return f"{self.runtime.__version__} (keras {self.keras.__version__})"
+
+    def seed(self, seed: int) -> None:
+        self._init_seed = seed  # used by the next build_mlp
+
+    # -- the primitives a Keras flavour may do differently ---------------------------------------
+    def reset_names(self) -> None:
+        """Restart the global name counter, so names depend on build order only."""
+        self.keras.backend.clear_session(free_memory=False)  # free_memory: a gc.collect() per build
+
+    def native_name(self, variable: Any) -> str:
+        return variable.path  # Keras 3: "sequential/dense/kernel"
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        if isinstance(value, self.keras.Variable):  # its backend tensor: numpy 2 warns on the variable
+            value = value.value
+        # A copy: the buffer may be shared with a variable updated later.
+        return np.array(self.keras.ops.convert_to_numpy(value), dtype=np.float32, copy=True)
+
+    def loss_value(self, y: Any, kind: str, target: Any) -> Any:
+        ops = self.keras.ops
+        return ops.sum(y) if kind == "sum" else ops.mean(ops.square(y - target))
+
+    # -- building --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _seeded(self) -> Iterator[None]:
+        # An unseeded initializer draws its seed from Python's `random` (Keras 3 when the layer is
+        # made, tf-keras when it is built); seed it locally, leaving the global state as it was.
+        saved = random.getstate()
+        random.seed(self._init_seed)
+        try:
+            yield
+        finally:
+            random.setstate(saved)
+
+    def build_mlp(self, spec: ModelSpec) -> Model:
+        self.reset_names()
+        with self._seeded():
+            return super().build_mlp(spec)
+
+    def new_dense(self, units: int, in_features: int) -> Any:
+        return self.keras.layers.Dense(units)
+
+    def new_relu(self) -> Any:
+        return self.keras.layers.ReLU()
+
+    def new_sequential(self, spec: ModelSpec, path: LayerPath) -> Any:
+        return self.keras.Sequential()  # created before its children, so names read outer to inner
+
+    def finish_sequential(self, container: Any, children: list[Any]) -> Any:
+        for layer in children:
+            container.add(layer)
+        return container
+
+    def child(self, container: Any, index: int) -> Any:
+        return container.layers[index]
+
+    def unbuilt_params(self, model: Model) -> dict[str, str]:
+        # Keras creates no variable before build: an unbuilt Sequential's weights list is empty.
+        return {self.native_name(v): str(tuple(v.shape)) for v in model.native.weights}
+
+    def materialize(self, model: Model) -> None:
+        if not all(layer.built for layer in model.state["layers"].values()):
+            with self._seeded():
+                model.native(np.zeros((1, model.spec.in_features), np.float32))
+
+    def forward(self, model: Model, x: np.ndarray) -> np.ndarray:
+        self.materialize(model)
+        return self.to_numpy(model.native(np.asarray(x, dtype=np.float32)))
+
+    # -- access by position ----------------------------------------------------------------------
+    def param_object(self, model: Model, position: str) -> Any:
+        model.spec.owner_of(position)  # KeyError naming ``position`` unless it is a Dense position
+        path, role = split_param_name(position)
+        layer = model.state["layers"][path]
+        if not isinstance(layer, self.keras.layers.Dense):
+            raise KeyError(f"{position!r}: the layer at {path} is {qualname(layer)}, not Dense")
+        return getattr(layer, _ATTR[role])
+
+    def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
+        dtype = param.dtype
+        return self.native_name(param), tuple(param.shape), str(getattr(dtype, "name", dtype))
+
+    def read_native(self, model: Model, position: str) -> np.ndarray:
+        return self.to_numpy(self.param_object(model, position))
+
+    def write_native(self, model: Model, position: str, value: np.ndarray) -> None:
+        variable = self.param_object(model, position)
+        value = np.asarray(value, dtype=np.float32)
+        if tuple(variable.shape) != value.shape:
+            raise ValueError(f"{position}: shape={value.shape}, but should be {tuple(variable.shape)}")
+        variable.assign(value)
+
+    def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
+        by_name = {self.native_name(v): v for v in model.native.weights}
+        if native_name not in by_name:
+            raise KeyError(f"{native_name!r} is not the name of any variable in net.weights")
+        return self.to_numpy(by_name[native_name])
+
+    def stored_grad(self, model: Model, param: Any) -> Any:
+        return NOT_STORED  # a Keras variable keeps no gradient; a GradientTape's result does
+
+    def unique_variables(self, model: Model) -> list[tuple[str, Any]]:
+        """(canonical owner name, variable) per distinct variable object: a tie appears once."""
+        return [(name, variable) for name, variable, _ in self.observed_params(model)]
+
+    def sgd(self, model: Model, lr: float, variables: list[Any]) -> Any:
+        """The model's one Keras SGD, built once for ``variables`` (so no variable is made while a
+        step is traced); ``lr`` is assigned to its learning-rate variable, which a compiled step
+        reads, so a new rate retraces nothing."""
+
+        def make() -> Any:
+            optimizer = self.keras.optimizers.SGD(learning_rate=lr)
+            optimizer.build(variables)
+            return optimizer
+
+        optimizer = self.compiled(model, "sgd", make)
+        optimizer.learning_rate = lr
+        return optimizer
+
+    # -- facts -----------------------------------------------------------------------------------
+    def listing(self, model: Model) -> tuple[str, list[str]]:
+        return "net.weights", [self.native_name(v) for v in model.native.weights]
+
+    def layer_list(self, model: Model) -> tuple[str, list[Any]]:
+        return "net.layers", list(model.native.layers)
+
+    def serializations(self, model: Model) -> dict[str, list[str]]:
+        net = model.native
+        with warnings.catch_warnings():
+            # Keras 3.15 calls np.array(variable), which numpy 2 warns about (no copy keyword).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            weights = net.get_weights()
+        return {
+            "net.weights": [self.native_name(v) for v in net.weights],
+            "net.trainable_variables": [self.native_name(v) for v in net.trainable_variables],
+            "net.get_weights()": [str(i) for i in range(len(weights))],
+        }
+
+    # -- files -----------------------------------------------------------------------------------
+    def save_native_file(self, model: Model, path: str) -> str:
+        self.materialize(model)
+        with warnings.catch_warnings():
+            # Keras 3.15's h5 writer calls np.asarray(variable, copy=False): a numpy 2 warning.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model.native.save_weights(path + self.native_file_suffix)
+        return f"net.save_weights(path + '{self.native_file_suffix}')"
+
+    def native_file_keys(self, model: Model) -> dict[str, str]:
+        """Dataset path in a .weights.h5 file -> canonical owner, following Keras' saving_lib: a
+        layer's group is named after its class (``dense``, ``dense_1``, ... counted over
+        ``net.layers``, see saved_layers_take_a_name), a layer already written is skipped, so a
+        tie is stored once, and Dense
+        writes kernel then bias as vars/0, vars/1. By layer object, so no build is needed."""
+        owner: dict[int, LayerPath] = {}
+        for path, layer in model.state["layers"].items():  # walk order: the first use owns
+            owner.setdefault(id(layer), path)
+        entries: dict[str, str] = {}
+        visited: set[int] = set()
+
+        def walk(net: Any, prefix: str) -> None:
+            counts: dict[str, int] = {}
+            for layer in net.layers:
+                if id(layer) in visited and not self.saved_layers_take_a_name:
+                    continue
+                base = _snake_case(type(layer).__name__)
+                counts[base] = counts.get(base, -1) + 1
+                group = prefix + (f"{base}_{counts[base]}" if counts[base] else base)
+                if id(layer) in visited:
+                    continue
+                visited.add(id(layer))
+                if isinstance(layer, self.keras.Sequential):
+                    walk(layer, group + "/layers/")
+                elif isinstance(layer, self.keras.layers.Dense):
+                    for index, role in enumerate(ROLES):
+                        entries[f"{group}/vars/{index}"] = param_name(owner[id(layer)], role)
+
+        walk(model.native, "layers/")
+        return entries
+
+    def read_native_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
+        import h5py  # Keras' own dependency; reads plain HDF5 datasets, runs nothing from the file
+
+        with h5py.File(file, "r") as store:
+            names: list[str] = []
+            store.visititems(lambda key, obj: names.append(key) if isinstance(obj, h5py.Dataset) else None)
+            return [(key, np.array(store[key], dtype=np.float32)) for key in names]
+
+
+class TensorFlowKerasBase(KerasBackendBase):
+    """A Keras whose variables are TensorFlow variables (Keras 3 on TF, tf-keras): gradients from a
+    GradientTape; training on one ``tf.function`` step per model and loss kind, with the learning
+    rate held in the optimizer's variable, so changing it retraces nothing."""
+
+    def __init__(self, keras: Any, tf: Any) -> None:
+        super().__init__(keras, tf)
+        self.tf = tf
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        # Not keras.ops.convert_to_numpy: on a variable, Keras 3.15 calls np.array(x), which numpy 2
+        # warns about; tf-keras has no keras.ops at all.
+        return np.array(self.tf.convert_to_tensor(value).numpy(), dtype=np.float32, copy=True)
+
+    def loss_value(self, y: Any, kind: str, target: Any) -> Any:
+        tf = self.tf
+        return tf.reduce_sum(y) if kind == "sum" else tf.reduce_mean(tf.square(y - target))
+
+    def _target(self, loss: Loss) -> Any:
+        return self.tf.constant(0.0 if loss.target is None else loss.target, dtype=self.tf.float32)
+
+    def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
+        unique = self.unique_variables(model)
+        with self.tf.GradientTape() as tape:  # a fresh tape per call: nothing accumulates
+            value = self.loss_value(model.native(self.tf.constant(x)), loss.kind, self._target(loss))
+        # One variable used at two positions gets one gradient: the tape sums both uses.
+        grads = tape.gradient(value, [v for _, v in unique])
+        return {name: self.to_numpy(g) for (name, _), g in zip(unique, grads, strict=True)}
+
+    def _train_step(self, model: Model, optimizer: Any, kind: str, watch: bool) -> Any:
+        tf, net = self.tf, model.native
+        variables = [v for _, v in self.unique_variables(model)]
+
+        @tf.function
+        def step(x: Any, target: Any) -> Any:
+            self.note_trace(model)
+            with tf.GradientTape() as tape:
+                value = self.loss_value(net(x), kind, target)
+            grads = tape.gradient(value, variables)
+            # Each unique variable is passed once: a tied one is updated once, with the summed grad.
+            with tf.control_dependencies([value, *grads]):
+                optimizer.apply_gradients(zip(grads, variables, strict=True))
+            return (value, grads) if watch else (value, ())
+
+        return step
+
+    def native_train(
+        self, model: Model, x: np.ndarray, loss: Loss, lr: float, steps: int, watch: bool
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        tf, unique = self.tf, self.unique_variables(model)
+        optimizer = self.sgd(model, lr, [v for _, v in unique])
+        step = self.compiled(
+            model, ("step", loss.kind, watch), lambda: self._train_step(model, optimizer, loss.kind, watch)
+        )
+        inputs, target = tf.constant(x), self._target(loss)
+        losses, grads = [], []
+        for _ in range(steps):
+            value, applied = step(inputs, target)
+            losses.append(value)
+            if watch:
+                grads.append(applied)
+        watched = (
+            {name: tf.stack([g[i] for g in grads]).numpy() for i, (name, _) in enumerate(unique)}
+            if watch
+            else {}
+        )
+        return tf.stack(losses).numpy().astype(np.float64), watched
+
+
+# == hand-written loops and nets for the benches (not the adapters) ==================================
+def bench_net(keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input_layer: bool = False) -> Any:
+    """The spec's flat Dense/ReLU net as a practitioner writes it: a tie is one Dense added twice,
+    loaded with ``weights`` (canonical (out, in))."""
+    shared, layers = {}, []
+    for slot in spec.dense_slots:
+        if slot.owner not in shared:
+            shared[slot.owner] = keras.layers.Dense(slot.units)
+        layers += [shared[slot.owner], keras.layers.ReLU()]
+    net = keras.Sequential(([keras.Input(shape=(spec.in_features,))] if input_layer else []) + layers[:-1])
+    net(np.zeros((1, spec.in_features), np.float32))
+    for owner, dense in shared.items():
+        name = param_name(owner, "weight")
+        dense.set_weights([weights[name].T, weights[param_name(owner, "bias")]])
+    return net
+
+
+def tf_make_handwritten(
+    keras: Any, tf: Any, net: Any, x: np.ndarray, y: np.ndarray, lr: float
+) -> Callable[[int], np.ndarray]:
+    """The hand-written Keras-on-TensorFlow loop, set up once: one tf.function step (GradientTape,
+    Keras SGD); ``run(steps)`` trains further and returns the losses."""
+    optimizer = keras.optimizers.SGD(learning_rate=lr)
+    variables = net.trainable_variables
+
+    @tf.function
+    def step(inputs: Any, targets: Any) -> Any:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(net(inputs) - targets))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return loss
+
+    inputs, targets = tf.constant(x), tf.constant(y)
+
+    def run(steps: int) -> np.ndarray:
+        return tf.stack([step(inputs, targets) for _ in range(steps)]).numpy()
+
+    return run

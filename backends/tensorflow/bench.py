@@ -1,0 +1,20 @@
+"""The hand-written Keras 3 on TensorFlow training loop ``make bench`` holds the adapter against:
+what a practitioner writes, on TensorFlow's natural fast path (one tf.function step, GradientTape)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from backends._keras_common import bench_net, tf_make_handwritten
+
+
+def make_handwritten(
+    spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
+) -> Callable[[int], np.ndarray]:
+    """The book's tied MLP (or any flat Dense/ReLU spec), set up (and compiled) once; the returned
+    ``run(steps)`` trains it further with plain SGD and returns the losses."""
+    return tf_make_handwritten(keras, tf, bench_net(keras, spec, weights), x, y, lr)
