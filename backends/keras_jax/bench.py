@@ -1,0 +1,55 @@
+"""The hand-written Keras 3 on JAX training loop ``make bench`` holds the adapter against: Keras'
+own custom-JAX-training-loop pattern (jax.jit around stateless_call and stateless_apply)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from backends._keras_common import bench_net
+
+
+def make_handwritten(
+    spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
+) -> Callable[[int], np.ndarray]:
+    """The book's tied MLP (or any flat Dense/ReLU spec), set up (and compiled) once; the returned
+    ``run(steps)`` trains it further with plain SGD and returns the losses."""
+    net = bench_net(keras, spec, weights)
+    optimizer = keras.optimizers.SGD(learning_rate=lr)
+    optimizer.build(net.trainable_variables)
+
+    def compute_loss(trainable, non_trainable, inputs, targets):
+        outputs, non_trainable = net.stateless_call(trainable, non_trainable, inputs)
+        return jnp.mean((outputs - targets) ** 2), non_trainable
+
+    grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
+
+    @jax.jit
+    def train_step(state, inputs, targets):
+        trainable, non_trainable, optimizer_variables = state
+        (loss, non_trainable), grads = grad_fn(trainable, non_trainable, inputs, targets)
+        trainable, optimizer_variables = optimizer.stateless_apply(optimizer_variables, grads, trainable)
+        return loss, (trainable, non_trainable, optimizer_variables)
+
+    inputs, targets = jnp.asarray(x), jnp.asarray(y)
+    held = {
+        "state": (
+            [v.value for v in net.trainable_variables],
+            [v.value for v in net.non_trainable_variables],
+            [v.value for v in optimizer.variables],
+        )
+    }
+
+    def run(steps: int) -> np.ndarray:
+        state, losses = held["state"], []
+        for _ in range(steps):
+            loss, state = train_step(state, inputs, targets)
+            losses.append(loss)
+        held["state"] = state
+        return np.asarray(jnp.stack(losses))
+
+    return run
