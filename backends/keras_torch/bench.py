@@ -1,0 +1,37 @@
+"""The hand-written Keras 3 on PyTorch training loop ``make bench`` holds the adapter against: Keras'
+own custom-torch-training-loop pattern (eager autograd, optimizer.apply under no_grad)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import torch
+
+from backends._keras_common import bench_net
+
+
+def make_handwritten(
+    spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
+) -> Callable[[int], np.ndarray]:
+    """The book's tied MLP (or any flat Dense/ReLU spec), set up once; the returned ``run(steps)``
+    trains it further with plain SGD and returns the losses."""
+    net = bench_net(keras, spec, weights)
+    optimizer = keras.optimizers.SGD(learning_rate=lr)
+    inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+
+    def run(steps: int) -> np.ndarray:
+        losses = []
+        for _ in range(steps):
+            loss = torch.mean((net(inputs) - targets) ** 2)
+            net.zero_grad()
+            loss.backward()
+            trainable_weights = [v for v in net.trainable_weights]
+            gradients = [v.value.grad for v in trainable_weights]
+            with torch.no_grad():
+                optimizer.apply(gradients, trainable_weights)
+            losses.append(loss.detach())
+        return torch.stack(losses).numpy()
+
+    return run
