@@ -1,0 +1,22 @@
+"""The hand-written tf-keras 2 training loop ``make bench`` holds the adapter against: what a
+practitioner writes, on TensorFlow's natural fast path (one tf.function step, GradientTape). The
+net has an explicit keras.Input: without one, tf-keras runs a layer added twice once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from backends._keras_common import bench_net, tf_make_handwritten
+
+
+def make_handwritten(
+    spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
+) -> Callable[[int], np.ndarray]:
+    """The book's tied MLP (or any flat Dense/ReLU spec), set up (and compiled) once; the returned
+    ``run(steps)`` trains it further with plain SGD and returns the losses."""
+    net = bench_net(keras, spec, weights, input_layer=True)
+    return tf_make_handwritten(keras, tf, net, x, y, lr)
