@@ -63,12 +63,24 @@ def initial_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     return weights
 
 
+def check_input(spec: ModelSpec, x: object) -> np.ndarray:
+    """``x`` as an array of shape (batch, spec.in_features), or a ValueError that names both
+    shapes (rather than whatever a matrix product says three layers down)."""
+    array = np.asarray(x)
+    if array.ndim != 2 or array.shape[1] != spec.in_features:
+        raise ValueError(
+            f"input x.shape={array.shape}, but should be (batch, {spec.in_features}): "
+            f"spec {spec.name!r} takes in_features={spec.in_features}"
+        )
+    return array
+
+
 def forward(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    return _forward(spec, weights, x)[0]
+    return _forward(spec, weights, check_input(spec, x))[0]
 
 
 def backward(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray, loss: Loss) -> Backward:
-    y, tape = _forward(spec, weights, x)
+    y, tape = _forward(spec, weights, check_input(spec, x))
     upstream = loss.grad(y)
     grads = {name: np.zeros(shape) for name, shape in spec.param_shapes.items()}
     position_grads = {}

@@ -3,10 +3,18 @@
 A spec is validated when it is constructed, so every backend sees the same SpecError before any
 framework is touched. Positions are paths of indices (``(0, 1)`` is the second layer of the first
 block); canonical names are derived from paths: ``layers.0.1.weight``.
+
+Limits: at most MAX_LAYERS layer entries in all (Dense, ReLU and Block, at any depth) and at most
+MAX_NESTING blocks around any layer. Both are far beyond any MLP this project compares; they keep
+a hostile or mistaken spec a one-line SpecError rather than a RecursionError or a framework
+building a million layers, and MAX_NESTING keeps every valid spec inside the JSON depth limit of
+the spec stored in a parameter file (common.core.untrusted.MAX_JSON_DEPTH: a layer inside k
+blocks sits 2k + 3 levels deep there).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,6 +24,8 @@ from common.errors import SpecError
 
 LayerPath = tuple[int, ...]
 ROLES = ("weight", "bias")
+MAX_LAYERS = 20_000  # make bench builds 10,000 Dense layers with a ReLU between each
+MAX_NESTING = 16
 
 
 @dataclass(frozen=True)
@@ -180,17 +190,21 @@ def spec_from_dict(data: Mapping[str, Any]) -> ModelSpec:
         raise SpecError(f"unknown spec field(s) {sorted(unknown)}; valid: name, in_features, layers, ties")
     try:
         ties = [tuple(_as_path(p) for p in group) for group in data.get("ties", [])]
+        counter = itertools.count(1)
         return ModelSpec(
             name=str(data.get("name", "custom")),
             in_features=data.get("in_features", 0),
-            layers=tuple(_layer_from_dict(item, (i,)) for i, item in enumerate(data.get("layers", []))),
+            layers=tuple(
+                _layer_from_dict(item, (i,), counter) for i, item in enumerate(data.get("layers", []))
+            ),
             ties=tuple(ties),
         )
     except TypeError as error:
         raise SpecError(f"malformed spec: {error}") from None
 
 
-def _layer_from_dict(item: Any, path: LayerPath) -> Layer:
+def _layer_from_dict(item: Any, path: LayerPath, counter: Iterator[int]) -> Layer:
+    _check_limits(f"layer {layer_name(path)}", path, next(counter))  # before recursing any deeper
     if not isinstance(item, Mapping) or "kind" not in item:
         raise SpecError(f"layer {layer_name(path)}: expected an object with a 'kind', got {item!r}")
     kind = item["kind"]
@@ -201,7 +215,7 @@ def _layer_from_dict(item: Any, path: LayerPath) -> Layer:
     if kind == "block":
         children = item.get("layers", [])
         return Block(
-            tuple(_layer_from_dict(c, path + (i,)) for i, c in enumerate(children)),
+            tuple(_layer_from_dict(c, path + (i,), counter) for i, c in enumerate(children)),
             str(item.get("label", "")),
         )
     raise SpecError(
@@ -225,10 +239,15 @@ def _as_path(position: Any) -> LayerPath:
     if (
         isinstance(position, Sequence)
         and not isinstance(position, str)
-        and position
+        and 0 < len(position) <= MAX_NESTING + 1
         and all(isinstance(i, int) and not isinstance(i, bool) for i in position)
     ):
         return tuple(position)
+    if isinstance(position, Sequence) and not isinstance(position, str) and len(position) > MAX_NESTING + 1:
+        raise SpecError(
+            f"tie position of {len(position)} indices: no layer can be there, since at most "
+            f"{MAX_NESTING} blocks may be nested"
+        )
     raise SpecError(f"tie position {position!r} is not an int or a path of ints")
 
 
@@ -258,7 +277,7 @@ def _validate(spec: ModelSpec) -> None:
         raise SpecError(f"{where}: in_features={spec.in_features!r}, but should be a positive int")
     if not spec.layers:
         raise SpecError(f"{where}: has no layers")
-    _validate_layers(where, spec.layers, ())
+    _validate_layers(where, spec.layers, (), itertools.count(1))
     if not any(isinstance(layer, Dense) for _, layer in spec.walk()):
         raise SpecError(f"{where}: has no Dense layer")
     widths, width = {}, spec.in_features
@@ -270,6 +289,11 @@ def _validate(spec: ModelSpec) -> None:
     for group in spec.ties:
         if len(group) < 2:
             raise SpecError(f"{where}: tie group {[list(p) for p in group]} needs at least two positions")
+        repeated = next((a for a, b in zip(group, group[1:], strict=False) if a == b), None)
+        if repeated is not None:  # groups are sorted, so a repeat is adjacent
+            raise SpecError(
+                f"{where}: tie group {[list(p) for p in group]} lists {layer_name(repeated)} twice"
+            )
         for path in group:
             if path not in widths:
                 valid = ", ".join(str(list(p)) for p in widths)
@@ -289,9 +313,19 @@ def _validate(spec: ModelSpec) -> None:
                 )
 
 
-def _validate_layers(where: str, layers: tuple[Any, ...], prefix: LayerPath) -> None:
+def _check_limits(where: str, path: LayerPath, count: int) -> None:
+    if count > MAX_LAYERS:
+        raise SpecError(f"{where}: more than {MAX_LAYERS} layers (Dense, ReLU and Block entries in all)")
+    if len(path) > MAX_NESTING + 1:
+        raise SpecError(
+            f"{where}: nested inside {len(path) - 1} blocks, but at most {MAX_NESTING} are allowed"
+        )
+
+
+def _validate_layers(where: str, layers: tuple[Any, ...], prefix: LayerPath, counter: Iterator[int]) -> None:
     for index, layer in enumerate(layers):
         path = prefix + (index,)
+        _check_limits(f"{where}: {layer_name(path)}", path, next(counter))
         if isinstance(layer, Dense):
             if isinstance(layer.units, bool) or not isinstance(layer.units, int) or layer.units <= 0:
                 raise SpecError(
@@ -300,7 +334,7 @@ def _validate_layers(where: str, layers: tuple[Any, ...], prefix: LayerPath) -> 
         elif isinstance(layer, Block):
             if not layer.layers:
                 raise SpecError(f"{where}: block {layer_name(path)} is empty")
-            _validate_layers(where, tuple(layer.layers), path)
+            _validate_layers(where, tuple(layer.layers), path, counter)
         elif not isinstance(layer, ReLU):
             raise SpecError(
                 f"{where}: {layer_name(path)} has unknown layer kind "

@@ -1,0 +1,624 @@
+"""Generated models for the property tests: Hypothesis strategies, the example budget, and the
+float32 error bound every backend is held to.
+
+- ``valid_specs()``: 1 to 8 Dense layers of widths 1 to 64 on inputs of 1 to 32 features, ReLUs
+  anywhere (leading, trailing, repeated), blocks nested up to 3 deep, and 0 to 3 tie groups of 2
+  or 3 positions each, their (in, out) shapes made equal by construction, free to cross block
+  boundaries. ``cases()`` adds a batch size (1 to 16) and a loss; every draw shrinks towards one
+  Dense layer of width 1, no ReLU, no block, no tie, batch 1 and the sum loss.
+- ``invalid_specs()``: JSON-like dicts that ``spec_from_dict`` must refuse, each with the reason
+  and a regular expression its SpecError message must match.
+- ``budget()``: the one place PARITY_EXAMPLES (examples per property, default 30) and
+  PARITY_SEED (unset: derandomized, the same examples every run) are read; ``configured`` applies
+  them to a test.
+- ``bounds()``: per-element tolerances for a float32 computation against the float64 oracle (the
+  rule is written out in tests/conformance/test_properties.py).
+
+Hypothesis is imported here and nowhere else in ``common/``; the base environment and every
+backend's environment have it (pyproject's extras).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import seed as fixed_seed
+from hypothesis import strategies as st
+
+from common.core import oracle
+from common.core.oracle import Loss
+from common.core.spec import (
+    LAYER_KINDS,
+    MAX_LAYERS,
+    MAX_NESTING,
+    Block,
+    Dense,
+    Layer,
+    LayerPath,
+    ModelSpec,
+    ReLU,
+    layer_name,
+    spec_from_dict,
+)
+from common.errors import UsageError
+
+__all__ = [
+    "DEFAULT_EXAMPLES",
+    "EXAMPLES_ENV",
+    "SEED_ENV",
+    "Bounds",
+    "Budget",
+    "Case",
+    "InvalidCase",
+    "Materials",
+    "bounds",
+    "budget",
+    "case_from_dict",
+    "cases",
+    "configured",
+    "invalid_specs",
+    "valid_specs",
+]
+
+EXAMPLES_ENV = "PARITY_EXAMPLES"
+SEED_ENV = "PARITY_SEED"
+DEFAULT_EXAMPLES = 10  # per property in make test-all: JAX compiles each new architecture (~2 s)
+
+MAX_DENSE = 8
+MAX_WIDTH = 64
+MAX_INPUT = 32
+MAX_BLOCK_DEPTH = 3
+MAX_TIE_GROUPS = 3
+MAX_BATCH = 16
+LOSS_KINDS = ("sum", "mse")
+UNIT_ROUNDOFF = 2.0**-24  # float32
+CASE_MARKER = "PARITY-CASE"  # prefix of the line a failing property prints; fuzz_specs greps it
+
+
+# == budget =======================================================================================
+@dataclass(frozen=True)
+class Budget:
+    examples: int
+    seed: int | None  # None: derandomized
+
+
+def budget(environ: Mapping[str, str] | None = None) -> Budget:
+    """Examples per property and the seed, from PARITY_EXAMPLES and PARITY_SEED (read only here)."""
+    environ = os.environ if environ is None else environ
+    return Budget(
+        _env_int(environ, EXAMPLES_ENV, DEFAULT_EXAMPLES, minimum=1),
+        _env_int(environ, SEED_ENV, None, minimum=0),
+    )
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int | None, minimum: int) -> int | None:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise UsageError(f"{name}={text!r}, but should be an int >= {minimum}")
+    return value
+
+
+def configured(test: Callable) -> Callable:
+    """Apply the budget to a ``@given`` test: a fixed number of examples, no deadline (a framework
+    may compile on first use), no example database (runs do not depend on earlier runs), and
+    derandomized unless PARITY_SEED names a seed."""
+    chosen = budget()
+    test = settings(
+        max_examples=chosen.examples,
+        derandomize=chosen.seed is None,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        print_blob=False,
+    )(test)
+    return test if chosen.seed is None else fixed_seed(chosen.seed)(test)
+
+
+# == valid specs ==================================================================================
+class _Sets:
+    """Union-find over width variables: variable k is the input width of Dense k (variable 0 is
+    in_features), variable k + 1 its output width."""
+
+    def __init__(self, size: int) -> None:
+        self.parent = list(range(size))
+
+    def find(self, item: int) -> int:
+        while self.parent[item] != item:
+            self.parent[item] = self.parent[self.parent[item]]
+            item = self.parent[item]
+        return item
+
+    def union(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        self.parent[max(a, b)] = min(a, b)  # the root is the smallest variable: 0 if in_features
+
+
+@st.composite
+def valid_specs(draw, min_dense: int = 1, min_ties: int = 0) -> ModelSpec:
+    """A valid spec; ``min_ties`` > 0 needs ``min_dense`` >= 2 per group."""
+    count = draw(st.integers(min_dense, MAX_DENSE))
+    items: list[int | None] = []  # execution order: a Dense index, or None for a ReLU
+    for index in range(count):
+        items += [None] * draw(st.integers(0, 2)) + [index]
+    items += [None] * draw(st.integers(0, 2))
+
+    order = draw(st.permutations(range(count)))
+    groups: list[list[int]] = []
+    used = 0
+    for _ in range(draw(st.integers(min_ties, MAX_TIE_GROUPS))):
+        if count - used < 2:
+            break
+        size = draw(st.integers(2, min(3, count - used)))
+        groups.append(sorted(order[used : used + size]))
+        used += size
+
+    sets = _Sets(count + 1)
+    for group in groups:
+        for other in group[1:]:
+            sets.union(group[0], other)
+            sets.union(group[0] + 1, other + 1)
+    values: dict[int, int] = {}
+    for variable in range(count + 1):
+        root = sets.find(variable)
+        if root not in values:
+            values[root] = draw(st.integers(1, MAX_INPUT if root == 0 else MAX_WIDTH))
+    widths = [values[sets.find(v)] for v in range(count + 1)]
+
+    tree = _nest(draw, items, 0)
+    paths: dict[int, LayerPath] = {}
+    layers = _layers(tree, (), widths, paths)
+    ties = tuple(tuple(paths[index] for index in group) for group in groups)
+    return ModelSpec("generated", widths[0], layers, ties)
+
+
+def _nest(draw, items: list, depth: int) -> list:
+    """Cut ``items`` into consecutive runs, each kept inline or wrapped in a block (recursively)."""
+    result, start = [], 0
+    while start < len(items):
+        if depth < MAX_BLOCK_DEPTH and draw(st.booleans()):
+            size = draw(st.integers(1, len(items) - start))
+            result.append(_nest(draw, items[start : start + size], depth + 1))
+            start += size
+        else:
+            result.append(items[start])
+            start += 1
+    return result
+
+
+def _layers(tree: list, prefix: LayerPath, widths: list[int], paths: dict[int, LayerPath]) -> tuple:
+    layers: list[Layer] = []
+    for index, node in enumerate(tree):
+        path = prefix + (index,)
+        if isinstance(node, list):
+            layers.append(Block(_layers(node, path, widths, paths)))
+        elif node is None:
+            layers.append(ReLU())
+        else:
+            paths[node] = path
+            layers.append(Dense(widths[node + 1]))
+    return tuple(layers)
+
+
+INPUT_SEEDS = range(1, 17)  # input seeds tried, in order, for one whose ReLU inputs are clear of 0
+
+
+class Materials(NamedTuple):
+    weights: dict[str, np.ndarray]
+    x: np.ndarray
+    loss: Loss
+    bounds: Bounds
+
+
+class Case(NamedTuple):
+    """One generated example: a spec, a batch size and a loss kind. Weights, input and target
+    follow from these deterministically (``materials``), so the JSON of ``to_dict`` reproduces
+    it: ``case_from_dict(json.loads(TEXT))``."""
+
+    spec: ModelSpec
+    batch: int
+    loss: str = "sum"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "batch": self.batch, "loss": self.loss}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def materials(self) -> Materials:
+        """The oracle's seeded float32 weights (seed 0), a float32 input, the loss and its bounds.
+
+        The input is the first of INPUT_SEEDS whose ReLU inputs all sit farther from 0 than
+        their own tolerance, so float32 rounding cannot flip a ReLU (the gradient jumps there);
+        the first seed almost always is. If none is, ``bounds.risky_kinks`` says so."""
+        weights = oracle.initial_weights(self.spec, seed=0)
+        loss = Loss()
+        if self.loss == "mse":
+            target = np.random.default_rng(7).normal(size=(self.batch, self.spec.out_features))
+            loss = Loss("mse", target.astype(np.float32))
+        first = None
+        for seed in INPUT_SEEDS:
+            x = oracle.sample_input(self.spec, batch=self.batch, seed=seed)
+            found = Materials(weights, x, loss, bounds(self.spec, weights, x, loss))
+            if not found.bounds.risky_kinks:
+                return found
+            first = first or found
+        return first
+
+
+def case_from_dict(data: Mapping[str, Any]) -> Case:
+    return Case(spec_from_dict(data["spec"]), int(data["batch"]), str(data.get("loss", "sum")))
+
+
+def cases(min_ties: int = 0) -> st.SearchStrategy[Case]:
+    return st.builds(
+        Case,
+        valid_specs(min_dense=2 * min_ties or 1, min_ties=min_ties),
+        st.integers(1, MAX_BATCH),
+        st.sampled_from(LOSS_KINDS),
+    )
+
+
+# == invalid specs ================================================================================
+class InvalidCase(NamedTuple):
+    """A dict ``spec_from_dict`` must refuse, why, and what its SpecError message must match."""
+
+    reason: str
+    data: dict[str, Any]
+    message: str  # a regular expression, searched for
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, sort_keys=True)
+
+
+def _dense_slots(spec: ModelSpec) -> list[tuple[LayerPath, tuple[int, int]]]:
+    return [(s.path, (s.in_features, s.units)) for s in spec.dense_slots]
+
+
+def _free(spec: ModelSpec) -> list[LayerPath]:
+    tied = {path for group in spec.ties for path in group}
+    return [s.path for s in spec.dense_slots if s.path not in tied]
+
+
+def _with_layer(data: dict[str, Any], layer: dict[str, Any]) -> tuple[dict[str, Any], LayerPath]:
+    data = json.loads(json.dumps(data))
+    data["layers"].append(layer)
+    return data, (len(data["layers"]) - 1,)
+
+
+def _replace(data: dict[str, Any], path: LayerPath, layer: Any) -> dict[str, Any]:
+    data = json.loads(json.dumps(data))
+    node = data
+    for index in path[:-1]:
+        node = node["layers"][index]
+    node["layers"][path[-1]] = layer
+    return data
+
+
+def _quoted(text: str) -> str:
+    return re.escape(text)
+
+
+@st.composite
+def _incompatible_tie(draw) -> InvalidCase:
+    spec = draw(valid_specs())
+    slots = dict(_dense_slots(spec))
+    out = spec.out_features
+    units = max(max(w) for w in slots.values()) + 1  # an out width no other Dense has
+    data, new = _with_layer(spec.to_dict(), {"kind": "dense", "units": units})
+    partner = draw(st.sampled_from(sorted(slots)))
+    group = next((g for g in spec.ties if partner in g), None)
+    if group is None:
+        data["ties"].append([list(partner), list(new)])
+    else:
+        data["ties"][spec.ties.index(group)].append(list(new))
+    owner = group[0] if group else partner
+    message = (
+        f"cannot tie {layer_name(new)} (in, out)={(out, units)} to "
+        f"{layer_name(owner)} (in, out)={slots[owner]}: shapes differ"
+    )
+    return InvalidCase("tie of incompatible shapes", data, _quoted(message))
+
+
+def _missing_paths(spec: ModelSpec) -> st.SearchStrategy[LayerPath]:
+    """Positions holding no layer: past the end of a list, or below a Dense or a ReLU."""
+    walked = [path for path, _ in spec.walk()]
+    below = st.sampled_from(walked).flatmap(lambda p: st.integers(0, 3).map(lambda i: p + (i,)))
+    past = st.integers(len(spec.layers), len(spec.layers) + 5).map(lambda i: (i,))
+    return st.one_of(past, below)
+
+
+@st.composite
+def _tie_to_nothing(draw) -> InvalidCase:
+    spec = draw(valid_specs())
+    free = _free(spec)
+    data = spec.to_dict()
+    if not free:  # every Dense is tied already: drop the ties, the point is the missing position
+        data["ties"], free = [], [s.path for s in spec.dense_slots]
+    partner = draw(st.sampled_from(free))
+    kind = draw(st.sampled_from(["missing", "relu", "block"]))
+    if kind == "missing":
+        target = draw(_missing_paths(spec))
+    elif kind == "relu":
+        relus = [path for path, layer in spec.walk() if isinstance(layer, ReLU)]
+        if relus:
+            target = draw(st.sampled_from(relus))
+        else:
+            data, target = _with_layer(data, {"kind": "relu"})
+    else:
+        blocks = [path for path in _block_paths(spec.layers, ())]
+        if blocks:
+            target = draw(st.sampled_from(blocks))
+        else:
+            data, target = _with_layer(data, {"kind": "block", "label": "", "layers": [{"kind": "relu"}]})
+    data["ties"].append([list(partner), list(target)])
+    message = f"tie to {layer_name(target)}, which is not a Dense layer"
+    return InvalidCase(f"tie to a {kind} position", data, _quoted(message))
+
+
+def _block_paths(layers: tuple[Layer, ...], prefix: LayerPath) -> list[LayerPath]:
+    result = []
+    for index, layer in enumerate(layers):
+        if isinstance(layer, Block):
+            result.append(prefix + (index,))
+            result += _block_paths(layer.layers, prefix + (index,))
+    return result
+
+
+@st.composite
+def _position_in_two_ties(draw) -> InvalidCase:
+    spec = draw(valid_specs(min_dense=2, min_ties=1))
+    group = draw(st.sampled_from(spec.ties))
+    first = group[0]
+    others = [s.path for s in spec.dense_slots if s.path != first]
+    other = draw(st.sampled_from(others))
+    data = spec.to_dict()
+    data["ties"].append([list(first), list(other)])
+    # The new group is checked last: its first position in sorted order that is already tied is
+    # named (``other`` may be tied too, and come first).
+    tied = {path for g in spec.ties for path in g}
+    named = min(p for p in (first, other) if p in tied)
+    message = f"{layer_name(named)} appears in more than one tie"
+    return InvalidCase("a position in two ties", data, _quoted(message))
+
+
+@st.composite
+def _repeated_in_one_tie(draw) -> InvalidCase:
+    spec = draw(valid_specs())
+    data = spec.to_dict()
+    free = _free(spec)
+    if not free:
+        data["ties"], free = [], [s.path for s in spec.dense_slots]
+    path = draw(st.sampled_from(free))
+    data["ties"].append([list(path), list(path)])
+    return InvalidCase("a position twice in one tie", data, _quoted(f"lists {layer_name(path)} twice"))
+
+
+BAD_WIDTHS = st.one_of(st.integers(-5, 0), st.sampled_from([2.5, "8", True, None, [8]]))
+
+
+@st.composite
+def _bad_width(draw) -> InvalidCase:
+    spec = draw(valid_specs())
+    width = draw(BAD_WIDTHS)
+    data = spec.to_dict()
+    if draw(st.booleans()):
+        data["in_features"] = width
+        message = f"in_features={width!r}, but should be a positive int"
+        return InvalidCase("bad input width", data, _quoted(message))
+    path, _ = draw(st.sampled_from(_dense_slots(spec)))
+    data = _replace(data, path, {"kind": "dense", "units": width})
+    message = f"{layer_name(path)} Dense units={width!r}, but should be a positive int"
+    # Units are checked in walk order after in_features; the replaced Dense is the only bad one.
+    return InvalidCase("bad Dense width", data, _quoted(message))
+
+
+@st.composite
+def _unknown_kind(draw) -> InvalidCase:
+    spec = draw(valid_specs())
+    path = draw(st.sampled_from([p for p, _ in spec.walk()] + _block_paths(spec.layers, ())))
+    kind = draw(st.sampled_from(["conv2d", "Dense", "RELU", "", "dropout", 3, None]))
+    data = _replace(spec.to_dict(), path, {"kind": kind, "units": 4})
+    message = f"layer {layer_name(path)}: unknown layer kind {kind!r}; valid kinds: " + ", ".join(LAYER_KINDS)
+    return InvalidCase("unknown layer kind", data, _quoted(message))
+
+
+@st.composite
+def _too_deep(draw) -> InvalidCase:
+    depth = draw(st.integers(MAX_NESTING + 1, MAX_NESTING + 40))
+    layer: dict[str, Any] = {"kind": "dense", "units": draw(st.integers(1, MAX_WIDTH))}
+    for _ in range(depth):
+        layer = {"kind": "block", "label": "", "layers": [layer]}
+    data = {"name": "deep", "in_features": 4, "layers": [layer], "ties": []}
+    message = f"nested inside {MAX_NESTING + 1} blocks, but at most {MAX_NESTING} are allowed"
+    return InvalidCase("nesting past the limit", data, _quoted(message))
+
+
+@st.composite
+def _too_many(draw) -> InvalidCase:
+    count = draw(st.integers(MAX_LAYERS + 1, MAX_LAYERS + 50))
+    layers = [{"kind": "dense", "units": 2}, {"kind": "relu"}] * (count // 2 + 1)
+    data = {"name": "long", "in_features": 2, "layers": layers[:count], "ties": []}
+    message = f"layer layers.{MAX_LAYERS}: more than {MAX_LAYERS} layers"
+    return InvalidCase("more layers than the limit", data, _quoted(message))
+
+
+@st.composite
+def _empty(draw) -> InvalidCase:
+    spec = draw(valid_specs())
+    kind = draw(st.sampled_from(["no layers", "empty block", "no Dense"]))
+    data = spec.to_dict()
+    if kind == "no layers":
+        data.update(layers=[], ties=[])
+        return InvalidCase(kind, data, "has no layers")
+    if kind == "no Dense":
+        data.update(layers=[{"kind": "relu"}] * draw(st.integers(1, 3)), ties=[])
+        return InvalidCase(kind, data, "has no Dense layer")
+    data, path = _with_layer(data, {"kind": "block", "label": "", "layers": []})
+    return InvalidCase(kind, data, _quoted(f"block {layer_name(path)} is empty"))
+
+
+@st.composite
+def _malformed_layer(draw) -> InvalidCase:
+    spec = draw(valid_specs())
+    path = draw(st.sampled_from([p for p, _ in spec.walk()]))
+    layer = draw(st.sampled_from([{"units": 4}, 5, "dense", None, []]))
+    data = _replace(spec.to_dict(), path, layer)
+    message = f"layer {layer_name(path)}: expected an object with a 'kind', got {layer!r}"
+    return InvalidCase("a layer that is not an object with a kind", data, _quoted(message))
+
+
+@st.composite
+def _malformed_ties(draw) -> InvalidCase:
+    spec = draw(valid_specs())
+    data = spec.to_dict()
+    kind = draw(st.sampled_from(["one position", "not a path", "too long", "not a list"]))
+    if kind == "one position":
+        path = draw(st.sampled_from(_free(spec) or [s.path for s in spec.dense_slots]))
+        data["ties"] = [] if not _free(spec) else data["ties"]
+        data["ties"].append([list(path)])
+        return InvalidCase(kind, data, _quoted(f"tie group {[list(path)]} needs at least two positions"))
+    if kind == "not a path":
+        position = draw(st.sampled_from(["a", [], [1, "2"], True, [0.5], {"0": 1}]))
+        data["ties"].append([0, position])
+        return InvalidCase(kind, data, _quoted(f"tie position {position!r} is not an int or a path of ints"))
+    if kind == "too long":
+        length = draw(st.integers(MAX_NESTING + 2, MAX_NESTING + 50))
+        data["ties"].append([[0], [0] * length])
+        return InvalidCase(kind, data, _quoted(f"tie position of {length} indices"))
+    data["ties"] = draw(st.sampled_from([[5], 5, [[0, 1], 2]]))
+    return InvalidCase(kind, data, "malformed spec: 'int' object is not iterable")
+
+
+@st.composite
+def _malformed_top(draw) -> InvalidCase:
+    spec = draw(valid_specs())
+    if draw(st.booleans()):
+        data: Any = draw(st.sampled_from([[spec.to_dict()], "spec", 3, None]))
+        message = f"a model spec must be a JSON object, got {type(data).__name__}"
+        return InvalidCase("not an object", data, _quoted(message))
+    field = draw(st.sampled_from(["layrs", "tie", "input", "weights"]))
+    data = dict(spec.to_dict(), **{field: []})
+    return InvalidCase("unknown field", data, _quoted(f"unknown spec field(s) [{field!r}]"))
+
+
+def invalid_specs() -> st.SearchStrategy[InvalidCase]:
+    return st.one_of(
+        _malformed_top(),
+        _malformed_layer(),
+        _malformed_ties(),
+        _incompatible_tie(),
+        _tie_to_nothing(),
+        _position_in_two_ties(),
+        _repeated_in_one_tie(),
+        _bad_width(),
+        _unknown_kind(),
+        _too_deep(),
+        _too_many(),
+        _empty(),
+    )
+
+
+# == the error bound ==============================================================================
+SIGMAS = 16.0  # tolerance = SIGMAS * sigma; see tests/conformance/test_properties.py
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How far a float32 computation may be from the float64 oracle, element by element: SIGMAS
+    times the error scale sigma that float32 rounding gives each value (``bounds``)."""
+
+    output: np.ndarray
+    loss: float
+    grads: dict[str, np.ndarray]  # per unique parameter, the summed gradient
+    risky_kinks: int  # nonzero ReLU inputs within their own tolerance of 0
+
+    def step(self, weights: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float):
+        """Tolerances of ``w - lr * g`` per unique parameter, for one framework-SGD step."""
+        return {
+            name: lr * self.grads[name]
+            + SIGMAS * UNIT_ROUNDOFF * (np.abs(weights[name]) + 2 * lr * np.abs(grads[name]))
+            for name in self.grads
+        }
+
+
+def bounds(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray, loss: Loss) -> Bounds:
+    """Propagate the float32 error scale sigma through the forward and backward pass (float64,
+    with the oracle's activations); the rule is written out in tests/conformance/test_properties.py.
+
+    A sum of n terms p_i rounds with an error of at most u (n + 1) sum|p_i| (u = 2**-24): that is
+    each value's own sigma. An error already in an input leaves a linear map W with the variance
+    (W * W) @ var: rounding errors have independent signs, so they add like a random walk, not
+    through |W| (which would grow like (sqrt(n) / 2) ** depth and make the bound vacuous)."""
+    u = UNIT_ROUNDOFF
+    x = np.asarray(x, np.float64)
+    owners = {slot.path: slot.owner for slot in spec.dense_slots}
+
+    def param(path: LayerPath, role: str) -> np.ndarray:
+        return np.asarray(weights[f"{layer_name(owners[path])}.{role}"], np.float64)
+
+    h, var_h, risky = x, np.zeros_like(x), 0
+    tape = []
+    for path, layer in spec.walk():
+        tape.append((path, layer, h, var_h))
+        if isinstance(layer, Dense):
+            w, b = param(path, "weight"), param(path, "bias")
+            local = u * (w.shape[1] + 1) * (np.abs(h) @ np.abs(w).T + np.abs(b))
+            h, var_h = h @ w.T + b, var_h @ (w * w).T + local**2
+        else:
+            risky += int(np.count_nonzero((h != 0) & (np.abs(h) <= SIGMAS * np.sqrt(var_h))))
+            mask = h > 0
+            h, var_h = h * mask, var_h * mask
+    y, var_y = h, var_h
+
+    if loss.kind == "sum":
+        g, var_g = np.ones_like(y), np.zeros_like(y)
+        var_loss = var_y.sum() + (u * y.size * np.abs(y).sum()) ** 2
+    else:
+        residual = y - loss.target
+        g = 2.0 * residual / y.size
+        var_g = (2.0 / y.size) ** 2 * (var_y + (u * (np.abs(y) + np.abs(loss.target))) ** 2)
+        var_loss = np.sum(g**2 * var_y) + (u * (y.size + 1) * np.mean(residual**2)) ** 2
+
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for path, layer, h_in, var_in in reversed(tape):
+        if isinstance(layer, Dense):
+            w = param(path, "weight")
+            batch = len(h_in)
+            grad_w = g.T @ h_in
+            rounding = u * (batch + 1) * (np.abs(g).T @ np.abs(h_in))
+            var_w = var_g.T @ h_in**2 + (g**2).T @ var_in + rounding**2
+            grad_b = g.sum(axis=0)
+            var_b = var_g.sum(axis=0) + (u * (batch + 1) * np.abs(g).sum(axis=0)) ** 2
+            owner = layer_name(owners[path])
+            parts.setdefault(f"{owner}.weight", []).append((grad_w, var_w))
+            parts.setdefault(f"{owner}.bias", []).append((grad_b, var_b))
+            local = u * (w.shape[0] + 1) * (np.abs(g) @ np.abs(w))
+            g, var_g = g @ w, var_g @ (w * w) + local**2
+        else:
+            mask = h_in > 0
+            g, var_g = g * mask, var_g * mask
+
+    grads = {}
+    for name, contributions in parts.items():
+        total = sum(var for _, var in contributions)
+        summed = u * len(contributions) * sum(np.abs(value) for value, _ in contributions)
+        grads[name] = SIGMAS * np.sqrt(total + summed**2)
+    return Bounds(
+        output=SIGMAS * np.sqrt(var_y),
+        loss=float(SIGMAS * np.sqrt(var_loss)),
+        grads=grads,
+        risky_kinks=risky,
+    )

@@ -1,0 +1,407 @@
+"""The generators and the tolerance rule of the property tests, framework-free; regression tests
+for what they found in common/core/spec.py and common/core/oracle.py."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, find, given, settings
+from hypothesis import strategies as st
+
+from common.commands import fuzz_specs
+from common.core import generate, oracle, portable
+from common.core.generate import Case, case_from_dict, cases, configured, invalid_specs, valid_specs
+from common.core.models import BOOK_SPECS, TIED
+from common.core.oracle import Loss
+from common.core.spec import (
+    MAX_LAYERS,
+    MAX_NESTING,
+    Block,
+    Dense,
+    ModelSpec,
+    ReLU,
+    layer_name,
+    param_name,
+    spec_from_dict,
+)
+from common.errors import SpecError, UsageError
+from tests.common.test_oracle import finite_difference
+
+SEARCH = settings(database=None, max_examples=2000, deadline=None)
+
+
+# == valid specs ==================================================================================
+@configured
+@given(case=cases())
+def test_generated_specs_construct_and_round_trip(case):
+    spec = case.spec
+    assert 1 <= len(spec.dense_slots) <= generate.MAX_DENSE
+    assert 1 <= spec.in_features <= generate.MAX_INPUT
+    assert all(1 <= slot.units <= generate.MAX_WIDTH for slot in spec.dense_slots)
+    assert 1 <= case.batch <= generate.MAX_BATCH
+    assert max(len(path) for path, _ in spec.walk()) <= generate.MAX_BLOCK_DEPTH + 1
+    assert len(spec.ties) <= generate.MAX_TIE_GROUPS and all(len(g) in (2, 3) for g in spec.ties)
+    text = case.to_json()
+    assert case_from_dict(json.loads(text)) == case
+    assert spec_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+@configured
+@given(spec=valid_specs())
+def test_unique_parameters_follow_from_the_ties(spec):
+    """spec.params, derived independently: each group's first position (in walk order) owns it."""
+    owner = {path: group[0] for group in spec.ties for path in group}
+    dense = [path for path, layer in spec.walk() if isinstance(layer, Dense)]
+    expected = [
+        (param_name(path, role), tuple(param_name(p, role) for p in dense if owner.get(p, p) == path))
+        for path in dense
+        if owner.get(path, path) == path
+        for role in ("weight", "bias")
+    ]
+    assert [(p.name, p.positions) for p in spec.params] == expected
+
+
+def _crosses_blocks(spec: ModelSpec) -> bool:
+    return any(len({path[:-1] for path in group}) > 1 for group in spec.ties)
+
+
+COVERAGE = {
+    "a tie crossing a block boundary": _crosses_blocks,
+    "three tie groups": lambda s: len(s.ties) == 3,
+    "a tie of three positions": lambda s: any(len(g) == 3 for g in s.ties),
+    "blocks nested three deep": lambda s: max(len(p) for p, _ in s.walk()) == 4,
+    "eight Dense layers": lambda s: len(s.dense_slots) == 8,
+    "width 64": lambda s: any(slot.units == 64 for slot in s.dense_slots),
+    "32 input features": lambda s: s.in_features == 32,
+    "a leading ReLU": lambda s: isinstance(next(s.walk())[1], ReLU),
+    "two ReLUs in a row": lambda s: any(
+        isinstance(a[1], ReLU) and isinstance(b[1], ReLU) for a, b in itertools.pairwise(s.walk())
+    ),
+    "a tied first layer (in_features in the tie)": lambda s: any(
+        g[0] == s.dense_slots[0].path for g in s.ties
+    ),
+    "adjacent tied layers (square)": lambda s: any(
+        (a.path, b.path) in {(g[i], g[j]) for g in s.ties for i in range(len(g)) for j in range(len(g))}
+        for a, b in itertools.pairwise(s.dense_slots)
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def sample() -> list[Case]:
+    """400 derandomized cases, drawn the way the properties draw theirs."""
+    drawn: list[Case] = []
+
+    @settings(max_examples=400, derandomize=True, database=None, deadline=None)
+    @given(case=cases())
+    def collect(case):
+        drawn.append(case)
+
+    collect()
+    return drawn
+
+
+@pytest.mark.parametrize("what", sorted(COVERAGE))
+def test_the_generator_reaches(sample, what):
+    assert any(COVERAGE[what](case.spec) for case in sample), what
+
+
+def test_the_generator_reaches_the_largest_batch(sample):
+    assert any(case.batch == generate.MAX_BATCH for case in sample)
+
+
+def test_a_failing_case_shrinks_to_the_smallest_tied_model():
+    smallest = find(cases(), lambda case: bool(case.spec.ties), settings=SEARCH)
+    assert smallest.to_dict() == {
+        "spec": {
+            "name": "generated",
+            "in_features": 1,
+            "layers": [{"kind": "dense", "units": 1}, {"kind": "dense", "units": 1}],
+            "ties": [[[0], [1]]],
+        },
+        "batch": 1,
+        "loss": "sum",
+    }
+
+
+def test_materials_are_deterministic():
+    case = Case(TIED, 3, "mse")
+    a, b = case.materials(), case_from_dict(json.loads(case.to_json())).materials()
+    for name in a.weights:
+        np.testing.assert_array_equal(a.weights[name], b.weights[name])
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.loss.target, b.loss.target)
+    assert a.x.dtype == np.float32 and a.x.shape == (3, 4)
+
+
+# == invalid specs ================================================================================
+@configured
+@given(invalid=invalid_specs())
+def test_invalid_specs_raise_one_line_spec_errors(invalid):
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(invalid.data)
+    message = str(info.value)
+    assert type(info.value) is SpecError
+    assert re.search(invalid.message, message), (message, invalid.message, invalid.reason)
+    assert len(message.splitlines()) == 1, message
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 70) | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+LAYER = st.fixed_dictionaries(
+    {"kind": st.sampled_from(["dense", "relu", "block", "conv"])},
+    optional={"units": JSON, "layers": JSON, "label": JSON},
+)
+SPEC_LIKE = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": JSON,
+        "in_features": JSON,
+        "layers": st.lists(LAYER | JSON, max_size=5) | JSON,
+        "ties": st.lists(st.lists(JSON | st.integers(0, 5), max_size=3), max_size=3) | JSON,
+    },
+)
+
+
+@configured
+@given(data=SPEC_LIKE | JSON)
+def test_any_json_is_a_spec_or_a_one_line_spec_error(data):
+    """Whatever JSON arrives (a spec file, a parameter file's metadata), spec_from_dict returns a
+    spec or raises SpecError with one line: never another exception."""
+    try:
+        spec = spec_from_dict(data)
+    except SpecError as error:
+        assert len(str(error).splitlines()) == 1, str(error)
+    else:
+        assert spec_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+# -- regressions: spec.py limits (deep nesting was a RecursionError, not a SpecError) -----------
+def _nested(depth: int, units: int = 2) -> dict:
+    layer = {"kind": "dense", "units": units}
+    for _ in range(depth):
+        layer = {"kind": "block", "label": "", "layers": [layer]}
+    return {"name": "deep", "in_features": 2, "layers": [layer], "ties": []}
+
+
+def test_nesting_far_past_the_limit_is_a_spec_error_not_a_recursion_error():
+    with pytest.raises(SpecError, match=f"nested inside {MAX_NESTING + 1} blocks, but at most {MAX_NESTING}"):
+        spec_from_dict(_nested(5000))
+
+
+def test_a_deep_spec_built_in_python_is_a_spec_error_too():
+    layer = Dense(2)
+    for _ in range(5000):
+        layer = Block((layer,))
+    with pytest.raises(SpecError, match=f"at most {MAX_NESTING} are allowed"):
+        ModelSpec("deep", 2, (layer,))
+
+
+def test_a_spec_at_the_nesting_limit_survives_a_parameter_file(tmp_path):
+    """MAX_NESTING fits inside the JSON depth limit of the spec stored in a portable file."""
+    spec = spec_from_dict(_nested(MAX_NESTING))
+    weights = oracle.initial_weights(spec)
+    path = portable.write_portable(tmp_path / "deep.safetensors", spec, weights)
+    values, _ = portable.read_params(path, spec)
+    assert sorted(values) == sorted(weights)
+
+
+def test_the_layer_count_limit():
+    layers = [{"kind": "dense", "units": 1}] * MAX_LAYERS
+    assert len(spec_from_dict({"in_features": 1, "layers": layers}).dense_slots) == MAX_LAYERS
+    with pytest.raises(SpecError, match=f"layer layers.{MAX_LAYERS}: more than {MAX_LAYERS} layers"):
+        spec_from_dict({"in_features": 1, "layers": layers + [{"kind": "relu"}]})
+    with pytest.raises(SpecError, match=f"more than {MAX_LAYERS} layers"):
+        ModelSpec("long", 1, (Dense(1),) * (MAX_LAYERS + 1))
+
+
+def test_a_tie_path_longer_than_any_layer_is_refused_before_it_is_printed():
+    with pytest.raises(SpecError, match="tie position of 100000 indices") as info:
+        spec_from_dict(
+            {"in_features": 2, "layers": [{"kind": "dense", "units": 2}], "ties": [[0, [0] * 100000]]}
+        )
+    assert len(str(info.value)) < 200
+
+
+# -- regression: a position twice in one group said "appears in more than one tie" ---------------
+def test_a_position_twice_in_one_tie_group_is_named_as_such():
+    data = {"in_features": 2, "layers": [{"kind": "dense", "units": 2}] * 3, "ties": [[1, 1]]}
+    with pytest.raises(SpecError, match=r"tie group \[\[1\], \[1\]\] lists layers.1 twice"):
+        spec_from_dict(data)
+
+
+# -- regression: a wrong input width was numpy's matmul message from inside the oracle ------------
+@pytest.mark.parametrize("shape", [(2, 5), (4,), (2, 4, 1), (2, 3)])
+def test_the_oracle_names_a_wrong_input_width(shape):
+    spec = BOOK_SPECS["tied"]
+    weights = oracle.initial_weights(spec)
+    x = np.zeros(shape, np.float32)
+    expected = re.escape(f"input x.shape={shape}, but should be (batch, 4): spec 'tied' takes in_features=4")
+    with pytest.raises(ValueError, match=expected):
+        oracle.forward(spec, weights, x)
+    with pytest.raises(ValueError, match=expected):
+        oracle.backward(spec, weights, x, Loss())
+
+
+# == the oracle against finite differences, on generated tied specs ================================
+@settings(
+    max_examples=8, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
+@given(case=cases(min_ties=1))
+def test_oracle_gradients_match_finite_differences_on_generated_tied_specs(case):
+    spec = case.spec
+    assume(sum(int(np.prod(shape)) for shape in spec.param_shapes.values()) <= 600)
+    weights, x, loss, _ = case.materials()
+    _, tape_ok = _kink_clearance(spec, weights, x)
+    assume(tape_ok)  # a central difference of step 1e-6 must not straddle a ReLU kink
+    result = oracle.backward(spec, weights, x, loss)
+    for name in spec.param_shapes:
+        numeric = finite_difference(spec, weights, x, loss, name)
+        np.testing.assert_allclose(result.grads[name], numeric, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def _kink_clearance(spec: ModelSpec, weights, x, margin: float = 1e-4):
+    """(smallest nonzero ReLU input, whether it is above ``margin``)."""
+    smallest = np.inf
+    h = np.asarray(x, np.float64)
+    owners = {s.path: s.owner for s in spec.dense_slots}
+    for path, layer in spec.walk():
+        if isinstance(layer, Dense):
+            owner = layer_name(owners[path])
+            h = h @ weights[f"{owner}.weight"].astype(np.float64).T + weights[f"{owner}.bias"]
+        else:
+            nonzero = np.abs(h[h != 0])
+            smallest = min(smallest, float(nonzero.min())) if nonzero.size else smallest
+            h = np.maximum(h, 0)
+    return smallest, smallest > margin
+
+
+# == the tolerance rule, against a second float32 implementation (numpy's) =======================
+def _float32_backward(spec: ModelSpec, weights, x, loss):
+    """The oracle's algorithm, every operation in float32 (numpy's BLAS sums in its own order)."""
+    f32 = np.float32
+    owners = {s.path: s.owner for s in spec.dense_slots}
+    h, tape = np.asarray(x, f32), []
+    for path, layer in spec.walk():
+        tape.append((path, layer, h))
+        if isinstance(layer, Dense):
+            owner = layer_name(owners[path])
+            h = h @ weights[f"{owner}.weight"].T + weights[f"{owner}.bias"]
+        else:
+            h = np.maximum(h, f32(0))
+    y = h
+    if loss.kind == "sum":
+        value, g = np.sum(y, dtype=f32), np.ones_like(y)
+    else:
+        residual = y - loss.target
+        value, g = np.mean(residual * residual, dtype=f32), (f32(2) * residual / f32(y.size)).astype(f32)
+    grads = {name: np.zeros(shape, f32) for name, shape in spec.param_shapes.items()}
+    for path, layer, inputs in reversed(tape):
+        if isinstance(layer, Dense):
+            owner = layer_name(owners[path])
+            grads[f"{owner}.weight"] += g.T @ inputs
+            grads[f"{owner}.bias"] += g.sum(axis=0)
+            g = g @ weights[f"{owner}.weight"]
+        else:
+            g = g * (inputs > 0)
+    return y, float(value), grads
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@given(case=cases())
+def test_float32_numpy_stays_within_the_tolerance_rule(case):
+    spec = case.spec
+    weights, x, loss, bounds = case.materials()
+    assume(not bounds.risky_kinks)
+    y, value, grads = _float32_backward(spec, weights, x, loss)
+    reference = oracle.backward(spec, weights, x, loss)
+    assert np.all(np.abs(y - reference.output) <= bounds.output)
+    assert abs(value - reference.loss) <= bounds.loss
+    for name, grad in grads.items():
+        assert np.all(np.abs(grad - reference.grads[name]) <= bounds.grads[name]), name
+        sigma = bounds.grads[name] / generate.SIGMAS
+        ratio = np.abs(grad - reference.grads[name])[sigma > 0] / sigma[sigma > 0]
+        assert ratio.size == 0 or ratio.max() <= 2.0, f"{name}: {ratio.max():.2f} sigma, calibrated at 0.8"
+    lr = 0.1
+    step = bounds.step(weights, reference.grads, lr)
+    for name, grad in grads.items():
+        stepped = weights[name] - np.float32(lr) * grad
+        assert np.all(np.abs(stepped - (weights[name] - lr * reference.grads[name])) <= step[name])
+
+
+@pytest.mark.parametrize("name", sorted(BOOK_SPECS))
+@pytest.mark.parametrize("loss_kind", ["sum", "mse"])
+def test_the_rule_is_tight_on_the_book_models(name, loss_kind):
+    """Not vacuous: the tolerance is a small fraction of every value it guards."""
+    weights, x, loss, bounds = Case(BOOK_SPECS[name], 2, loss_kind).materials()
+    reference = oracle.backward(BOOK_SPECS[name], weights, x, loss)
+    assert bounds.output.max() <= 1e-4 * np.abs(reference.output).max()
+    for grad_name, grad in reference.grads.items():
+        assert bounds.grads[grad_name].max() <= 1e-3 * np.abs(grad).max(), grad_name
+
+
+def test_a_one_percent_error_in_a_tied_gradient_is_caught():
+    weights, x, loss, bounds = Case(TIED, 4, "mse").materials()
+    grad = oracle.backward(TIED, weights, x, loss).grads["layers.2.weight"]
+    assert np.any(np.abs(0.01 * grad) > bounds.grads["layers.2.weight"])
+
+
+# == the budget =====================================================================================
+def test_budget_reads_its_two_variables():
+    assert generate.budget({}) == generate.Budget(generate.DEFAULT_EXAMPLES, None)
+    assert generate.budget({"PARITY_EXAMPLES": " 500 ", "PARITY_SEED": "7"}) == generate.Budget(500, 7)
+
+
+@pytest.mark.parametrize(
+    "environ", [{"PARITY_EXAMPLES": "0"}, {"PARITY_EXAMPLES": "many"}, {"PARITY_SEED": "-1"}]
+)
+def test_a_bad_budget_names_the_variable(environ):
+    (name,) = environ
+    with pytest.raises(UsageError, match=f"{name}="):
+        generate.budget(environ)
+
+
+# == make fuzz's parser ==============================================================================
+PYTEST_OUTPUT = """
+=================================== FAILURES ===================================
+_________________________ test_gradients_match_oracle __________________________
+>           assert_within(f"grad {name}", grads[name], value, bounds.grads[name], f"{loss.kind} loss")
+E           AssertionError: grad layers.0.weight[0, 0]=-0.18, but should be -0.17 within 1.6e-06
+E           Failing test case: test_gradients_match_oracle(
+E           )
+E           PARITY-CASE {"batch": 1, "loss": "sum", "spec": {"in_features": 1, "layers": []}}
+________________ test_invalid_spec_fails_before_the_framework _________________
+E   AssertionError: adapter calls=['new_dense'], but should be []
+PARITY-CASE {"in_features": 0}
+"""
+
+
+def test_fuzz_specs_collects_each_counterexample_with_its_test():
+    found = fuzz_specs.counterexamples(PYTEST_OUTPUT)
+    assert [(c.test, c.case) for c in found] == [
+        (
+            "test_gradients_match_oracle",
+            {"batch": 1, "loss": "sum", "spec": {"in_features": 1, "layers": []}},
+        ),
+        ("test_invalid_spec_fails_before_the_framework", {"in_features": 0}),
+    ]
+    assert found[0].error.startswith("AssertionError: grad layers.0.weight[0, 0]")
+
+
+def test_fuzz_specs_and_the_generator_agree_on_the_marker_and_variables():
+    assert fuzz_specs.CASE_MARKER == generate.CASE_MARKER
+    assert (fuzz_specs.EXAMPLES_ENV, fuzz_specs.SEED_ENV) == (generate.EXAMPLES_ENV, generate.SEED_ENV)
+
+
+def test_fuzz_specs_refuses_a_bad_count():
+    with pytest.raises(UsageError, match="examples=0"):
+        fuzz_specs.run(("torch",), 0, 0)

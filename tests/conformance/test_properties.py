@@ -1,0 +1,219 @@
+"""Properties of generated models: on any valid spec, this backend agrees with the numpy oracle;
+on any invalid one, it fails like every other backend, before its framework is reached.
+
+Models come from ``common.core.generate``: 1 to 8 Dense layers of widths 1 to 64 on 1 to 32
+input features, ReLUs anywhere, blocks nested up to 3 deep, 0 to 3 tie groups of 2 or 3
+positions (crossing block boundaries too), batches of 1 to 16, a sum or an MSE loss. Each
+property runs PARITY_EXAMPLES examples (default 30), derandomized (PARITY_SEED picks other ones),
+with no deadline and no example database: the same examples, the same verdict, on every run. A
+failing example is printed as ``PARITY-CASE {json}``: ``generate.case_from_dict(json.loads(...))``
+rebuilds it in a regression test (``make fuzz`` collects them across backends).
+
+The tolerance rule (``generate.bounds``; written down here, checked in tests/common)
+-----------------------------------------------------------------------------------
+The backend computes in float32 and the oracle in float64, from the same float32 weights and
+input, so every difference is float32 rounding, u = 2**-24 per operation. Each compared value v
+gets an error scale sigma(v), propagated through the oracle's own forward and backward pass:
+
+- a sum of n terms p_i (a Dense output with its bias, a weight gradient over the batch, a tied
+  gradient over its positions) adds its own rounding, at most u * (n + 1) * sum |p_i|;
+- an error already in an input leaves a linear map W with variance (W * W) @ var: rounding errors
+  have independent signs, so they add like a random walk. The worst-case propagation through |W|
+  would grow like (sqrt(width) / 2) ** depth, and is vacuous past a few layers: at depth 8 and
+  width 64 it allows more than the values themselves;
+- a ReLU passes the error where the oracle's input is positive and stops it elsewhere.
+
+So sigma grows with depth (one rounding per layer, twice over forward and backward) and with
+width and batch (the length of every sum), and it is per element: a gradient that is small
+because its terms cancel is held to the size of its terms, not of its result. A value passes
+when |actual - expected| <= 16 sigma. Calibration: numpy's float32 on 1,500 generated cases
+(tests/common/test_generate.py keeps checking this) reaches 0.8 sigma at most, so 16 sigma leaves
+a margin of 20 for other summation orders; yet 16 sigma stays below 4% of a gradient's largest
+element and 0.5% of an output's, while the bugs it is there for (a tie not summed, a transposed
+weight, a missing bias) are off by the whole value. An SGD step allows lr times a gradient's
+tolerance, plus the rounding of ``w - lr * g``.
+
+ReLU has a kink: where the oracle's ReLU input lies within its own tolerance of 0, float32 could
+land on the other side and the gradient jump. The case then takes the next input seed (of 16)
+whose ReLU inputs are all clear; a case with none left is skipped (``assume``), which has not
+happened on 1,500 cases. Exact zeros (a ReLU of a ReLU) are exact in float32 too.
+
+Cross-backend parity, transitively
+----------------------------------
+Within one run only this backend's framework exists, so A -> B (export from A, import into B) is
+proven in two halves, each against the oracle's file O (``portable.write_portable`` of the
+oracle's weights W): (1) this backend imports O and then agrees with the oracle within the rule;
+(2) this backend's own export E holds exactly W (bit for bit) and the same metadata as O apart
+from the framework and its version, which import never reads. Half (2) in A's run makes E_A
+indistinguishable from O to any importer; half (1) in B's run says importing O into B gives the
+oracle's forward and gradients. So importing E_A into B gives them too, within B's tolerance, and
+A itself is within A's: A and B agree within the sum of the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, note
+
+from common.core import oracle, portable
+from common.core.generate import CASE_MARKER, Case, cases, configured, invalid_specs
+from common.core.interface import Backend
+from common.core.spec import spec_from_dict
+from common.errors import SpecError
+from tests.helpers import assert_equal
+
+LR = 0.1
+
+
+def show(case) -> None:
+    """Printed with the falsifying example only: the case as JSON, ready for a regression test."""
+    note(f"{CASE_MARKER} {case.to_json()}")
+
+
+def assert_within(name: str, actual, expected, tolerance, context: str = "") -> None:
+    __tracebackhide__ = True
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (
+        f"{name}.shape={actual.shape}, but should be {expected.shape} [{context}]"
+    )
+    tolerance = np.broadcast_to(np.asarray(tolerance, np.float64), expected.shape)
+    delta = np.abs(actual - expected)
+    bad = ~(delta <= tolerance)  # NaN counts as bad
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise AssertionError(
+            f"{name}{list(index) if index else ''}={actual[index]:.9g}, but should be {expected[index]:.9g} "
+            f"within {tolerance[index]:.3g} (|delta|={delta[index]:.3g}; {int(bad.sum())} of "
+            f"{bad.size} elements out) [{context}]"
+        )
+
+
+def assert_identical(name: str, actual, expected, context: str = "") -> None:
+    __tracebackhide__ = True
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape and np.array_equal(actual, expected), (
+        f"{name}={actual!r}, but should be exactly {expected!r} [{context}]"
+    )
+
+
+def unique_count(case: Case) -> int:
+    """Counted from the ties, not from spec.params: 2 per Dense, less 2 per extra tied position."""
+    dense = len(case.spec.dense_slots)
+    return 2 * (dense - sum(len(group) - 1 for group in case.spec.ties))
+
+
+@configured
+@given(case=cases())
+def test_model_loaded_from_the_oracle_file_agrees_with_the_oracle(backend, case):
+    """A fresh model imports the oracle's file (portable.import_params: checks, then load_params)
+    and then agrees with the oracle, property by property: canonical names and shapes, tie
+    positions as the framework's own objects show them, the unique parameter count, every
+    position's value (exactly), the forward output and every gradient (within the rule), a tied
+    one being the sum over its positions. Its own export then holds the oracle's values exactly
+    (the two halves of the cross-backend argument in the module docstring).
+
+    One model per example, built once: a framework that compiles per shape (JAX) pays for one
+    build, not five; each assertion names the property it checks."""
+    show(case)
+    spec = case.spec
+    weights, x, loss, bounds = case.materials()
+    assume(not bounds.risky_kinks)
+    with tempfile.TemporaryDirectory() as folder:
+        written = portable.write_portable(Path(folder) / "oracle.safetensors", spec, weights)
+        model = backend.build_mlp(spec)
+        portable.import_params(backend, model, str(written))
+
+        listed = backend.list_params(model)
+        assert_equal("unique parameters", len(listed), unique_count(case))
+        assert_equal("names", [p.name for p in listed], [p.name for p in spec.params])
+        for info, expected in zip(listed, spec.params, strict=True):
+            assert_equal(f"{info.name}.shape", info.shape, expected.shape)
+            assert_equal(f"{info.name}.positions (observed natively)", info.positions, expected.positions)
+            for position in expected.positions:
+                value = backend.get_param(model, position)
+                assert_identical(position, value, weights[info.name], "read back after the import")
+
+        assert_within("net(X)", backend.forward(model, x), oracle.forward(spec, weights, x), bounds.output)
+        grads = backend.backward(model, x, loss)
+        expected_grads = oracle.backward(spec, weights, x, loss).grads
+        assert_equal("gradient names", sorted(grads), sorted(expected_grads))
+        for name, value in expected_grads.items():
+            assert_within(f"grad {name}", grads[name], value, bounds.grads[name], f"{loss.kind} loss")
+
+        exported = portable.export_params(backend, model, Path(folder) / "backend.safetensors")
+        values, metadata = portable.read_params(exported, spec)
+        _, reference = portable.read_params(written, spec)
+    assert_equal("exported names", list(values), list(spec.param_shapes))
+    for name, value in values.items():
+        assert_identical(name, value, weights[name], "exported")
+    assert_equal("framework in the export", metadata["framework"], backend.name)
+    for key in sorted((set(reference) | set(metadata)) - {"framework", "framework_version"}):
+        assert_equal(f"metadata[{key!r}]", metadata.get(key), reference.get(key), "export vs the oracle file")
+
+
+@configured
+@given(case=cases())
+def test_sgd_step_matches_oracle(backend, case):
+    """A model given the oracle's weights by load_params takes one step of the framework's own
+    SGD: the loss before it, the applied gradients, the new values, and every tied position
+    still reading its owner's value."""
+    show(case)
+    weights, x, loss, bounds = case.materials()
+    assume(not bounds.risky_kinks)
+    model = backend.build_mlp(case.spec)
+    backend.load_params(model, weights)
+    reference = oracle.backward(case.spec, weights, x, loss)
+    value, applied = backend.sgd_step(model, x, loss, LR)
+    assert_within("loss before the step", value, reference.loss, bounds.loss)
+    step_bounds = bounds.step(weights, reference.grads, LR)
+    for param in case.spec.params:
+        name = param.name
+        assert_within(f"applied grad {name}", applied[name], reference.grads[name], bounds.grads[name])
+        after = backend.get_param(model, name)
+        expected = weights[name] - LR * reference.grads[name]
+        assert_within(name, after, expected, step_bounds[name], "after one step")
+        for position in param.positions:
+            assert_identical(position, backend.get_param(model, position), after, "tied after the step")
+
+
+# Every adapter primitive and hook, and the builder: none may run for an invalid spec.
+ADAPTER_CALLS = sorted(
+    Backend.__abstractmethods__
+    | {"new_sequential", "children_scope", "share_dense", "finish_model", "seed", "build_mlp"}
+)
+
+
+@contextlib.contextmanager
+def recording(backend: Backend):
+    calls: list[str] = []
+    with contextlib.ExitStack() as stack:
+        for name in ADAPTER_CALLS:
+            stack.enter_context(
+                mock.patch.object(type(backend), name, lambda self, *a, _name=name, **k: calls.append(_name))
+            )
+        yield calls
+
+
+@configured
+@given(invalid=invalid_specs())
+def test_invalid_spec_fails_before_the_framework(backend, invalid):
+    """The same SpecError class and message in every backend (the message is checked against the
+    one the generator derived for the defect, framework-free), with no adapter call at all, so
+    nothing is half-built."""
+    note(f"{CASE_MARKER} {invalid.to_json()}")
+    with recording(backend) as calls, pytest.raises(SpecError) as info:
+        backend.build_mlp(spec_from_dict(invalid.data))
+    message = str(info.value)
+    assert_equal("error class", type(info.value), SpecError, invalid.reason)
+    assert re.search(invalid.message, message), (
+        f"SpecError message={message!r}, but should match {invalid.message!r} [{invalid.reason}]"
+    )
+    assert_equal("lines in the message", len(message.splitlines()), 1, invalid.reason)
+    assert_equal("adapter calls", calls, [], invalid.reason)
