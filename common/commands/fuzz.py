@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from common.commands.textable import format_table
+from common.config import add_backends_option, parse_backend_list
 from common.core.isolate import Limits, Outcome, Worker
 from common.core.models import BOOK_SPECS
 from common.core.oracle import initial_weights
@@ -76,6 +77,13 @@ def add_parser(commands) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per read (default 10)")
     parser.add_argument("--memory-mb", type=int, default=512, help="memory cap per reader (default 512)")
     parser.add_argument("--out", type=Path, default=None, help="reproducer folder (default reports/fuzz)")
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=500,
+        help="random specs per property per backend against the oracle (default 500; 0 skips)",
+    )
+    add_backends_option(parser)
     parser.set_defaults(run=run_fuzz)
 
 
@@ -103,7 +111,13 @@ def run_fuzz(args: argparse.Namespace) -> int:
         print(line)
     bad = report.bad_count()
     print(f"{bad} bad outcome(s)" + (f"; reproducers in {out}" if report.findings else ""))
-    return 1 if bad else 0
+    specs_failed = 0
+    if args.examples:
+        from common.commands import fuzz_specs
+
+        print(f"\nfuzz: {args.examples} random specs per property in each backend, seed {args.seed}")
+        specs_failed = fuzz_specs.run(parse_backend_list(args.backends), args.examples, args.seed)
+    return 1 if bad or specs_failed else 0
 
 
 # == the campaign ====================================================================================
