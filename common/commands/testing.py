@@ -146,7 +146,7 @@ def test_all(backends: tuple[str, ...], extra: list[str], timeout: float = DEFAU
     exit 1 if any suite failed, timed out or could not run."""
     for env in dict.fromkeys(backend_env(b) for b in backends):  # make and pip are not parallel-safe
         try:
-            ensure_venv(env, quiet=True)
+            ensure_venv(env)  # its progress lines show: a cold env takes a minute
         except UsageError as error:
             print(f"[{env}] {error}", file=sys.stderr, flush=True)
     started = time.monotonic()
