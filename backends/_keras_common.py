@@ -28,6 +28,8 @@ import numpy as np
 from common.core.interface import NOT_STORED, Backend, Model, WeightLayout, qualname
 from common.core.oracle import Loss
 from common.core.spec import ROLES, LayerPath, ModelSpec, param_name, split_param_name
+from common.core.untrusted import printable
+from common.errors import ParamFileError
 
 __all__ = ["KerasBackendBase", "TensorFlowKerasBase", "bench_net", "tf_make_handwritten"]
 
@@ -239,12 +241,50 @@ class KerasBackendBase(Backend):
         return entries
 
     def read_native_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
+        """The .weights.h5 datasets, each checked before a byte of it is read: a hard link to a
+        plain float32 dataset of the shape the spec gives that entry. External storage, virtual
+        datasets and soft or external links would read other files, so they are refused."""
         import h5py  # Keras' own dependency; reads plain HDF5 datasets, runs nothing from the file
 
+        expected = self.native_file_keys(model)
+        shapes = {key: self._native_shape(model, owner) for key, owner in expected.items()}
+        entries: list[tuple[str, np.ndarray]] = []
         with h5py.File(file, "r") as store:
-            names: list[str] = []
-            store.visititems(lambda key, obj: names.append(key) if isinstance(obj, h5py.Dataset) else None)
-            return [(key, np.array(store[key], dtype=np.float32)) for key in names]
+            pending: list[tuple[str, Any]] = [("", store)]
+            while pending:
+                prefix, group = pending.pop(0)
+                for name in group:
+                    path = prefix + name
+                    link = group.get(name, getlink=True)
+                    if isinstance(link, h5py.SoftLink | h5py.ExternalLink):
+                        raise ParamFileError(f"entry {printable(path)} is a {type(link).__name__}: refused")
+                    node = group[name]
+                    if isinstance(node, h5py.Group):
+                        pending.append((path + "/", node))
+                    elif isinstance(node, h5py.Dataset):
+                        entries.append((path, self._checked_dataset(path, node, shapes)))
+                    if len(entries) + len(pending) > 4 * len(expected) + 64:
+                        raise ParamFileError(f"holds far more entries than {len(expected)} parameters")
+        return entries
+
+    def _native_shape(self, model: Model, owner: str) -> tuple[int, ...]:
+        shape = model.spec.param_shapes[owner]
+        return shape[::-1] if owner.endswith(".weight") else shape
+
+    @staticmethod
+    def _checked_dataset(path: str, dataset: Any, shapes: dict[str, tuple[int, ...]]) -> np.ndarray:
+        where = f"entry {printable(path)}"
+        if dataset.is_virtual:
+            raise ParamFileError(f"{where} is a virtual dataset (it reads other files): refused")
+        if dataset.external:
+            raise ParamFileError(f"{where} keeps its data in external files: refused")
+        if path in shapes and tuple(dataset.shape) != shapes[path]:
+            raise ParamFileError(f"{where}: shape={tuple(dataset.shape)}, but should be {shapes[path]}")
+        if dataset.dtype != np.float32:
+            raise ParamFileError(f"{where}: dtype={dataset.dtype}, but should be float32")
+        if path not in shapes:  # unknown names are refused by the caller; read nothing of them
+            return np.zeros(0, np.float32)
+        return np.array(dataset, dtype=np.float32)
 
 
 class TensorFlowKerasBase(KerasBackendBase):

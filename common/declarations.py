@@ -22,7 +22,7 @@ table with ``value`` and ``reason``), ``[facts]`` (expected values the suite che
 ("module:function", ``make_handwritten(spec, weights, x, y, lr) -> run(steps) -> losses``: the
 hand-written training loop on the framework's fast path that ``make bench`` holds the adapter
 against, set up once like the adapter's model), and ``hostile`` ("module:NAME", a dict of name ->
-``writer(model, path)`` making hostile native files the suite must refuse).
+``writer(backend, model, path)`` making hostile native files the suite must refuse).
 """
 
 from __future__ import annotations

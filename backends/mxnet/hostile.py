@@ -35,8 +35,8 @@ def _first_dims(*dims: int) -> Callable[[bytearray], None]:
 
 
 FILES: dict[str, Callable[..., None]] = {
-    "ndim -1 (segfaults npx.load)": lambda model, path: _patched(model, path, _ndim(-1)),
-    "dims of 2**17 x 2**17 in a 1 KB file (64 GB allocation)": lambda model, path: _patched(
+    "ndim -1 (segfaults npx.load)": lambda backend, model, path: _patched(model, path, _ndim(-1)),
+    "dims of 2**17 x 2**17 in a 1 KB file (64 GB allocation)": lambda backend, model, path: _patched(
         model, path, _first_dims(2**17, 2**17)
     ),
 }

@@ -193,10 +193,12 @@ def test_declared_hostile_native_files_are_refused_in_one_line(backend, tmp_path
     if not files:
         pytest.skip(f"{declaration(backend.name).path} declares no hostile native files")
     model, _ = loaded_model(backend, TIED)
+    backend.save_native_file(model, str(tmp_path / "good"))
+    backend.import_native(model, str(tmp_path / "good"))  # starts the isolated reader once
     before = backend.snapshot(model)
     for kind, write in files.items():
-        path = str(tmp_path / kind.replace(" ", "_").replace("/", "_"))
-        write(model, path)
+        path = str(tmp_path / "".join(c if c.isalnum() else "_" for c in kind))
+        write(backend, model, path)
         started = time.monotonic()
         with pytest.raises(ParamFileError) as info:
             backend.import_native(model, path)
