@@ -105,7 +105,8 @@ class FlaxBase(Backend):
 
     def param_location(self, model: Model, position: str) -> tuple[str, int]:
         param = self.param_object(model, position)
-        array = getattr(param, "value", param)  # an nnx.Param wraps its array; a linen leaf is one
+        # An nnx.Param wraps its array; a linen leaf is one.
+        array = param.get_value() if hasattr(param, "get_value") else param
         platform = next(iter(array.devices())).platform
         return ("cuda" if platform == "gpu" else platform), array.unsafe_buffer_pointer()
 
