@@ -327,6 +327,10 @@ class TensorFlowKerasBase(KerasBackendBase):
                 value = self.loss_value(net(x), kind, target)
             grads = tape.gradient(value, variables)
             # Each unique variable is passed once: a tied one is updated once, with the summed grad.
+            # The explicit ordering is needed: with a Dense used twice in a row, TF 2.21's Grappler
+            # (its dependency optimizer) lets the update race the forward reads, so about half of
+            # the first steps returned a wrong loss and applied a wrong update (Keras 3 and tf-keras
+            # alike; eager and gradient-only functions are right; off with dependency_optimization).
             with tf.control_dependencies([value, *grads]):
                 optimizer.apply_gradients(zip(grads, variables, strict=True))
             return (value, grads) if watch else (value, ())

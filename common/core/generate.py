@@ -254,7 +254,8 @@ class Case(NamedTuple):
             found = Materials(weights, x, loss, bounds(self.spec, weights, x, loss))
             if not found.bounds.risky_kinks:
                 return found
-            first = first or found
+            if first is None:
+                first = found
         return first
 
 
