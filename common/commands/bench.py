@@ -91,26 +91,34 @@ def measure_backend(name: str, sizes: tuple[int, ...]) -> dict[str, Any]:
     scaling: dict[str, dict[str, float]] = {}
     for size in sizes:
         report_progress(f"scaling at {size} layers")
-        spec = deep_spec(size)
-        model = backend.build_mlp(spec)
-        backend.materialize(model)
-        inputs = oracle.sample_input(spec)
-        with tempfile.TemporaryDirectory() as folder:
-            path = str(Path(folder) / "p.safetensors")
-            costs = {
-                "list_params": median_seconds(lambda m=model: backend.list_params(m), 3),
-                "backward": median_seconds(lambda m=model, i=inputs: backend.backward(m, i, Loss()), 3),
-                "export+import": median_seconds(
-                    lambda m=model, p=path: (
-                        portable.export_params(backend, m, p),
-                        portable.import_params(backend, m, p),
-                    ),
-                    3,
-                ),
-            }
-        scaling[str(size)] = {key: seconds / size for key, seconds in costs.items()}
+        try:
+            scaling[str(size)] = scaling_per_layer(backend, size)
+        except Exception as error:  # a framework that cannot hold this depth: say so, keep the rest
+            result["scaling_stopped"] = f"at {size} layers: {type(error).__name__}: {str(error)[:200]}"
+            break
     result["scaling_per_layer"] = scaling
     return result
+
+
+def scaling_per_layer(backend, size: int) -> dict[str, float]:
+    spec = deep_spec(size)
+    model = backend.build_mlp(spec)
+    backend.materialize(model)
+    inputs = oracle.sample_input(spec)
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "p.safetensors")
+        costs = {
+            "list_params": median_seconds(lambda: backend.list_params(model), 3),
+            "backward": median_seconds(lambda: backend.backward(model, inputs, Loss()), 3),
+            "export+import": median_seconds(
+                lambda: (
+                    portable.export_params(backend, model, path),
+                    portable.import_params(backend, model, path),
+                ),
+                3,
+            ),
+        }
+    return {key: seconds / size for key, seconds in costs.items()}
 
 
 def bare_import_seconds(backend: str) -> float:
@@ -273,6 +281,8 @@ def render(report: dict[str, Any]) -> str:
             growth = {k: scaling[sizes[-1]][k] / scaling[sizes[0]][k] for k in scaling[sizes[0]]}
             text = ", ".join(f"{k} {_fmt(v)}" for k, v in growth.items())
             lines.append(f"{name}: per-layer cost at {sizes[-1]} vs {sizes[0]} layers: {text}")
+        if record.get("scaling_stopped"):
+            lines.append(f"{name}: scaling stopped {record['scaling_stopped']}")
     created = ", ".join(f"{env} {_fmt(s, 's')}" for env, s in report["env_create_s"].items())
     lines.append(f"\nenvironment creation (as recorded when made): {created}")
     return "\n".join(lines)
