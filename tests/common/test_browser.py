@@ -135,3 +135,21 @@ def test_train_page_fits_without_errors(width, tmp_path):
     assert (seen["images"], seen["broken"], seen["errors"]) == (3, 0, []), seen
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], f"console messages={console}, but should be none"
+
+
+@pytest.mark.parametrize("width", [1400, 480])
+def test_screenshots_of_the_diff_page_are_left_in_reports(page, width, tmp_path):
+    """A picture a person can look at: reports/diff-<width>.png, taken by the real browser."""
+    from common.envs import ROOT
+
+    target = ROOT / "reports" / f"browser-test-diff-{width}.png"  # the test page, hostile values included
+    target.parent.mkdir(exist_ok=True)
+    target.unlink(missing_ok=True)
+    subprocess.run(
+        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},1600",
+         f"--screenshot={target}", page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{target} is not a PNG"
+    assert target.stat().st_size > 10_000, f"{target} is {target.stat().st_size} bytes: a blank page?"
