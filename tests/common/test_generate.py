@@ -39,10 +39,10 @@ SEARCH = settings(database=None, max_examples=2000, deadline=None)
 @given(case=cases())
 def test_generated_specs_construct_and_round_trip(case):
     spec = case.spec
-    assert 1 <= len(spec.dense_slots) <= generate.MAX_DENSE
-    assert 1 <= spec.in_features <= generate.MAX_INPUT
+    assert 0 < len(spec.dense_slots) <= generate.MAX_DENSE
+    assert 0 < spec.in_features <= generate.MAX_INPUT
     assert all(1 <= slot.units <= generate.MAX_WIDTH for slot in spec.dense_slots)
-    assert 1 <= case.batch <= generate.MAX_BATCH
+    assert 0 < case.batch <= generate.MAX_BATCH
     assert max(len(path) for path, _ in spec.walk()) <= generate.MAX_BLOCK_DEPTH + 1
     assert len(spec.ties) <= generate.MAX_TIE_GROUPS and all(len(g) in (2, 3) for g in spec.ties)
     text = case.to_json()

@@ -302,7 +302,7 @@ def test_progress_reports_at_most_once_per_tenth(total):
     show = progress_ticks(total, lines.append)
     for done in range(1, total + 1):
         show(done, f"step {done}")
-    assert 1 <= len(lines) <= 10
+    assert 0 < len(lines) <= 10
     assert lines[-1].endswith(f"step {total}") and "100%" in lines[-1]
 
 
