@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from common.commands.fanout import child_environment
 from common.commands.textable import format_table
-from common.config import DEFAULT_TIMEOUT, ENV_VAR, selected_backend
+from common.config import DEFAULT_TIMEOUT, ENV_VAR, selected_backend, selected_device
 from common.envs import ROOT, backend_env, ensure_backend_env, ensure_venv
 from common.errors import UsageError
 
@@ -134,6 +134,7 @@ def summary_table(results: list[SuiteResult]) -> str:
 
 def test_one(extra: list[str]) -> int:
     backend = selected_backend()
+    selected_device()  # a bad PARITY_DEVICE is the user's error: one line, exit 2, before pytest
     python = ensure_backend_env(backend)
     env = dict(os.environ, **{ENV_VAR: backend})
     return subprocess.run(
@@ -144,6 +145,7 @@ def test_one(extra: list[str]) -> int:
 def test_all(backends: tuple[str, ...], extra: list[str], timeout: float = DEFAULT_TIMEOUT) -> int:
     """Every suite, up to one per core at a time, each printed whole when it ends; a summary;
     exit 1 if any suite failed, timed out or could not run."""
+    selected_device()  # checked once here rather than failing in every suite
     for env in dict.fromkeys(backend_env(b) for b in backends):  # make and pip are not parallel-safe
         try:
             ensure_venv(env)  # its progress lines show: a cold env takes a minute

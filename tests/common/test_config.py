@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from common.config import ENV_VAR, backend_names, canonical_backend, parse_backend_list, selected_backend
+from common.config import (
+    DEVICE_VAR,
+    ENV_VAR,
+    backend_names,
+    canonical_backend,
+    parse_backend_list,
+    selected_backend,
+    selected_device,
+)
 from common.declarations import DeclarationError, declarations, parse_declaration
 from common.errors import UsageError
 
@@ -83,3 +91,13 @@ def test_two_backends_cannot_claim_one_name(tmp_path):
 def test_declarations_come_in_report_order():
     orders = [d.order for d in declarations()]
     assert orders == sorted(orders) and len(set(backend_names())) == len(orders)
+
+
+@pytest.mark.parametrize("value, expected", [("", "cpu"), ("cpu", "cpu"), (" CUDA ", "cuda")])
+def test_device_names(value, expected):
+    assert selected_device({DEVICE_VAR: value}) == expected
+
+
+def test_an_unknown_device_lists_the_valid_ones():
+    with pytest.raises(UsageError, match="PARITY_DEVICE='gpu' is not a device; valid: cpu, cuda"):
+        selected_device({DEVICE_VAR: "gpu"})
