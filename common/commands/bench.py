@@ -209,7 +209,7 @@ def time_suites(backends: tuple[str, ...], imports: dict[str, float], timeout: f
     total = time.perf_counter() - started
     seconds = {}
     for line in completed.stdout.splitlines():
-        parts = line[1:].split()
+        parts = line.lstrip("! ").split()  # a failed row may carry a "!" mark
         if parts and parts[0] in backends and parts[-2].endswith("s"):
             seconds[parts[0]] = float(parts[-2].rstrip("s"))
     floor = sum(imports.values())
