@@ -37,6 +37,8 @@ def child_environment(parallel: int) -> dict[str, str]:
     of the cores for its math library threads, unless the user set OMP_NUM_THREADS."""
     share = max(1, (os.cpu_count() or 1) // max(1, parallel))
     return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(share))}
+
+
 LINE_LIMIT = 2000  # characters kept of one stderr line
 Record = Mapping[str, Any]
 Command = Callable[[str, Path], list[str]]
