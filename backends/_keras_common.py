@@ -166,6 +166,19 @@ class KerasBackendBase(Backend):
         """(canonical owner name, variable) per distinct variable object: a tie appears once."""
         return [(name, variable) for name, variable, _ in self.observed_params(model)]
 
+    @staticmethod
+    def split_watched(flat: np.ndarray, unique: list[tuple[str, Any]]) -> dict[str, np.ndarray]:
+        """Watched gradients kept as one flat row per step (the unique variables' gradients,
+        raveled and concatenated in ``unique``'s order; one array per step crosses cheaply)
+        -> canonical owner name -> (steps, *native shape)."""
+        watched, start = {}, 0
+        for name, variable in unique:
+            shape = tuple(variable.shape)
+            size = int(np.prod(shape))
+            watched[name] = flat[:, start : start + size].reshape(len(flat), *shape)
+            start += size
+        return watched
+
     def sgd(self, model: Model, lr: float, variables: list[Any]) -> Any:
         """The model's one Keras SGD, built once for ``variables`` (so no variable is made while a
         step is traced); ``lr`` is assigned to its learning-rate variable, which a compiled step
@@ -333,7 +346,7 @@ class TensorFlowKerasBase(KerasBackendBase):
             # alike; eager and gradient-only functions are right; off with dependency_optimization).
             with tf.control_dependencies([value, *grads]):
                 optimizer.apply_gradients(zip(grads, variables, strict=True))
-            return (value, grads) if watch else (value, ())
+            return value, (tf.concat([tf.reshape(g, [-1]) for g in grads], 0) if watch else ())
 
         return step
 
@@ -352,11 +365,7 @@ class TensorFlowKerasBase(KerasBackendBase):
             losses.append(value)
             if watch:
                 grads.append(applied)
-        watched = (
-            {name: tf.stack([g[i] for g in grads]).numpy() for i, (name, _) in enumerate(unique)}
-            if watch
-            else {}
-        )
+        watched = self.split_watched(tf.stack(grads).numpy(), unique) if watch else {}
         return tf.stack(losses).numpy().astype(np.float64), watched
 
 

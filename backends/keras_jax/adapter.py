@@ -60,13 +60,15 @@ class KerasJaxBackend(KerasBackendBase):
 
     def _train_step(self, model: Model, optimizer: Any, kind: str, watch: bool) -> Any:
         value_and_grad = self._value_and_grad(model, kind)
+        order = [i for _, i in self._indices(model)]  # watched: one flat row, in unique order
 
         @jax.jit
         def step(trainable: Any, non_trainable: Any, slots: Any, x: Any, target: Any) -> Any:
             self.note_trace(model)
             (value, non_trainable), grads = value_and_grad(trainable, non_trainable, x, target)
             trainable, slots = optimizer.stateless_apply(slots, grads, trainable)
-            return value, grads if watch else (), trainable, non_trainable, slots
+            watched = jnp.concatenate([grads[i].ravel() for i in order]) if watch else ()
+            return value, watched, trainable, non_trainable, slots
 
         return step
 
@@ -98,9 +100,6 @@ class KerasJaxBackend(KerasBackendBase):
         ):
             for variable, value in zip(variables, values, strict=True):
                 variable.assign(value)
-        watched = (
-            {name: np.asarray(jnp.stack([g[i] for g in grads])) for name, i in self._indices(model)}
-            if watch
-            else {}
-        )
+        unique = self.unique_variables(model)
+        watched = self.split_watched(np.asarray(jnp.stack(grads)), unique) if watch else {}
         return np.asarray(jnp.stack(losses), dtype=np.float64), watched

@@ -39,13 +39,13 @@ class KerasTorchBackend(KerasBackendBase):
         return param.value.grad  # the torch Parameter inside the Keras variable
 
     # -- gradients and training ------------------------------------------------------------------
-    def _loss(self, model: Model, x: torch.Tensor, loss: Loss) -> torch.Tensor:
-        target = None if loss.target is None else torch.from_numpy(np.asarray(loss.target, np.float32))
-        return self.loss_value(model.native(x), loss.kind, target)
+    @staticmethod
+    def _target(loss: Loss) -> torch.Tensor | None:
+        return None if loss.target is None else torch.from_numpy(np.asarray(loss.target, np.float32))
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         model.native.zero_grad(set_to_none=True)  # .grad accumulates across backward calls
-        self._loss(model, torch.from_numpy(x), loss).backward()
+        self.loss_value(model.native(torch.from_numpy(x)), loss.kind, self._target(loss)).backward()
         # A tied variable is one Parameter, into whose .grad autograd already summed every use.
         return {name: self.to_numpy(v.value.grad) for name, v in self.unique_variables(model)}
 
@@ -56,21 +56,17 @@ class KerasTorchBackend(KerasBackendBase):
         unique = self.unique_variables(model)
         variables = [v for _, v in unique]  # each unique variable once: a tie is updated once
         optimizer = self.sgd(model, lr, variables)
-        inputs = torch.from_numpy(x)
+        inputs, target = torch.from_numpy(x), self._target(loss)
         losses, grads = [], []
         for _ in range(steps):
-            value = self._loss(model, inputs, loss)
+            value = self.loss_value(net(inputs), loss.kind, target)
             net.zero_grad(set_to_none=True)
             value.backward()
             applied = [v.value.grad for v in variables]
             losses.append(value.detach())
             if watch:
-                grads.append([g.clone() for g in applied])
+                grads.append(torch.cat([g.reshape(-1) for g in applied]))  # a copy, one row per step
             with torch.no_grad():
                 optimizer.apply(applied, variables)
-        watched = (
-            {name: torch.stack([g[i] for g in grads]).numpy() for i, (name, _) in enumerate(unique)}
-            if watch
-            else {}
-        )
+        watched = self.split_watched(torch.stack(grads).numpy(), unique) if watch else {}
         return torch.stack(losses).numpy().astype(np.float64), watched
