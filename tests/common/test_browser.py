@@ -49,25 +49,24 @@ def page(tmp_path_factory):
     return path
 
 
-def measure(page, width: int, tmp_path) -> dict:
-    result = subprocess.run(
-        [
-            BROWSER,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--window-size={width},900",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def chromium(page, width: int, tmp_path, *flags: str, height: int = 900) -> subprocess.CompletedProcess:
+    """One headless Chromium run over ``page`` (a path) at ``width`` x ``height``."""
+    return subprocess.run(
+        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+         f"--window-size={width},{height}", *flags, page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def measured(result: subprocess.CompletedProcess) -> dict:
+    """What the page's MEASURE script wrote into the DOM that --dump-dom printed."""
     found = re.search(r'data-measured="([^"]*)"', result.stdout)
     assert found, f"{BROWSER} printed no measurement (exit {result.returncode}): {result.stderr[-2000:]}"
     return json.loads(html.unescape(found[1]))
+
+
+def measure(page, width: int, tmp_path) -> dict:
+    return measured(chromium(page, width, tmp_path, "--dump-dom"))
 
 
 @pytest.mark.parametrize("width", [1400, 1100])
@@ -110,27 +109,10 @@ def test_train_page_fits_without_errors(width, tmp_path):
     path.write_text(
         text.replace("<head>", "<head>" + TRAIN_ERRORS, 1).replace("</body>", TRAIN_MEASURE + "</body>")
     )
-    result = subprocess.run(
-        [
-            BROWSER,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--virtual-time-budget=5000",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--window-size={width},900",
-            "--dump-dom",
-            path.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = chromium(
+        path, width, tmp_path, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom"
     )
-    found = re.search(r'data-measured="([^"]*)"', result.stdout)
-    assert found, f"{BROWSER} printed no measurement (exit {result.returncode}): {result.stderr[-2000:]}"
-    seen = json.loads(html.unescape(found[1]))
+    seen = measured(result)
     assert seen["scrollWidth"] <= seen["clientWidth"], seen
     assert (seen["images"], seen["broken"], seen["errors"]) == (3, 0, []), seen
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
@@ -145,11 +127,7 @@ def test_screenshots_of_the_diff_page_are_left_in_reports(page, width, tmp_path)
     target = ROOT / "reports" / f"browser-test-diff-{width}.png"  # the test page, hostile values included
     target.parent.mkdir(exist_ok=True)
     target.unlink(missing_ok=True)
-    subprocess.run(
-        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},1600",
-         f"--screenshot={target}", page.as_uri()],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    result = chromium(page, width, tmp_path, "--hide-scrollbars", f"--screenshot={target}", height=1600)
+    assert result.returncode == 0, f"{BROWSER} exited {result.returncode}: {result.stderr[-2000:]}"
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{target} is not a PNG"
     assert target.stat().st_size > 10_000, f"{target} is {target.stat().st_size} bytes: a blank page?"
