@@ -126,7 +126,7 @@ class KerasBackendBase(Backend):
             with self._seeded():
                 model.native(np.zeros((1, model.spec.in_features), np.float32))
 
-    def forward(self, model: Model, x: np.ndarray) -> np.ndarray:
+    def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         self.materialize(model)
         return self.to_numpy(model.native(np.asarray(x, dtype=np.float32)))
 

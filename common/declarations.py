@@ -15,7 +15,9 @@ Required keys (a missing or mistyped one is an error naming the file and the key
     env             the environment it runs in: .venvs/<env>, built from pyproject's [env] extra
     import_roots    top-level modules of its framework (the adapter may import only these)
 
-Optional: ``synonyms``, ``env_vars`` (set before the framework is imported), ``env_check``
+Optional: ``synonyms``, ``env_vars`` (set before the framework is imported), ``suite_env_vars``
+(set before the import in the conformance suite only, where the user has not set them: e.g.
+XLA_FLAGS, since the suite compiles hundreds of one-off programs), ``env_check``
 (Python run in the new environment, e.g. to insist on a CPU build), ``[capabilities]`` (each a
 table with ``value`` and ``reason``), ``[facts]`` (expected values the suite checks) and
 ``[xfails]`` (test id = reason; strict xfails for this backend only), and ``bench``
@@ -77,6 +79,7 @@ _REQUIRED: dict[str, type] = {
 _OPTIONAL: dict[str, type] = {
     "synonyms": list,
     "env_vars": dict,
+    "suite_env_vars": dict,
     "env_check": str,
     "capabilities": dict,
     "facts": dict,
@@ -107,6 +110,7 @@ class Declaration:
     import_roots: tuple[str, ...]
     synonyms: tuple[str, ...] = ()
     env_vars: Mapping[str, str] = field(default_factory=dict)
+    suite_env_vars: Mapping[str, str] = field(default_factory=dict)
     env_check: str = ""
     capabilities: Mapping[str, Capability] = field(default_factory=dict)
     facts: Mapping[str, Any] = field(default_factory=dict)
@@ -167,6 +171,7 @@ def parse_declaration(path: Path) -> Declaration:
         import_roots=tuple(data["import_roots"]),
         synonyms=tuple(data.get("synonyms", ())),
         env_vars={str(k): str(v) for k, v in data.get("env_vars", {}).items()},
+        suite_env_vars={str(k): str(v) for k, v in data.get("suite_env_vars", {}).items()},
         env_check=data.get("env_check", ""),
         capabilities=capabilities,
         facts=dict(data.get("facts", {})),

@@ -30,6 +30,12 @@ def apply_env_vars(entry: Declaration) -> None:
         os.environ[key] = value
 
 
+def apply_suite_env_vars(entry: Declaration) -> None:
+    """The conformance suite's own settings (XLA_FLAGS...), where the user has set none."""
+    for key, value in entry.suite_env_vars.items():
+        os.environ.setdefault(key, value)
+
+
 def adapter_class(entry: Declaration) -> type[Backend]:
     apply_env_vars(entry)
     try:
@@ -58,9 +64,13 @@ def adapter_class(entry: Declaration) -> type[Backend]:
     return adapter
 
 
-def load_backend(name: str | None = None) -> Backend:
-    """The adapter for ``name`` (any synonym), or for PARITY_BACKEND when name is None."""
+def load_backend(name: str | None = None, *, suite: bool = False) -> Backend:
+    """The adapter for ``name`` (any synonym), or for PARITY_BACKEND when name is None; ``suite``
+    for the conformance suite, which applies the declaration's suite_env_vars too."""
     name = canonical_backend(name) if name else selected_backend()
-    backend = adapter_class(declaration(name))()
+    entry = declaration(name)
+    if suite:
+        apply_suite_env_vars(entry)
+    backend = adapter_class(entry)()
     backend.use_device(selected_device())
     return backend

@@ -32,7 +32,7 @@ def pytest_configure(config):
     from common.registry import load_backend
 
     try:
-        config.parity_backend = load_backend()
+        config.parity_backend = load_backend(suite=True)
     except UsageError as error:
         raise pytest.UsageError(f"paramparity: {error}") from None
 

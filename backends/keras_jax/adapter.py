@@ -55,7 +55,10 @@ class KerasJaxBackend(KerasBackendBase):
         net = model.native
         state = [v.value for v in net.trainable_variables], [v.value for v in net.non_trainable_variables]
         # One variable used at two positions is one input of stateless_call: jax.grad sums both uses.
-        _, grads = self._value_and_grad(model, loss.kind)(*state, jnp.asarray(x), self._target(loss))
+        value_and_grad = self.compiled(
+            model, ("grad", loss.kind), lambda: jax.jit(self._value_and_grad(model, loss.kind))
+        )
+        _, grads = value_and_grad(*state, jnp.asarray(x), self._target(loss))
         return {name: self.to_numpy(grads[i]) for name, i in self._indices(model)}
 
     def _train_step(self, model: Model, optimizer: Any, kind: str, watch: bool) -> Any:

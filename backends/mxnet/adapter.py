@@ -133,7 +133,7 @@ class MXNetBackend(Backend):
         if any(-1 in param.shape for _, param, _ in self.observed_params(model)):
             model.native(mnp.zeros((1, model.spec.in_features), dtype="float32"))
 
-    def forward(self, model: Model, x: np.ndarray) -> np.ndarray:
+    def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         return _numpy(model.native(mnp.array(x, dtype="float32")))
 
     def read_native(self, model: Model, position: str) -> np.ndarray:

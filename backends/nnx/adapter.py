@@ -75,7 +75,7 @@ class NNXBackend(FlaxBase):
     def materialize(self, model: Model) -> None:
         """Nothing to do: NNX built every parameter at construction."""
 
-    def forward(self, model: Model, x: np.ndarray) -> np.ndarray:
+    def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         return to_numpy(model.native(jnp.asarray(x, jnp.float32)))
 
     # -- parameters by position -------------------------------------------------------------------

@@ -77,7 +77,7 @@ class TorchBackend(Backend):
             # each Parameter object (it swaps .data), so ties and the identity tables survive.
             model.native.to(self.device)
 
-    def forward(self, model: Model, x: np.ndarray) -> np.ndarray:
+    def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         self.materialize(model)
         with torch.no_grad():
             return _to_numpy(model.native(self._tensor(x)))

@@ -57,12 +57,14 @@ __all__ = [
     "Budget",
     "Case",
     "InvalidCase",
+    "InvalidInput",
     "Materials",
     "bounds",
     "budget",
     "case_from_dict",
     "cases",
     "configured",
+    "invalid_inputs",
     "invalid_specs",
     "valid_specs",
 ]
@@ -530,6 +532,50 @@ def invalid_specs() -> st.SearchStrategy[InvalidCase]:
         _too_many(),
         _empty(),
     )
+
+
+# == invalid inputs ===============================================================================
+class InvalidInput(NamedTuple):
+    """A valid spec with an input ``forward``, ``backward`` and ``train`` must refuse (ValueError),
+    why, and what the message must match."""
+
+    reason: str
+    spec: ModelSpec
+    x: np.ndarray
+    message: str  # a regular expression, searched for
+
+    def to_json(self) -> str:
+        x = {"shape": list(self.x.shape), "dtype": str(self.x.dtype)}
+        return json.dumps({"spec": self.spec.to_dict(), "x": x, "reason": self.reason}, sort_keys=True)
+
+
+@st.composite
+def invalid_inputs(draw) -> InvalidInput:
+    spec = draw(valid_specs())
+    width, batch = spec.in_features, draw(st.integers(1, MAX_BATCH))
+    wrong_width = draw(st.integers(1, MAX_INPUT + 1).filter(lambda w: w != width))
+    reason, shape, dtype = draw(
+        st.sampled_from(
+            [
+                ("wrong width", (batch, wrong_width), np.float32),
+                ("a vector, not a batch", (width,), np.float32),
+                ("one axis too many", (batch, width, 1), np.float32),
+                ("an empty batch", (0, width), np.float32),
+                ("complex numbers", (batch, width), np.complex64),
+                ("strings", (batch, width), np.str_),
+                ("booleans", (batch, width), np.bool_),
+            ]
+        )
+    )
+    x = np.zeros(shape, dtype)
+    if x.ndim == 2 and x.shape[1] == width and x.shape[0] >= 1:
+        message = f"input x.dtype={x.dtype}, but should be a real number type"
+    else:
+        message = (
+            f"input x.shape={shape}, but should be (batch >= 1, {width}): "
+            f"spec {spec.name!r} takes in_features={width}"
+        )
+    return InvalidInput(reason, spec, x, _quoted(message))
 
 
 # == the error bound ==============================================================================

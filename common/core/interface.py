@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from common.core.oracle import Loss
+from common.core.oracle import Loss, check_input
 from common.core.params import check_value, check_values
 from common.core.spec import ROLES, Block, Dense, Layer, LayerPath, ModelSpec, param_name, split_param_name
 from common.errors import ParamFileError, UsageError
@@ -174,7 +174,8 @@ class Backend(abc.ABC):
         """Make shapes known (one forward pass on zeros) if the framework has not yet; idempotent."""
 
     @abc.abstractmethod
-    def forward(self, model: Model, x: np.ndarray) -> np.ndarray: ...
+    def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
+        """net(x) with the framework's own call; ``x`` is already checked: (batch, in_features)."""
 
     @abc.abstractmethod
     def read_native(self, model: Model, position: str) -> np.ndarray:
@@ -496,10 +497,16 @@ class Backend(abc.ABC):
             np.asarray(native_b),
         )
 
+    def forward(self, model: Model, x: np.ndarray) -> np.ndarray:
+        """net(x). A wrong input shape is the same ValueError in every backend, raised before the
+        framework sees it: a lazy framework would otherwise build its weights from the wrong width."""
+        return self.native_forward(model, self._input(model, x))
+
     def backward(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         """Gradients of a scalar loss for every unique parameter, canonical layout."""
+        x = self._input(model, x)
         self.ensure_built(model)
-        native = self.native_grads(model, np.asarray(x, dtype=np.float32), loss)
+        native = self.native_grads(model, x, loss)
         return {name: self.to_canonical(split_param_name(name)[1], grad) for name, grad in native.items()}
 
     def sgd_step(
@@ -514,12 +521,17 @@ class Backend(abc.ABC):
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``steps`` framework-SGD steps on the fast path: losses (steps,) and, with ``watch``, the
         applied gradient of each step per unique parameter, canonical layout (steps, *shape)."""
+        x = self._input(model, x)
         self.ensure_built(model)
-        losses, native = self.native_train(model, np.asarray(x, dtype=np.float32), loss, lr, steps, watch)
+        losses, native = self.native_train(model, x, loss, lr, steps, watch)
         grads = {
             name: np.swapaxes(g, -1, -2) if self._swaps(name) else np.asarray(g) for name, g in native.items()
         }
         return np.asarray(losses, dtype=np.float64), grads
+
+    @staticmethod
+    def _input(model: Model, x: object) -> np.ndarray:
+        return np.asarray(check_input(model.spec, x), dtype=np.float32)
 
     def _swaps(self, name: str) -> bool:
         return split_param_name(name)[1] == "weight" and self.weight_layout == WeightLayout.IN_OUT

@@ -67,11 +67,13 @@ def check_input(spec: ModelSpec, x: object) -> np.ndarray:
     """``x`` as an array of shape (batch, spec.in_features), or a ValueError that names both
     shapes (rather than whatever a matrix product says three layers down)."""
     array = np.asarray(x)
-    if array.ndim != 2 or array.shape[1] != spec.in_features:
+    if array.ndim != 2 or array.shape[1] != spec.in_features or array.shape[0] < 1:
         raise ValueError(
-            f"input x.shape={array.shape}, but should be (batch, {spec.in_features}): "
+            f"input x.shape={array.shape}, but should be (batch >= 1, {spec.in_features}): "
             f"spec {spec.name!r} takes in_features={spec.in_features}"
         )
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise ValueError(f"input x.dtype={array.dtype}, but should be a real number type")
     return array
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from common.config import (
@@ -86,6 +88,19 @@ def test_two_backends_cannot_claim_one_name(tmp_path):
         (tmp_path / folder / "backend.toml").write_text(text.replace('name = "a"', 'name = "demo"'))
     with pytest.raises(DeclarationError, match="already taken"):
         declarations.__wrapped__(tmp_path)
+
+
+def test_suite_env_vars_are_set_only_where_the_user_set_none(tmp_path, monkeypatch):
+    from common.registry import apply_suite_env_vars
+
+    path = tmp_path / "backend.toml"
+    path.write_text(GOOD + '[suite_env_vars]\nPARITY_DEMO_A = "suite"\nPARITY_DEMO_B = "suite"\n')
+    entry = parse_declaration(path)
+    monkeypatch.delenv("PARITY_DEMO_A", raising=False)
+    monkeypatch.setenv("PARITY_DEMO_B", "user")
+    apply_suite_env_vars(entry)
+    assert (os.environ["PARITY_DEMO_A"], os.environ["PARITY_DEMO_B"]) == ("suite", "user")
+    monkeypatch.delenv("PARITY_DEMO_A")
 
 
 def test_declarations_come_in_report_order():

@@ -65,7 +65,7 @@ import pytest
 from hypothesis import assume, given, note
 
 from common.core import oracle, portable
-from common.core.generate import CASE_MARKER, Case, cases, configured, invalid_specs
+from common.core.generate import CASE_MARKER, Case, cases, configured, invalid_inputs, invalid_specs
 from common.core.interface import Backend
 from common.core.spec import spec_from_dict
 from common.errors import SpecError
@@ -212,3 +212,42 @@ def test_invalid_spec_fails_before_the_framework(backend, invalid):
     )
     assert_equal("lines in the message", len(message.splitlines()), 1, invalid.reason)
     assert_equal("adapter calls", calls, [], invalid.reason)
+
+
+# What may not run for a wrong input: the framework's own forward, gradient, training and build.
+INPUT_CALLS = ("native_forward", "native_grads", "native_train", "materialize")
+
+
+@configured
+@given(invalid=invalid_inputs())
+def test_wrong_input_fails_before_the_framework(backend, invalid):
+    """forward, backward and train refuse a wrong input with the same ValueError and message in
+    every backend, before the framework sees it: a lazy framework would otherwise build its
+    weights from the wrong width. What the framework shows of its parameters is unchanged."""
+    note(f"{CASE_MARKER} {invalid.to_json()}")
+    model = backend.build_mlp(invalid.spec)
+    before = backend.unbuilt_params(model)
+    calls: list[str] = []
+    with contextlib.ExitStack() as stack:
+        for name in INPUT_CALLS:
+            stack.enter_context(
+                mock.patch.object(type(backend), name, lambda self, *a, _name=name, **k: calls.append(_name))
+            )
+        attempts = {
+            "forward": lambda: backend.forward(model, invalid.x),
+            "backward": lambda: backend.backward(model, invalid.x, oracle.Loss()),
+            "train": lambda: backend.train(model, invalid.x, oracle.Loss(), LR, steps=1),
+        }
+        for call, attempt in attempts.items():
+            with pytest.raises(ValueError) as info:
+                attempt()
+            message = str(info.value)
+            assert_equal(f"{call}: error class", type(info.value), ValueError, invalid.reason)
+            assert re.search(invalid.message, message), (
+                f"{call}: ValueError message={message!r}, but should match {invalid.message!r} "
+                f"[{invalid.reason}]"
+            )
+    assert_equal("framework calls", calls, [], invalid.reason)
+    assert_equal(
+        "parameters as the framework shows them", backend.unbuilt_params(model), before, invalid.reason
+    )
