@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.commands.fuzz_specs import add_suite_timeout_option
 from common.commands.textable import format_table
 from common.config import add_backends_option, parse_backend_list
 from common.core.isolate import Limits, Outcome, Worker
@@ -84,6 +85,7 @@ def add_parser(commands) -> None:
         help="random specs per property per backend against the oracle (default 500; 0 skips)",
     )
     add_backends_option(parser)
+    add_suite_timeout_option(parser, "--suite-timeout")
     parser.set_defaults(run=run_fuzz)
 
 
@@ -116,7 +118,9 @@ def run_fuzz(args: argparse.Namespace) -> int:
         from common.commands import fuzz_specs
 
         print(f"\nfuzz: {args.examples} random specs per property in each backend, seed {args.seed}")
-        specs_failed = fuzz_specs.run(parse_backend_list(args.backends), args.examples, args.seed)
+        specs_failed = fuzz_specs.run(
+            parse_backend_list(args.backends), args.examples, args.seed, args.suite_timeout
+        )
     return 1 if bad or specs_failed else 0
 
 

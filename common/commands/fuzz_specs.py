@@ -1,14 +1,16 @@
 """Fuzz the backends with generated specs: tests/conformance/test_properties.py with many examples.
 
-Each backend runs the property suite in its own environment (one after another: a suite is CPU
-bound), with PARITY_EXAMPLES examples per property and PARITY_SEED as the seed, so a campaign
-with another seed draws other specs. Every falsifying example Hypothesis settles on is printed
-as the JSON the failing test noted (``PARITY-CASE {...}``): ``case_from_dict(json.loads(TEXT))``
-rebuilds it in a regression test, and its ``spec`` pastes into ``spec_from_dict``.
+Each backend runs the property suite in its own environment, up to one suite per core at a time
+(each gets its share of the math threads), with PARITY_EXAMPLES examples per property and
+PARITY_SEED as the seed, so a campaign with another seed draws other specs. Every falsifying
+example Hypothesis settles on is printed as the JSON the failing test noted
+(``PARITY-CASE {...}``): ``case_from_dict(json.loads(TEXT))`` rebuilds it in a regression test,
+and its ``spec`` pastes into ``spec_from_dict``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -17,8 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.commands.fanout import child_environment
 from common.commands.testing import SuiteResult, run_suite
-from common.config import DEFAULT_TIMEOUT, add_backends_option, add_timeout_option, parse_backend_list
+from common.config import DEFAULT_TIMEOUT
 from common.envs import ensure_backend_env
 from common.errors import UsageError
 
@@ -86,9 +89,15 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def run(
-    backends: tuple[str, ...] | list[str], examples: int, seed: int, timeout: float = DEFAULT_TIMEOUT
-) -> int:
+SECONDS_PER_EXAMPLE = 8.0  # the default timeout's allowance: a JAX-family example takes about 2 s
+
+
+def default_timeout(examples: int) -> float:
+    """Per backend: room for ``examples`` slow examples, and never less than the usual timeout."""
+    return max(DEFAULT_TIMEOUT, SECONDS_PER_EXAMPLE * examples)
+
+
+def run(backends: tuple[str, ...] | list[str], examples: int, seed: int, timeout: float | None = None) -> int:
     """Run the property suite in each backend's environment with ``examples`` examples per
     property and Hypothesis seeded with ``seed``; print each counterexample as JSON. Returns 0
     when every backend passed, 1 otherwise (a failure, a timeout, an environment that cannot be
@@ -97,22 +106,38 @@ def run(
         raise UsageError(f"examples={examples}, but should be a positive int")
     if seed < 0:
         raise UsageError(f"seed={seed}, but should be an int >= 0")
-    runs: list[BackendRun] = []
-    for backend in backends:
-        print(f"[{backend}] {examples} examples per property, seed {seed} ...", flush=True)
+    timeout = default_timeout(examples) if timeout is None else timeout
+    runs: dict[str, BackendRun] = {}
+    pythons: dict[str, str] = {}
+    for backend in backends:  # make and pip are not parallel-safe: environments first, in turn
         try:
-            python = ensure_backend_env(backend, quiet=True)
+            pythons[backend] = str(ensure_backend_env(backend, quiet=True))
         except UsageError as error:
-            runs.append(BackendRun(backend, SuiteResult(backend, {}, 2, 0.0, f"environment: {error}")))
-            continue
-        with environment({EXAMPLES_ENV: str(examples), SEED_ENV: str(seed)}):  # run_suite copies it
-            result = run_suite(
-                backend, str(python), SUITE, command_flags(), backend, timeout=timeout, capture=True
-            )
-        runs.append(BackendRun(backend, result, counterexamples(result.output)))
-        print(report_line(runs[-1]), flush=True)
+            runs[backend] = BackendRun(backend, SuiteResult(backend, {}, 2, 0.0, f"environment: {error}"))
+            print(report_line(runs[backend]), flush=True)
+    workers = max(1, min(len(pythons), os.cpu_count() or 1))
+    print(
+        f"{len(pythons)} backends, {workers} at a time: {examples} examples per property, seed {seed}, "
+        f"timeout {timeout:.0f}s each",
+        flush=True,
+    )
+
+    def fuzz(backend: str) -> BackendRun:
+        result = run_suite(
+            backend, pythons[backend], SUITE, command_flags(), backend, timeout=timeout, capture=True
+        )
+        return BackendRun(backend, result, counterexamples(result.output))
+
+    values = {**child_environment(workers), EXAMPLES_ENV: str(examples), SEED_ENV: str(seed)}
+    with environment(values), concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = [pool.submit(fuzz, backend) for backend in pythons]
+        for future in concurrent.futures.as_completed(futures):
+            item = future.result()
+            runs[item.backend] = item
+            print(report_line(item), flush=True)
+    runs = {backend: runs[backend] for backend in backends}
     print()
-    for item in runs:
+    for item in runs.values():
         if not item.result.ok and not item.counterexamples:
             tail = "\n".join(item.result.output.rstrip().splitlines()[-15:])
             print(f"== {item.backend}: {item.result.problem or 'failed'}\n{tail}\n")
@@ -122,7 +147,7 @@ def run(
             if isinstance(example.case, dict) and "spec" in example.case:
                 print(f"spec: {json.dumps(example.case['spec'], sort_keys=True)}")
             print()
-    failed = [item.backend for item in runs if not item.result.ok]
+    failed = [item.backend for item in runs.values() if not item.result.ok]
     print(f"FAILED: {', '.join(failed)}" if failed else f"all {len(runs)} backends passed")
     return 1 if failed else 0
 
@@ -138,19 +163,15 @@ def report_line(item: BackendRun) -> str:
     return f"[{item.backend}] {state} in {result.seconds:.0f}s{': ' + counts if counts else ''}"
 
 
-def add_parser(commands) -> None:
-    parser = commands.add_parser(
-        "fuzz-specs",
-        help="the property tests with many generated specs per backend",
-        description=__doc__.splitlines()[0],
-    )
-    add_backends_option(parser)
-    add_timeout_option(parser)
-    parser.add_argument("--examples", type=int, default=500, help="examples per property (default 500)")
-    parser.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
-    parser.set_defaults(
-        run=lambda args: run(parse_backend_list(args.backends), args.examples, args.seed, args.timeout)
+def add_suite_timeout_option(parser, flag: str) -> None:
+    parser.add_argument(
+        flag,
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"give up on one backend's suite after this many seconds (default: {SECONDS_PER_EXAMPLE:.0f} "
+        f"per example, at least {DEFAULT_TIMEOUT:.0f})",
     )
 
 
-__all__ = ["Counterexample", "add_parser", "counterexamples", "run"]
+__all__ = ["Counterexample", "add_suite_timeout_option", "counterexamples", "run"]
