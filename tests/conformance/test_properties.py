@@ -65,7 +65,15 @@ import pytest
 from hypothesis import assume, given, note
 
 from common.core import oracle, portable
-from common.core.generate import CASE_MARKER, Case, cases, configured, invalid_inputs, invalid_specs
+from common.core.generate import (
+    CASE_MARKER,
+    Case,
+    case_from_dict,
+    cases,
+    configured,
+    invalid_inputs,
+    invalid_specs,
+)
 from common.core.interface import Backend
 from common.core.spec import spec_from_dict
 from common.errors import SpecError
@@ -130,6 +138,36 @@ def test_model_agrees_with_the_oracle(backend, case):
     One model per example, built once: a framework that compiles per shape (JAX, where a build
     costs seconds) pays for one build per example, not five."""
     show(case)
+    check_against_the_oracle(backend, case)
+
+
+# Cases the properties found, checked on every run, on several fresh models each.
+FOUND_CASES = {
+    # One Dense used twice in a row, no ReLU between: TF's dependency optimizer reordered the
+    # tf.function step's apply_gradients, giving a wrong loss and update in about half of fresh
+    # models (tensorflow and keras2). Worked around in backends/_keras_common.py.
+    "tied-twice-in-a-row": {
+        "spec": {
+            "in_features": 1,
+            "layers": [{"kind": "dense", "units": 1}, {"kind": "dense", "units": 1}],
+            "name": "generated",
+            "ties": [[[0], [1]]],
+        },
+        "batch": 1,
+        "loss": "sum",
+    },
+}
+FRESH_MODELS = 8
+
+
+@pytest.mark.parametrize("found", list(FOUND_CASES.values()), ids=list(FOUND_CASES))
+def test_found_cases_agree_with_the_oracle(backend, found):
+    case = case_from_dict(found)
+    for _ in range(FRESH_MODELS):
+        check_against_the_oracle(backend, case)
+
+
+def check_against_the_oracle(backend: Backend, case: Case) -> None:
     spec = case.spec
     weights, x, loss, bounds = case.materials()
     assume(not bounds.risky_kinks)
