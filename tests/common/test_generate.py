@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 
 import numpy as np
@@ -13,6 +14,8 @@ from hypothesis import HealthCheck, assume, find, given, settings
 from hypothesis import strategies as st
 
 from common.commands import fuzz_specs
+from common.commands.testing import SuiteResult
+from common.config import backend_names
 from common.core import generate, oracle, portable
 from common.core.generate import Case, case_from_dict, cases, configured, invalid_specs, valid_specs
 from common.core.models import BOOK_SPECS, TIED
@@ -407,3 +410,31 @@ def test_fuzz_specs_and_the_generator_agree_on_the_marker_and_variables():
 def test_fuzz_specs_refuses_a_bad_count():
     with pytest.raises(UsageError, match="examples=0"):
         fuzz_specs.run(("torch",), 0, 0)
+
+
+def test_fuzz_specs_reports_every_backend_and_fails_on_one(monkeypatch, capsys):
+    """Suites run side by side; one failing backend (here, its environment missing) and one with a
+    counterexample fail the run, and every backend still gets its line."""
+    names = backend_names()[:3]
+    seen_examples = []
+
+    def fake_env(backend, quiet):
+        if backend == names[0]:
+            raise UsageError("no environment")
+        return "python"
+
+    def fake_suite(name, python, suite, flags, backend, timeout, capture):
+        seen_examples.append((os.environ[fuzz_specs.EXAMPLES_ENV], timeout))
+        failed = name == names[1]
+        output = PYTEST_OUTPUT if failed else ""
+        return SuiteResult(name, {"passed": 1, "failed": int(failed)}, int(failed), 0.1, "", output)
+
+    monkeypatch.setattr(fuzz_specs, "ensure_backend_env", fake_env)
+    monkeypatch.setattr(fuzz_specs, "run_suite", fake_suite)
+    assert fuzz_specs.run(names, 7, 0) == 1
+    out = capsys.readouterr().out
+    assert all(f"[{name}] " in out for name in names)
+    assert f"FAILED: {names[0]}, {names[1]}" in out
+    assert '"in_features": 0' in out  # the counterexample, as JSON
+    assert seen_examples == [("7", fuzz_specs.default_timeout(7))] * 2
+    assert fuzz_specs.default_timeout(10_000) == 10_000 * fuzz_specs.SECONDS_PER_EXAMPLE
