@@ -28,6 +28,7 @@ from common.core.oracle import Loss
 from common.core.spec import split_param_name
 
 __all__ = [
+    "CompiledPerSpec",
     "FlaxBase",
     "Step",
     "Tree",
@@ -39,6 +40,23 @@ __all__ = [
 ]
 
 Tree = dict[Any, Any]
+
+
+class CompiledPerSpec:
+    """Compiled functions, one per architecture, the least recently used dropped first. A build
+    or an init depends on the spec alone, so a suite that rebuilds one spec compiles it once."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size, self._items = size, {}
+
+    def get(self, key: Any, make: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+        function = self._items.pop(key, None) or make()
+        self._items[key] = function  # most recent last
+        while len(self._items) > self.size:
+            del self._items[next(iter(self._items))]
+        return function
+
+
 _NATIVE_ROLE = {"weight": "kernel", "bias": "bias"}
 # (carry, x, target) -> (carry, loss, gradients as a nested dict keyed like the native names)
 Step = Callable[[Any, jax.Array, Any], tuple[Any, jax.Array, Tree]]

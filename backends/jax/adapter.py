@@ -26,6 +26,7 @@ import optax
 from flax import serialization, traverse_util
 
 from backends._jax_common import (
+    CompiledPerSpec,
     FlaxBase,
     Step,
     Tree,
@@ -36,7 +37,7 @@ from backends._jax_common import (
     to_numpy,
 )
 from common.core.interface import Model
-from common.core.spec import ROLES, ModelSpec, param_name
+from common.core.spec import ROLES, param_name
 
 __all__ = ["FlaxBackend"]
 
@@ -56,9 +57,6 @@ def _ordered_like(template: Tree, tree: Tree) -> Tree:
     return traverse_util.unflatten_dict({keys: flat[keys] for keys in traverse_util.flatten_dict(template)})
 
 
-INIT_CACHE_SIZE = 32  # compiled inits kept; the least recently used goes first
-
-
 class FlaxBackend(FlaxBase):
     name = "jax"
     lazy_mechanism = "nn.Dense(features): no params until net.init(key, x) sees the input size"
@@ -66,7 +64,7 @@ class FlaxBackend(FlaxBase):
     file_call = "flax.serialization.to_bytes(variables)"
 
     def __init__(self) -> None:
-        self._inits: dict[ModelSpec, Callable[..., Tree]] = {}
+        self._inits = CompiledPerSpec()
 
     def framework_version(self) -> str:
         return f"flax {flax.__version__} (jax {jax.__version__})"
@@ -111,13 +109,9 @@ class FlaxBackend(FlaxBase):
 
     def _init(self, model: Model) -> Callable[..., Tree]:
         """``jax.jit(net.init)``, as Flax's examples write it (op by op, init compiles each random
-        op per shape), compiled once per architecture: a linen module is a pure description, so
-        every net of one spec inits alike, and a suite that rebuilds one spec compiles once."""
-        init = self._inits.pop(model.spec, None) or jax.jit(model.native.init)
-        self._inits[model.spec] = init  # most recent last
-        while len(self._inits) > INIT_CACHE_SIZE:
-            del self._inits[next(iter(self._inits))]
-        return init
+        op per shape), once per architecture: a linen module is a pure description, so every net
+        of one spec inits alike."""
+        return self._inits.get(model.spec, lambda: jax.jit(model.native.init))
 
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         self.materialize(model)

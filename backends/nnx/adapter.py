@@ -25,7 +25,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from backends._jax_common import FlaxBase, Step, Tree, checked_value, objective, slash_path, to_numpy
+from backends._jax_common import (
+    CompiledPerSpec,
+    FlaxBase,
+    Step,
+    Tree,
+    checked_value,
+    objective,
+    slash_path,
+    to_numpy,
+)
 from common.core.interface import Model
 from common.core.spec import ModelSpec
 
@@ -43,6 +52,7 @@ class NNXBackend(FlaxBase):
     def __init__(self) -> None:
         self._seed = 0
         self._rngs = nnx.Rngs(self._seed)
+        self._builds = CompiledPerSpec()
 
     def framework_version(self) -> str:
         return f"flax {flax.__version__} NNX (jax {jax.__version__})"
@@ -51,9 +61,16 @@ class NNXBackend(FlaxBase):
         self._seed = seed
 
     # -- building ---------------------------------------------------------------------------------
-    def build_mlp(self, spec: ModelSpec) -> Model:
-        self._rngs = nnx.Rngs(self._seed)  # every model's default init starts from the seed
-        return super().build_mlp(spec)
+    def construct(self, spec: ModelSpec, build: Callable[[], Any]) -> nnx.Sequential:
+        """Under ``nnx.jit``, as Flax's guide creates a model: eager, every nnx.Linear compiles its
+        random init per shape. Once per architecture and seed; each call returns new objects, with
+        shared layers shared (nnx.jit keeps the object graph), and the same values as eager."""
+
+        def traced() -> nnx.Sequential:
+            self._rngs = nnx.Rngs(self._seed)  # every model's default init starts from the seed
+            return build()
+
+        return self._builds.get((spec, self._seed), lambda: nnx.jit(traced))()
 
     def new_dense(self, units: int, in_features: int) -> nnx.Linear:
         return nnx.Linear(in_features, units, rngs=self._rngs)

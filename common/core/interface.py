@@ -151,6 +151,11 @@ class Backend(abc.ABC):
         """The framework's sharing mechanism: by default the very same layer object."""
         return owner
 
+    def construct(self, spec: ModelSpec, build: Callable[[], Any]) -> Any:
+        """Optional: run ``build`` (the builder over new_dense...), which returns the net; a
+        framework that creates its parameters eagerly may compile it (NNX under ``nnx.jit``)."""
+        return build()
+
     def finish_model(self, model: Model) -> None:  # noqa: B027 - optional hook
         """Optional: work after the net is built (Gluon's ``initialize()``, Flax's adoption)."""
 
@@ -291,7 +296,7 @@ class Backend(abc.ABC):
                         children.append(self.new_relu())
             return self.finish_sequential(container, children)
 
-        net = build(spec.layers, ())
+        net = self.construct(spec, lambda: build(spec.layers, ()))
         model = Model(spec, net, {"layers": {path: self.layer_at(net, path) for path, _ in spec.walk()}})
         self.finish_model(model)
         return model
