@@ -2,7 +2,8 @@
 so no figure is an absolute time on its own; each is a median of repeats or a ratio).
 
 1. training: the adapter's ``train`` (with and without per-step watching) against the backend's
-   hand-written loop on its natural fast path (``bench`` in its declaration), same run;
+   hand-written loop on its natural fast path (``bench`` in its declaration), same run, taking
+   turns, one backend at a time;
 2. suites: each suite's wall time against the bare import of its framework, and test-all's total
    against the summed floor;
 3. scaling: per-layer cost of spec construction, list_params, backward and export/import at 10 to
@@ -46,6 +47,24 @@ SIZES = (10, 100, 1000, 10000)
 BACKEND_SIZES = (10, 100, 1000)  # by default: 10,000 framework layers take ~5 min per backend here
 
 
+def median_ratios(runs: dict[str, Any], baseline: str, repeats: int = REPEATS) -> dict[str, float]:
+    """Each run against ``baseline``: after one warm-up each, the runs take turns in every repeat,
+    and each ratio is the median of the per-repeat ratios, so a change in machine load hits both
+    sides of a ratio alike."""
+    for run in runs.values():
+        run()  # warm-up: compilation and first-call costs are not the steady state
+    ratios: dict[str, list[float]] = {name: [] for name in runs if name != baseline}
+    for _ in range(repeats):
+        seconds = {}
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            seconds[name] = time.perf_counter() - started
+        for name in ratios:
+            ratios[name].append(seconds[name] / seconds[baseline])
+    return {name: statistics.median(values) for name, values in ratios.items()}
+
+
 def median_seconds(run, repeats: int = REPEATS) -> float:
     run()  # warm-up: compilation and first-call costs are not the steady state
     times = []
@@ -82,12 +101,16 @@ def measure_backend(name: str, sizes: tuple[int, ...]) -> dict[str, Any]:
         report_progress(f"training {STEPS} steps x {REPEATS} repeats")
         # Both sides are set up and compiled once, then timed on steady-state steps.
         handwritten = make_handwritten(TIED, weights, x, y, 0.05)
-        hand = median_seconds(lambda: handwritten(STEPS))
         model = backend.build_mlp(TIED)
         backend.load_params(model, weights)
-        plain = median_seconds(lambda: backend.train(model, x, loss, 0.05, STEPS, watch=False))
-        watched = median_seconds(lambda: backend.train(model, x, loss, 0.05, STEPS, watch=True))
-        result["training"] = {"unwatched": plain / hand, "watched": watched / hand}
+        result["training"] = median_ratios(
+            {
+                "hand": lambda: handwritten(STEPS),
+                "unwatched": lambda: backend.train(model, x, loss, 0.05, STEPS, watch=False),
+                "watched": lambda: backend.train(model, x, loss, 0.05, STEPS, watch=True),
+            },
+            baseline="hand",
+        )
     scaling: dict[str, dict[str, float]] = {}
     for size in sizes:
         report_progress(f"scaling at {size} layers")
@@ -170,6 +193,7 @@ def run_bench(args: argparse.Namespace) -> int:
         module_command("common.commands.bench", "--sizes", sizes),
         what="benchmarking",
         timeout=args.timeout,
+        at_once=1,  # each backend alone on the machine: its ratios are not the others' noise
     )
     print("measuring bare imports ...", file=sys.stderr, flush=True)
     imports = {b: bare_import_seconds(b) for b in backends if records[b].get("ok")}

@@ -73,17 +73,25 @@ def run_parallel(
     stream=sys.stderr,
     what: str = "running",
     timeout: float = DEFAULT_TIMEOUT,
+    at_once: int | None = None,
 ) -> dict[str, Record]:
-    """Every child at once; one that outlives ``timeout`` is killed (its whole process group) and
-    reported as timed out while the others finish."""
+    """Every child at once, or ``at_once`` at a time (a benchmark runs alone); one that outlives
+    ``timeout`` is killed (its whole process group) and reported as timed out while the others
+    finish."""
     records: dict[str, Record] = {}
     lock = threading.Lock()
+    parallel = min(len(backends), at_once or len(backends))
+    slots = threading.BoundedSemaphore(max(1, parallel))
 
     def say(text: str) -> None:
         with lock:
             print(text, file=stream, flush=True)
 
     def run(backend: str, out: Path) -> None:
+        with slots:
+            run_one(backend, out)
+
+    def run_one(backend: str, out: Path) -> None:
         started = time.monotonic()
         try:
             argv = command(backend, out)
@@ -95,7 +103,7 @@ def run_parallel(
         process = subprocess.Popen(
             argv,
             cwd=ROOT,
-            env=child_environment(len(backends)),
+            env=child_environment(parallel),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

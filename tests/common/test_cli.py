@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import subprocess
 import sys
 import time
@@ -165,3 +167,24 @@ def test_inspect_escapes_a_hostile_path(tmp_path):
     result = run_cli("inspect", str(path))
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "\x1b" not in result.stderr and "evil\\n\\x1b[31m.safetensors" in result.stderr
+
+
+def test_run_parallel_runs_at_most_at_once_children_together(tmp_path):
+    """``make bench`` runs one backend at a time: children never overlap, and all report."""
+    from common.commands.fanout import run_parallel
+
+    code = (
+        "import json, sys, time; start = time.time(); time.sleep(0.6); "
+        "json.dump({'ok': True, 'span': [start, time.time()]}, open(sys.argv[1], 'w'))"
+    )
+    names = ("a", "b", "c")
+    records = run_parallel(
+        names, lambda backend, out: [sys.executable, "-c", code, str(out)], stream=io.StringIO(), at_once=1
+    )
+    spans = sorted(records[name]["span"] for name in names)
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans)), spans
+    records = run_parallel(
+        names, lambda backend, out: [sys.executable, "-c", code, str(out)], stream=io.StringIO()
+    )
+    spans = sorted(records[name]["span"] for name in names)
+    assert any(earlier[1] > later[0] for earlier, later in itertools.pairwise(spans)), spans
