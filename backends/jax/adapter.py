@@ -31,6 +31,7 @@ from backends._jax_common import (
     Step,
     Tree,
     checked_value,
+    compiles_build,
     named_leaves,
     objective,
     slash_path,
@@ -110,7 +111,9 @@ class FlaxBackend(FlaxBase):
     def _init(self, model: Model) -> Callable[..., Tree]:
         """``jax.jit(net.init)``, as Flax's examples write it (op by op, init compiles each random
         op per shape), once per architecture: a linen module is a pure description, so every net
-        of one spec inits alike."""
+        of one spec inits alike. A deep net inits op by op (see compiles_build)."""
+        if not compiles_build(model.spec):
+            return model.native.init
         return self._inits.get(model.spec, lambda: jax.jit(model.native.init))
 
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from backends._jax_common import (
     Step,
     Tree,
     checked_value,
+    compiles_build,
     objective,
     slash_path,
     to_numpy,
@@ -64,12 +65,15 @@ class NNXBackend(FlaxBase):
     def construct(self, spec: ModelSpec, build: Callable[[], Any]) -> nnx.Sequential:
         """Under ``nnx.jit``, as Flax's guide creates a model: eager, every nnx.Linear compiles its
         random init per shape. Once per architecture and seed; each call returns new objects, with
-        shared layers shared (nnx.jit keeps the object graph), and the same values as eager."""
+        shared layers shared (nnx.jit keeps the object graph), and the same values as eager. A
+        deep net is built eagerly (see compiles_build)."""
 
         def traced() -> nnx.Sequential:
             self._rngs = nnx.Rngs(self._seed)  # every model's default init starts from the seed
             return build()
 
+        if not compiles_build(spec):
+            return traced()
         return self._builds.get((spec, self._seed), lambda: nnx.jit(traced))()
 
     def new_dense(self, units: int, in_features: int) -> nnx.Linear:
