@@ -225,10 +225,11 @@ ADAPTER_CALLS = sorted(
 
 
 @contextlib.contextmanager
-def recording(backend: Backend):
+def recording(backend: Backend, names=ADAPTER_CALLS):
+    """Replace the adapter's methods ``names`` by stubs that only record that they were called."""
     calls: list[str] = []
     with contextlib.ExitStack() as stack:
-        for name in ADAPTER_CALLS:
+        for name in names:
             stack.enter_context(
                 mock.patch.object(type(backend), name, lambda self, *a, _name=name, **k: calls.append(_name))
             )
@@ -266,12 +267,7 @@ def test_wrong_input_fails_before_the_framework(backend, invalid):
     note(f"{CASE_MARKER} {invalid.to_json()}")
     model = backend.build_mlp(invalid.spec)
     before = backend.unbuilt_params(model)
-    calls: list[str] = []
-    with contextlib.ExitStack() as stack:
-        for name in INPUT_CALLS:
-            stack.enter_context(
-                mock.patch.object(type(backend), name, lambda self, *a, _name=name, **k: calls.append(_name))
-            )
+    with recording(backend, INPUT_CALLS) as calls:
         attempts = {
             "forward": lambda: backend.forward(model, invalid.x),
             "backward": lambda: backend.backward(model, invalid.x, oracle.Loss()),
