@@ -28,6 +28,10 @@ from common.errors import USAGE_EXIT_CODE, UsageError
 
 VENVS = ROOT / ".venvs"
 UV_HOME = VENVS / ".uv"  # uv bootstrapped from PyPI when it is not on PATH
+# Bytecode is compiled at install: uv leaves it out by default, and where PYTHONDONTWRITEBYTECODE
+# is set (as on this machine) every process would compile the frameworks from source again,
+# 5 s of torch's first optimizer alone.
+INSTALL_RECIPE = "# paramparity install recipe 2: bytecode compiled at install"
 INSTALLER_VAR = "PARITY_INSTALLER"  # "uv" or "pip" forces one; unset: uv if it can be had
 PYTHON_VAR = "PARITY_PYTHON"  # an existing interpreter to use instead of .venvs/<env>
 
@@ -50,9 +54,10 @@ def extra_requirements(env: str, pyproject: Path = ROOT / "pyproject.toml") -> l
 
 def write_requirements(env: str) -> Path:
     """Write the extra's requirements, leaving the file (and its mtime) alone when unchanged, so
-    editing one extra rebuilds only that environment."""
+    editing one extra rebuilds only that environment. The first line names the install recipe:
+    changing how environments are built rebuilds them all once."""
     path = requirements_path(env)
-    text = "\n".join(extra_requirements(env)) + "\n"
+    text = "\n".join([INSTALL_RECIPE, *extra_requirements(env)]) + "\n"
     if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -110,6 +115,21 @@ def find_uv(log) -> str | None:
     return str(bootstrapped) if bootstrapped.exists() else None
 
 
+def install_steps(uv: str | None, target: Path, requirements: Path) -> list[list[str]]:
+    """The commands that make ``target`` from ``requirements``: with uv when given, else pip."""
+    python = target / "bin" / "python"
+    if uv:
+        return [
+            [uv, "venv", "-q", "--python", sys.executable, str(target)],
+            [uv, "pip", "install", "--python", str(python), "--link-mode", "copy", "--compile-bytecode",
+             "-r", str(requirements), *uv_flags(pip_config())],
+        ]  # fmt: skip
+    return [  # pip compiles bytecode by default
+        [sys.executable, "-m", "venv", str(target)],
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(requirements)],
+    ]
+
+
 def create(env: str) -> float:
     """(Re)create .venvs/<env> from its extra; returns the seconds it took."""
     started = time.monotonic()
@@ -121,17 +141,7 @@ def create(env: str) -> float:
         installer = "uv" if uv else "pip"
         print(f"==> creating .venvs/{env} with {installer} (log: .venvs/{env}.log)", flush=True)
         python = target / "bin" / "python"
-        if uv:
-            steps = [
-                [uv, "venv", "-q", "--python", sys.executable, str(target)],
-                [uv, "pip", "install", "--python", str(python), "--link-mode", "copy",
-                 "-r", str(requirements), *uv_flags(pip_config())],
-            ]  # fmt: skip
-        else:
-            steps = [
-                [sys.executable, "-m", "venv", str(target)],
-                [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(requirements)],
-            ]
+        steps = install_steps(uv, target, requirements)
         environ = dict(os.environ, UV_NO_PROGRESS="1")
         for step in steps:
             log.write(f"$ {' '.join(step)}\n")
