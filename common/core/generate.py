@@ -8,7 +8,7 @@ float32 error bound every backend is held to.
   Dense layer of width 1, no ReLU, no block, no tie, batch 1 and the sum loss.
 - ``invalid_specs()``: JSON-like dicts that ``spec_from_dict`` must refuse, each with the reason
   and a regular expression its SpecError message must match.
-- ``budget()``: the one place PARITY_EXAMPLES (examples per property, default 30) and
+- ``budget()``: the one place PARITY_EXAMPLES (examples per property, default 10) and
   PARITY_SEED (unset: derandomized, the same examples every run) are read; ``configured`` applies
   them to a test.
 - ``bounds()``: per-element tolerances for a float32 computation against the float64 oracle (the

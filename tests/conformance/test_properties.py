@@ -4,7 +4,7 @@ on any invalid one, it fails like every other backend, before its framework is r
 Models come from ``common.core.generate``: 1 to 8 Dense layers of widths 1 to 64 on 1 to 32
 input features, ReLUs anywhere, blocks nested up to 3 deep, 0 to 3 tie groups of 2 or 3
 positions (crossing block boundaries too), batches of 1 to 16, a sum or an MSE loss. Each test
-runs PARITY_EXAMPLES examples (default 30), derandomized (PARITY_SEED picks other ones), with no
+runs PARITY_EXAMPLES examples (default 10), derandomized (PARITY_SEED picks other ones), with no
 deadline and no example database: the same examples, the same verdict, on every run. A
 failing example is printed as ``PARITY-CASE {json}``: ``generate.case_from_dict(json.loads(...))``
 rebuilds it in a regression test (``make fuzz`` collects them across backends).
