@@ -14,8 +14,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 
 from common.commands.fanout import child_environment
 from common.commands.textable import format_table
@@ -25,6 +28,7 @@ from common.errors import UsageError
 
 COUNT_COLUMNS = ("passed", "failed", "error", "xfailed", "xpassed", "skipped")
 OUTPUT_LIMIT = 256_000  # bytes of a suite's output kept for the log
+SECONDS_RECORD = ROOT / ".pytest_cache" / "test-all-seconds.json"  # each suite's last wall time
 
 
 @dataclass
@@ -114,12 +118,36 @@ def tail_text(path: str, limit: int = OUTPUT_LIMIT) -> str:
     return text if size <= limit else f"[... {size - limit} bytes cut ...]\n{text}"
 
 
-def run_backend(backend: str, extra: list[str], timeout: float | None = None) -> SuiteResult:
+def run_backend(
+    backend: str, extra: list[str], timeout: float | None = None, python: Future[Path] | None = None
+) -> SuiteResult:
+    """One backend's suite in its env: ``python`` is that env being built elsewhere (test-all
+    builds every env in one thread, as make and pip are not parallel-safe); None builds it here."""
     try:
-        python = ensure_backend_env(backend, quiet=True)
+        interpreter = python.result() if python else ensure_backend_env(backend, quiet=True)
     except UsageError as error:
         return SuiteResult(backend, {}, 2, 0.0, f"environment: {error}")
-    return run_suite(backend, str(python), "tests/conformance", extra, backend, timeout=timeout, capture=True)
+    suite = "tests/conformance"
+    return run_suite(backend, str(interpreter), suite, extra, backend, timeout=timeout, capture=True)
+
+
+def build_envs_in_order(envs: list[str]) -> dict[str, Future[Path]]:
+    """Build the envs one after another in a thread of their own, each a future the suites that
+    need it wait on: a suite starts as soon as its env is ready, not when all of them are."""
+    built: dict[str, Future[Path]] = {env: Future() for env in envs}
+
+    def build() -> None:
+        for env, future in built.items():
+            try:
+                future.set_result(ensure_venv(env))  # its progress lines show: a cold env takes a minute
+            except UsageError as error:
+                print(f"[{env}] {error}", file=sys.stderr, flush=True)
+                future.set_exception(error)
+            except BaseException as error:  # a bug: raised in the suite's thread, never a hang
+                future.set_exception(error)
+
+    threading.Thread(target=build, name="build-envs", daemon=True).start()
+    return built
 
 
 def summary_table(results: list[SuiteResult]) -> str:
@@ -130,6 +158,41 @@ def summary_table(results: list[SuiteResult]) -> str:
         rows.append([result.name, *counts, f"{result.seconds:.0f}s", status])
         marks.append("" if result.ok else "!")
     return format_table(["suite", *COUNT_COLUMNS, "time", "status"], rows, marks)
+
+
+def recorded_seconds(record: Path) -> dict[str, float]:
+    try:
+        last = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(last, dict):
+        return {}
+    return {name: float(value) for name, value in last.items() if isinstance(value, (int, float))}
+
+
+def longest_first(names: list[str], record: Path | None = None) -> list[str]:
+    """The order to start suites in: the longest of the last run first, so no long suite starts
+    last while the other cores sit idle. Suites without a time keep their order, ahead of the
+    timed ones (a new suite may be long), and so does every suite when there is no record."""
+    last = recorded_seconds(record or SECONDS_RECORD)
+
+    def seconds(name: str) -> float:
+        return last.get(name, float("inf"))
+
+    return sorted(names, key=seconds, reverse=True)  # sorted() is stable: ties keep their order
+
+
+def record_seconds(results: list[SuiteResult], record: Path | None = None) -> None:
+    """Keep each suite's wall time for the next run's order (suites not run keep theirs); a
+    suite that did not finish loses its time, so it starts first next time."""
+    record = record or SECONDS_RECORD
+    times = recorded_seconds(record)
+    for result in results:
+        times.pop(result.name, None)
+        if not result.problem:
+            times[result.name] = round(result.seconds, 1)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(times, indent=1) + "\n")
 
 
 def test_one(extra: list[str]) -> int:
@@ -143,27 +206,25 @@ def test_one(extra: list[str]) -> int:
 
 
 def test_all(backends: tuple[str, ...], extra: list[str], timeout: float = DEFAULT_TIMEOUT) -> int:
-    """Every suite, up to one per core at a time, each printed whole when it ends; a summary;
-    exit 1 if any suite failed, timed out or could not run."""
+    """Every suite, up to one per core at a time, the longest of the last run first, each printed
+    whole when it ends; a summary; exit 1 if any suite failed, timed out or could not run. Envs
+    are built meanwhile, in the order the suites need them."""
     selected_device()  # checked once here rather than failing in every suite
-    for env in dict.fromkeys(backend_env(b) for b in backends):  # make and pip are not parallel-safe
-        try:
-            ensure_venv(env)  # its progress lines show: a cold env takes a minute
-        except UsageError as error:
-            print(f"[{env}] {error}", file=sys.stderr, flush=True)
     started = time.monotonic()
+    order = longest_first(["base (common)", *backends])
+    python = build_envs_in_order(list(dict.fromkeys(backend_env(b) for b in order if b in backends)))
     jobs = {
         "base (common)": lambda: run_suite(
             "base (common)", sys.executable, "tests/common", extra, None, timeout=timeout, capture=True
         ),
-        **{backend: (lambda b=backend: run_backend(b, extra, timeout)) for backend in backends},
+        **{b: (lambda b=b: run_backend(b, extra, timeout, python[backend_env(b)])) for b in backends},
     }
     workers = max(1, min(len(jobs), os.cpu_count() or 1))
     os.environ.update(child_environment(workers))  # suites share the cores: one share of threads each
     print(f"==> {len(jobs)} suites, {workers} at a time (timeout {timeout:.0f}s each)", flush=True)
     results: dict[str, SuiteResult] = {}
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(job): name for name, job in jobs.items()}
+        futures = {pool.submit(jobs[name]): name for name in order}
         for future in concurrent.futures.as_completed(futures):
             result = future.result()
             results[futures[future]] = result
@@ -172,6 +233,7 @@ def test_all(backends: tuple[str, ...], extra: list[str], timeout: float = DEFAU
             if result.output:
                 print(result.output.rstrip(), flush=True)
     ordered = [results[name] for name in jobs]
+    record_seconds(ordered)
     print(f"\n== paramparity test-all summary ({time.monotonic() - started:.0f}s wall)")
     print(summary_table(ordered))
     failed = [r.name for r in ordered if not r.ok]

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
+import os
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,7 @@ from common.core.models import TIED
 from common.core.oracle import initial_weights
 from common.core.portable import write_portable
 from common.envs import ROOT
+from common.errors import UsageError
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -85,10 +90,85 @@ def test_a_backend_that_cannot_run_is_a_failure(result, ok):
     assert result.ok is ok
 
 
-def test_test_all_reports_every_backend_then_fails(monkeypatch, capsys):
+@pytest.fixture
+def seconds_record(monkeypatch, tmp_path):
+    """test-all's record of suite times, away from the real one."""
+    record = tmp_path / "test-all-seconds.json"
+    monkeypatch.setattr(testing, "SECONDS_RECORD", record)
+    return record
+
+
+def test_suites_start_longest_first_and_untimed_ones_before_all(seconds_record):
+    seconds_record.write_text('{"torch": 10, "base (common)": 50, "mxnet": 30, "gone": 99}')
+    names = ["base (common)", "torch", "mxnet", "jax", "nnx"]
+    assert testing.longest_first(names) == ["jax", "nnx", "base (common)", "mxnet", "torch"]
+
+
+@pytest.mark.parametrize("text", [None, "", "not json", "[1, 2]", '{"torch": "slow"}'])
+def test_without_a_usable_record_suites_keep_their_order(seconds_record, text):
+    if text is not None:
+        seconds_record.write_text(text)
+    names = ["base (common)", "torch", "mxnet"]
+    assert testing.longest_first(names) == names
+
+
+def test_the_record_keeps_other_suites_and_forgets_unfinished_ones(seconds_record):
+    seconds_record.write_text('{"keras2": 38.0, "torch": 13.0, "jax": 52.0}')
+    testing.record_seconds(
+        [
+            SuiteResult("torch", {"passed": 1}, 0, 20.04),
+            SuiteResult("jax", {}, -9, 600.0, "timed out after 600s"),
+        ]
+    )
+    assert json.loads(seconds_record.read_text()) == {"keras2": 38.0, "torch": 20.0}
+
+
+def test_suites_run_while_the_environments_are_built(monkeypatch, capsys, seconds_record):
+    """The base suite needs no backend env: it runs, and ends, while they are still being built."""
+    names = backend_names()
+    base_ran = threading.Event()
+
+    def slow_env(env, **kwargs):
+        assert base_ran.wait(10), "the base suite waited for the backend environments"
+        return ROOT / ".venvs" / env / "bin" / "python"
+
+    def base_suite(name, *args, **kwargs):
+        base_ran.set()
+        return SuiteResult(name, {"passed": 1}, 0, 0.1)
+
+    def backend_suite(name, extra, timeout, python):
+        python.result()  # the env's own failure, the assertion above included, surfaces here
+        return SuiteResult(name, {"passed": 1}, 0, 0.1)
+
+    monkeypatch.setattr(testing, "ensure_venv", slow_env)
+    monkeypatch.setattr(testing, "run_suite", base_suite)
+    monkeypatch.setattr(testing, "run_backend", backend_suite)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)  # one worker: the base suite must not wait
+    assert testing.test_all(names[:2], []) == 0
+
+
+def test_a_failed_environment_fails_its_suites_and_no_other(monkeypatch, capsys, seconds_record):
+    names = backend_names()
+    broken = testing.backend_env(names[0])
+
+    def ensure_venv(env, **kwargs):
+        if env == broken:
+            raise UsageError(f"cannot create .venvs/{env}: uv failed")
+        return Path(sys.executable)
+
+    monkeypatch.setattr(testing, "ensure_venv", ensure_venv)
+    monkeypatch.setattr(testing, "run_suite", lambda name, *a, **k: SuiteResult(name, {"passed": 1}, 0, 0.1))
+    assert testing.test_all(names, []) == 1
+    out = capsys.readouterr().out
+    failed = {line[1:].split()[0] for line in out.splitlines() if line.startswith("!")}
+    assert failed == {b for b in names if testing.backend_env(b) == broken}
+    assert "environment: cannot create" in out
+
+
+def test_test_all_reports_every_backend_then_fails(monkeypatch, capsys, seconds_record):
     names = backend_names()
 
-    def fake_backend(name, extra, timeout):
+    def fake_backend(name, extra, timeout, python=None):
         if name == names[1]:
             return SuiteResult(name, {}, 2, 0.0, "environment could not be created")
         return SuiteResult(name, {"passed": 5, "xfailed": 1}, 0, 1.0)
@@ -119,7 +199,9 @@ def test_run_suite_counts_outcomes(tmp_path):
     assert not result.ok
 
 
-def test_a_hanging_suite_is_reported_as_timed_out_while_the_others_finish(monkeypatch, capsys, tmp_path):
+def test_a_hanging_suite_is_reported_as_timed_out_while_the_others_finish(
+    monkeypatch, capsys, tmp_path, seconds_record
+):
     """A suite that never ends is killed at the timeout; every other suite still reports."""
     names = backend_names()
     hang, quick = tmp_path / "test_hang.py", tmp_path / "test_quick.py"
@@ -128,7 +210,7 @@ def test_a_hanging_suite_is_reported_as_timed_out_while_the_others_finish(monkey
 
     real_run_suite = testing.run_suite
 
-    def fake_backend(name, extra, timeout):
+    def fake_backend(name, extra, timeout, python=None):
         suite = hang if name == names[0] else quick
         return real_run_suite(name, sys.executable, str(suite), ["-p", "tests.conftest"], None,
                                  timeout=timeout, capture=True)  # fmt: skip
