@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from common.commands import fuzz
+from common.commands import cli, fuzz
 from common.core import isolate, portable
 from common.core.isolate import Limits
 from common.core.models import TIED
@@ -30,6 +30,7 @@ DEADLINE_S = 10.0
 
 
 def run_cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """The command line in a process of its own, as a user runs it."""
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "common", *args],
@@ -43,6 +44,29 @@ def run_cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
     return result, time.monotonic() - started
 
 
+def run_cli_here(capfd, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """The same command line in this process (each new process costs a third of a second):
+    capfd sees what Python and native code write to the file descriptors, and an exception that
+    escapes ``main`` fails the test just as its traceback would."""
+    capfd.readouterr()
+    started = time.monotonic()
+    try:
+        status = cli.main(list(args))
+    except SystemExit as exit_:  # argparse's own refusals
+        status = exit_.code
+    elapsed = time.monotonic() - started
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["paramparity", *args], status, out, err), elapsed
+
+
+def cli_cases(kinds, in_a_process: tuple[str, ...]) -> list:
+    """Every kind through the command line in this process; ``in_a_process`` also through a
+    process of its own, as a user runs it."""
+    return [pytest.param(kind, False, id=f"{kind}-here") for kind in sorted(kinds)] + [
+        pytest.param(kind, True, id=f"{kind}-own process") for kind in in_a_process
+    ]
+
+
 def assert_one_clean_line(stderr: str) -> None:
     __tracebackhide__ = True
     lines = stderr.split("\n")
@@ -51,10 +75,14 @@ def assert_one_clean_line(stderr: str) -> None:
     assert "Traceback" not in stderr
 
 
-@pytest.mark.parametrize("kind", sorted(HOSTILE_FILES))
-def test_cli_inspect_refuses_in_one_clean_line(tmp_path, kind):
+# A path that is no file, a huge header, the most tensors.
+@pytest.mark.parametrize(
+    "kind, in_a_process", cli_cases(HOSTILE_FILES, ("FIFO", "header of 100 MiB", "1,000,000 tensors"))
+)
+def test_cli_inspect_refuses_in_one_clean_line(tmp_path, capfd, kind, in_a_process):
     path = HOSTILE_FILES[kind](tmp_path)
-    result, elapsed = run_cli("inspect", str(path), "--spec", "tied")
+    args = ("inspect", str(path), "--spec", "tied")
+    result, elapsed = run_cli(*args) if in_a_process else run_cli_here(capfd, *args)
     assert result.returncode == 2, f"exit={result.returncode}, but should be 2 [{result.stderr[-500:]!r}]"
     assert_one_clean_line(result.stderr)
     assert result.stderr.startswith("paramparity: error: ")
@@ -81,10 +109,10 @@ def test_paths_that_are_not_regular_files_are_refused_at_once(tmp_path, kind):
     assert time.monotonic() - started < 1.0
 
 
-@pytest.mark.parametrize("kind", sorted(HOSTILE_SPECS))
-def test_cli_spec_refuses_hostile_spec_files(tmp_path, kind):
+@pytest.mark.parametrize("kind, in_a_process", cli_cases(HOSTILE_SPECS, ("nested 1000 deep", "not UTF-8")))
+def test_cli_spec_refuses_hostile_spec_files(tmp_path, capfd, kind, in_a_process):
     path = HOSTILE_SPECS[kind](tmp_path)
-    result, elapsed = run_cli("spec", str(path))
+    result, elapsed = run_cli("spec", str(path)) if in_a_process else run_cli_here(capfd, "spec", str(path))
     assert result.returncode == 2, f"exit={result.returncode}, but should be 2 [{result.stderr[-500:]!r}]"
     assert_one_clean_line(result.stderr)
     assert elapsed < DEADLINE_S
