@@ -15,9 +15,11 @@ Required keys (a missing or mistyped one is an error naming the file and the key
     env             the environment it runs in: .venvs/<env>, built from pyproject's [env] extra
     import_roots    top-level modules of its framework (the adapter may import only these)
 
-Optional: ``synonyms``, ``env_vars`` (set before the framework is imported), ``suite_env_vars``
-(set before the import in the conformance suite only, where the user has not set them: e.g.
-XLA_FLAGS, since the suite compiles hundreds of one-off programs), ``env_check``
+Optional: ``synonyms``, ``env_vars`` (set before the framework is imported), ``run_env_vars``
+(set before the import where the user has not set them, in every process that loads the backend
+through paramparity: e.g. JAX's on-disk compilation cache; ``{root}`` in a value is the project
+folder), ``suite_env_vars`` (the same, in the conformance suite only: e.g. XLA_FLAGS, since the
+suite compiles hundreds of one-off programs), ``env_check``
 (Python run in the new environment, e.g. to insist on a CPU build), ``[capabilities]`` (each a
 table with ``value`` and ``reason``), ``[facts]`` (expected values the suite checks) and
 ``[xfails]`` (test id = reason; strict xfails for this backend only), and ``bench``
@@ -79,6 +81,7 @@ _REQUIRED: dict[str, type] = {
 _OPTIONAL: dict[str, type] = {
     "synonyms": list,
     "env_vars": dict,
+    "run_env_vars": dict,
     "suite_env_vars": dict,
     "env_check": str,
     "capabilities": dict,
@@ -110,6 +113,7 @@ class Declaration:
     import_roots: tuple[str, ...]
     synonyms: tuple[str, ...] = ()
     env_vars: Mapping[str, str] = field(default_factory=dict)
+    run_env_vars: Mapping[str, str] = field(default_factory=dict)
     suite_env_vars: Mapping[str, str] = field(default_factory=dict)
     env_check: str = ""
     capabilities: Mapping[str, Capability] = field(default_factory=dict)
@@ -136,6 +140,10 @@ class Declaration:
         if key not in self.facts:
             raise DeclarationError(f"{self.path}: [facts] has no {key!r}")
         return self.facts[key]
+
+
+def _strings(data: dict[str, Any], key: str) -> dict[str, str]:
+    return {str(k): str(v) for k, v in data.get(key, {}).items()}
 
 
 def parse_declaration(path: Path) -> Declaration:
@@ -170,12 +178,13 @@ def parse_declaration(path: Path) -> Declaration:
         env=data["env"],
         import_roots=tuple(data["import_roots"]),
         synonyms=tuple(data.get("synonyms", ())),
-        env_vars={str(k): str(v) for k, v in data.get("env_vars", {}).items()},
-        suite_env_vars={str(k): str(v) for k, v in data.get("suite_env_vars", {}).items()},
+        env_vars=_strings(data, "env_vars"),
+        run_env_vars={k: v.replace("{root}", str(ROOT)) for k, v in _strings(data, "run_env_vars").items()},
+        suite_env_vars=_strings(data, "suite_env_vars"),
         env_check=data.get("env_check", ""),
         capabilities=capabilities,
         facts=dict(data.get("facts", {})),
-        xfails={str(k): str(v) for k, v in data.get("xfails", {}).items()},
+        xfails=_strings(data, "xfails"),
         bench=data.get("bench", ""),
         hostile=data.get("hostile", ""),
         path=where,

@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Mapping
 
 from common.config import canonical_backend, selected_backend, selected_device
 from common.core.interface import Backend
@@ -30,9 +31,9 @@ def apply_env_vars(entry: Declaration) -> None:
         os.environ[key] = value
 
 
-def apply_suite_env_vars(entry: Declaration) -> None:
-    """The conformance suite's own settings (XLA_FLAGS...), where the user has set none."""
-    for key, value in entry.suite_env_vars.items():
+def apply_defaults(settings: Mapping[str, str]) -> None:
+    """paramparity's own settings (a compilation cache, XLA_FLAGS...), where the user has set none."""
+    for key, value in settings.items():
         os.environ.setdefault(key, value)
 
 
@@ -65,12 +66,13 @@ def adapter_class(entry: Declaration) -> type[Backend]:
 
 
 def load_backend(name: str | None = None, *, suite: bool = False) -> Backend:
-    """The adapter for ``name`` (any synonym), or for PARITY_BACKEND when name is None; ``suite``
-    for the conformance suite, which applies the declaration's suite_env_vars too."""
+    """The adapter for ``name`` (any synonym), or for PARITY_BACKEND when name is None, with the
+    declaration's run_env_vars; ``suite`` for the conformance suite, which adds suite_env_vars."""
     name = canonical_backend(name) if name else selected_backend()
     entry = declaration(name)
     if suite:
-        apply_suite_env_vars(entry)
+        apply_defaults(entry.suite_env_vars)
+    apply_defaults(entry.run_env_vars)
     backend = adapter_class(entry)()
     backend.use_device(selected_device())
     return backend

@@ -13,7 +13,7 @@ from common.config import (
     selected_backend,
     selected_device,
 )
-from common.declarations import DeclarationError, declarations, parse_declaration
+from common.declarations import ROOT, DeclarationError, declarations, parse_declaration
 from common.errors import UsageError
 
 ALIASES = [(alias, d.name) for d in declarations() for alias in (d.name, *d.synonyms)]
@@ -90,17 +90,24 @@ def test_two_backends_cannot_claim_one_name(tmp_path):
         declarations.__wrapped__(tmp_path)
 
 
-def test_suite_env_vars_are_set_only_where_the_user_set_none(tmp_path, monkeypatch):
-    from common.registry import apply_suite_env_vars
+@pytest.mark.parametrize("table", ["suite_env_vars", "run_env_vars"])
+def test_default_env_vars_are_set_only_where_the_user_set_none(tmp_path, monkeypatch, table):
+    from common.registry import apply_defaults
 
     path = tmp_path / "backend.toml"
-    path.write_text(GOOD + '[suite_env_vars]\nPARITY_DEMO_A = "suite"\nPARITY_DEMO_B = "suite"\n')
+    path.write_text(GOOD + f'[{table}]\nPARITY_DEMO_A = "ours"\nPARITY_DEMO_B = "ours"\n')
     entry = parse_declaration(path)
     monkeypatch.delenv("PARITY_DEMO_A", raising=False)
     monkeypatch.setenv("PARITY_DEMO_B", "user")
-    apply_suite_env_vars(entry)
-    assert (os.environ["PARITY_DEMO_A"], os.environ["PARITY_DEMO_B"]) == ("suite", "user")
+    apply_defaults(getattr(entry, table))
+    assert (os.environ["PARITY_DEMO_A"], os.environ["PARITY_DEMO_B"]) == ("ours", "user")
     monkeypatch.delenv("PARITY_DEMO_A")
+
+
+def test_run_env_vars_name_places_in_the_project(tmp_path):
+    path = tmp_path / "backend.toml"
+    path.write_text(GOOD + '[run_env_vars]\nPARITY_DEMO_CACHE = "{root}/.venvs/.demo-cache"\n')
+    assert parse_declaration(path).run_env_vars == {"PARITY_DEMO_CACHE": f"{ROOT}/.venvs/.demo-cache"}
 
 
 def test_declarations_come_in_report_order():
