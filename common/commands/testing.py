@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,33 +205,45 @@ def test_one(extra: list[str]) -> int:
     ).returncode
 
 
+BASE_SUITE = "base (common)"
+
+
 def test_all(backends: tuple[str, ...], extra: list[str], timeout: float = DEFAULT_TIMEOUT) -> int:
     """Every suite, up to one per core at a time, the longest of the last run first, each printed
     whole when it ends; a summary; exit 1 if any suite failed, timed out or could not run. Envs
-    are built meanwhile, in the order the suites need them."""
+    are built meanwhile, in the order the suites need them, and a core never waits on an env
+    while a suite whose env is ready could run."""
     selected_device()  # checked once here rather than failing in every suite
     started = time.monotonic()
-    order = longest_first(["base (common)", *backends])
+    order = longest_first([BASE_SUITE, *backends])
     python = build_envs_in_order(list(dict.fromkeys(backend_env(b) for b in order if b in backends)))
+    env_of = {b: python[backend_env(b)] for b in backends}
     jobs = {
-        "base (common)": lambda: run_suite(
-            "base (common)", sys.executable, "tests/common", extra, None, timeout=timeout, capture=True
+        BASE_SUITE: lambda: run_suite(
+            BASE_SUITE, sys.executable, "tests/common", extra, None, timeout=timeout, capture=True
         ),
-        **{b: (lambda b=b: run_backend(b, extra, timeout, python[backend_env(b)])) for b in backends},
+        **{b: (lambda b=b: run_backend(b, extra, timeout, env_of[b])) for b in backends},
     }
     workers = max(1, min(len(jobs), os.cpu_count() or 1))
     os.environ.update(child_environment(workers))  # suites share the cores: one share of threads each
     print(f"==> {len(jobs)} suites, {workers} at a time (timeout {timeout:.0f}s each)", flush=True)
     results: dict[str, SuiteResult] = {}
+    waiting, running = list(order), {}
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(jobs[name]): name for name in order}
-        for future in concurrent.futures.as_completed(futures):
-            result = future.result()
-            results[futures[future]] = result
-            state = "ok" if result.ok else f"FAILED ({result.problem or 'tests failed'})"
-            print(f"\n==> {result.name}: {state} in {result.seconds:.0f}s", flush=True)
-            if result.output:
-                print(result.output.rstrip(), flush=True)
+        while waiting or running:
+            for name in [n for n in waiting if n not in env_of or env_of[n].done()]:  # a failed env too
+                if len(running) == workers:
+                    break
+                waiting.remove(name)
+                running[pool.submit(jobs[name])] = name
+            unbuilt = {env_of[n] for n in waiting if n in env_of and not env_of[n].done()}
+            done, _ = wait({*running, *unbuilt}, return_when=FIRST_COMPLETED)
+            for future in done & running.keys():
+                result = results[running.pop(future)] = future.result()
+                state = "ok" if result.ok else f"FAILED ({result.problem or 'tests failed'})"
+                print(f"\n==> {result.name}: {state} in {result.seconds:.0f}s", flush=True)
+                if result.output:
+                    print(result.output.rstrip(), flush=True)
     ordered = [results[name] for name in jobs]
     record_seconds(ordered)
     print(f"\n== paramparity test-all summary ({time.monotonic() - started:.0f}s wall)")

@@ -147,6 +147,37 @@ def test_suites_run_while_the_environments_are_built(monkeypatch, capsys, second
     assert testing.test_all(names[:2], []) == 0
 
 
+def test_a_suite_whose_env_is_ready_runs_before_one_still_waiting(monkeypatch, capsys, seconds_record):
+    """One core: the second suite's env is slow, so the third (its env already built) runs first."""
+    by_env: dict[str, list[str]] = {}
+    for name in backend_names():
+        by_env.setdefault(testing.backend_env(name), []).append(name)
+    shared = next(names for names in by_env.values() if len(names) > 1)
+    other = next(names[0] for names in by_env.values() if names is not shared)
+    first, later = shared[:2]
+    ran: list[str] = []
+
+    def ensure_venv(env, **kwargs):
+        if env == testing.backend_env(other):
+            deadline = time.monotonic() + 10
+            while later not in ran:
+                assert time.monotonic() < deadline, f"{later} waited behind {other}'s environment"
+                time.sleep(0.01)
+        return Path(sys.executable)
+
+    def backend_suite(name, extra, timeout, python):
+        python.result()
+        ran.append(name)
+        return SuiteResult(name, {"passed": 1}, 0, 0.1)
+
+    monkeypatch.setattr(testing, "ensure_venv", ensure_venv)
+    monkeypatch.setattr(testing, "run_suite", lambda name, *a, **k: SuiteResult(name, {"passed": 1}, 0, 0.1))
+    monkeypatch.setattr(testing, "run_backend", backend_suite)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert testing.test_all((first, other, later), []) == 0
+    assert ran == [first, later, other]
+
+
 def test_a_failed_environment_fails_its_suites_and_no_other(monkeypatch, capsys, seconds_record):
     names = backend_names()
     broken = testing.backend_env(names[0])
