@@ -28,6 +28,7 @@ from common.errors import UsageError
 
 COUNT_COLUMNS = ("passed", "failed", "error", "xfailed", "xpassed", "skipped")
 OUTPUT_LIMIT = 256_000  # bytes of a suite's output kept for the log
+BASE_SUITE = "base (common)"  # common/'s own tests, in the base env
 SECONDS_RECORD = ROOT / ".pytest_cache" / "test-all-seconds.json"  # each suite's last wall time
 
 
@@ -119,12 +120,13 @@ def tail_text(path: str, limit: int = OUTPUT_LIMIT) -> str:
 
 
 def run_backend(
-    backend: str, extra: list[str], timeout: float | None = None, python: Future[Path] | None = None
+    backend: str, extra: list[str], timeout: float | None = None, env_ready: Future[Path] | None = None
 ) -> SuiteResult:
-    """One backend's suite in its env: ``python`` is that env being built elsewhere (test-all
-    builds every env in one thread, as make and pip are not parallel-safe); None builds it here."""
+    """One backend's suite in its env. ``env_ready``: the env's interpreter, being built elsewhere
+    (test-all builds every env in one thread, as make and pip are not parallel-safe); without it,
+    the env is built here."""
     try:
-        interpreter = python.result() if python else ensure_backend_env(backend, quiet=True)
+        interpreter = env_ready.result() if env_ready else ensure_backend_env(backend, quiet=True)
     except UsageError as error:
         return SuiteResult(backend, {}, 2, 0.0, f"environment: {error}")
     suite = "tests/conformance"
@@ -205,9 +207,6 @@ def test_one(extra: list[str]) -> int:
     ).returncode
 
 
-BASE_SUITE = "base (common)"
-
-
 def test_all(backends: tuple[str, ...], extra: list[str], timeout: float = DEFAULT_TIMEOUT) -> int:
     """Every suite, up to one per core at a time, the longest of the last run first, each printed
     whole when it ends; a summary; exit 1 if any suite failed, timed out or could not run. Envs
@@ -216,8 +215,8 @@ def test_all(backends: tuple[str, ...], extra: list[str], timeout: float = DEFAU
     selected_device()  # checked once here rather than failing in every suite
     started = time.monotonic()
     order = longest_first([BASE_SUITE, *backends])
-    python = build_envs_in_order(list(dict.fromkeys(backend_env(b) for b in order if b in backends)))
-    env_of = {b: python[backend_env(b)] for b in backends}
+    env_ready = build_envs_in_order(list(dict.fromkeys(backend_env(b) for b in order if b in backends)))
+    env_of = {b: env_ready[backend_env(b)] for b in backends}
     jobs = {
         BASE_SUITE: lambda: run_suite(
             BASE_SUITE, sys.executable, "tests/common", extra, None, timeout=timeout, capture=True
