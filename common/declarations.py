@@ -18,8 +18,8 @@ Required keys (a missing or mistyped one is an error naming the file and the key
 Optional: ``synonyms``, ``env_vars`` (set before the framework is imported), ``run_env_vars``
 (set before the import where the user has not set them, in every process that loads the backend
 through paramparity: e.g. JAX's on-disk compilation cache; ``{root}`` in a value is the project
-folder), ``suite_env_vars`` (the same, in the conformance suite only: e.g. XLA_FLAGS, since the
-suite compiles hundreds of one-off programs), ``env_check``
+folder), ``suite_env_vars`` (the same, only in the conformance suite and the diff's probe: e.g.
+XLA_FLAGS, since both compile many one-off programs), ``env_check``
 (Python run in the new environment, e.g. to insist on a CPU build), ``[capabilities]`` (each a
 table with ``value`` and ``reason``), ``[facts]`` (expected values the suite checks) and
 ``[xfails]`` (test id = reason; strict xfails for this backend only), and ``bench``

@@ -67,7 +67,8 @@ def adapter_class(entry: Declaration) -> type[Backend]:
 
 def load_backend(name: str | None = None, *, suite: bool = False) -> Backend:
     """The adapter for ``name`` (any synonym), or for PARITY_BACKEND when name is None, with the
-    declaration's run_env_vars; ``suite`` for the conformance suite, which adds suite_env_vars."""
+    declaration's run_env_vars; ``suite`` for the conformance suite and the diff's probe, which
+    run one-off programs and add suite_env_vars."""
     name = canonical_backend(name) if name else selected_backend()
     entry = declaration(name)
     if suite:

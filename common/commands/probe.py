@@ -31,7 +31,7 @@ SEED = 0
 
 def probe(backend_name: str) -> dict[str, Any]:
     started = time.monotonic()
-    backend = load_backend(backend_name)
+    backend = load_backend(backend_name, suite=True)  # one-off programs, as in the suite
     record: dict[str, Any] = {
         "record_version": RECORD_VERSION,
         "backend": backend.name,
