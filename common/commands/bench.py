@@ -18,6 +18,7 @@ framework itself.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import statistics
@@ -43,8 +44,23 @@ from common.envs import ROOT, VENVS, backend_env, venv_python
 REPORTS = ROOT / "reports"
 STEPS = 200
 REPEATS = 5
+TRAINING_REPEATS = 15  # 200 compiled steps take milliseconds: a median of 5 still moved by 0.1
 SIZES = (10, 100, 1000, 10000)
 BACKEND_SIZES = (10, 100, 1000)  # by default: 10,000 framework layers take ~5 min per backend here
+
+
+def timed(run) -> float:
+    """Seconds ``run`` takes, with the garbage collector off meanwhile, as timeit does: a
+    collection that lands in one side's run is not that side's cost."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        run()
+        return time.perf_counter() - started
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def median_ratios(runs: dict[str, Any], baseline: str, repeats: int = REPEATS) -> dict[str, float]:
@@ -55,11 +71,7 @@ def median_ratios(runs: dict[str, Any], baseline: str, repeats: int = REPEATS) -
         run()  # warm-up: compilation and first-call costs are not the steady state
     ratios: dict[str, list[float]] = {name: [] for name in runs if name != baseline}
     for _ in range(repeats):
-        seconds = {}
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            seconds[name] = time.perf_counter() - started
+        seconds = {name: timed(run) for name, run in runs.items()}
         for name in ratios:
             ratios[name].append(seconds[name] / seconds[baseline])
     return {name: statistics.median(values) for name, values in ratios.items()}
@@ -67,12 +79,7 @@ def median_ratios(runs: dict[str, Any], baseline: str, repeats: int = REPEATS) -
 
 def median_seconds(run, repeats: int = REPEATS) -> float:
     run()  # warm-up: compilation and first-call costs are not the steady state
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(timed(run) for _ in range(repeats))
 
 
 def deep_spec(layers: int) -> ModelSpec:
@@ -94,11 +101,11 @@ def measure_backend(name: str, sizes: tuple[int, ...]) -> dict[str, Any]:
     x, y = regression_data(TIED)
     loss = Loss("mse", y)
     weights = oracle.initial_weights(TIED)
-    result: dict[str, Any] = {"steps": STEPS, "repeats": REPEATS}
+    result: dict[str, Any] = {"steps": STEPS, "repeats": TRAINING_REPEATS}
     if entry.bench:
         module, _, function = entry.bench.partition(":")
         make_handwritten = getattr(importlib.import_module(module), function)
-        report_progress(f"training {STEPS} steps x {REPEATS} repeats")
+        report_progress(f"training {STEPS} steps x {TRAINING_REPEATS} repeats")
         # Both sides are set up and compiled once, then timed on steady-state steps.
         handwritten = make_handwritten(TIED, weights, x, y, 0.05)
         model = backend.build_mlp(TIED)
@@ -110,6 +117,7 @@ def measure_backend(name: str, sizes: tuple[int, ...]) -> dict[str, Any]:
                 "watched": lambda: backend.train(model, x, loss, 0.05, STEPS, watch=True),
             },
             baseline="hand",
+            repeats=TRAINING_REPEATS,
         )
     scaling: dict[str, dict[str, float]] = {}
     for size in sizes:

@@ -301,3 +301,19 @@ def test_run_parallel_runs_at_most_at_once_children_together(tmp_path):
     )
     spans = sorted(records[name]["span"] for name in names)
     assert any(earlier[1] > later[0] for earlier, later in itertools.pairwise(spans)), spans
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_bench_times_with_the_garbage_collector_off_and_restores_it(enabled):
+    import gc
+
+    from common.commands import bench
+
+    seen = []
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert bench.timed(lambda: seen.append(gc.isenabled())) >= 0
+        assert seen == [False], "a collection could land inside a timed run"
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
