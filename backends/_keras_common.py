@@ -190,7 +190,8 @@ class KerasBackendBase(Backend):
             return optimizer
 
         optimizer = self.compiled(model, "sgd", make)
-        optimizer.learning_rate = lr
+        if model.state.get("sgd_lr") != lr:  # an assignment costs a device write on every call
+            optimizer.learning_rate = model.state["sgd_lr"] = lr
         return optimizer
 
     # -- facts -----------------------------------------------------------------------------------

@@ -103,6 +103,7 @@ class KerasJaxBackend(KerasBackendBase):
         ):
             for variable, value in zip(variables, values, strict=True):
                 variable.assign(value)
-        unique = self.unique_variables(model)
-        watched = self.split_watched(np.asarray(jnp.stack(grads)), unique) if watch else {}
+        watched = (
+            self.split_watched(np.asarray(jnp.stack(grads)), self.unique_variables(model)) if watch else {}
+        )
         return np.asarray(jnp.stack(losses), dtype=np.float64), watched
