@@ -134,32 +134,32 @@ class NNXBackend(FlaxBase):
         return grads
 
     def _optimizer(self, model: Model) -> nnx.Optimizer:
-        # Built once per model. inject_hyperparams keeps the rate in the optimizer state, where
-        # every training call sets its own (train_carry) without a retrace.
-        def make() -> nnx.Optimizer:
-            tx = optax.inject_hyperparams(optax.sgd)(learning_rate=jnp.float32(0.0))
-            return nnx.Optimizer(model.native, tx, wrt=nnx.Param)
-
-        return self.compiled(model, "optimizer", make)
+        # Built once per model. Its rate is set inside each step, from the carry (pure_step), as
+        # the linen adapter does: plain SGD's state holds nothing that depends on the rate, so a
+        # new rate never retraces. optax.inject_hyperparams would do the same with two more state
+        # leaves per step, and dispatch time grows with the leaves: 0.144 against 0.109 ms a step.
+        return self.compiled(
+            model, "optimizer", lambda: nnx.Optimizer(model.native, optax.sgd(0.0), wrt=nnx.Param)
+        )
 
     def pure_step(self, model: Model, kind: str) -> Step:
         graphdef, _ = nnx.split((model.native, self._optimizer(model)))
 
-        def step(state: nnx.State, x: jax.Array, target: Any) -> Any:
+        def step(carry: Any, x: jax.Array, target: Any) -> Any:
+            state, lr = carry
             net, optimizer = nnx.merge(graphdef, state)
+            optimizer.tx = optax.sgd(lr)  # lr is traced: the merged copy's rate, for this step
             value, grads = nnx.value_and_grad(lambda n: objective(n(x), kind, target))(net)
             optimizer.update(net, grads)
-            return nnx.state((net, optimizer)), value, nnx.to_pure_dict(grads)
+            return (nnx.state((net, optimizer)), lr), value, nnx.to_pure_dict(grads)
 
         return step
 
-    def train_carry(self, model: Model, lr: float) -> nnx.State:
-        optimizer = self._optimizer(model)
-        optimizer.opt_state.hyperparams["learning_rate"][...] = jnp.asarray(lr, jnp.float32)
-        return nnx.state((model.native, optimizer))
+    def train_carry(self, model: Model, lr: float) -> tuple[nnx.State, jax.Array]:
+        return nnx.state((model.native, self._optimizer(model))), jnp.asarray(lr, jnp.float32)
 
-    def keep_carry(self, model: Model, carry: nnx.State) -> None:
-        nnx.update((model.native, self._optimizer(model)), carry)
+    def keep_carry(self, model: Model, carry: tuple[nnx.State, jax.Array]) -> None:
+        nnx.update((model.native, self._optimizer(model)), carry[0])
 
     # -- files ------------------------------------------------------------------------------------
     def file_tree(self, model: Model) -> Tree:
