@@ -1,42 +1,32 @@
-"""What the two Flax adapters share: Flax linen (backends/jax) and Flax NNX (backends/nnx).
-
-Both keep gradients functional (returned by a transform, never stored on a parameter), both
-name a parameter by its path in a nested dict ("params/layers_0/kernel", "layers/0/kernel"),
-and both write their own file as msgpack through ``flax.serialization``. So ``FlaxBase`` here
-implements, once, everything that follows from a table of native name -> parameter object:
-description, lookup by native name, the unbuilt listing, the native file, gradients by owner,
-and the fast training path. Each adapter supplies that table and one pure SGD step.
-
-Fast path: one ``jax.jit`` step per model and loss kind, ``watch`` a static argument; the
-learning rate rides in the carry as a device scalar, so a new rate never retraces; losses and
-watched gradients stay device arrays until the last step, then cross to numpy once.
+"""What every adapter on JAX shares, whatever its library (Flax linen and NNX, Equinox, Keras on
+JAX): arrays to numpy, the loss, checked writes, compiled builds per architecture, and device
+placement of jax arrays. Library code lives with its library: Flax's in backends/_flax_common.py.
+Nothing here imports a library above JAX.
 """
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization, traverse_util
 
-from common.core.interface import NOT_STORED, Backend, Model, WeightLayout
+from common.core.interface import Model
 from common.core.oracle import Loss
-from common.core.spec import ModelSpec, split_param_name
+from common.core.spec import ModelSpec
 
 __all__ = [
     "CompiledPerSpec",
-    "compiles_build",
-    "FlaxBase",
+    "JaxPlacement",
     "Step",
     "Tree",
     "checked_value",
-    "named_leaves",
+    "compiles_build",
     "objective",
-    "slash_path",
+    "stacked",
+    "target_array",
     "to_numpy",
 ]
 
@@ -68,7 +58,6 @@ class CompiledPerSpec:
         return function
 
 
-_NATIVE_ROLE = {"weight": "kernel", "bias": "bias"}
 # (carry, x, target) -> (carry, loss, gradients as a nested dict keyed like the native names)
 Step = Callable[[Any, jax.Array, Any], tuple[Any, jax.Array, Tree]]
 
@@ -77,27 +66,17 @@ def to_numpy(value: Any) -> np.ndarray:
     return np.array(value, dtype=np.float32)  # a copy: later updates never leak out
 
 
-def _stacked(arrays: list[jax.Array]) -> np.ndarray:
+def stacked(arrays: list[jax.Array]) -> np.ndarray:
     # Each array is already computed by the time the last step is; numpy stacks them in well under
     # a millisecond, where jnp.stack's dtype promotion over hundreds of arguments takes several.
     return np.stack([np.asarray(a) for a in arrays])
-
-
-def slash_path(keys: tuple[Any, ...]) -> str:
-    """A key path as Flax users write it: ``("layers", 0, "kernel")`` -> ``layers/0/kernel``."""
-    return "/".join(map(str, keys))
-
-
-def named_leaves(tree: Tree) -> dict[str, Any]:
-    """A nested dict's leaves by slash path, in the dict's own order."""
-    return {slash_path(keys): leaf for keys, leaf in traverse_util.flatten_dict(tree).items()}
 
 
 def objective(y: jax.Array, kind: str, target: jax.Array | None) -> jax.Array:
     return jnp.sum(y) if kind == "sum" else jnp.mean((y - target) ** 2)
 
 
-def _target(loss: Loss) -> jax.Array | None:
+def target_array(loss: Loss) -> jax.Array | None:
     return None if loss.target is None else jnp.asarray(loss.target, jnp.float32)
 
 
@@ -109,176 +88,23 @@ def checked_value(position: str, value: np.ndarray, shape: tuple[int, ...]) -> j
     return jnp.asarray(value)
 
 
-class FlaxBase(Backend):
-    """A Flax adapter: parameters found by path in nested dicts, gradients returned by jax."""
+class JaxPlacement:
+    """Device placement for an adapter whose parameters are jax arrays (or wrap one): jax places
+    arrays on its default device, which use_device sets; a tie is one array, one buffer."""
 
-    weight_layout = WeightLayout.IN_OUT  # a Flax kernel is (in, out) in linen and NNX alike
-    native_file_suffix = ".msgpack"
-    file_call: ClassVar[str]  # how the native file is written, as a practitioner writes it
-
-    @abc.abstractmethod
-    def collect_params(self, model: Model) -> dict[str, Any]:
-        """Native name -> parameter object, in the framework's own listing order; empty while
-        the framework holds none. Never builds anything."""
-
-    # -- devices: jax places arrays on its default device; use_device sets it --------------------
     def available_devices(self) -> dict[str, str]:
         gpus = [d for d in jax.devices() if d.platform == "gpu"] if jax.default_backend() == "gpu" else []
         cuda = "" if gpus else f"no CUDA device (jax {jax.__version__} runs on {jax.default_backend()})"
         return {"cpu": "", "cuda": cuda}
 
     def use_device(self, device: str) -> None:
-        super().use_device(device)
+        super().use_device(device)  # type: ignore[misc]
         platform = "gpu" if device == "cuda" else "cpu"
         jax.config.update("jax_default_device", jax.devices(platform)[0])
 
     def param_location(self, model: Model, position: str) -> tuple[str, int]:
-        param = self.param_object(model, position)
+        param = self.param_object(model, position)  # type: ignore[attr-defined]
         # An nnx.Param wraps its array; a linen leaf is one.
         array = param.get_value() if hasattr(param, "get_value") else param
         platform = next(iter(array.devices())).platform
         return ("cuda" if platform == "gpu" else platform), array.unsafe_buffer_pointer()
-
-    def params_anchor(self, model: Model) -> object:
-        """An object that is replaced whenever the parameter objects are (by default the net,
-        whose parameters are never replaced): collect_params is cached until it changes."""
-        return model.native
-
-    @abc.abstractmethod
-    def file_tree(self, model: Model) -> Tree:
-        """The nested dict the framework's own file stores."""
-
-    @abc.abstractmethod
-    def grad_input(self, model: Model) -> Any:
-        """What pure_grad differentiates: the parameters, as device arrays."""
-
-    @abc.abstractmethod
-    def pure_grad(self, model: Model, kind: str) -> Callable[[Any, jax.Array, Any], Tree]:
-        """(grad_input, x, target) -> the framework's gradients of the loss, as a nested dict
-        keyed like the native names; pure, for jax.jit."""
-
-    @abc.abstractmethod
-    def pure_step(self, model: Model, kind: str) -> Step:
-        """One pure step of the framework's own SGD, for jax.jit."""
-
-    @abc.abstractmethod
-    def train_carry(self, model: Model, lr: float) -> Any:
-        """What the step threads, as device arrays: parameters, optimizer state and ``lr``."""
-
-    @abc.abstractmethod
-    def keep_carry(self, model: Model, carry: Any) -> None:
-        """Store the carry after the last step back into the model."""
-
-    # -- built once on the table ------------------------------------------------------------------
-    @staticmethod
-    def dense_at(model: Model, position: str, table: str, kind: type) -> tuple[Any, str]:
-        """The ``kind`` layer that ``model.state[table]`` holds at a Dense position, and the
-        native name of the parameter role (``kernel``, ``bias``); KeyError naming ``position``
-        when it is no Dense position."""
-        model.spec.owner_of(position)
-        path, role = split_param_name(position)
-        layer = model.state[table][path]
-        if not isinstance(layer, kind):
-            raise KeyError(f"{position!r}: the layer at {path} is {layer!r}, not a {kind.__qualname__}")
-        return layer, _NATIVE_ROLE[role]
-
-    def native_params(self, model: Model) -> dict[str, Any]:
-        return self._param_tables(model)[0]
-
-    def _param_tables(self, model: Model) -> tuple[dict[str, Any], dict[int, str]]:
-        # Collected once per anchor, not once per parameter: a walk per describe_param made
-        # list_params quadratic (50 s for a 300-layer NNX net). The cache holds the anchor
-        # itself, so its id cannot be reused by a newer one.
-        anchor, cached = self.params_anchor(model), model.state.get("param_tables")
-        if cached is None or cached[0] is not anchor:
-            params = self.collect_params(model)
-            cached = model.state["param_tables"] = (anchor, params, {id(p): n for n, p in params.items()})
-        return cached[1], cached[2]
-
-    def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
-        return self._param_tables(model)[1][id(param)], tuple(param.shape), str(param.dtype)
-
-    def unbuilt_params(self, model: Model) -> dict[str, str]:
-        return {name: str(tuple(p.shape)) for name, p in self.native_params(model).items()}
-
-    def read_native(self, model: Model, position: str) -> np.ndarray:
-        return to_numpy(self.param_object(model, position))
-
-    def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
-        params = self.native_params(model)
-        if native_name not in params:
-            raise KeyError(f"{native_name!r} is not a parameter path; paths: {', '.join(params)}")
-        return to_numpy(params[native_name])
-
-    def stored_grad(self, model: Model, param: Any) -> Any:
-        # A jax array (and an NNX Variable, which forwards attributes to its array) has no .grad.
-        return getattr(param, "grad", NOT_STORED)
-
-    def owners(self, model: Model) -> dict[str, str]:
-        """Native name -> canonical owner, for every unique parameter."""
-        return {self.describe_param(model, p)[0]: name for name, p, _ in self.observed_params(model)}
-
-    def by_owner(self, model: Model, tree: Tree) -> dict[str, np.ndarray]:
-        # A shared parameter is one leaf, so jax already summed the gradient over its uses.
-        leaves = named_leaves(tree)
-        return {owner: to_numpy(leaves[native]) for native, owner in self.owners(model).items()}
-
-    def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
-        # Jitted once per model: eager autodiff re-runs Python for every layer on every call.
-        grads = self.compiled(model, ("grad", loss.kind), lambda: jax.jit(self.pure_grad(model, loss.kind)))
-        return self.by_owner(model, grads(self.grad_input(model), jnp.asarray(x), _target(loss)))
-
-    def native_train(
-        self, model: Model, x: np.ndarray, loss: Loss, lr: float, steps: int, watch: bool
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        step = self.compiled(model, ("sgd", loss.kind), lambda: self._jit(model, loss.kind))
-        inputs, target = jnp.asarray(x), _target(loss)
-        carry, losses, grads = self.train_carry(model, lr), [], []
-        for _ in range(steps):
-            carry, value, applied = step(carry, inputs, target, watch=watch)
-            losses.append(value)
-            grads.append(applied)
-        self.keep_carry(model, carry)
-        values = _stacked(losses).astype(np.float64)
-        if not watch:
-            return values, {}
-        flat, params, start, watched = _stacked(grads), self.native_params(model), 0, {}
-        for native, owner in self.owners(model).items():
-            shape = tuple(params[native].shape)
-            size = int(np.prod(shape))
-            watched[owner] = flat[:, start : start + size].reshape(steps, *shape)
-            start += size
-        return values, watched
-
-    def _jit(self, model: Model, kind: str) -> Callable[..., Any]:
-        step, order = self.pure_step(model, kind), list(self.owners(model))
-
-        def traced(carry: Any, x: jax.Array, target: Any, watch: bool) -> Any:
-            self.note_trace(model)  # Python runs here once per trace
-            carry, value, grads = step(carry, x, target)
-            if not watch:
-                return carry, value, None
-            # One buffer a step, in owners() order, rather than one per parameter: every output
-            # of a jitted call costs dispatch time, which is most of a step at this size.
-            leaves = named_leaves(grads)
-            return carry, value, jnp.concatenate([leaves[name].ravel() for name in order])
-
-        return jax.jit(traced, static_argnames="watch")
-
-    def serializations(self, model: Model) -> dict[str, list[str]]:
-        restored = serialization.msgpack_restore(serialization.to_bytes(self.file_tree(model)))
-        return {f"{self.file_call} (msgpack)": list(named_leaves(restored))}
-
-    def save_native_file(self, model: Model, path: str) -> str:
-        self.materialize(model)
-        with open(path + self.native_file_suffix, "wb") as file:
-            file.write(serialization.to_bytes(self.file_tree(model)))
-        return self.file_call
-
-    def read_native_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
-        with open(file, "rb") as handle:
-            # msgpack_restore decodes plain data (nested dicts of numpy arrays); it runs no code.
-            restored = serialization.msgpack_restore(handle.read())
-        if not isinstance(restored, dict):
-            raise TypeError(f"the file holds a {type(restored).__name__}, not a dict of arrays")
-        return [(name, np.asarray(value)) for name, value in named_leaves(restored).items()]

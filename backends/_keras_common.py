@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from common.core.interface import NOT_STORED, Backend, Model, WeightLayout, qualname
+from common.core.interface import NOT_STORED, Backend, Model, qualname
 from common.core.oracle import Loss
 from common.core.spec import ROLES, LayerPath, ModelSpec, param_name, split_param_name
 from common.core.untrusted import printable
@@ -46,7 +46,6 @@ def _snake_case(name: str) -> str:
 class KerasBackendBase(Backend):
     """Everything a Keras backend shares: building, access by position, facts and files."""
 
-    weight_layout = WeightLayout.IN_OUT
     lazy_mechanism = "Dense(units) builds its kernel on the first call (build-on-call)"
     tie_mechanism = "the same Dense layer object at both positions"
     native_file_suffix = ".weights.h5"

@@ -5,28 +5,12 @@ framework-free test, xfails) derives from these files. Adding a backend is addin
 other file names it. A declaration is plain data, read with ``tomllib``, so the Makefile and the
 framework-free base environment can read it without importing any framework.
 
-Required keys (a missing or mistyped one is an error naming the file and the key):
-
-    name            canonical name; also what PARITY_BACKEND and make test-<name> accept
-    order           report order (columns of the diff, rows of test-all)
-    framework       how the report names the framework, e.g. "Keras 3 on JAX"
-    book_tab        the D2L tab whose claims apply ("PyTorch", "MXNet", "JAX", "TensorFlow")
-    adapter         "module:Class" of the adapter, a common.core.interface.Backend subclass
-    env             the environment it runs in: .venvs/<env>, built from pyproject's [env] extra
-    import_roots    top-level modules of its framework (the adapter may import only these)
-
-Optional: ``synonyms``, ``env_vars`` (set before the framework is imported), ``run_env_vars``
-(set before the import where the user has not set them, in every process that loads the backend
-through paramparity: e.g. JAX's on-disk compilation cache; ``{root}`` in a value is the project
-folder), ``suite_env_vars`` (the same, only in the conformance suite and the diff's probe: e.g.
-XLA_FLAGS, since both compile many one-off programs), ``env_check``
-(Python run in the new environment, e.g. to insist on a CPU build), ``[capabilities]`` (each a
-table with ``value`` and ``reason``), ``[facts]`` (expected values the suite checks) and
-``[xfails]`` (test id = reason; strict xfails for this backend only), and ``bench``
-("module:function", ``make_handwritten(spec, weights, x, y, lr) -> run(steps) -> losses``: the
-hand-written training loop on the framework's fast path that ``make bench`` holds the adapter
-against, set up once like the adapter's model), and ``hostile`` ("module:NAME", a dict of name ->
-``writer(backend, model, path)`` making hostile native files the suite must refuse).
+The schema is ``SCHEMA`` below, with the required ``[capabilities]`` and ``[facts]`` keys and the
+values a fact may take: exactly what the suite and the commands rely on. A declaration that lacks
+or mistypes any of it is refused when it is loaded, with one error naming the file and the key.
+A family of backends shares settings through ``family = "<name>"``: ``backends/_<name>.toml``
+holds tables (env vars, import roots...) that each member extends with its own keys, so no table
+is copied between members.
 """
 
 from __future__ import annotations
@@ -69,27 +53,58 @@ ROOT = find_root()
 BACKENDS_DIR = ROOT / "backends"
 DECLARATION_FILE = "backend.toml"
 
-_REQUIRED: dict[str, type] = {
-    "name": str,
-    "order": int,
-    "framework": str,
-    "book_tab": str,
-    "adapter": str,
-    "env": str,
-    "import_roots": list,
+BOOK_TABS = ("PyTorch", "MXNet", "JAX", "TensorFlow")  # the D2L tabs that claims name
+NO_BOOK_TAB = "none"  # a framework the book does not cover: only the claims about every backend apply
+FAMILY_FILE = "_{family}.toml"  # under backends/: settings shared by a family's members
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: type
+    required: bool
+    doc: str
+
+
+SCHEMA: dict[str, Key] = {
+    "name": Key(str, True, "canonical name; also what PARITY_BACKEND and make test-<name> accept"),
+    "order": Key(int, True, "report order (columns of the diff, rows of test-all)"),
+    "framework": Key(str, True, 'how the report names the framework, e.g. "Keras 3 on JAX"'),
+    "book_tab": Key(
+        str,
+        True,
+        f"the D2L tab whose claims apply: one of {', '.join(BOOK_TABS)}, or "
+        f"{NO_BOOK_TAB!r} for a framework the book does not cover",
+    ),
+    "adapter": Key(str, True, '"module:Class" of the adapter, a common.core.interface.Backend subclass'),
+    "env": Key(str, True, "the environment it runs in: .venvs/<env>, built from pyproject's [env] extra"),
+    "import_roots": Key(list, True, "top-level modules of its framework (the adapter may import only these)"),
+    "bench": Key(
+        str,
+        True,
+        '"module:function": make_handwritten(spec, weights, x, y, lr) -> run(steps) '
+        "-> losses, the hand-written loop on the framework's fast path that make bench compares",
+    ),
+    "capabilities": Key(dict, True, "each a table with a boolean value and a reason; see CAPABILITIES"),
+    "facts": Key(dict, True, "expected values the suite checks against the behaviour; see FACTS"),
+    "family": Key(str, False, "backends/_<family>.toml holds tables this declaration extends"),
+    "synonyms": Key(list, False, "other names PARITY_BACKEND accepts"),
+    "env_vars": Key(dict, False, "set before the framework is imported (KERAS_BACKEND...)"),
+    "run_env_vars": Key(dict, False, "defaults in every process paramparity runs ({root}: the project)"),
+    "suite_env_vars": Key(dict, False, "defaults in its conformance suite and the diff's probe only"),
+    "env_check": Key(str, False, "Python run in the new environment, e.g. to insist on a CPU build"),
+    "xfails": Key(dict, False, "test id = reason: strict xfails for this backend's real divergences"),
+    "hostile": Key(str, False, '"module:NAME": name -> writer(backend, model, path) of hostile native files'),
 }
-_OPTIONAL: dict[str, type] = {
-    "synonyms": list,
-    "env_vars": dict,
-    "run_env_vars": dict,
-    "suite_env_vars": dict,
-    "env_check": str,
-    "capabilities": dict,
-    "facts": dict,
-    "xfails": dict,
-    "bench": str,
-    "hostile": str,
+CAPABILITIES: dict[str, str] = {
+    "lazy_input_size": "whether a Dense infers its input width at the first forward",
+    "device_placement": "whether parameter buffers can be located (device, address) to prove a tie",
 }
+FACTS: dict[str, tuple[str, ...]] = {
+    "weight_layout": ("(out, in)", "(in, out)"),  # the native layout of a Dense weight
+    "grad_state_before_backward": ("none", "zeros", "not stored"),  # D2L 6.2.1.3
+}
+# Members of a family may set these in the family file; a member's own keys win, table by table.
+FAMILY_KEYS = ("import_roots", "env", "env_vars", "run_env_vars", "suite_env_vars", "capabilities", "facts")
 
 
 class DeclarationError(UsageError):
@@ -111,15 +126,16 @@ class Declaration:
     adapter: str
     env: str
     import_roots: tuple[str, ...]
+    bench: str
+    capabilities: Mapping[str, Capability]
+    facts: Mapping[str, Any]
+    family: str = ""
     synonyms: tuple[str, ...] = ()
     env_vars: Mapping[str, str] = field(default_factory=dict)
     run_env_vars: Mapping[str, str] = field(default_factory=dict)
     suite_env_vars: Mapping[str, str] = field(default_factory=dict)
     env_check: str = ""
-    capabilities: Mapping[str, Capability] = field(default_factory=dict)
-    facts: Mapping[str, Any] = field(default_factory=dict)
     xfails: Mapping[str, str] = field(default_factory=dict)
-    bench: str = ""
     hostile: str = ""
     path: str = ""
 
@@ -130,6 +146,10 @@ class Declaration:
     @property
     def adapter_class(self) -> str:
         return self.adapter.partition(":")[2]
+
+    @property
+    def weight_layout(self) -> str:
+        return self.facts["weight_layout"]
 
     def capability(self, key: str) -> Capability:
         if key not in self.capabilities:
@@ -146,29 +166,89 @@ def _strings(data: dict[str, Any], key: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.get(key, {}).items()}
 
 
-def parse_declaration(path: Path) -> Declaration:
-    where = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+def _read_toml(path: Path, where: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise DeclarationError(f"{where}: cannot read it: {error}") from None
-    for key in _REQUIRED:
-        if key not in data:
-            raise DeclarationError(f"{where}: missing required key {key!r}")
+
+
+def _with_family(data: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
+    """``data`` extending its family's file: a member's own list or scalar replaces the family's,
+    a member's table is merged over the family's key by key."""
+    family = data.get("family")
+    if family is None:
+        return data
+    if not isinstance(family, str) or not family.isidentifier():
+        raise DeclarationError(f"{where}: family={family!r}, but should be a name like 'jax'")
+    family_path = path.parent.parent / FAMILY_FILE.format(family=family)
+    family_where = f"{Path(where).parent.parent / family_path.name}"
+    if not family_path.is_file():
+        raise DeclarationError(f"{where}: family {family!r} needs {family_where}, which does not exist")
+    shared = _read_toml(family_path, family_where)
+    for key in shared:
+        if key not in FAMILY_KEYS:
+            raise DeclarationError(
+                f"{family_where}: key {key!r} cannot be shared by a family; "
+                f"shared keys: {', '.join(FAMILY_KEYS)}"
+            )
+    merged = dict(shared)
     for key, value in data.items():
-        kind = _REQUIRED.get(key) or _OPTIONAL.get(key)
-        if kind is None:
-            valid = ", ".join([*_REQUIRED, *_OPTIONAL])
-            raise DeclarationError(f"{where}: unknown key {key!r}; valid keys: {valid}")
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-            raise DeclarationError(f"{where}: {key}={value!r}, but should be a {kind.__name__}")
-    if ":" not in data["adapter"]:
-        raise DeclarationError(f"{where}: adapter={data['adapter']!r}, but should be 'module:Class'")
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _check_callable_ref(where: str, key: str, value: str) -> None:
+    module, sep, attribute = value.partition(":")
+    if not (sep and all(part.isidentifier() for part in module.split(".")) and attribute.isidentifier()):
+        raise DeclarationError(f"{where}: {key}={value!r}, but should be 'module:name'")
+
+
+def parse_declaration(path: Path) -> Declaration:
+    """One declaration, checked against SCHEMA, CAPABILITIES and FACTS: the first problem found is
+    one DeclarationError naming the file and the key."""
+    where = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+    data = _with_family(_read_toml(path, where), path, where)
+    for key, spec in SCHEMA.items():
+        if spec.required and key not in data:
+            raise DeclarationError(f"{where}: missing required key {key!r} ({spec.doc})")
+    for key, value in data.items():
+        spec = SCHEMA.get(key)
+        if spec is None:
+            raise DeclarationError(f"{where}: unknown key {key!r}; valid keys: {', '.join(SCHEMA)}")
+        if not isinstance(value, spec.kind) or isinstance(value, bool) and spec.kind is int:
+            raise DeclarationError(f"{where}: {key}={value!r}, but should be a {spec.kind.__name__}")
+    for key in ("adapter", "bench", *(("hostile",) if "hostile" in data else ())):
+        _check_callable_ref(where, key, data[key])
+    if data["book_tab"] not in (*BOOK_TABS, NO_BOOK_TAB):
+        raise DeclarationError(
+            f"{where}: book_tab={data['book_tab']!r}, "
+            f"but should be one of {', '.join((*BOOK_TABS, NO_BOOK_TAB))}"
+        )
     capabilities = {}
-    for key, entry in data.get("capabilities", {}).items():
+    for key in CAPABILITIES:
+        if key not in data["capabilities"]:
+            raise DeclarationError(f"{where}: [capabilities] lacks {key!r} ({CAPABILITIES[key]})")
+    for key, entry in data["capabilities"].items():
+        if key not in CAPABILITIES:
+            raise DeclarationError(f"{where}: unknown capability {key!r}; valid: {', '.join(CAPABILITIES)}")
         if not (isinstance(entry, dict) and isinstance(entry.get("value"), bool) and entry.get("reason")):
             raise DeclarationError(f"{where}: capabilities.{key} needs a boolean 'value' and a 'reason'")
         capabilities[key] = Capability(entry["value"], str(entry["reason"]))
+    for key, allowed in FACTS.items():
+        value = data["facts"].get(key)
+        if value is None:
+            raise DeclarationError(f"{where}: [facts] lacks {key!r}; one of: {', '.join(allowed)}")
+        if value not in allowed:
+            raise DeclarationError(
+                f"{where}: facts.{key}={value!r}, but should be one of: {', '.join(allowed)}"
+            )
+    unknown_facts = sorted(set(data["facts"]) - set(FACTS))
+    if unknown_facts:
+        raise DeclarationError(f"{where}: unknown fact {unknown_facts[0]!r}; valid: {', '.join(FACTS)}")
     return Declaration(
         name=data["name"],
         order=data["order"],
@@ -177,15 +257,16 @@ def parse_declaration(path: Path) -> Declaration:
         adapter=data["adapter"],
         env=data["env"],
         import_roots=tuple(data["import_roots"]),
+        bench=data["bench"],
+        capabilities=capabilities,
+        facts=dict(data["facts"]),
+        family=data.get("family", ""),
         synonyms=tuple(data.get("synonyms", ())),
         env_vars=_strings(data, "env_vars"),
         run_env_vars={k: v.replace("{root}", str(ROOT)) for k, v in _strings(data, "run_env_vars").items()},
         suite_env_vars=_strings(data, "suite_env_vars"),
         env_check=data.get("env_check", ""),
-        capabilities=capabilities,
-        facts=dict(data.get("facts", {})),
         xfails=_strings(data, "xfails"),
-        bench=data.get("bench", ""),
         hostile=data.get("hostile", ""),
         path=where,
     )
@@ -225,4 +306,16 @@ def envs() -> tuple[str, ...]:
     return tuple(dict.fromkeys(["base", *(d.env for d in declarations())]))
 
 
-__all__ = ["Capability", "Declaration", "DeclarationError", "declaration", "declarations", "envs"]
+__all__ = [
+    "BOOK_TABS",
+    "CAPABILITIES",
+    "FACTS",
+    "NO_BOOK_TAB",
+    "SCHEMA",
+    "Capability",
+    "Declaration",
+    "DeclarationError",
+    "declaration",
+    "declarations",
+    "envs",
+]

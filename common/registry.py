@@ -15,7 +15,7 @@ from common.core.interface import Backend
 from common.declarations import Declaration, declaration
 from common.errors import BackendUnavailable, UsageError
 
-REQUIRED_ATTRIBUTES = ("name", "weight_layout", "lazy_mechanism", "tie_mechanism")
+REQUIRED_ATTRIBUTES = ("name", "lazy_mechanism", "tie_mechanism")
 
 
 def apply_env_vars(entry: Declaration) -> None:

@@ -9,7 +9,7 @@ Flax quirks this adapter is built around:
   ``params/layers_2``. Positions are mapped to parameter paths through the adopted (bound) module
   objects, so a tie is observed, never taken from ``spec.ties``: both positions resolve to the
   very same leaf of the variables dict.
-Fast path: one ``jax.jit`` step (value_and_grad, then optax.sgd) per model, see backends._jax_common.
+Fast path: one ``jax.jit`` step (value_and_grad, then optax.sgd) per model, see backends._flax_common.
 """
 
 from __future__ import annotations
@@ -25,16 +25,14 @@ import numpy as np
 import optax
 from flax import serialization, traverse_util
 
+from backends._flax_common import FlaxBase, named_leaves, slash_path
 from backends._jax_common import (
     CompiledPerSpec,
-    FlaxBase,
     Step,
     Tree,
     checked_value,
     compiles_build,
-    named_leaves,
     objective,
-    slash_path,
     to_numpy,
 )
 from common.core.interface import Model

@@ -26,7 +26,7 @@ with warnings.catch_warnings():
     from mxnet import np as mnp  # not "np": that name is the real numpy here
     from mxnet.gluon import nn
 
-from common.core.interface import NOT_STORED, Backend, Model, WeightLayout
+from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
 from common.core.spec import LayerPath, ModelSpec
 
@@ -54,7 +54,6 @@ class _Objective(gluon.HybridBlock):
 
 class MXNetBackend(Backend):
     name = "mxnet"
-    weight_layout = WeightLayout.OUT_IN
     lazy_mechanism = (
         "deferred init: nn.Dense(units) without in_units; weight is (units, -1) until the first forward"
     )

@@ -10,7 +10,7 @@ NNX quirks this adapter is built around:
   (``layers/2``): the listing and the msgpack file hold a tied parameter once.
 Fast path: the "functional training loop" of Flax's performance guide: ``nnx.split`` the net and
 its ``nnx.Optimizer`` once per call, ``jax.jit`` one pure step over the state (``nnx.merge``,
-``nnx.value_and_grad``, ``optimizer.update``), ``nnx.update`` at the end; see backends._jax_common.
+``nnx.value_and_grad``, ``optimizer.update``), ``nnx.update`` at the end; see backends._flax_common.
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ import numpy as np
 import optax
 from flax import nnx
 
+from backends._flax_common import FlaxBase, slash_path
 from backends._jax_common import (
     CompiledPerSpec,
-    FlaxBase,
     Step,
     Tree,
     checked_value,
     compiles_build,
     objective,
-    slash_path,
     to_numpy,
 )
 from common.core.interface import Model

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
-from common.core.interface import Backend, Model, WeightLayout
+from common.core.interface import Backend, Model
 from common.core.oracle import Loss
 from common.core.untrusted import printable
 from common.errors import ParamFileError
@@ -30,7 +30,6 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 class TorchBackend(Backend):
     name = "torch"
-    weight_layout = WeightLayout.OUT_IN
     lazy_mechanism = "nn.LazyLinear: shapes set at first forward"
     tie_mechanism = "the same nn.Module object at both positions"
     native_file_suffix = ".pt"

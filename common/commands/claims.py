@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from common.core.spec import split_param_name
+
 Record = Mapping[str, Any]
 
 
@@ -28,10 +30,16 @@ def _tied(record: Record) -> Record:
     return record["models"]["tied"]
 
 
-def _top_level_param_groups(record: Record) -> int:
-    # Flax: len(params['params']) counts submodule entries, the 2nd component of "params/layers_0/kernel".
-    names = _tied(record)["facts"]["listing_names"]
-    return len({name.split("/")[1] for name in names if name.count("/") >= 2})
+def _layers_in_listing(record: Record) -> int:
+    """How many layers the framework's own listing holds parameters for (Flax: the entries of
+    params['params']). Each listed native name is mapped to its canonical position through the
+    record's parameter table, so no native name format is parsed; a listed name that is no unique
+    parameter's (a tie listed twice) counts as a layer of its own."""
+    tied = _tied(record)
+    canonical = {p["native_name"]: p["name"] for p in tied["params"]}
+    names = tied["facts"]["listing_names"]
+    layers = {split_param_name(canonical[name])[0] for name in names if name in canonical}
+    return len(layers) + sum(name not in canonical for name in names)
 
 
 def _first_unbuilt_shape(record: Record) -> str:
@@ -58,7 +66,7 @@ MEASURES: dict[str, Callable[[Record], Any]] = {
     "layer list length == unique layer objects (tied)": lambda r: (
         _tied(r)["facts"]["layer_list_length"] == _tied(r)["facts"]["unique_layer_objects"]
     ),
-    "len(params['params']) (tied)": _top_level_param_groups,
+    "len(params['params']) (tied)": _layers_in_listing,
     "grad before backward": lambda r: r["models"]["mlp"]["grad_state_before_backward"],
     "write at one tied position is seen at the other": lambda r: _tied(r)["ties"][
         "write_seen_at_other_position"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,18 @@ import numpy as np
 
 from common.core.oracle import Loss, check_input
 from common.core.params import check_value, check_values
-from common.core.spec import ROLES, Block, Dense, Layer, LayerPath, ModelSpec, param_name, split_param_name
+from common.core.spec import (
+    ROLES,
+    Block,
+    Dense,
+    Layer,
+    LayerPath,
+    ModelSpec,
+    param_name,
+    spec_from_dict,
+    split_param_name,
+)
+from common.declarations import Declaration, declaration
 from common.errors import ParamFileError, UsageError
 
 __all__ = [
@@ -112,10 +124,19 @@ Observed = tuple[str, Any, list[str]]
 
 class Backend(abc.ABC):
     name: ClassVar[str]  # canonical backend name; must match its declaration
-    weight_layout: ClassVar[str]  # WeightLayout.OUT_IN or WeightLayout.IN_OUT
     lazy_mechanism: ClassVar[str]  # how input size is inferred, or why it is not
     tie_mechanism: ClassVar[str]  # how a layer is shared, e.g. "the same module object"
     native_file_suffix: ClassVar[str]  # the framework's own parameter file, e.g. ".pt"
+
+    @functools.cached_property
+    def declaration(self) -> Declaration:
+        """This backend's backend.toml: its facts are stated there once (the weight layout...)."""
+        return declaration(self.name)
+
+    @property
+    def weight_layout(self) -> str:
+        """WeightLayout.OUT_IN or IN_OUT, as the declaration's [facts] state it."""
+        return self.declaration.weight_layout
 
     # == primitives each adapter implements ======================================================
     @abc.abstractmethod
@@ -268,10 +289,12 @@ class Backend(abc.ABC):
         """Seed the framework's own RNG, so default initial values are reproducible."""
 
     # == machinery written once ==================================================================
-    def build_mlp(self, spec: ModelSpec) -> Model:
-        """Walk the spec: a Block becomes a nested sequential, a tied position gets
-        ``share_dense(owner)``. The position table is then read back through ``child``, so it
-        holds what the framework really holds."""
+    def build_mlp(self, spec: ModelSpec | Mapping[str, Any]) -> Model:
+        """Walk the spec (or spec data, validated here before any adapter call): a Block becomes
+        a nested sequential, a tied position gets ``share_dense(owner)``. The position table is
+        then read back through ``child``, so it holds what the framework really holds."""
+        if not isinstance(spec, ModelSpec):
+            spec = spec_from_dict(spec)
         owners = {slot.path: slot.owner for slot in spec.dense_slots}
         widths = {slot.path: slot.in_features for slot in spec.dense_slots}
         made: dict[LayerPath, Any] = {}
@@ -567,8 +590,13 @@ class Backend(abc.ABC):
 
         where = printable(path)
         try:
+            adapter = f"{type(self).__module__}:{type(self).__qualname__}"
             entries, native = isolate.read_native(
-                self.name, model.spec.to_dict(), path, where=where, what=f"the {self.name} native reader"
+                adapter,
+                model.spec.to_dict(),
+                path,
+                where=where,
+                what=f"the {self.name} native reader",
             )
         except isolate.ReaderError as error:
             raise ParamFileError(

@@ -293,13 +293,17 @@ def _mapped_bytes() -> int:
 
 
 # -- the native reader of a backend -------------------------------------------------------------------
-def native_setup(backend_name: str, spec_data: dict[str, Any]) -> Any:
-    """In the child, before the limits: the adapter, warmed up by building and running a model, so
-    the framework's own start-up is not counted against the reader."""
-    from common.core.spec import spec_from_dict
-    from common.registry import load_backend
+def native_setup(adapter: str, spec_data: dict[str, Any]) -> Any:
+    """In the child, before the limits: the adapter ("module:Class", imported in an environment
+    inherited from the parent, which set the framework's variables), warmed up by building and
+    running a model, so the framework's own start-up is not counted against the reader. The core
+    imports an adapter by its class, never a backend by name: that is the registry's job."""
+    import importlib
 
-    backend = load_backend(backend_name)
+    from common.core.spec import spec_from_dict
+
+    module, _, name = adapter.partition(":")
+    backend = getattr(importlib.import_module(module), name)()
     backend.materialize(backend.build_mlp(spec_from_dict(spec_data)))
     return backend
 
@@ -314,8 +318,8 @@ def native_read(backend: Any, spec_data: dict[str, Any], path: str) -> tuple[lis
     return list(entries), dict(values)
 
 
-def read_native(backend_name: str, spec_data: dict[str, Any], path: str, *, where: str, what: str) -> Any:
-    """``native_read`` in the backend's shared worker; exceptions as ``run_isolated`` raises them."""
+def read_native(adapter: str, spec_data: dict[str, Any], path: str, *, where: str, what: str) -> Any:
+    """``native_read`` in the adapter's shared worker; exceptions as ``run_isolated`` raises them."""
     limits = Limits()
-    worker = shared_worker(("native", backend_name), partial(native_setup, backend_name, spec_data), limits)
+    worker = shared_worker(("native", adapter), partial(native_setup, adapter, spec_data), limits)
     return outcome_value(worker.call(native_read, spec_data, path), where, what, limits)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +15,15 @@ from common.config import (
     selected_backend,
     selected_device,
 )
-from common.declarations import ROOT, DeclarationError, declarations, parse_declaration
+from common.declarations import (
+    CAPABILITIES,
+    FACTS,
+    ROOT,
+    SCHEMA,
+    DeclarationError,
+    declarations,
+    parse_declaration,
+)
 from common.errors import UsageError
 
 ALIASES = [(alias, d.name) for d in declarations() for alias in (d.name, *d.synonyms)]
@@ -56,20 +66,93 @@ book_tab = "PyTorch"
 adapter = "backends.demo.adapter:Demo"
 env = "demo"
 import_roots = ["demo"]
+bench = "backends.demo.bench:make_handwritten"
+
+[capabilities]
+lazy_input_size = { value = true, reason = "demo" }
+device_placement = { value = false, reason = "demo" }
+
+[facts]
+weight_layout = "(out, in)"
+grad_state_before_backward = "none"
 """
+
+
+def _without(text: str, key: str) -> str:
+    """GOOD with one key removed: a top-level key, a whole table, or a key inside a table."""
+    kept = [line for line in text.splitlines() if not line.startswith((f"{key} =", f"[{key}]"))]
+    return "\n".join(kept) + "\n"
+
+
+def _top(text: str, line: str) -> str:
+    """``line`` as a top-level key: before the first table."""
+    return text.replace("[capabilities]", f"{line}\n\n[capabilities]", 1)
+
+
+def _with_table(text: str, table: str, line: str) -> str:
+    return text.replace(f"[{table}]\n", f"[{table}]\n{line}\n")
+
+
+REQUIRED_KEYS = [key for key, spec in SCHEMA.items() if spec.required]
+
+
+def test_good_holds_every_required_key():
+    """So the test below removes each one for real."""
+    data = tomllib.loads(GOOD)
+    assert set(REQUIRED_KEYS) <= set(data)
+    assert (set(data["capabilities"]), set(data["facts"])) == (set(CAPABILITIES), set(FACTS))
+    assert parse_declaration_text(GOOD).name == "demo"
+
+
+def parse_declaration_text(text: str, tmp: Path | None = None):
+    import tempfile
+
+    folder = Path(tmp or tempfile.mkdtemp()) / "demo"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "backend.toml"
+    path.write_text(text)
+    return parse_declaration(path)
+
+
+@pytest.mark.parametrize(
+    "key", [*REQUIRED_KEYS, *(f"capabilities.{k}" for k in CAPABILITIES), *(f"facts.{k}" for k in FACTS)]
+)
+def test_removing_any_required_key_is_one_clear_error_at_load(tmp_path, key):
+    table, _, inner = key.rpartition(".") if "." in key else ("", "", key)
+    text = _without(GOOD, inner)
+    if table:  # the table stays, the key inside it goes
+        text = GOOD.replace(
+            next(line for line in GOOD.splitlines() if line.startswith(f"{inner} =")) + "\n", ""
+        )
+    with pytest.raises(DeclarationError) as info:
+        parse_declaration_text(text, tmp_path)
+    message = str(info.value)
+    assert "backend.toml" in message and repr(inner) in message and "\n" not in message, message
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
         (GOOD.replace('name = "demo"', ""), "missing required key 'name'"),
-        (GOOD + "colour = 1\n", "unknown key 'colour'"),
+        (_top(GOOD, "colour = 1"), "unknown key 'colour'"),
         (GOOD.replace("order = 1", 'order = "1"'), "order='1', but should be a int"),
-        (GOOD.replace(":Demo", ""), "should be 'module:Class'"),
+        (GOOD.replace(":Demo", ""), "should be 'module:name'"),
+        (GOOD.replace(":make_handwritten", ""), "bench='backends.demo.bench', but should be 'module:name'"),
+        (GOOD.replace('bench = "backends.demo.bench:make_handwritten"', 'bench = ""'), "bench=''"),
         (
-            GOOD + "[capabilities]\nlazy_input_size = { value = true }\n",
+            GOOD.replace(
+                'lazy_input_size = { value = true, reason = "demo" }', "lazy_input_size = { value = true }"
+            ),
             "needs a boolean 'value' and a 'reason'",
         ),
+        (
+            GOOD.replace('book_tab = "PyTorch"', 'book_tab = "Pytorch"'),
+            "book_tab='Pytorch', but should be one of",
+        ),
+        (GOOD.replace('"(out, in)"', '"(in,out)"'), "facts.weight_layout='(in,out)', but should be one of"),
+        (_with_table(GOOD, "facts", 'colour = "red"'), "unknown fact 'colour'"),
+        (_with_table(GOOD, "capabilities", 'flying = { value = true, reason = "x" }'), "unknown capability"),
+        (_top(GOOD, 'family = "nowhere"'), "family 'nowhere' needs"),
         ("name = ", "cannot read it"),
     ],
 )
@@ -81,10 +164,28 @@ def test_a_bad_declaration_names_its_file_and_problem(tmp_path, text, message):
     assert message in str(info.value)
 
 
+def test_a_family_shares_tables_and_a_member_overrides_key_by_key(tmp_path):
+    (tmp_path / "_demo.toml").write_text(
+        'env = "shared"\n[run_env_vars]\nA = "family"\nB = "family"\n[facts]\nweight_layout = "(in, out)"\n'
+    )
+    text = _without(GOOD, "env").replace(
+        "[capabilities]", 'family = "demo"\n[run_env_vars]\nB = "member"\n\n[capabilities]'
+    )
+    entry = parse_declaration_text(text, tmp_path)
+    assert (entry.env, dict(entry.run_env_vars)) == ("shared", {"A": "family", "B": "member"})
+    assert entry.weight_layout == "(out, in)"  # the member's own fact wins
+
+
+def test_a_family_file_cannot_share_identity_keys(tmp_path):
+    (tmp_path / "_demo.toml").write_text('name = "stolen"\n')
+    with pytest.raises(DeclarationError, match="_demo.toml: key 'name' cannot be shared by a family"):
+        parse_declaration_text(_top(GOOD, 'family = "demo"'), tmp_path)
+
+
 def test_two_backends_cannot_claim_one_name(tmp_path):
     for folder, synonyms in (("a", "[]"), ("b", '["demo"]')):
         (tmp_path / folder).mkdir()
-        text = GOOD.replace('"demo"', f'"{folder}"', 1) + f"synonyms = {synonyms}\n"
+        text = _top(GOOD.replace('"demo"', f'"{folder}"', 1), f"synonyms = {synonyms}")
         (tmp_path / folder / "backend.toml").write_text(text.replace('name = "a"', 'name = "demo"'))
     with pytest.raises(DeclarationError, match="already taken"):
         declarations.__wrapped__(tmp_path)

@@ -19,7 +19,7 @@ from common.commands.claims import BOOK_CLAIMS, DESCRIBE, MEASURES, STATUSES, ap
 from common.commands.cli import main
 from common.config import backend_names
 from common.core.expectations import ATOL
-from common.declarations import declaration, declarations
+from common.declarations import BOOK_TABS, declaration, declarations
 from common.envs import ROOT
 from common.errors import UsageError
 from tests.common.records import failed_record, make_record, varied_records
@@ -156,11 +156,34 @@ def test_claims_are_evaluated_not_assumed():
     assert evaluate(keras_claim, breaks).status == "does not hold"
 
 
-def test_every_claim_names_a_known_measure_a_description_and_a_declared_tab():
-    tabs = {declaration(name).book_tab for name in BACKENDS}
+def test_every_claim_names_a_known_measure_a_description_and_a_book_tab():
     for claim in BOOK_CLAIMS:
         assert claim.measure in MEASURES and claim.measure in DESCRIBE, claim
-        assert claim.tab is None or claim.tab in tabs, claim
+        assert claim.tab is None or claim.tab in BOOK_TABS, claim
+
+
+@pytest.mark.parametrize(
+    "native_format",
+    [
+        lambda name: "params/layers_" + name.split(".")[1] + "/" + name.split(".")[2],  # Flax linen
+        lambda name: name.removeprefix("layers."),  # torch state_dict
+        lambda name: ".layers[" + name.split(".")[1] + "]." + name.split(".")[2],  # an Equinox key path
+        lambda name: name.replace(".", "_"),  # anything at all
+    ],
+    ids=["flax", "torch", "equinox", "other"],
+)
+def test_the_listing_claim_reads_canonical_names_never_a_native_format(native_format):
+    """len(params['params']) == 3 counts the layers the listing holds, whatever the names look
+    like; a tie listed under a second name of its own is one more entry, so the claim fails."""
+    claim = next(c for c in BOOK_CLAIMS if c.measure == "len(params['params']) (tied)")
+    record = make_record(FIRST)
+    tied = record["models"]["tied"]
+    for p in tied["params"]:
+        p["native_name"] = native_format(p["name"])
+    tied["facts"]["listing_names"] = [p["native_name"] for p in tied["params"]]
+    assert evaluate(claim, record).status == "holds"
+    tied["facts"]["listing_names"] += [native_format("layers.4.weight"), native_format("layers.4.bias")]
+    assert evaluate(claim, record).status == "does not hold"
 
 
 def test_a_record_without_a_measurement_is_not_evaluated_and_says_why():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from unittest import mock
+
 import numpy as np
 
 from common.core.interface import Backend, Model
@@ -21,3 +25,23 @@ def loaded_model(backend: Backend, spec: ModelSpec, seed: int = 0) -> tuple[Mode
 
 def book_input(spec: ModelSpec) -> np.ndarray:
     return sample_input(spec, batch=2)
+
+
+# Every adapter primitive and hook: none may run for an invalid spec or input. build_mlp itself is
+# not among them: it is the entry under test, which must refuse before calling any of these.
+ADAPTER_CALLS = sorted(
+    Backend.__abstractmethods__
+    | {"new_sequential", "children_scope", "share_dense", "construct", "finish_model", "seed"}
+)
+
+
+@contextlib.contextmanager
+def recording(backend: Backend, names=ADAPTER_CALLS) -> Iterator[list[str]]:
+    """Replace the adapter's methods ``names`` by stubs that only record that they were called."""
+    calls: list[str] = []
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            stack.enter_context(
+                mock.patch.object(type(backend), name, lambda self, *a, _name=name, **k: calls.append(_name))
+            )
+        yield calls

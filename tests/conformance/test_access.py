@@ -25,8 +25,19 @@ def test_output_shape(backend, model_name):
     assert_equal("net(X).shape", tuple(np.shape(output)), BOOK_OUTPUT_SHAPES[model_name], model_name)
 
 
-def test_weight_layout_is_declared(backend):
-    assert_equal("weight_layout", backend.weight_layout, declaration(backend.name).fact("weight_layout"))
+# Where each canonical (out, in) axis sits in the native shape, per declared layout.
+CANONICAL_AXES_IN_NATIVE_ORDER = {"(out, in)": (0, 1), "(in, out)": (1, 0)}
+
+
+def test_the_declared_weight_layout_is_the_native_one(backend):
+    """The layout is stated once, in the declaration; the framework's own weight object must have
+    that shape (the MLP's first weight is 8 x 4, so a wrong declaration cannot pass)."""
+    model, _ = loaded_model(backend, MLP)
+    declared = declaration(backend.name).fact("weight_layout")
+    canonical = BOOK_PARAM_SHAPES["mlp"]["layers.0.weight"]
+    native = next(p.native_shape for p in backend.list_params(model) if p.name == "layers.0.weight")
+    expected = tuple(canonical[axis] for axis in CANONICAL_AXES_IN_NATIVE_ORDER[declared])
+    assert_equal("native shape of layers.0.weight", native, expected, f"declared weight_layout={declared}")
 
 
 def test_layer_2_weight_and_bias(backend):
