@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import jax
@@ -28,7 +29,7 @@ from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
 from common.core.spec import split_param_name
 
-__all__ = ["FlaxBase", "named_leaves", "slash_path"]
+__all__ = ["FlaxBase", "FlaxState", "named_leaves", "slash_path"]
 
 _NATIVE_ROLE = {"weight": "kernel", "bias": "bias"}
 
@@ -43,11 +44,20 @@ def named_leaves(tree: Tree) -> dict[str, Any]:
     return {slash_path(keys): leaf for keys, leaf in traverse_util.flatten_dict(tree).items()}
 
 
+@dataclass
+class FlaxState:
+    # (anchor, native name -> parameter, id(parameter) -> native name), for the current anchor
+    param_tables: tuple[object, dict[str, Any], dict[int, str]] | None = None
+
+
 class FlaxBase(JaxPlacement, Backend):
     """A Flax adapter: parameters found by path in nested dicts, gradients returned by jax."""
 
     native_file_suffix = ".msgpack"
     file_call: ClassVar[str]  # how the native file is written, as a practitioner writes it
+
+    def new_adapter_state(self) -> FlaxState:
+        return FlaxState()
 
     @abc.abstractmethod
     def collect_params(self, model: Model) -> dict[str, Any]:
@@ -86,13 +96,13 @@ class FlaxBase(JaxPlacement, Backend):
 
     # -- built once on the table ------------------------------------------------------------------
     @staticmethod
-    def dense_at(model: Model, position: str, table: str, kind: type) -> tuple[Any, str]:
-        """The ``kind`` layer that ``model.state[table]`` holds at a Dense position, and the
-        native name of the parameter role (``kernel``, ``bias``); KeyError naming ``position``
-        when it is no Dense position."""
+    def dense_at(model: Model, position: str, table: dict[Any, Any], kind: type) -> tuple[Any, str]:
+        """The ``kind`` layer that ``table`` (a position table) holds at a Dense position, and
+        the native name of the parameter role (``kernel``, ``bias``); KeyError naming
+        ``position`` when it is no Dense position."""
         model.spec.owner_of(position)
         path, role = split_param_name(position)
-        layer = model.state[table][path]
+        layer = table[path]
         if not isinstance(layer, kind):
             raise KeyError(f"{position!r}: the layer at {path} is {layer!r}, not a {kind.__qualname__}")
         return layer, _NATIVE_ROLE[role]
@@ -104,10 +114,11 @@ class FlaxBase(JaxPlacement, Backend):
         # Collected once per anchor, not once per parameter: a walk per describe_param made
         # list_params quadratic (50 s for a 300-layer NNX net). The cache holds the anchor
         # itself, so its id cannot be reused by a newer one.
-        anchor, cached = self.params_anchor(model), model.state.get("param_tables")
+        state: FlaxState = model.adapter_state
+        anchor, cached = self.params_anchor(model), state.param_tables
         if cached is None or cached[0] is not anchor:
             params = self.collect_params(model)
-            cached = model.state["param_tables"] = (anchor, params, {id(p): n for n, p in params.items()})
+            cached = state.param_tables = (anchor, params, {id(p): n for n, p in params.items()})
         return cached[1], cached[2]
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:

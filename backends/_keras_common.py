@@ -21,6 +21,7 @@ import random
 import re
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,11 @@ def _snake_case(name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
+@dataclass
+class KerasState:
+    sgd_lr: float | None = None  # the rate last assigned to the model's SGD
+
+
 class KerasBackendBase(Backend):
     """Everything a Keras backend shares: building, access by position, facts and files."""
 
@@ -57,6 +63,9 @@ class KerasBackendBase(Backend):
         self.keras = keras  # the Keras module: keras (3), or tf_keras (2)
         self.runtime = runtime  # the framework it runs on: tensorflow, jax or torch
         self._init_seed = _INIT_SEED
+
+    def new_adapter_state(self) -> KerasState:
+        return KerasState()
 
     def framework_version(self) -> str:
         return f"{self.runtime.__version__} (keras {self.keras.__version__})"
@@ -121,7 +130,7 @@ class KerasBackendBase(Backend):
         return {self.native_name(v): str(tuple(v.shape)) for v in model.native.weights}
 
     def materialize(self, model: Model) -> None:
-        if not all(layer.built for layer in model.state["layers"].values()):
+        if not all(layer.built for layer in self.position_table(model).values()):
             with self._seeded():
                 model.native(np.zeros((1, model.spec.in_features), np.float32))
 
@@ -133,7 +142,7 @@ class KerasBackendBase(Backend):
     def param_object(self, model: Model, position: str) -> Any:
         model.spec.owner_of(position)  # KeyError naming ``position`` unless it is a Dense position
         path, role = split_param_name(position)
-        layer = model.state["layers"][path]
+        layer = self.position_table(model)[path]
         if not isinstance(layer, self.keras.layers.Dense):
             raise KeyError(f"{position!r}: the layer at {path} is {qualname(layer)}, not Dense")
         return getattr(layer, _ATTR[role])
@@ -189,8 +198,9 @@ class KerasBackendBase(Backend):
             return optimizer
 
         optimizer = self.compiled(model, "sgd", make)
-        if model.state.get("sgd_lr") != lr:  # an assignment costs a device write on every call
-            optimizer.learning_rate = model.state["sgd_lr"] = lr
+        state: KerasState = model.adapter_state
+        if state.sgd_lr != lr:  # an assignment costs a device write on every call
+            optimizer.learning_rate = state.sgd_lr = lr
         return optimizer
 
     # -- facts -----------------------------------------------------------------------------------
@@ -228,7 +238,7 @@ class KerasBackendBase(Backend):
         tie is stored once, and Dense
         writes kernel then bias as vars/0, vars/1. By layer object, so no build is needed."""
         owner: dict[int, LayerPath] = {}
-        for path, layer in model.state["layers"].items():  # walk order: the first use owns
+        for path, layer in self.position_table(model).items():  # walk order: the first use owns
             owner.setdefault(id(layer), path)
         entries: dict[str, str] = {}
         visited: set[int] = set()

@@ -8,9 +8,9 @@ framework-free base environment can read it without importing any framework.
 The schema is ``SCHEMA`` below, with the required ``[capabilities]`` and ``[facts]`` keys and the
 values a fact may take: exactly what the suite and the commands rely on. A declaration that lacks
 or mistypes any of it is refused when it is loaded, with one error naming the file and the key.
-A family of backends shares settings through ``family = "<name>"``: ``backends/_<name>.toml``
-holds tables (env vars, import roots...) that each member extends with its own keys, so no table
-is copied between members.
+A family of backends shares settings through ``family = ["<name>", ...]``: ``backends/_<name>.toml``
+holds keys and tables (env vars, the book tab, known divergences...) that each member extends with
+its own, so nothing is copied between members.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ FAMILY_FILE = "_{family}.toml"  # under backends/: settings shared by a family's
 
 @dataclass(frozen=True)
 class Key:
-    kind: type
+    kind: type | tuple[type, ...]
     required: bool
     doc: str
 
@@ -86,7 +86,8 @@ SCHEMA: dict[str, Key] = {
     ),
     "capabilities": Key(dict, True, "each a table with a boolean value and a reason; see CAPABILITIES"),
     "facts": Key(dict, True, "expected values the suite checks against the behaviour; see FACTS"),
-    "family": Key(str, False, "backends/_<family>.toml holds tables this declaration extends"),
+    "family": Key((str, list), False, "families, in order: backends/_<family>.toml holds keys and tables this "
+                  'declaration extends (a single name may be written as a string: family = "jax")'),
     "synonyms": Key(list, False, "other names PARITY_BACKEND accepts"),
     "env_vars": Key(dict, False, "set before the framework is imported (KERAS_BACKEND...)"),
     "run_env_vars": Key(dict, False, "defaults in every process paramparity runs ({root}: the project)"),
@@ -104,7 +105,18 @@ FACTS: dict[str, tuple[str, ...]] = {
     "grad_state_before_backward": ("none", "zeros", "not stored"),  # D2L 6.2.1.3
 }
 # Members of a family may set these in the family file; a member's own keys win, table by table.
-FAMILY_KEYS = ("import_roots", "env", "env_vars", "run_env_vars", "suite_env_vars", "capabilities", "facts")
+FAMILY_KEYS = (
+    "book_tab",
+    "import_roots",
+    "env",
+    "env_vars",
+    "run_env_vars",
+    "suite_env_vars",
+    "hostile",
+    "capabilities",
+    "facts",
+    "xfails",
+)
 
 
 class DeclarationError(UsageError):
@@ -129,7 +141,7 @@ class Declaration:
     bench: str
     capabilities: Mapping[str, Capability]
     facts: Mapping[str, Any]
-    family: str = ""
+    families: tuple[str, ...] = ()
     synonyms: tuple[str, ...] = ()
     env_vars: Mapping[str, str] = field(default_factory=dict)
     run_env_vars: Mapping[str, str] = field(default_factory=dict)
@@ -173,31 +185,37 @@ def _read_toml(path: Path, where: str) -> dict[str, Any]:
         raise DeclarationError(f"{where}: cannot read it: {error}") from None
 
 
-def _with_family(data: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
-    """``data`` extending its family's file: a member's own list or scalar replaces the family's,
-    a member's table is merged over the family's key by key."""
-    family = data.get("family")
-    if family is None:
-        return data
-    if not isinstance(family, str) or not family.isidentifier():
-        raise DeclarationError(f"{where}: family={family!r}, but should be a name like 'jax'")
-    family_path = path.parent.parent / FAMILY_FILE.format(family=family)
-    family_where = f"{Path(where).parent.parent / family_path.name}"
-    if not family_path.is_file():
-        raise DeclarationError(f"{where}: family {family!r} needs {family_where}, which does not exist")
-    shared = _read_toml(family_path, family_where)
-    for key in shared:
-        if key not in FAMILY_KEYS:
-            raise DeclarationError(
-                f"{family_where}: key {key!r} cannot be shared by a family; "
-                f"shared keys: {', '.join(FAMILY_KEYS)}"
-            )
-    merged = dict(shared)
-    for key, value in data.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
+def _with_families(data: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
+    """``data`` extending its families' files, in the order it names them: a later list or scalar
+    replaces an earlier one, a later table is merged over an earlier one key by key, and the
+    member's own keys come last."""
+    families = data.get("family", [])
+    families = [families] if isinstance(families, str) else families
+    if not isinstance(families, list):
+        raise DeclarationError(f"{where}: family={families!r}, but should be a name or a list of names")
+    merged: dict[str, Any] = {}
+    for family in [*families, None]:
+        if family is None:
+            shared, source = data, where
         else:
-            merged[key] = value
+            if not isinstance(family, str) or not family.isidentifier():
+                raise DeclarationError(f"{where}: family {family!r}, but should be a name like 'jax'")
+            family_path = path.parent.parent / FAMILY_FILE.format(family=family)
+            source = f"{Path(where).parent.parent / family_path.name}"
+            if not family_path.is_file():
+                raise DeclarationError(f"{where}: family {family!r} needs {source}, which does not exist")
+            shared = _read_toml(family_path, source)
+            for key in shared:
+                if key not in FAMILY_KEYS:
+                    raise DeclarationError(
+                        f"{source}: key {key!r} cannot be shared by a family; "
+                        f"shared keys: {', '.join(FAMILY_KEYS)}"
+                    )
+        for key, value in shared.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
     return merged
 
 
@@ -211,7 +229,7 @@ def parse_declaration(path: Path) -> Declaration:
     """One declaration, checked against SCHEMA, CAPABILITIES and FACTS: the first problem found is
     one DeclarationError naming the file and the key."""
     where = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
-    data = _with_family(_read_toml(path, where), path, where)
+    data = _with_families(_read_toml(path, where), path, where)
     for key, spec in SCHEMA.items():
         if spec.required and key not in data:
             raise DeclarationError(f"{where}: missing required key {key!r} ({spec.doc})")
@@ -220,7 +238,9 @@ def parse_declaration(path: Path) -> Declaration:
         if spec is None:
             raise DeclarationError(f"{where}: unknown key {key!r}; valid keys: {', '.join(SCHEMA)}")
         if not isinstance(value, spec.kind) or isinstance(value, bool) and spec.kind is int:
-            raise DeclarationError(f"{where}: {key}={value!r}, but should be a {spec.kind.__name__}")
+            kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+            names = " or ".join(kind.__name__ for kind in kinds)
+            raise DeclarationError(f"{where}: {key}={value!r}, but should be a {names}")
     for key in ("adapter", "bench", *(("hostile",) if "hostile" in data else ())):
         _check_callable_ref(where, key, data[key])
     if data["book_tab"] not in (*BOOK_TABS, NO_BOOK_TAB):
@@ -260,7 +280,7 @@ def parse_declaration(path: Path) -> Declaration:
         bench=data["bench"],
         capabilities=capabilities,
         facts=dict(data["facts"]),
-        family=data.get("family", ""),
+        families=tuple([data["family"]] if isinstance(data.get("family"), str) else data.get("family", [])),
         synonyms=tuple(data.get("synonyms", ())),
         env_vars=_strings(data, "env_vars"),
         run_env_vars={k: v.replace("{root}", str(ROOT)) for k, v in _strings(data, "run_env_vars").items()},

@@ -3,7 +3,7 @@
 
 Flax quirks this adapter is built around:
 - a linen module holds no arrays; ``net.init(key, x)`` returns the variables as a nested dict, so
-  they live in ``model.state["variables"]`` and every write replaces a leaf there;
+  they live in the model's ``LinenState.variables`` and every write replaces a leaf there;
 - a submodule is named where its parent adopts it (``layers_<index>``). A shared instance is
   adopted once, by its first position, so ``layers_4`` never appears: position 4 reads
   ``params/layers_2``. Positions are mapped to parameter paths through the adopted (bound) module
@@ -15,6 +15,7 @@ Fast path: one ``jax.jit`` step (value_and_grad, then optax.sgd) per model, see 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import flax
@@ -25,7 +26,7 @@ import numpy as np
 import optax
 from flax import serialization, traverse_util
 
-from backends._flax_common import FlaxBase, named_leaves, slash_path
+from backends._flax_common import FlaxBase, FlaxState, named_leaves, slash_path
 from backends._jax_common import (
     CompiledPerSpec,
     Step,
@@ -36,7 +37,7 @@ from backends._jax_common import (
     to_numpy,
 )
 from common.core.interface import Model
-from common.core.spec import ROLES, param_name
+from common.core.spec import ROLES, LayerPath, param_name
 
 __all__ = ["FlaxBackend"]
 
@@ -56,6 +57,17 @@ def _ordered_like(template: Tree, tree: Tree) -> Tree:
     return traverse_util.unflatten_dict({keys: flat[keys] for keys in traverse_util.flatten_dict(template)})
 
 
+@dataclass
+class LinenState(FlaxState):
+    variables: Tree | None = None  # what net.init returned; a new dict after every write and step
+    adopted: dict[LayerPath, Any] = field(default_factory=dict)  # the bound module at each position
+    opt_state: Any = None  # optax SGD's state, kept between training calls
+
+
+def _state(model: Model) -> LinenState:
+    return model.adapter_state
+
+
 class FlaxBackend(FlaxBase):
     name = "jax"
     lazy_mechanism = "nn.Dense(features): no params until net.init(key, x) sees the input size"
@@ -64,6 +76,9 @@ class FlaxBackend(FlaxBase):
 
     def __init__(self) -> None:
         self._inits = CompiledPerSpec()
+
+    def new_adapter_state(self) -> LinenState:
+        return LinenState()
 
     def framework_version(self) -> str:
         return f"flax {flax.__version__} (jax {jax.__version__})"
@@ -86,25 +101,25 @@ class FlaxBackend(FlaxBase):
         # outside instance once, so a shared nn.Dense is the very same bound module, with one
         # scope path, at every position.
         bound = model.native.bind({})
-        model.state["adopted"] = {path: self.layer_at(bound, path) for path, _ in model.spec.walk()}
+        _state(model).adopted = {path: self.layer_at(bound, path) for path, _ in model.spec.walk()}
 
     def _leaf_keys(self, model: Model, position: str) -> tuple[str, ...]:
         """The leaf's path in the variables dict, e.g. ("params", "layers_2", "kernel")."""
-        module, role = self.dense_at(model, position, "adopted", nn.Dense)
+        module, role = self.dense_at(model, position, _state(model).adopted, nn.Dense)
         return ("params", *module.path, role)
 
     # -- lazy shapes and forward ------------------------------------------------------------------
     def collect_params(self, model: Model) -> dict[str, Any]:
         # Nothing before init: the module holds no arrays, not even shapeless ones.
-        return named_leaves(model.state.get("variables", {}))
+        return named_leaves(_state(model).variables or {})
 
     def params_anchor(self, model: Model) -> object:
-        return model.state.get("variables")  # a new dict after every write and every training call
+        return _state(model).variables  # a new dict after every write and every training call
 
     def materialize(self, model: Model) -> None:
-        if "variables" not in model.state:
+        if _state(model).variables is None:
             x = jnp.zeros((1, model.spec.in_features), jnp.float32)
-            model.state["variables"] = self._init(model)(jax.random.PRNGKey(0), x)
+            _state(model).variables = self._init(model)(jax.random.PRNGKey(0), x)
 
     def _init(self, model: Model) -> Callable[..., Tree]:
         """``jax.jit(net.init)``, as Flax's examples write it (op by op, init compiles each random
@@ -116,13 +131,13 @@ class FlaxBackend(FlaxBase):
 
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         self.materialize(model)
-        return to_numpy(model.native.apply(model.state["variables"], jnp.asarray(x, jnp.float32)))
+        return to_numpy(model.native.apply(_state(model).variables, jnp.asarray(x, jnp.float32)))
 
     # -- parameters by position -------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> jax.Array:
         keys = self._leaf_keys(model, position)
         self.materialize(model)
-        leaf: Any = model.state["variables"]
+        leaf: Any = _state(model).variables
         for key in keys:
             leaf = leaf[key]
         return leaf
@@ -130,7 +145,7 @@ class FlaxBackend(FlaxBase):
     def write_native(self, model: Model, position: str, value: np.ndarray) -> None:
         keys, old = self._leaf_keys(model, position), self.param_object(model, position)
         leaf = checked_value(f"{position} (native {slash_path(keys)})", value, old.shape)
-        model.state["variables"] = _replace(model.state["variables"], keys, leaf.astype(old.dtype))
+        _state(model).variables = _replace(_state(model).variables, keys, leaf.astype(old.dtype))
 
     # -- facts ------------------------------------------------------------------------------------
     def listing(self, model: Model) -> tuple[str, list[str]]:
@@ -141,7 +156,7 @@ class FlaxBackend(FlaxBase):
         return "net.layers", list(model.native.layers)
 
     def serializations(self, model: Model) -> dict[str, list[str]]:
-        variables = model.state["variables"]
+        variables = _state(model).variables
         state_dict = serialization.to_state_dict(variables)
         return {"flax.serialization.to_state_dict(variables)": list(named_leaves(state_dict))} | (
             super().serializations(model)
@@ -149,7 +164,7 @@ class FlaxBackend(FlaxBase):
 
     # -- gradients and SGD ------------------------------------------------------------------------
     def grad_input(self, model: Model) -> Tree:
-        return model.state["variables"]["params"]
+        return _state(model).variables["params"]
 
     def pure_grad(self, model: Model, kind: str) -> Callable[[Tree, jax.Array, Any], Tree]:
         net = model.native
@@ -176,20 +191,21 @@ class FlaxBackend(FlaxBase):
         return step
 
     def train_carry(self, model: Model, lr: float) -> Any:
-        params = model.state["variables"]["params"]
-        if "opt_state" not in model.state:
+        params = _state(model).variables["params"]
+        if _state(model).opt_state is None:
             # Plain SGD's state holds nothing that depends on the rate, so it serves every rate.
-            model.state["opt_state"] = optax.sgd(lr).init(params)
-        return params, model.state["opt_state"], jnp.asarray(lr, jnp.float32)
+            _state(model).opt_state = optax.sgd(lr).init(params)
+        return params, _state(model).opt_state, jnp.asarray(lr, jnp.float32)
 
     def keep_carry(self, model: Model, carry: Any) -> None:
-        params, model.state["opt_state"], _ = carry
-        variables = model.state["variables"]
-        model.state["variables"] = {**variables, "params": _ordered_like(variables["params"], params)}
+        params, opt_state, _ = carry
+        _state(model).opt_state = opt_state
+        variables = _state(model).variables
+        _state(model).variables = {**variables, "params": _ordered_like(variables["params"], params)}
 
     # -- files ------------------------------------------------------------------------------------
     def file_tree(self, model: Model) -> Tree:
-        return model.state["variables"]
+        return _state(model).variables
 
     def native_file_keys(self, model: Model) -> dict[str, str]:
         # From the adopted modules alone: naming needs no init, so the model is left as it was.

@@ -14,6 +14,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,11 @@ class _Objective(gluon.HybridBlock):
         return y.sum() if self._kind == "sum" else ((y - target[0]) ** 2).mean()
 
 
+@dataclass
+class MXNetState:
+    native_names: dict[int, str] | None = None  # id(Parameter) -> its collect_params() key
+
+
 class MXNetBackend(Backend):
     name = "mxnet"
     lazy_mechanism = (
@@ -66,6 +72,9 @@ class MXNetBackend(Backend):
 
     def framework_version(self) -> str:
         return mx.__version__
+
+    def new_adapter_state(self) -> MXNetState:
+        return MXNetState()
 
     def available_devices(self) -> dict[str, str]:
         cuda = "" if mx.runtime.Features().is_enabled("CUDA") else f"mxnet {mx.__version__} is a CPU build"
@@ -119,10 +128,10 @@ class MXNetBackend(Backend):
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
         # Parameter objects keep their identity through deferred init, so one table serves.
-        if "native_names" not in model.state:
-            params = model.native.collect_params()
-            model.state["native_names"] = {id(p): key for key, p in params.items()}
-        return model.state["native_names"][id(param)], tuple(param.shape), np.dtype(param.dtype).name
+        state: MXNetState = model.adapter_state
+        if state.native_names is None:
+            state.native_names = {id(p): key for key, p in model.native.collect_params().items()}
+        return state.native_names[id(param)], tuple(param.shape), np.dtype(param.dtype).name
 
     def unbuilt_params(self, model: Model) -> dict[str, str]:
         return {key: str(param.shape) for key, param in model.native.collect_params().items()}

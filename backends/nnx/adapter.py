@@ -100,7 +100,7 @@ class NNXBackend(FlaxBase):
 
     # -- parameters by position -------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> nnx.Param:
-        layer, role = self.dense_at(model, position, "layers", nnx.Linear)
+        layer, role = self.dense_at(model, position, self.position_table(model), nnx.Linear)
         return getattr(layer, role)
 
     def write_native(self, model: Model, position: str, value: np.ndarray) -> None:

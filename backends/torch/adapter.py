@@ -8,6 +8,7 @@ gradients stay tensors until the last step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,11 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy().astype(np.float32, copy=True)
 
 
+@dataclass
+class TorchState:
+    native_names: dict[int, str] | None = None  # id(Parameter) -> its named_parameters() name
+
+
 class TorchBackend(Backend):
     name = "torch"
     lazy_mechanism = "nn.LazyLinear: shapes set at first forward"
@@ -36,6 +42,9 @@ class TorchBackend(Backend):
 
     def framework_version(self) -> str:
         return str(torch.__version__)
+
+    def new_adapter_state(self) -> TorchState:
+        return TorchState()
 
     # -- devices ---------------------------------------------------------------------------------
     def available_devices(self) -> dict[str, str]:
@@ -88,10 +97,11 @@ class TorchBackend(Backend):
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
         # Parameter objects keep their identity when LazyLinear materializes, so one table serves.
-        if "native_names" not in model.state:
-            model.state["native_names"] = {id(p): name for name, p in model.native.named_parameters()}
+        state: TorchState = model.adapter_state
+        if state.native_names is None:
+            state.native_names = {id(p): name for name, p in model.native.named_parameters()}
         return (
-            model.state["native_names"][id(param)],
+            state.native_names[id(param)],
             tuple(param.shape),
             str(param.dtype).removeprefix("torch."),
         )

@@ -78,12 +78,20 @@ class GradState:
 
 @dataclass
 class Model:
-    """A built model: the spec, the native object, and whatever else the adapter must keep
-    (Flax keeps its variables here, since a linen module holds none)."""
+    """A built model: the spec, the native object, the adapter's own typed state (a dataclass it
+    defines in ``new_adapter_state``: Flax linen keeps its variables there, since a linen module
+    holds none), and what the machinery keeps per model."""
 
     spec: ModelSpec
     native: Any
-    state: dict[str, Any] = field(default_factory=dict)
+    adapter_state: Any = None
+    built: bool = False  # materialized once (ensure_built)
+    compiled: dict[Any, Any] = field(default_factory=dict)  # compiled steps and optimizers, by key
+    traces: int = 0  # how often a compiled function was traced (note_trace)
+    # The position table (position_table): the object at each layer position, and the native
+    # object it was read from; read again when the adapter replaces the native object.
+    layer_table: dict[LayerPath, Any] = field(default_factory=dict, repr=False)
+    layer_table_anchor: Any = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,16 @@ class Backend(abc.ABC):
 
     def finish_model(self, model: Model) -> None:  # noqa: B027 - optional hook
         """Optional: work after the net is built (Gluon's ``initialize()``, Flax's adoption)."""
+
+    def new_adapter_state(self) -> Any:
+        """Optional: the adapter's own state for a new model, a small dataclass of its own."""
+        return None
+
+    def position_root(self, model: Model) -> Any:
+        """Optional: the container whose children are the positions, as the model is now: the
+        net itself by default. A framework with immutable models (Equinox), whose every update
+        replaces ``model.native``, returns the current tree; the position table follows it."""
+        return model.native
 
     # -- observing --------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -320,24 +338,34 @@ class Backend(abc.ABC):
             return self.finish_sequential(container, children)
 
         net = self.construct(spec, lambda: build(spec.layers, ()))
-        model = Model(spec, net, {"layers": {path: self.layer_at(net, path) for path, _ in spec.walk()}})
+        model = Model(spec, net, adapter_state=self.new_adapter_state())
+        self.position_table(model)
         self.finish_model(model)
         return model
+
+    def position_table(self, model: Model) -> dict[LayerPath, Any]:
+        """The object the framework holds at each layer position, read through ``child`` from
+        ``position_root``; read again whenever ``model.native`` is a new object, so it is never
+        stale for an immutable model, and read once for a mutable one."""
+        if model.layer_table_anchor is not model.native:
+            root = self.position_root(model)
+            model.layer_table = {path: self.layer_at(root, path) for path, _ in model.spec.walk()}
+            model.layer_table_anchor = model.native
+        return model.layer_table
 
     def ensure_built(self, model: Model) -> None:
         """materialize once per model: public calls check a flag, not every parameter, so a call
         on a model of N layers stays O(1) here rather than O(N)."""
-        if not model.state.get("built"):
+        if not model.built:
             self.materialize(model)
-            model.state["built"] = True
+            model.built = True
 
-    @staticmethod
-    def dense_layer(model: Model, position: str, kind: type) -> tuple[Any, str]:
+    def dense_layer(self, model: Model, position: str, kind: type) -> tuple[Any, str]:
         """The layer object at a Dense position (as built, from the position table) and the role;
         KeyError naming ``position`` if it is no Dense position or the object is not a ``kind``."""
         model.spec.owner_of(position)
         path, role = split_param_name(position)
-        layer = model.state["layers"][path]
+        layer = self.position_table(model)[path]
         if not isinstance(layer, kind):
             raise KeyError(f"{position!r}: the layer there is {type(layer).__name__}, not {kind.__name__}")
         return layer, role
@@ -398,7 +426,7 @@ class Backend(abc.ABC):
         if not model.spec.ties:
             return {}
         paths = model.spec.ties[0]
-        layers = [model.state["layers"][path] for path in paths]
+        layers = [self.position_table(model)[path] for path in paths]
         params = [[self.param_object(model, param_name(path, role)) for path in paths] for role in ROLES]
         return {
             "same layer object": all(layer is layers[0] for layer in layers),
@@ -436,20 +464,19 @@ class Backend(abc.ABC):
 
     def compiled(self, model: Model, key: Any, make: Callable[[], Any]) -> Any:
         """A compiled step or optimizer, built once per model and key, then reused."""
-        cache = model.state.setdefault("compiled", {})
-        if key not in cache:
-            cache[key] = make()
-        return cache[key]
+        if key not in model.compiled:
+            model.compiled[key] = make()
+        return model.compiled[key]
 
     @staticmethod
     def note_trace(model: Model) -> None:
         """Call inside a function the framework traces (jit, tf.function): it runs once per trace,
         so the suite can check that steps reuse one compiled function."""
-        model.state["traces"] = model.state.get("traces", 0) + 1
+        model.traces += 1
 
     @staticmethod
     def traces(model: Model) -> int:
-        return model.state.get("traces", 0)
+        return model.traces
 
     def load_native_file(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
         """Entry names of the framework's own file and its values by canonical owner (native
