@@ -127,10 +127,10 @@ class FlaxBase(JaxPlacement, Backend):
     def unbuilt_params(self, model: Model) -> dict[str, str]:
         return {name: str(tuple(p.shape)) for name, p in self.native_params(model).items()}
 
-    def read_native(self, model: Model, position: str) -> np.ndarray:
+    def native_value(self, model: Model, position: str) -> np.ndarray:
         return to_numpy(self.param_object(model, position))
 
-    def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
+    def native_value_by_name(self, model: Model, native_name: str) -> np.ndarray:
         params = self.native_params(model)
         if native_name not in params:
             raise KeyError(f"{native_name!r} is not a parameter path; paths: {', '.join(params)}")
@@ -201,7 +201,7 @@ class FlaxBase(JaxPlacement, Backend):
             file.write(serialization.to_bytes(self.file_tree(model)))
         return self.file_call
 
-    def read_native_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
+    def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
         with open(file, "rb") as handle:
             # msgpack_restore decodes plain data (nested dicts of numpy arrays); it runs no code.
             restored = serialization.msgpack_restore(handle.read())

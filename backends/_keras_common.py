@@ -151,17 +151,17 @@ class KerasBackendBase(Backend):
         dtype = param.dtype
         return self.native_name(param), tuple(param.shape), str(getattr(dtype, "name", dtype))
 
-    def read_native(self, model: Model, position: str) -> np.ndarray:
+    def native_value(self, model: Model, position: str) -> np.ndarray:
         return self.to_numpy(self.param_object(model, position))
 
-    def write_native(self, model: Model, position: str, value: np.ndarray) -> None:
+    def write_native_value(self, model: Model, position: str, value: np.ndarray) -> None:
         variable = self.param_object(model, position)
         value = np.asarray(value, dtype=np.float32)
         if tuple(variable.shape) != value.shape:
             raise ValueError(f"{position}: shape={value.shape}, but should be {tuple(variable.shape)}")
         variable.assign(value)
 
-    def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
+    def native_value_by_name(self, model: Model, native_name: str) -> np.ndarray:
         by_name = {self.native_name(v): v for v in model.native.weights}
         if native_name not in by_name:
             raise KeyError(f"{native_name!r} is not the name of any variable in net.weights")
@@ -263,7 +263,7 @@ class KerasBackendBase(Backend):
         walk(model.native, "layers/")
         return entries
 
-    def read_native_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
+    def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
         """The .weights.h5 datasets, each checked before a byte of it is read: a hard link to a
         plain float32 dataset of the shape the spec gives that entry. External storage, virtual
         datasets and soft or external links would read other files, so they are refused."""

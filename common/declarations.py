@@ -86,8 +86,12 @@ SCHEMA: dict[str, Key] = {
     ),
     "capabilities": Key(dict, True, "each a table with a boolean value and a reason; see CAPABILITIES"),
     "facts": Key(dict, True, "expected values the suite checks against the behaviour; see FACTS"),
-    "family": Key((str, list), False, "families, in order: backends/_<family>.toml holds keys and tables this "
-                  'declaration extends (a single name may be written as a string: family = "jax")'),
+    "family": Key(
+        (str, list),
+        False,
+        "families, in order: backends/_<family>.toml holds keys and tables this "
+        'declaration extends (a single name may be written as a string: family = "jax")',
+    ),
     "synonyms": Key(list, False, "other names PARITY_BACKEND accepts"),
     "env_vars": Key(dict, False, "set before the framework is imported (KERAS_BACKEND...)"),
     "run_env_vars": Key(dict, False, "defaults in every process paramparity runs ({root}: the project)"),

@@ -142,7 +142,7 @@ class FlaxBackend(FlaxBase):
             leaf = leaf[key]
         return leaf
 
-    def write_native(self, model: Model, position: str, value: np.ndarray) -> None:
+    def write_native_value(self, model: Model, position: str, value: np.ndarray) -> None:
         keys, old = self._leaf_keys(model, position), self.param_object(model, position)
         leaf = checked_value(f"{position} (native {slash_path(keys)})", value, old.shape)
         _state(model).variables = _replace(_state(model).variables, keys, leaf.astype(old.dtype))

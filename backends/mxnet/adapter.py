@@ -144,10 +144,10 @@ class MXNetBackend(Backend):
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         return _numpy(model.native(mnp.array(x, dtype="float32")))
 
-    def read_native(self, model: Model, position: str) -> np.ndarray:
+    def native_value(self, model: Model, position: str) -> np.ndarray:
         return _numpy(self.param_object(model, position).data())
 
-    def write_native(self, model: Model, position: str, value: np.ndarray) -> None:
+    def write_native_value(self, model: Model, position: str, value: np.ndarray) -> None:
         param = self.param_object(model, position)
         value = np.asarray(value, dtype=np.float32)
         if tuple(param.shape) != value.shape:  # set_data would broadcast silently
@@ -155,7 +155,7 @@ class MXNetBackend(Backend):
         # set_data writes in place (arr[:] = value), so a shared Parameter and the cached graph see it.
         param.set_data(mnp.array(value, dtype="float32"))
 
-    def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
+    def native_value_by_name(self, model: Model, native_name: str) -> np.ndarray:
         params = model.native.collect_params()
         if native_name not in params.keys():
             raise KeyError(f"{native_name!r} is not in net.collect_params()")
@@ -253,6 +253,6 @@ class MXNetBackend(Backend):
         stored = model.native._collect_params_with_prefix()
         return {key: canonical[id(param)] for key, param in stored.items()}
 
-    def read_native_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
+    def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
         # npx.load reads MXNet's binary NDArray format (no pickle); its dict keeps file order.
         return [(key, _numpy(array)) for key, array in npx.load(file).items()]

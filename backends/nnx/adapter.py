@@ -103,7 +103,7 @@ class NNXBackend(FlaxBase):
         layer, role = self.dense_at(model, position, self.position_table(model), nnx.Linear)
         return getattr(layer, role)
 
-    def write_native(self, model: Model, position: str, value: np.ndarray) -> None:
+    def write_native_value(self, model: Model, position: str, value: np.ndarray) -> None:
         param = self.param_object(model, position)
         param[...] = checked_value(position, value, param.shape).astype(param.dtype)
 

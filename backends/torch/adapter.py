@@ -106,10 +106,10 @@ class TorchBackend(Backend):
             str(param.dtype).removeprefix("torch."),
         )
 
-    def read_native(self, model: Model, position: str) -> np.ndarray:
+    def native_value(self, model: Model, position: str) -> np.ndarray:
         return _to_numpy(self.param_object(model, position))
 
-    def write_native(self, model: Model, position: str, value: np.ndarray) -> None:
+    def write_native_value(self, model: Model, position: str, value: np.ndarray) -> None:
         param = self.param_object(model, position)
         value = np.asarray(value, dtype=np.float32)
         if tuple(param.shape) != value.shape:  # copy_ would broadcast silently
@@ -117,7 +117,7 @@ class TorchBackend(Backend):
         with torch.no_grad():
             param.copy_(torch.from_numpy(value))
 
-    def read_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
+    def native_value_by_name(self, model: Model, native_name: str) -> np.ndarray:
         try:
             return _to_numpy(model.native.get_parameter(native_name))
         except AttributeError as error:
@@ -194,7 +194,7 @@ class TorchBackend(Backend):
             for position in positions
         }
 
-    def read_native_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
+    def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
         # weights_only=True: torch's restricted unpickler, which runs no code from the file.
         state = torch.load(file, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):

@@ -111,7 +111,7 @@ def probe_ties(backend: Backend, spec: ModelSpec, model, weights, grads, x) -> d
 def probe_native_file(backend: Backend, model) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         call = backend.save_native_file(model, str(Path(scratch) / "params"))
-        entries, values = backend.load_native_file(model, str(Path(scratch) / "params"))
+        entries, values = backend.native_file_values(model, str(Path(scratch) / "params"))
     snapshot = backend.snapshot(model)
     same = all(
         np.array_equal(backend.to_canonical(name.rsplit(".", 1)[1], values[name]), snapshot[name])

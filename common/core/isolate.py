@@ -314,11 +314,13 @@ def native_read(backend: Any, spec_data: dict[str, Any], path: str) -> tuple[lis
 
     model = backend.build_mlp(spec_from_dict(spec_data))
     backend.materialize(model)
-    entries, values = backend.load_native_file(model, path)
+    entries, values = backend.native_file_values(model, path)
     return list(entries), dict(values)
 
 
-def read_native(adapter: str, spec_data: dict[str, Any], path: str, *, where: str, what: str) -> Any:
+def read_native_file_isolated(
+    adapter: str, spec_data: dict[str, Any], path: str, *, where: str, what: str
+) -> Any:
     """``native_read`` in the adapter's shared worker; exceptions as ``run_isolated`` raises them."""
     limits = Limits()
     worker = shared_worker(("native", adapter), partial(native_setup, adapter, spec_data), limits)

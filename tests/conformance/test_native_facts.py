@@ -12,22 +12,31 @@ import pytest
 
 from common.core.interface import NATIVE_FACT_KEYS
 from common.core.models import BOOK_SPECS, TIED
-from tests.conformance.fixtures import loaded_model
+from tests.conformance.fixtures import BOOK_MODEL_NAMES, loaded_model
 from tests.helpers import assert_equal
 
 
-def test_native_facts_are_complete_and_plain(backend):
-    for spec in BOOK_SPECS.values():
-        model, _ = loaded_model(backend, spec)
-        facts = backend.native_facts(model)
-        assert_equal("native_facts keys", sorted(facts), sorted(NATIVE_FACT_KEYS), spec.name)
-        json.dumps(facts)  # plain values only
-        assert_equal(
-            "listing entries",
-            len(facts["listing_names"]),
-            len(backend.list_params(model)),
-            f"{spec.name}: {facts['listing_call']} lists each unique parameter once",
-        )
+@pytest.mark.parametrize("model_name", BOOK_MODEL_NAMES)
+def test_native_facts_are_complete_and_plain(backend, model_name):
+    model, _ = loaded_model(backend, BOOK_SPECS[model_name])
+    facts = backend.native_facts(model)
+    assert_equal("native_facts keys", sorted(facts), sorted(NATIVE_FACT_KEYS), model_name)
+    json.dumps(facts)  # plain values only
+
+
+@pytest.mark.parametrize("model_name", BOOK_MODEL_NAMES)
+def test_the_listing_holds_each_unique_parameter_once(backend, model_name):
+    """The framework's own "all parameters" call (net.parameters(), params['params']...) lists
+    each unique parameter once: a tie is one entry."""
+    spec = BOOK_SPECS[model_name]
+    model, _ = loaded_model(backend, spec)
+    facts = backend.native_facts(model)
+    assert_equal(
+        "listing entries",
+        len(facts["listing_names"]),
+        len(backend.list_params(model)),
+        f"{model_name}: {facts['listing_call']} lists each unique parameter once",
+    )
 
 
 def test_tie_is_the_framework_sharing_one_parameter_object(backend):

@@ -143,15 +143,15 @@ def test_native_format_maps_to_canonical_names(backend, tmp_path, model_name):
     spec = BOOK_SPECS[model_name]
     model, weights = loaded_model(backend, spec, seed=4)
     backend.save_native_file(model, str(tmp_path / "native"))
-    entries, values = backend.read_native_params(model, str(tmp_path / "native"))
+    entries, values = backend.read_native_file(model, str(tmp_path / "native"))
     assert sorted(values) == sorted(spec.param_shapes), entries
     assert len(entries) >= len(spec.params)
     for name, value in values.items():
         assert_close(name, value, weights[name], f"from {entries}")
     fresh = backend.build_mlp(spec)
-    backend.import_native(fresh, str(tmp_path / "native"))
+    backend.import_native_file(fresh, str(tmp_path / "native"))
     x = book_input(spec)
-    assert_close("net(X) after import_native", backend.forward(fresh, x), backend.forward(model, x))
+    assert_close("net(X) after import_native_file", backend.forward(fresh, x), backend.forward(model, x))
 
 
 NATIVE_BAD = {
@@ -170,7 +170,7 @@ def test_bad_native_file_is_refused_and_the_model_is_unchanged(backend, tmp_path
     written.write_bytes(NATIVE_BAD[kind](written.read_bytes()))
     before = backend.snapshot(model)
     with pytest.raises(ParamFileError, match="native") as info:
-        backend.import_native(model, str(tmp_path / "native"))
+        backend.import_native_file(model, str(tmp_path / "native"))
     assert "\n" not in str(info.value)
     after = backend.snapshot(model)
     for name, value in before.items():
@@ -194,14 +194,14 @@ def test_declared_hostile_native_files_are_refused_in_one_line(backend, tmp_path
         pytest.skip(f"{declaration(backend.name).path} declares no hostile native files")
     model, _ = loaded_model(backend, TIED)
     backend.save_native_file(model, str(tmp_path / "good"))
-    backend.import_native(model, str(tmp_path / "good"))  # starts the isolated reader once
+    backend.import_native_file(model, str(tmp_path / "good"))  # starts the isolated reader once
     before = backend.snapshot(model)
     for kind, write in files.items():
         path = str(tmp_path / "".join(c if c.isalnum() else "_" for c in kind))
         write(backend, model, path)
         started = time.monotonic()
         with pytest.raises(ParamFileError) as info:
-            backend.import_native(model, path)
+            backend.import_native_file(model, path)
         assert time.monotonic() - started < 10, f"{kind}: took {time.monotonic() - started:.1f}s"
         assert "\n" not in str(info.value) and "\x1b" not in str(info.value), kind
     for name, value in backend.snapshot(model).items():
