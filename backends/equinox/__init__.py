@@ -1,0 +1,1 @@
+"""The equinox backend (Equinox on JAX): adapter.py, declared in backend.toml."""
