@@ -1,0 +1,1 @@
+"""The MLX backend: adapter.py, declared in backend.toml."""
