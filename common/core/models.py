@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.core.spec import Block, Dense, ModelSpec, ReLU, spec_from_dict
+from common.core.spec import BatchNorm, Block, Dense, ModelSpec, ReLU, spec_from_dict
 from common.errors import SpecError
 
 # net = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1)); X = torch.rand(2, 4)
@@ -27,11 +27,35 @@ NEST = ModelSpec("nest", in_features=20, layers=(NEST_MLP, Dense(20)))
 
 BOOK_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (MLP, TIED, NEST)}
 
+# Non-trainable state and freezing (issue: BatchNorm statistics, frozen layers): a BatchNorm at
+# the framework's defaults, a frozen Dense, and a BatchNorm with its momentum set canonically.
+BATCHNORM = ModelSpec(
+    "batchnorm",
+    in_features=4,
+    layers=(
+        Dense(8),
+        BatchNorm(),
+        ReLU(),
+        Dense(8, trainable=False),
+        BatchNorm(momentum=0.2),
+        ReLU(),
+        Dense(1),
+    ),
+)
+# One BatchNorm used at two positions: its statistics are updated at each use, in order.
+TIED_BATCHNORM = ModelSpec(
+    "tied_batchnorm",
+    in_features=4,
+    layers=(Dense(8), BatchNorm(), ReLU(), Dense(8), BatchNorm(), ReLU(), Dense(1)),
+    ties=((1, 4),),
+)
+STATE_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (BATCHNORM, TIED_BATCHNORM)}
+
 
 def load_spec(name_or_path: str) -> ModelSpec:
     """A named book spec, or a JSON spec file."""
-    if name_or_path in BOOK_SPECS:
-        return BOOK_SPECS[name_or_path]
+    if name_or_path in BOOK_SPECS or name_or_path in STATE_SPECS:
+        return {**BOOK_SPECS, **STATE_SPECS}[name_or_path]
     path = Path(name_or_path)
     if not path.is_file():
         raise SpecError(

@@ -2,16 +2,52 @@
 
 It is the oracle every backend is compared against. A tied parameter's gradient is the sum of
 its per-position contributions, which are returned too so callers can show the split.
+
+BatchNorm, in two modes. Training: normalize by the batch's mean and biased variance, then
+update the running statistics, ``running = (1 - momentum) * running + momentum * batch``, the
+running variance from the batch's biased or unbiased variance as the framework's ``Conventions``
+say. Inference: normalize by the running statistics, which stay as they are. A BatchNorm used at
+two positions (a tie) updates its one set of statistics at each use, in execution order, each
+time from the batch that reaches that use. A frozen BatchNorm (``trainable=False``) keeps its
+parameters; what it does to its statistics while training is the framework's convention: keep
+training behaviour (torch's ``requires_grad_(False)``) or run in inference mode (Keras 3's
+``trainable = False``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.core.spec import ROLES, Dense, ModelSpec, param_name
+from common.core.spec import ROLES, BatchNorm, Dense, ModelSpec, param_name
+
+MODES = ("inference", "training")
+FROZEN_BATCHNORM = ("training", "inference")  # what a frozen BatchNorm does while training
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """How a framework keeps BatchNorm statistics, in the oracle's terms; a backend's
+    declaration states them as facts. ``momentum`` is canonical: the weight of the new batch."""
+
+    momentum: float = 0.1
+    eps: float = 1e-5
+    unbiased_running_var: bool = True
+    frozen_batchnorm: str = "training"
+
+    def __post_init__(self) -> None:
+        if self.frozen_batchnorm not in FROZEN_BATCHNORM:
+            raise ValueError(
+                f"frozen_batchnorm={self.frozen_batchnorm!r}, but should be one of {FROZEN_BATCHNORM}"
+            )
+
+    def settings(self, layer: BatchNorm) -> tuple[float, float]:
+        """(momentum, eps) of ``layer``: its own where set, else the framework's defaults."""
+        momentum = self.momentum if layer.momentum is None else layer.momentum
+        return float(momentum), float(self.eps if layer.eps is None else layer.eps)
+
 
 LOSS_KINDS = ("sum", "mse")
 
@@ -46,13 +82,19 @@ class Backward:
     output: np.ndarray
     grads: dict[str, np.ndarray]  # unique parameter name -> summed gradient
     position_grads: dict[str, np.ndarray]  # every position's name -> its own contribution
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # running statistics after the pass
 
 
 def initial_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded float32 weights in canonical layout, uniform(+-1/sqrt(fan_in)) like torch's default."""
+    """Seeded float32 weights in canonical layout, uniform(+-1/sqrt(fan_in)) like torch's default;
+    a BatchNorm's scale uniform(0.5, 1.5) and shift uniform(-0.5, 0.5), so neither is trivial."""
     rng = np.random.default_rng(seed)
     weights = {}
     for param in spec.params:
+        if param.kind == "batchnorm":
+            low, high = (0.5, 1.5) if param.role == "weight" else (-0.5, 0.5)
+            weights[param.name] = rng.uniform(low, high, size=param.shape).astype(np.float32)
+            continue
         fan_in = (
             param.shape[-1]
             if param.role == "weight"
@@ -61,6 +103,21 @@ def initial_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
         bound = 1.0 / np.sqrt(fan_in)
         weights[param.name] = rng.uniform(-bound, bound, size=param.shape).astype(np.float32)
     return weights
+
+
+def initial_state(spec: ModelSpec, seed: int | None = None) -> dict[str, np.ndarray]:
+    """Running statistics: every framework's start (mean 0, variance 1), or with ``seed`` seeded
+    values (mean uniform(-1, 1), variance uniform(0.5, 2)) to load and check."""
+    state = {}
+    rng = None if seed is None else np.random.default_rng(seed + 1000)
+    for slot in spec.state:
+        if rng is None:
+            value = np.zeros(slot.shape) if slot.role == "running_mean" else np.ones(slot.shape)
+        else:
+            low, high = (-1.0, 1.0) if slot.role == "running_mean" else (0.5, 2.0)
+            value = rng.uniform(low, high, size=slot.shape)
+        state[slot.name] = value.astype(np.float32)
+    return state
 
 
 def check_input(spec: ModelSpec, x: object) -> np.ndarray:
@@ -77,45 +134,144 @@ def check_input(spec: ModelSpec, x: object) -> np.ndarray:
     return array
 
 
-def forward(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    return _forward(spec, weights, check_input(spec, x))[0]
+def forward(
+    spec: ModelSpec,
+    weights: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    *,
+    state: Mapping[str, np.ndarray] | None = None,
+    mode: str = "inference",
+    conventions: Conventions = Conventions(),
+) -> np.ndarray:
+    return _forward(spec, weights, check_input(spec, x), state, mode, conventions)[0]
 
 
-def backward(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray, loss: Loss) -> Backward:
-    y, tape = _forward(spec, weights, check_input(spec, x))
+def backward(
+    spec: ModelSpec,
+    weights: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    loss: Loss,
+    *,
+    state: Mapping[str, np.ndarray] | None = None,
+    mode: str = "training",
+    conventions: Conventions = Conventions(),
+) -> Backward:
+    """Gradients of every unique parameter (frozen ones too: a framework may or may not report
+    them, but none is applied), and the running statistics after the pass in ``mode``."""
+    y, tape, new_state = _forward(spec, weights, check_input(spec, x), state, mode, conventions)
     upstream = loss.grad(y)
     grads = {name: np.zeros(shape) for name, shape in spec.param_shapes.items()}
     position_grads = {}
-    owners = {slot.path: slot.owner for slot in spec.dense_slots}
-    for path, layer, inputs in reversed(tape):
+    owners = {slot.path: slot.owner for slot in spec.layer_slots}
+    for path, layer, inputs, saved in reversed(tape):
         if isinstance(layer, Dense):
             owner = owners[path]
             w = np.asarray(weights[param_name(owner, "weight")], dtype=np.float64)
             contribution = {"weight": upstream.T @ inputs, "bias": upstream.sum(axis=0)}
-            for role in ROLES:
-                position_grads[param_name(path, role)] = contribution[role]
-                grads[param_name(owner, role)] += contribution[role]
             upstream = upstream @ w
+        elif isinstance(layer, BatchNorm):
+            normalized, inv_std, batch_stats = saved
+            gamma = np.asarray(weights[param_name(owners[path], "weight")], dtype=np.float64)
+            contribution = {"weight": (upstream * normalized).sum(axis=0), "bias": upstream.sum(axis=0)}
+            d_normalized = upstream * gamma
+            if batch_stats:  # the statistics depend on the batch: their gradient flows too
+                n = upstream.shape[0]
+                upstream = (inv_std / n) * (
+                    n * d_normalized
+                    - d_normalized.sum(axis=0)
+                    - normalized * (d_normalized * normalized).sum(axis=0)
+                )
+            else:
+                upstream = d_normalized * inv_std
         else:  # ReLU
             upstream = upstream * (inputs > 0)
+            continue
+        for role in ROLES:
+            position_grads[param_name(path, role)] = contribution[role]
+            grads[param_name(owners[path], role)] += contribution[role]
     ordered = {name: position_grads[name] for p in spec.params for name in p.positions}
-    return Backward(loss.value(y), y, grads, ordered)
+    return Backward(loss.value(y), y, grads, ordered, new_state)
 
 
-def _forward(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray):
+def _forward(
+    spec: ModelSpec,
+    weights: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    state: Mapping[str, np.ndarray] | None = None,
+    mode: str = "inference",
+    conventions: Conventions = Conventions(),
+):
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}, but should be one of {MODES}")
     h = np.asarray(x, dtype=np.float64)
-    owners = {slot.path: slot.owner for slot in spec.dense_slots}
+    owners = {slot.path: slot.owner for slot in spec.layer_slots}
+    running = {
+        name: np.asarray(value, dtype=np.float64)
+        for name, value in (initial_state(spec) if state is None else state).items()
+    }
     tape = []
     for path, layer in spec.walk():
-        tape.append((path, layer, h))
+        inputs, saved = h, None
         if isinstance(layer, Dense):
             owner = owners[path]
             w = np.asarray(weights[param_name(owner, "weight")], dtype=np.float64)
             b = np.asarray(weights[param_name(owner, "bias")], dtype=np.float64)
             h = h @ w.T + b
+        elif isinstance(layer, BatchNorm):
+            h, saved = _batchnorm(spec, layer, owners[path], weights, running, h, mode, conventions)
         else:
             h = np.maximum(h, 0.0)
-    return h, tape
+        tape.append((path, layer, inputs, saved))
+    return h, tape, {name: value.astype(np.float32) for name, value in running.items()}
+
+
+def _batchnorm(spec, layer, owner, weights, running, h, mode, conventions):
+    """One BatchNorm use; updates ``running`` in place where the mode and the convention say."""
+    momentum, eps = conventions.settings(layer)
+    gamma = np.asarray(weights[param_name(owner, "weight")], dtype=np.float64)
+    beta = np.asarray(weights[param_name(owner, "bias")], dtype=np.float64)
+    mean_name, var_name = param_name(owner, "running_mean"), param_name(owner, "running_var")
+    frozen_as_inference = not layer.trainable and conventions.frozen_batchnorm == "inference"
+    if mode == "training" and not frozen_as_inference:
+        n = h.shape[0]
+        mean, var = h.mean(axis=0), h.var(axis=0)
+        stored_var = var * n / (n - 1) if conventions.unbiased_running_var and n > 1 else var
+        running[mean_name] = (1 - momentum) * running[mean_name] + momentum * mean
+        running[var_name] = (1 - momentum) * running[var_name] + momentum * stored_var
+        batch_stats = True
+    else:
+        mean, var, batch_stats = running[mean_name], running[var_name], False
+    inv_std = 1.0 / np.sqrt(var + eps)
+    normalized = (h - mean) * inv_std
+    return normalized * gamma + beta, (normalized, inv_std, batch_stats)
+
+
+def train(
+    spec: ModelSpec,
+    weights: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    loss: Loss,
+    lr: float,
+    steps: int,
+    *,
+    state: Mapping[str, np.ndarray] | None = None,
+    conventions: Conventions = Conventions(),
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``steps`` steps of plain SGD in training mode: the losses before each step, and the
+    parameters and running statistics after the last. A frozen parameter is never updated."""
+    frozen = {p.name for p in spec.params if not p.trainable}
+    current = {name: np.asarray(value, dtype=np.float64) for name, value in weights.items()}
+    running = dict(initial_state(spec) if state is None else state)
+    losses = []
+    for _ in range(steps):
+        result = backward(spec, current, x, loss, state=running, mode="training", conventions=conventions)
+        losses.append(result.loss)
+        running = result.state
+        current = {
+            name: value if name in frozen else value - lr * result.grads[name]
+            for name, value in current.items()
+        }
+    return np.asarray(losses), current, running
 
 
 def sample_input(spec: ModelSpec, batch: int = 2, seed: int = 1) -> np.ndarray:

@@ -1,4 +1,12 @@
-"""Declarative model specs: Dense/ReLU layers, nested blocks and tie groups.
+"""Declarative model specs: Dense, ReLU and BatchNorm layers, nested blocks and tie groups.
+
+A BatchNorm normalizes the features flowing into it. Its parameters have the canonical roles
+``weight`` (the scale) and ``bias`` (the shift), each of shape ``(features,)``; its non-trainable
+state has the roles ``running_mean`` and ``running_var``. Its ``momentum``, when set, is the weight
+of the new batch's statistic in the running average (torch's convention:
+``running = (1 - momentum) * running + momentum * batch``); each adapter translates it into its
+framework's own. Left unset (None), momentum and eps are the framework's defaults, which its
+declaration states as facts. ``trainable=False`` freezes a layer with the framework's own idiom.
 
 A spec is validated when it is constructed, so every backend sees the same SpecError before any
 framework is touched. Positions are paths of indices (``(0, 1)`` is the second layer of the first
@@ -24,6 +32,7 @@ from common.errors import SpecError
 
 LayerPath = tuple[int, ...]
 ROLES = ("weight", "bias")
+STATE_ROLES = ("running_mean", "running_var")
 MAX_LAYERS = 20_000  # make bench builds 10,000 Dense layers with a ReLU between each
 MAX_NESTING = 16
 
@@ -31,11 +40,21 @@ MAX_NESTING = 16
 @dataclass(frozen=True)
 class Dense:
     units: int
+    trainable: bool = True
 
 
 @dataclass(frozen=True)
 class ReLU:
     pass
+
+
+@dataclass(frozen=True)
+class BatchNorm:
+    """Batch normalization over the incoming features (see the module docstring)."""
+
+    momentum: float | None = None  # weight of the new batch; None: the framework's default
+    eps: float | None = None  # None: the framework's default
+    trainable: bool = True
 
 
 @dataclass(frozen=True)
@@ -46,7 +65,8 @@ class Block:
     label: str = ""
 
 
-Layer = Dense | ReLU | Block
+Layer = Dense | ReLU | BatchNorm | Block
+ParamLayer = Dense | BatchNorm  # the kinds that hold parameters
 
 
 def layer_name(path: LayerPath) -> str:
@@ -57,10 +77,10 @@ def param_name(path: LayerPath, role: str) -> str:
     return f"{layer_name(path)}.{role}"
 
 
-def split_param_name(name: str) -> tuple[LayerPath, str]:
-    """Inverse of param_name; raises KeyError for anything that is not one."""
+def split_param_name(name: str, roles: tuple[str, ...] = ROLES) -> tuple[LayerPath, str]:
+    """Inverse of param_name; raises KeyError for anything that is not one (of ``roles``)."""
     parts = name.split(".")
-    if len(parts) < 3 or parts[0] != "layers" or parts[-1] not in ROLES:
+    if len(parts) < 3 or parts[0] != "layers" or parts[-1] not in roles:
         raise KeyError(name)
     try:
         return tuple(int(part) for part in parts[1:-1]), parts[-1]
@@ -83,14 +103,30 @@ class DenseSlot:
 
 
 @dataclass(frozen=True)
+class NormSlot:
+    """One BatchNorm position: the features it normalizes and its settings."""
+
+    path: LayerPath
+    features: int
+    layer: BatchNorm
+    owner: LayerPath  # the position whose parameters and state this one uses
+
+    @property
+    def tied(self) -> bool:
+        return self.owner != self.path
+
+
+@dataclass(frozen=True)
 class ParamSlot:
     """One unique parameter: named after its owner position, used at ``positions``."""
 
     name: str
     role: str
     owner: LayerPath
-    shape: tuple[int, ...]  # canonical: weight (out, in), bias (out,)
+    shape: tuple[int, ...]  # canonical: Dense weight (out, in), bias (out,); BatchNorm (features,)
     positions: tuple[str, ...]
+    kind: str = "dense"  # "dense" or "batchnorm": what layer owns it
+    trainable: bool = True
 
 
 @dataclass(frozen=True)
@@ -123,8 +159,80 @@ class ModelSpec:
         return tuple(slots)
 
     @cached_property
-    def _slot_by_path(self) -> dict[LayerPath, DenseSlot]:
-        return {slot.path: slot for slot in self.dense_slots}
+    def norm_slots(self) -> tuple[NormSlot, ...]:
+        owners = {path: group[0] for group in self.ties for path in group}
+        slots, width = [], self.in_features
+        for path, layer in self.walk():
+            if isinstance(layer, Dense):
+                width = layer.units
+            elif isinstance(layer, BatchNorm):
+                slots.append(NormSlot(path, width, layer, owners.get(path, path)))
+        return tuple(slots)
+
+    @cached_property
+    def layer_slots(self) -> tuple[DenseSlot | NormSlot, ...]:
+        """Every position that holds parameters, Dense and BatchNorm, in execution order."""
+        order = {path: k for k, (path, _) in enumerate(self.walk())}
+        return tuple(sorted((*self.dense_slots, *self.norm_slots), key=lambda slot: order[slot.path]))
+
+    @cached_property
+    def _slot_by_path(self) -> dict[LayerPath, DenseSlot | NormSlot]:
+        return {slot.path: slot for slot in self.layer_slots}
+
+    @cached_property
+    def state(self) -> tuple[ParamSlot, ...]:
+        """Unique non-trainable state (BatchNorm running statistics), owners in execution order."""
+        users: dict[LayerPath, list[LayerPath]] = {}
+        for slot in self.norm_slots:
+            users.setdefault(slot.owner, []).append(slot.path)
+        return tuple(
+            ParamSlot(
+                param_name(slot.path, role),
+                role,
+                slot.path,
+                (slot.features,),
+                tuple(param_name(path, role) for path in users[slot.path]),
+                "batchnorm",
+                False,
+            )
+            for slot in self.norm_slots
+            if not slot.tied
+            for role in STATE_ROLES
+        )
+
+    @cached_property
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {p.name: p.shape for p in self.state}
+
+    def state_owner_of(self, name: str) -> str:
+        """The unique state behind a position name: ``layers.3.running_mean``."""
+        try:
+            path, role = split_param_name(name, STATE_ROLES)
+        except KeyError:
+            raise KeyError(f"{name!r} is not a state name of {self.name!r}") from None
+        slot = self._slot_by_path.get(path)
+        if isinstance(slot, NormSlot):
+            return param_name(slot.owner, role)
+        raise KeyError(
+            f"{name!r} names no BatchNorm layer of {self.name!r}; BatchNorm layers: "
+            + (", ".join(layer_name(s.path) for s in self.norm_slots) or "none")
+        )
+
+    def trainable_at(self, path: LayerPath) -> bool:
+        layer = self._slot_by_path[path]
+        return layer.layer.trainable if isinstance(layer, NormSlot) else self._dense_trainable[path]
+
+    @cached_property
+    def _dense_trainable(self) -> dict[LayerPath, bool]:
+        return {path: layer.trainable for path, layer in self.walk() if isinstance(layer, Dense)}
+
+    @property
+    def has_batchnorm(self) -> bool:
+        return bool(self.norm_slots)
+
+    @property
+    def has_frozen(self) -> bool:
+        return any(not p.trainable for p in self.params)
 
     @property
     def out_features(self) -> int:
@@ -134,16 +242,24 @@ class ModelSpec:
     def params(self) -> tuple[ParamSlot, ...]:
         """Unique parameters in traversal order of their owners."""
         users: dict[LayerPath, list[LayerPath]] = {}
-        for slot in self.dense_slots:  # one pass, so a spec of N layers costs O(N)
+        for slot in self.layer_slots:  # one pass, so a spec of N layers costs O(N)
             users.setdefault(slot.owner, []).append(slot.path)
         result = []
-        for slot in self.dense_slots:
+        for slot in self.layer_slots:
             if slot.tied:
                 continue
+            dense = isinstance(slot, DenseSlot)
+            trainable = self.trainable_at(slot.path)
             for role in ROLES:
-                shape = (slot.units, slot.in_features) if role == "weight" else (slot.units,)
+                if dense:
+                    shape = (slot.units, slot.in_features) if role == "weight" else (slot.units,)
+                else:
+                    shape = (slot.features,)
                 positions = tuple(param_name(path, role) for path in users[slot.path])
-                result.append(ParamSlot(param_name(slot.path, role), role, slot.path, shape, positions))
+                kind = "dense" if dense else "batchnorm"
+                result.append(
+                    ParamSlot(param_name(slot.path, role), role, slot.path, shape, positions, kind, trainable)
+                )
         return tuple(result)
 
     @cached_property
@@ -160,8 +276,8 @@ class ModelSpec:
         if slot is not None:
             return param_name(slot.owner, role)
         raise KeyError(
-            f"{name!r} names no Dense layer of {self.name!r}; Dense layers: "
-            + ", ".join(layer_name(s.path) for s in self.dense_slots)
+            f"{name!r} names no Dense or BatchNorm layer of {self.name!r}; such layers: "
+            + ", ".join(layer_name(s.path) for s in self.layer_slots)
         )
 
     def untied(self) -> ModelSpec:
@@ -178,7 +294,7 @@ class ModelSpec:
 
 
 # -- construction from data ---------------------------------------------------------------------
-LAYER_KINDS = ("dense", "relu", "block")
+LAYER_KINDS = ("dense", "relu", "batchnorm", "block")
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> ModelSpec:
@@ -209,9 +325,13 @@ def _layer_from_dict(item: Any, path: LayerPath, counter: Iterator[int]) -> Laye
         raise SpecError(f"layer {layer_name(path)}: expected an object with a 'kind', got {item!r}")
     kind = item["kind"]
     if kind == "dense":
-        return Dense(item.get("units"))
+        _check_fields(path, item, {"kind", "units", "trainable"})
+        return Dense(item.get("units"), item.get("trainable", True))
     if kind == "relu":
         return ReLU()
+    if kind == "batchnorm":
+        _check_fields(path, item, {"kind", "momentum", "eps", "trainable"})
+        return BatchNorm(item.get("momentum"), item.get("eps"), item.get("trainable", True))
     if kind == "block":
         children = item.get("layers", [])
         return Block(
@@ -223,11 +343,26 @@ def _layer_from_dict(item: Any, path: LayerPath, counter: Iterator[int]) -> Laye
     )
 
 
+def _check_fields(path: LayerPath, item: Mapping[str, Any], valid: set[str]) -> None:
+    unknown = sorted(str(key) for key in set(item) - valid)
+    if unknown:
+        raise SpecError(
+            f"layer {layer_name(path)}: unknown field(s) {unknown}; valid: {', '.join(sorted(valid))}"
+        )
+
+
 def _layer_to_dict(layer: Layer) -> dict[str, Any]:
     if isinstance(layer, Dense):
-        return {"kind": "dense", "units": layer.units}
+        return {"kind": "dense", "units": layer.units, **({} if layer.trainable else {"trainable": False})}
     if isinstance(layer, ReLU):
         return {"kind": "relu"}
+    if isinstance(layer, BatchNorm):
+        fields = {"momentum": layer.momentum, "eps": layer.eps}
+        return {
+            "kind": "batchnorm",
+            **{k: v for k, v in fields.items() if v is not None},
+            **({} if layer.trainable else {"trainable": False}),
+        }
     return {"kind": "block", "label": layer.label, "layers": [_layer_to_dict(c) for c in layer.layers]}
 
 
@@ -280,11 +415,13 @@ def _validate(spec: ModelSpec) -> None:
     _validate_layers(where, spec.layers, (), itertools.count(1))
     if not any(isinstance(layer, Dense) for _, layer in spec.walk()):
         raise SpecError(f"{where}: has no Dense layer")
-    widths, width = {}, spec.in_features
+    shapes, width = {}, spec.in_features  # position -> what a tie must agree on
     for path, layer in spec.walk():
         if isinstance(layer, Dense):
-            widths[path] = (width, layer.units)
+            shapes[path] = ("Dense", (width, layer.units), layer.trainable)
             width = layer.units
+        elif isinstance(layer, BatchNorm):
+            shapes[path] = ("BatchNorm", (width,), (layer.momentum, layer.eps, layer.trainable))
     seen: set[LayerPath] = set()
     for group in spec.ties:
         if len(group) < 2:
@@ -295,8 +432,8 @@ def _validate(spec: ModelSpec) -> None:
                 f"{where}: tie group {[list(p) for p in group]} lists {layer_name(repeated)} twice"
             )
         for path in group:
-            if path not in widths:
-                valid = ", ".join(str(list(p)) for p in widths)
+            if path not in shapes:
+                valid = ", ".join(str(list(p)) for p in shapes)
                 raise SpecError(
                     f"{where}: tie to {layer_name(path)}, which is not a Dense layer; "
                     f"Dense positions: {valid}"
@@ -305,11 +442,25 @@ def _validate(spec: ModelSpec) -> None:
                 raise SpecError(f"{where}: {layer_name(path)} appears in more than one tie")
             seen.add(path)
         owner = group[0]
+        kind, shape, settings = shapes[owner]
         for path in group[1:]:
-            if widths[path] != widths[owner]:
+            other_kind, other_shape, other_settings = shapes[path]
+            if other_kind != kind:
                 raise SpecError(
-                    f"{where}: cannot tie {layer_name(path)} (in, out)={widths[path]} to "
-                    f"{layer_name(owner)} (in, out)={widths[owner]}: shapes differ"
+                    f"{where}: cannot tie {layer_name(path)} ({other_kind}) to {layer_name(owner)} ({kind})"
+                )
+            if other_shape != shape:
+                dense = kind == "Dense"
+                label = "(in, out)" if dense else "features"
+                theirs, ours = (other_shape, shape) if dense else (other_shape[0], shape[0])
+                raise SpecError(
+                    f"{where}: cannot tie {layer_name(path)} {label}={theirs} to "
+                    f"{layer_name(owner)} {label}={ours}: shapes differ"
+                )
+            if other_settings != settings:
+                raise SpecError(
+                    f"{where}: cannot tie {layer_name(path)} to {layer_name(owner)}: one layer has one "
+                    f"setting, but they differ ({other_settings} against {settings})"
                 )
 
 
@@ -331,6 +482,9 @@ def _validate_layers(where: str, layers: tuple[Any, ...], prefix: LayerPath, cou
                 raise SpecError(
                     f"{where}: {layer_name(path)} Dense units={layer.units!r}, but should be a positive int"
                 )
+            _check_trainable(where, path, layer.trainable)
+        elif isinstance(layer, BatchNorm):
+            _check_batchnorm(where, path, layer)
         elif isinstance(layer, Block):
             if not layer.layers:
                 raise SpecError(f"{where}: block {layer_name(path)} is empty")
@@ -338,5 +492,25 @@ def _validate_layers(where: str, layers: tuple[Any, ...], prefix: LayerPath, cou
         elif not isinstance(layer, ReLU):
             raise SpecError(
                 f"{where}: {layer_name(path)} has unknown layer kind "
-                f"{type(layer).__name__!r}; valid kinds: Dense, ReLU, Block"
+                f"{type(layer).__name__!r}; valid kinds: Dense, ReLU, BatchNorm, Block"
+            )
+
+
+def _check_trainable(where: str, path: LayerPath, trainable: Any) -> None:
+    if not isinstance(trainable, bool):
+        raise SpecError(f"{where}: {layer_name(path)} trainable={trainable!r}, but should be true or false")
+
+
+def _check_batchnorm(where: str, path: LayerPath, layer: BatchNorm) -> None:
+    _check_trainable(where, path, layer.trainable)
+    for field_name, low, high in (("momentum", 0.0, 1.0), ("eps", 0.0, 1.0)):
+        value = getattr(layer, field_name)
+        if value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        bounded = number and (low <= value <= high if field_name == "momentum" else low < value <= high)
+        if not bounded:
+            span = "0 <= momentum <= 1" if field_name == "momentum" else "0 < eps <= 1"
+            raise SpecError(
+                f"{where}: {layer_name(path)} BatchNorm {field_name}={value!r}, but should be unset or {span}"
             )

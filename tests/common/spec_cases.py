@@ -30,7 +30,7 @@ INVALID_SPECS: dict[str, tuple[dict, str]] = {
     "zero input width": ({"in_features": 0, "layers": [DENSE8]}, "in_features=0"),
     "unknown layer kind": (
         {"in_features": 4, "layers": [DENSE8, {"kind": "conv2d"}]},
-        "unknown layer kind 'conv2d'; valid kinds: dense, relu, block",
+        "unknown layer kind 'conv2d'; valid kinds: dense, relu, batchnorm, block",
     ),
     "no layers": ({"in_features": 4, "layers": []}, "has no layers"),
     "position in two ties": (

@@ -6,19 +6,20 @@ import numpy as np
 import pytest
 
 from common.core import oracle
-from common.core.models import BOOK_SPECS, TIED
-from common.core.oracle import Loss
+from common.core.models import BATCHNORM, BOOK_SPECS, TIED, TIED_BATCHNORM
+from common.core.oracle import Conventions, Loss
+from common.core.spec import BatchNorm, Dense, ModelSpec, ReLU
 
 
-def finite_difference(spec, weights, x, loss, name, eps=1e-6):
+def finite_difference(spec, weights, x, loss, name, eps=1e-6, **forward):
     weights = {k: v.astype(np.float64) for k, v in weights.items()}
     grad = np.zeros_like(weights[name])
     for index in np.ndindex(grad.shape):
         original = weights[name][index]
         weights[name][index] = original + eps
-        plus = loss.value(oracle.forward(spec, weights, x))
+        plus = loss.value(oracle.forward(spec, weights, x, **forward))
         weights[name][index] = original - eps
-        minus = loss.value(oracle.forward(spec, weights, x))
+        minus = loss.value(oracle.forward(spec, weights, x, **forward))
         weights[name][index] = original
         grad[index] = (plus - minus) / (2 * eps)
     return grad
@@ -74,3 +75,91 @@ def test_loss_validation():
         Loss("l1")
     with pytest.raises(ValueError, match="needs a target"):
         Loss("mse")
+
+
+# -- BatchNorm ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["training", "inference"])
+@pytest.mark.parametrize("spec", [BATCHNORM, TIED_BATCHNORM], ids=lambda s: s.name)
+def test_batchnorm_gradients_match_finite_differences(spec, mode):
+    """Training mode differentiates through the batch statistics; inference through the running
+    ones, which are constants (seeded, so not the trivial 0 and 1)."""
+    weights = oracle.initial_weights(spec, seed=3)
+    state = oracle.initial_state(spec, seed=3)
+    x = oracle.sample_input(spec, batch=5, seed=4)
+    loss = Loss("mse", np.full((5, spec.out_features), 0.5))
+    result = oracle.backward(spec, weights, x, loss, state=state, mode=mode)
+    for name in spec.param_shapes:
+        numeric = finite_difference(spec, weights, x, loss, name, state=state, mode=mode)
+        np.testing.assert_allclose(
+            result.grads[name], numeric, rtol=1e-5, atol=1e-7, err_msg=f"{name} {mode}"
+        )
+
+
+BATCH = np.array([[1.0], [2.0], [4.0], [8.0]])  # one feature: mean 3.75, biased var 7.1875
+
+
+@pytest.mark.parametrize("unbiased, expected", [(True, 7.1875 * 4 / 3), (False, 7.1875)])
+def test_running_variance_follows_the_convention(unbiased, expected):
+    """With momentum 1 the running statistics become the batch's: torch stores the unbiased
+    variance (9.58 here), Keras and Flax the biased one (7.19)."""
+    spec = ModelSpec("one", 1, (BatchNorm(momentum=1.0), Dense(1)))
+    weights = oracle.initial_weights(spec)
+    result = oracle.backward(
+        spec, weights, BATCH, Loss(), conventions=Conventions(unbiased_running_var=unbiased)
+    )
+    np.testing.assert_allclose(result.state["layers.0.running_mean"], [3.75], rtol=1e-6)
+    np.testing.assert_allclose(result.state["layers.0.running_var"], [expected], rtol=1e-6)
+
+
+def test_momentum_is_the_weight_of_the_new_batch():
+    spec = ModelSpec("one", 1, (BatchNorm(momentum=0.25), Dense(1)))
+    result = oracle.backward(spec, oracle.initial_weights(spec), BATCH, Loss(), conventions=Conventions())
+    np.testing.assert_allclose(result.state["layers.0.running_mean"], [0.75 * 0 + 0.25 * 3.75], rtol=1e-6)
+
+
+def test_a_tied_batchnorm_updates_its_statistics_at_each_use_in_order():
+    spec = TIED_BATCHNORM
+    weights, x = oracle.initial_weights(spec), oracle.sample_input(spec, batch=4)
+    conventions = Conventions(momentum=0.5)
+    result = oracle.backward(spec, weights, x, Loss(), conventions=conventions)
+    # By hand: the statistics after the first use, then the second from what reaches it.
+    _, tape, _ = oracle._forward(spec, weights, x, None, "training", conventions)
+    first, second = (inputs for path, layer, inputs, _ in tape if path in ((1,), (4,)))
+    expected_mean = 0.5 * (0.5 * 0 + 0.5 * first.mean(axis=0)) + 0.5 * second.mean(axis=0)
+    np.testing.assert_allclose(result.state["layers.1.running_mean"], expected_mean, rtol=1e-5)
+    assert set(result.state) == {"layers.1.running_mean", "layers.1.running_var"}
+
+
+def test_inference_uses_the_running_statistics_and_changes_none():
+    spec = BATCHNORM
+    weights, state = oracle.initial_weights(spec), oracle.initial_state(spec, seed=0)
+    x = oracle.sample_input(spec, batch=4)
+    result = oracle.backward(spec, weights, x, Loss(), state=state, mode="inference")
+    assert all(np.array_equal(result.state[k], state[k]) for k in state)
+    assert not np.allclose(result.output, oracle.forward(spec, weights, x, state=state, mode="training"))
+
+
+@pytest.mark.parametrize("frozen_batchnorm", ["training", "inference"])
+def test_training_never_moves_a_frozen_parameter(frozen_batchnorm):
+    # A bias right before a BatchNorm gets no gradient in training mode (the batch mean removes
+    # it), so a ReLU stands between them here.
+    spec = ModelSpec(
+        "frozen", 4, (Dense(8), ReLU(), BatchNorm(trainable=False), Dense(4), Dense(1, trainable=False))
+    )
+    weights, x = oracle.initial_weights(spec), oracle.sample_input(spec, batch=4)
+    conventions = Conventions(frozen_batchnorm=frozen_batchnorm)
+    losses, after, state = oracle.train(spec, weights, x, Loss(), 0.1, 3, conventions=conventions)
+    for p in spec.params:
+        moved = not np.array_equal(after[p.name], weights[p.name])
+        assert moved is p.trainable, p.name
+    stats_moved = not np.array_equal(
+        state["layers.2.running_mean"], oracle.initial_state(spec)["layers.2.running_mean"]
+    )
+    assert stats_moved is (frozen_batchnorm == "training")
+
+
+def test_batchnorm_specs_round_trip_through_data():
+    for spec in (BATCHNORM, TIED_BATCHNORM):
+        from common.core.spec import spec_from_dict
+
+        assert spec_from_dict(spec.to_dict()) == spec
