@@ -103,10 +103,21 @@ SCHEMA: dict[str, Key] = {
 CAPABILITIES: dict[str, str] = {
     "lazy_input_size": "whether a Dense infers its input width at the first forward",
     "device_placement": "whether parameter buffers can be located (device, address) to prove a tie",
+    "batchnorm": "whether the adapter builds BatchNorm layers, with their running statistics",
+    "freezing": "whether the adapter freezes a layer (trainable = false) with the framework's idiom",
 }
-FACTS: dict[str, tuple[str, ...]] = {
+# A fact's allowed values: a tuple of words, or a type (numbers).
+FACTS: dict[str, tuple[str, ...] | type] = {
     "weight_layout": ("(out, in)", "(in, out)"),  # the native layout of a Dense weight
     "grad_state_before_backward": ("none", "zeros", "not stored"),  # D2L 6.2.1.3
+}
+# Required where capabilities.batchnorm is true: the framework's BatchNorm conventions, in the
+# oracle's terms (common.core.oracle.Conventions); the suite trains against them.
+BATCHNORM_FACTS: dict[str, tuple[str, ...] | type] = {
+    "batchnorm_momentum": float,  # the default momentum, canonical: the weight of the new batch
+    "batchnorm_eps": float,  # the default epsilon
+    "batchnorm_running_var": ("unbiased", "biased"),  # which batch variance the running one averages
+    "frozen_batchnorm": ("training", "inference"),  # what a frozen BatchNorm does while training
 }
 # Members of a family may set these in the family file; a member's own keys win, table by table.
 FAMILY_KEYS = (
@@ -262,17 +273,25 @@ def parse_declaration(path: Path) -> Declaration:
         if not (isinstance(entry, dict) and isinstance(entry.get("value"), bool) and entry.get("reason")):
             raise DeclarationError(f"{where}: capabilities.{key} needs a boolean 'value' and a 'reason'")
         capabilities[key] = Capability(entry["value"], str(entry["reason"]))
-    for key, allowed in FACTS.items():
+    required_facts = dict(FACTS)
+    if capabilities["batchnorm"].value:
+        required_facts.update(BATCHNORM_FACTS)
+    for key, allowed in required_facts.items():
         value = data["facts"].get(key)
+        wanted = f"a {allowed.__name__}" if isinstance(allowed, type) else f"one of: {', '.join(allowed)}"
         if value is None:
-            raise DeclarationError(f"{where}: [facts] lacks {key!r}; one of: {', '.join(allowed)}")
-        if value not in allowed:
-            raise DeclarationError(
-                f"{where}: facts.{key}={value!r}, but should be one of: {', '.join(allowed)}"
-            )
-    unknown_facts = sorted(set(data["facts"]) - set(FACTS))
+            raise DeclarationError(f"{where}: [facts] lacks {key!r}; {wanted}")
+        valid = (
+            isinstance(value, allowed) and not isinstance(value, bool)
+            if isinstance(allowed, type)
+            else value in allowed
+        )
+        if not valid:
+            raise DeclarationError(f"{where}: facts.{key}={value!r}, but should be {wanted}")
+    unknown_facts = sorted(set(data["facts"]) - set(FACTS) - set(BATCHNORM_FACTS))
     if unknown_facts:
-        raise DeclarationError(f"{where}: unknown fact {unknown_facts[0]!r}; valid: {', '.join(FACTS)}")
+        valid_facts = ", ".join([*FACTS, *BATCHNORM_FACTS])
+        raise DeclarationError(f"{where}: unknown fact {unknown_facts[0]!r}; valid: {valid_facts}")
     return Declaration(
         name=data["name"],
         order=data["order"],
@@ -331,6 +350,7 @@ def envs() -> tuple[str, ...]:
 
 
 __all__ = [
+    "BATCHNORM_FACTS",
     "BOOK_TABS",
     "CAPABILITIES",
     "FACTS",

@@ -18,6 +18,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from common.core.interface import Backend, Model
 from common.core.oracle import Loss
+from common.core.spec import LayerPath
 from common.core.untrusted import printable
 from common.errors import ParamFileError
 
@@ -62,6 +63,15 @@ class TorchBackend(Backend):
     def new_relu(self) -> nn.Module:
         return nn.ReLU()
 
+    def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> nn.Module:
+        # torch's momentum is the canonical one: the weight of the new batch.
+        settings = {k: v for k, v in {"momentum": momentum, "eps": eps}.items() if v is not None}
+        return nn.BatchNorm1d(features, **settings)
+
+    def freeze(self, model: Model, path: LayerPath) -> None:
+        self.ensure_built(model)  # an UninitializedParameter refuses requires_grad_
+        self.position_table(model)[path].requires_grad_(False)
+
     def finish_sequential(self, container: Any, children: list[Any]) -> nn.Sequential:
         return nn.Sequential(*children)
 
@@ -80,6 +90,7 @@ class TorchBackend(Backend):
             # LazyLinear draws its default init at the first forward; seed it, locally.
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 torch.manual_seed(_INIT_SEED)
+                model.native.eval()  # a BatchNorm keeps its statistics (and takes a batch of one)
                 model.native(torch.zeros(1, model.spec.in_features))
             # Initialised on the CPU, so every device starts from the same values; .to() keeps
             # each Parameter object (it swaps .data), so ties and the identity tables survive.
@@ -87,13 +98,43 @@ class TorchBackend(Backend):
 
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         self.materialize(model)
+        model.native.eval()  # inference: BatchNorm uses its running statistics
+        with torch.no_grad():
+            return _to_numpy(model.native(self._tensor(x)))
+
+    def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
+        self.materialize(model)
+        model.native.train()  # batch statistics, running statistics updated
         with torch.no_grad():
             return _to_numpy(model.native(self._tensor(x)))
 
     # -- access by position ----------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> nn.Parameter:
-        layer, role = self.dense_layer(model, position, nn.Linear)
+        layer, role = self.dense_layer(model, position, (nn.Linear, nn.BatchNorm1d))
         return getattr(layer, role)
+
+    # -- state: BatchNorm's running statistics are buffers ----------------------------------------
+    def state_object(self, model: Model, position: str) -> torch.Tensor:
+        layer, role = self.batchnorm_layer(model, position, nn.BatchNorm1d)
+        return getattr(layer, role)
+
+    def describe_state(self, model: Model, state: Any) -> tuple[str, tuple[int, ...], str]:
+        names = {id(b): name for name, b in model.native.named_buffers()}
+        return names[id(state)], tuple(state.shape), str(state.dtype).removeprefix("torch.")
+
+    def native_state_value(self, model: Model, position: str) -> np.ndarray:
+        return _to_numpy(self.state_object(model, position))
+
+    def write_native_state_value(self, model: Model, position: str, value: np.ndarray) -> None:
+        buffer = self.state_object(model, position)
+        value = np.asarray(value, dtype=np.float32)
+        if tuple(buffer.shape) != value.shape:
+            raise ValueError(f"{position}: shape={value.shape}, but should be {tuple(buffer.shape)}")
+        with torch.no_grad():
+            buffer.copy_(torch.from_numpy(value))
+
+    def state_listing(self, model: Model) -> tuple[str, list[str]]:
+        return "net.named_buffers()", [name for name, _ in model.native.named_buffers()]
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
         # Parameter objects keep their identity when LazyLinear materializes, so one table serves.
@@ -154,9 +195,11 @@ class TorchBackend(Backend):
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         model.native.zero_grad(set_to_none=True)  # .grad accumulates across backward calls
+        model.native.train()
         self._loss(model, self._tensor(x), loss).backward()
-        # A shared Parameter has one .grad, into which autograd already summed every use.
-        return {name: _to_numpy(p.grad) for name, p, _ in self.observed_params(model)}
+        # A shared Parameter has one .grad, into which autograd already summed every use; a
+        # frozen one (requires_grad False) has none.
+        return {name: _to_numpy(p.grad) for name, p, _ in self.observed_params(model) if p.requires_grad}
 
     def native_train(
         self, model: Model, x: np.ndarray, loss: Loss, lr: float, steps: int, watch: bool
@@ -165,7 +208,8 @@ class TorchBackend(Backend):
         optimizer = self.compiled(model, "sgd", lambda: torch.optim.SGD(model.native.parameters(), lr=lr))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        unique = [(name, p) for name, p, _ in self.observed_params(model)]
+        model.native.train()
+        unique = [(name, p) for name, p, _ in self.observed_params(model) if p.requires_grad]
         inputs = self._tensor(x)
         losses, grads = [], {name: [] for name, _ in unique}
         for _ in range(steps):

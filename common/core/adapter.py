@@ -29,6 +29,7 @@ import numpy as np
 from common.core.oracle import Loss
 from common.core.spec import (
     ROLES,
+    STATE_ROLES,
     LayerPath,
     ModelSpec,
     param_name,
@@ -306,6 +307,54 @@ class Adapter(abc.ABC):
     def seed(self, seed: int) -> None:  # noqa: B027 - optional: a no-op where init is already seeded
         """Seed the framework's own RNG, so default initial values are reproducible."""
 
+    # -- state and freezing: declared by the batchnorm and freezing capabilities ------------------
+    def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> Any:
+        """A BatchNorm of the framework's own kind over ``features``. ``momentum`` is canonical
+        (the weight of the new batch: translate it) or None, and ``eps`` None: the framework's
+        default, which the declaration states as facts."""
+        raise self._lacks("batchnorm")
+
+    def share_batchnorm(self, owner: Any) -> Any:
+        """The framework's sharing mechanism for a BatchNorm: by default the same layer object."""
+        return owner
+
+    def freeze(self, model: Model, path: LayerPath) -> None:
+        """Freeze the layer at ``path`` (and so every position tied to it) with the framework's
+        own idiom: requires_grad_(False), trainable = False, grad_req = 'null', an optimizer
+        filter... Training must leave its parameters bit-identical."""
+        raise self._lacks("freezing")
+
+    def state_object(self, model: Model, position: str) -> Any:
+        """The native object holding the state at a position (``layers.1.running_mean``),
+        reached through the layer at that position: tied positions return the same object."""
+        raise self._lacks("batchnorm")
+
+    def describe_state(self, model: Model, state: Any) -> tuple[str, tuple[int, ...], str]:
+        """(native name as the framework's state listing shows it, native shape, dtype name)."""
+        raise self._lacks("batchnorm")
+
+    def native_state_value(self, model: Model, position: str) -> np.ndarray:
+        """The state at a position, as a copy."""
+        raise self._lacks("batchnorm")
+
+    def write_native_state_value(self, model: Model, position: str, value: np.ndarray) -> None:
+        """Write the state at a position in place; a tied partner must see it."""
+        raise self._lacks("batchnorm")
+
+    def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
+        """net(x) in training mode: batch statistics, running statistics updated as the framework
+        does in a training forward pass (``native_forward`` is inference mode)."""
+        raise self._lacks("batchnorm")
+
+    def state_listing(self, model: Model) -> tuple[str, list[str]]:
+        """The framework's own listing of non-trainable state (``net.buffers()``,
+        ``batch_stats``...) and its names, native-only entries (num_batches_tracked) included."""
+        raise self._lacks("batchnorm")
+
+    def _lacks(self, capability: str) -> NotImplementedError:
+        reason = self.declaration.capability(capability).reason
+        return NotImplementedError(f"backend {self.name!r} declares no {capability}: {reason}")
+
     # == the toolbox an adapter calls =============================================================
     def position_table(self, model: Model) -> dict[LayerPath, Any]:
         """The object the framework holds at each layer position, read through ``child`` from
@@ -324,14 +373,16 @@ class Adapter(abc.ABC):
             self.materialize(model)
             model.built = True
 
-    def dense_layer(self, model: Model, position: str, kind: type) -> tuple[Any, str]:
-        """The layer object at a Dense position (as built, from the position table) and the role;
-        KeyError naming ``position`` if it is no Dense position or the object is not a ``kind``."""
+    def dense_layer(self, model: Model, position: str, kind: type | tuple[type, ...]) -> tuple[Any, str]:
+        """The layer object at a parameter position (a Dense or a BatchNorm, as built, from the
+        position table) and the role; KeyError naming ``position`` if it is no such position or
+        the object is not a ``kind``."""
         model.spec.owner_of(position)
         path, role = split_param_name(position)
         layer = self.position_table(model)[path]
         if not isinstance(layer, kind):
-            raise KeyError(f"{position!r}: the layer there is {type(layer).__name__}, not {kind.__name__}")
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise KeyError(f"{position!r}: the layer there is {type(layer).__name__}, not {names}")
         return layer, role
 
     def layer_at(self, net: Any, path: LayerPath) -> Any:
@@ -343,12 +394,31 @@ class Adapter(abc.ABC):
     def observed_params(self, model: Model) -> list[Observed]:
         """Unique parameters by object identity, in walk order; the first position names each."""
         seen: dict[int, Observed] = {}
-        for slot in model.spec.dense_slots:
+        for slot in model.spec.layer_slots:
             for role in ROLES:
                 position = param_name(slot.path, role)
                 param = self.param_object(model, position)
                 seen.setdefault(id(param), (position, param, []))[2].append(position)
         return list(seen.values())
+
+    def observed_state(self, model: Model) -> list[Observed]:
+        """Unique state by object identity, in walk order; the first position names each."""
+        seen: dict[int, Observed] = {}
+        for slot in model.spec.norm_slots:
+            for role in STATE_ROLES:
+                position = param_name(slot.path, role)
+                state = self.state_object(model, position)
+                seen.setdefault(id(state), (position, state, []))[2].append(position)
+        return list(seen.values())
+
+    def batchnorm_layer(self, model: Model, position: str, kind: type) -> tuple[Any, str]:
+        """The layer object at a BatchNorm position and the role (``weight``, ``bias``,
+        ``running_mean``, ``running_var``); KeyError naming ``position`` otherwise."""
+        path, role = split_param_name(position, ROLES + STATE_ROLES)
+        layer = self.position_table(model).get(path)
+        if not isinstance(layer, kind):
+            raise KeyError(f"{position!r}: the layer there is {type(layer).__name__}, not {kind.__name__}")
+        return layer, role
 
     def compiled(self, model: Model, key: Any, make: Callable[[], Any]) -> Any:
         """A compiled step or optimizer, built once per model and key, then reused."""

@@ -8,6 +8,11 @@ backend's declaration, backends/<name>/backend.toml.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from common.core.oracle import Conventions
+
 # float32 forward/backward of these small MLPs against the float64 oracle, same weights.
 RTOL = 1e-5
 ATOL = 1e-6
@@ -54,3 +59,20 @@ NEST_LEVELS: dict[str, tuple[str, ...]] = {
     "layers.0": ("layers.0.0", "layers.0.1"),
     "layers.0.0": ("layers.0.0.0", "layers.0.0.2"),
 }
+
+
+# BatchNorm divides by a batch's standard deviation, which amplifies float32 rounding where a
+# feature varies little across the batch: measured within ~3e-6 relative on these models; 1e-4
+# still catches a wrong convention (momentum, biased variance, eps), which moves values by >1e-2.
+STATE_RTOL = 1e-4
+STATE_ATOL = 1e-5
+
+
+def conventions_of(facts: Mapping[str, Any]) -> Conventions:
+    """A backend's declared BatchNorm facts as the oracle's Conventions."""
+    return Conventions(
+        momentum=facts["batchnorm_momentum"],
+        eps=facts["batchnorm_eps"],
+        unbiased_running_var=facts["batchnorm_running_var"] == "unbiased",
+        frozen_batchnorm=facts["frozen_batchnorm"],
+    )

@@ -31,10 +31,11 @@ from common.core.adapter import (
     WeightLayout,
     qualname,
 )
-from common.core.oracle import Loss, check_input
-from common.core.params import check_value, check_values
+from common.core.oracle import MODES, Loss, check_input
+from common.core.params import check_state_values, check_value, check_values
 from common.core.spec import (
     ROLES,
+    BatchNorm,
     Block,
     Dense,
     Layer,
@@ -44,7 +45,7 @@ from common.core.spec import (
     spec_from_dict,
     split_param_name,
 )
-from common.errors import ParamFileError
+from common.errors import ParamFileError, UsageError
 
 __all__ = [
     "NATIVE_FACT_KEYS",
@@ -72,8 +73,10 @@ class Backend(Adapter):
         then read back through ``child``, so it holds what the framework really holds."""
         if not isinstance(spec, ModelSpec):
             spec = spec_from_dict(spec)
-        owners = {slot.path: slot.owner for slot in spec.dense_slots}
+        self._check_capabilities(spec)
+        owners = {slot.path: slot.owner for slot in spec.layer_slots}
         widths = {slot.path: slot.in_features for slot in spec.dense_slots}
+        features = {slot.path: slot.features for slot in spec.norm_slots}
         made: dict[LayerPath, Any] = {}
 
         def build(layers: tuple[Layer, ...], prefix: LayerPath) -> Any:
@@ -92,6 +95,14 @@ class Backend(Adapter):
                             else self.share_dense(made[owner], layer.units)
                         )
                         children.append(made[path])
+                    elif isinstance(layer, BatchNorm):
+                        owner = owners[path]
+                        made[path] = (
+                            self.new_batchnorm(features[path], layer.momentum, layer.eps)
+                            if owner == path
+                            else self.share_batchnorm(made[owner])
+                        )
+                        children.append(made[path])
                     else:
                         children.append(self.new_relu())
             return self.finish_sequential(container, children)
@@ -100,7 +111,22 @@ class Backend(Adapter):
         model = Model(spec, net, adapter_state=self.new_adapter_state())
         self.position_table(model)
         self.finish_model(model)
+        for slot in spec.layer_slots:
+            if not slot.tied and not spec.trainable_at(slot.path):
+                self.freeze(model, slot.path)
         return model
+
+    def _check_capabilities(self, spec: ModelSpec) -> None:
+        """A spec that needs what this backend declares it lacks is refused in one line, before
+        any adapter call."""
+        needs = {"batchnorm": spec.has_batchnorm, "freezing": spec.has_frozen}
+        for capability, needed in needs.items():
+            declared = self.declaration.capability(capability)
+            if needed and not declared.value:
+                raise UsageError(
+                    f"backend {self.name!r} cannot build spec {spec.name!r}: it needs {capability}, "
+                    f"which the backend declares it lacks ({declared.reason})"
+                )
 
     def versions(self) -> dict[str, str]:
         """What a record says it ran on."""
@@ -252,13 +278,23 @@ class Backend(Adapter):
             np.asarray(native_b),
         )
 
-    def forward(self, model: Model, x: np.ndarray) -> np.ndarray:
-        """net(x). A wrong input shape is the same ValueError in every backend, raised before the
-        framework sees it: a lazy framework would otherwise build its weights from the wrong width."""
-        return self.native_forward(model, self._input(model, x))
+    def forward(self, model: Model, x: np.ndarray, mode: str = "inference") -> np.ndarray:
+        """net(x), in inference mode (running statistics) or training mode (batch statistics,
+        running statistics updated). A wrong input shape is the same ValueError in every backend,
+        raised before the framework sees it: a lazy framework would otherwise build its weights
+        from the wrong width."""
+        x = self._input(model, x)
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}, but should be one of {MODES}")
+        if mode == "training" and model.spec.has_batchnorm:
+            self.ensure_built(model)
+            return self.native_forward_training(model, x)
+        return self.native_forward(model, x)
 
     def backward(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
-        """Gradients of a scalar loss for every unique parameter, canonical layout."""
+        """Gradients of a scalar loss for every unique trainable parameter, canonical layout, in
+        training mode: a BatchNorm normalizes by the batch and updates its running statistics,
+        as one training forward pass does."""
         x = self._input(model, x)
         self.ensure_built(model)
         native = self.native_grads(model, x, loss)
@@ -280,7 +316,8 @@ class Backend(Adapter):
         self.ensure_built(model)
         losses, native = self.native_train(model, x, loss, lr, steps, watch)
         grads = {
-            name: np.swapaxes(g, -1, -2) if self._swaps(name) else np.asarray(g) for name, g in native.items()
+            name: np.swapaxes(g, -1, -2) if self._swaps(name) and np.ndim(g) == 3 else np.asarray(g)
+            for name, g in native.items()
         }
         return np.asarray(losses, dtype=np.float64), grads
 
@@ -336,6 +373,54 @@ class Backend(Adapter):
     def import_native_file(self, model: Model, path: str) -> None:
         """Load the framework's own file into ``model``: validated in full, then assigned atomically."""
         self.load_params(model, self.read_native_file(model, path)[1])
+
+    # -- non-trainable state: BatchNorm running statistics ------------------------------------------
+    def list_state(self, model: Model) -> tuple[ParamInfo, ...]:
+        """Every unique piece of state (canonical names such as ``layers.1.running_mean``), with
+        native names, shapes and the positions observed to use it; apart from list_params."""
+        self.ensure_built(model)
+        infos = []
+        for name, state, positions in self.observed_state(model):
+            native_name, native_shape, dtype = self.describe_state(model, state)
+            infos.append(
+                ParamInfo(
+                    name,
+                    native_name,
+                    tuple(native_shape),
+                    tuple(native_shape),
+                    dtype,
+                    qualname(state),
+                    tuple(positions),
+                )
+            )
+        return tuple(infos)
+
+    def get_state(self, model: Model, name: str) -> np.ndarray:
+        model.spec.state_owner_of(name)
+        self.ensure_built(model)
+        return np.asarray(self.native_state_value(model, name))
+
+    def set_state(self, model: Model, name: str, value: np.ndarray) -> None:
+        owner = model.spec.state_owner_of(name)
+        (array,) = check_state_values(model.spec, {owner: value}, only=(owner,)).values()
+        self.ensure_built(model)
+        self.write_native_state_value(model, name, array)
+
+    def load_state(self, model: Model, values: Mapping[str, np.ndarray]) -> None:
+        """Load every unique piece of state, validated first; restored on a failed write."""
+        checked = check_state_values(model.spec, values)
+        self.ensure_built(model)
+        before = self.state_snapshot(model)
+        try:
+            for name, value in checked.items():
+                self.write_native_state_value(model, name, value)
+        except Exception:
+            for name, value in before.items():
+                self.write_native_state_value(model, name, value)
+            raise
+
+    def state_snapshot(self, model: Model) -> dict[str, np.ndarray]:
+        return {p.name: np.array(self.get_state(model, p.name)) for p in model.spec.state}
 
     def snapshot(self, model: Model) -> dict[str, np.ndarray]:
         """Copies of every unique parameter, canonical layout."""

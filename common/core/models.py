@@ -27,8 +27,9 @@ NEST = ModelSpec("nest", in_features=20, layers=(NEST_MLP, Dense(20)))
 
 BOOK_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (MLP, TIED, NEST)}
 
-# Non-trainable state and freezing (issue: BatchNorm statistics, frozen layers): a BatchNorm at
-# the framework's defaults, a frozen Dense, and a BatchNorm with its momentum set canonically.
+# Non-trainable state and freezing: a BatchNorm at the framework's defaults, a frozen Dense, and a
+# frozen BatchNorm with its momentum set canonically (what freezing does to its statistics is
+# each framework's convention).
 BATCHNORM = ModelSpec(
     "batchnorm",
     in_features=4,
@@ -37,7 +38,7 @@ BATCHNORM = ModelSpec(
         BatchNorm(),
         ReLU(),
         Dense(8, trainable=False),
-        BatchNorm(momentum=0.2),
+        BatchNorm(momentum=0.2, trainable=False),
         ReLU(),
         Dense(1),
     ),

@@ -80,3 +80,32 @@ def _listed(names: list[str], total: int | None = None) -> str:
     total = len(names) if total is None else total
     text = shown(names[:MAX_LISTED], 1000)
     return text if total <= MAX_LISTED else f"{text} and {total - MAX_LISTED} more"
+
+
+def check_state_values(
+    spec: ModelSpec, values: Mapping[str, object], *, only: tuple[str, ...] | None = None
+) -> dict[str, np.ndarray]:
+    """Non-trainable state (BatchNorm running statistics): every unique name of ``spec.state``
+    (or of ``only``) present, none extra, shapes right, finite float32."""
+    expected = list(spec.state_shapes) if only is None else list(only)
+    missing = [name for name in expected if name not in values]
+    extra = [name for name in values if name not in expected]
+    if missing or extra:
+        raise ParamFileError(
+            f"state of spec {spec.name!r}: missing {_listed(missing)}, unexpected {_listed(extra)}; "
+            f"expected: {', '.join(expected) or 'none'}"
+        )
+    checked = {}
+    for name in expected:
+        array = np.asarray(values[name])
+        if array.dtype.kind not in "fiu":
+            raise ParamFileError(f"{printable(name)}: dtype={array.dtype}, but should be a real number type")
+        if array.shape != spec.state_shapes[name]:
+            raise ParamFileError(
+                f"{printable(name)}: shape={shown(array.shape)}, but should be {spec.state_shapes[name]}"
+            )
+        array = array.astype(np.float32)
+        if not np.all(np.isfinite(array)):
+            raise ParamFileError(f"{printable(name)}: holds NaN or Inf values")
+        checked[name] = array
+    return checked

@@ -16,6 +16,7 @@ from common.config import (
     selected_device,
 )
 from common.declarations import (
+    BATCHNORM_FACTS,
     CAPABILITIES,
     FACTS,
     ROOT,
@@ -71,6 +72,8 @@ bench = "backends.demo.bench:make_handwritten"
 [capabilities]
 lazy_input_size = { value = true, reason = "demo" }
 device_placement = { value = false, reason = "demo" }
+batchnorm = { value = false, reason = "demo" }
+freezing = { value = false, reason = "demo" }
 
 [facts]
 weight_layout = "(out, in)"
@@ -162,6 +165,32 @@ def test_a_bad_declaration_names_its_file_and_problem(tmp_path, text, message):
     with pytest.raises(DeclarationError, match="backend.toml") as info:
         parse_declaration(path)
     assert message in str(info.value)
+
+
+# GOOD with BatchNorm declared: its conventions become required facts.
+GOOD_BATCHNORM = GOOD.replace(
+    'batchnorm = { value = false, reason = "demo" }', 'batchnorm = { value = true, reason = "demo" }'
+).replace(
+    'grad_state_before_backward = "none"\n',
+    'grad_state_before_backward = "none"\nbatchnorm_momentum = 0.1\nbatchnorm_eps = 1e-5\n'
+    'batchnorm_running_var = "unbiased"\nfrozen_batchnorm = "training"\n',
+)
+
+
+@pytest.mark.parametrize("key", list(BATCHNORM_FACTS))
+def test_a_backend_with_batchnorm_must_state_each_of_its_conventions(tmp_path, key):
+    assert parse_declaration_text(GOOD_BATCHNORM, tmp_path).facts[key] is not None
+    text = GOOD_BATCHNORM.replace(
+        next(line for line in GOOD_BATCHNORM.splitlines() if line.startswith(f"{key} =")) + "\n", ""
+    )
+    with pytest.raises(DeclarationError, match=f"lacks {key!r}"):
+        parse_declaration_text(text, tmp_path)
+
+
+def test_a_batchnorm_fact_must_have_its_kind():
+    text = GOOD_BATCHNORM.replace("batchnorm_momentum = 0.1", 'batchnorm_momentum = "0.1"')
+    with pytest.raises(DeclarationError, match="facts.batchnorm_momentum='0.1', but should be a float"):
+        parse_declaration_text(text)
 
 
 def test_a_family_shares_tables_and_a_member_overrides_key_by_key(tmp_path):
