@@ -157,6 +157,57 @@ def _tied_facts(r: Record) -> Record:
     return _model_facts(r, "tied")
 
 
+STATE = "State and freezing"  # a BatchNorm, observed on one batch (common.commands.probe)
+
+
+def _state(key: str, show: Callable[[Any], Any] = lambda value: value) -> Callable[[Record], Any]:
+    """A state row: the observed value, or why the backend built no BatchNorm."""
+
+    def extract(r: Record) -> Any:
+        state = r["state"]
+        return "not built (see its declared capabilities)" if "not_built" in state else show(state[key])
+
+    return extract
+
+
+def _serialized_state(calls: Mapping[str, Mapping[str, int]]) -> list[str]:
+    return [
+        f"{call}: {c['entries']} entries, {c['state']} state"
+        + (f" + {c['native_only_state']} native-only" if c["native_only_state"] else "")
+        for call, c in sorted(calls.items())
+    ]
+
+
+STATE_ROWS: tuple[Row, ...] = (
+    Row(STATE, "default momentum (weight of the new batch)", _state("default_momentum")),
+    Row(STATE, "default epsilon", _state("default_eps")),
+    Row(STATE, "running variance kept", _state("running_var")),
+    Row(
+        STATE,
+        "a frozen BatchNorm while training",
+        _state(
+            "frozen_batchnorm",
+            lambda mode: {
+                "training": "normalizes by the batch, updates its statistics",
+                "inference": "runs in inference mode: running statistics, none updated",
+            }.get(mode, mode),
+        ),
+    ),
+    Row(STATE, "state, apart from parameters", _state("state")),
+    Row(
+        STATE,
+        "the framework's state listing",
+        _state("state_listing", lambda s: f"{s['call']}: {len(s['names'])} entries"),
+    ),
+    Row(STATE, "native-only state", _state("native_only_state", lambda names: names or "none")),
+    Row(
+        STATE,
+        "parameter listing holds state",
+        _state("parameter_listing_holds_state", lambda names: names or "no"),
+    ),
+    Row(STATE, "serializations hold", _state("serializations", _serialized_state)),
+)
+
 ORACLE = "Numbers vs the numpy oracle (max |delta|)"
 ROWS: tuple[Row, ...] = (
     Row("Versions", "framework", lambda r: r["versions"]["framework"], kind=CONTEXT),
@@ -319,7 +370,7 @@ def merge(records: Mapping[str, Record]) -> dict[str, Any]:
         name: str(records[name].get("error", "no record")) for name in backends if not records[name].get("ok")
     }
     ok = {name: {**records[name], "backend": name} for name in backends if name not in failed}
-    rows = [_merge_row(row, ok) for row in (*ROWS, *capability_rows(ok))]
+    rows = [_merge_row(row, ok) for row in (*ROWS, *STATE_ROWS, *capability_rows(ok))]
     claims = [
         _verdict(claim, name, records[name])
         for claim in BOOK_CLAIMS

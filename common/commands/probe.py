@@ -19,9 +19,9 @@ import numpy as np
 from common.commands.fanout import child_main
 from common.core import oracle
 from common.core.interface import Backend
-from common.core.models import BOOK_SPECS
+from common.core.models import BATCHNORM, BOOK_SPECS
 from common.core.oracle import Loss
-from common.core.spec import ModelSpec
+from common.core.spec import BatchNorm, Dense, ModelSpec
 from common.declarations import declaration
 from common.registry import load_backend
 
@@ -47,6 +47,7 @@ def probe(backend_name: str) -> dict[str, Any]:
             "tie": backend.tie_mechanism,
         },
         "models": {name: probe_model(backend, spec) for name, spec in BOOK_SPECS.items()},
+        "state": probe_state(backend),
     }
     record["timing"] = {"seconds": round(time.monotonic() - started, 2)}
     return record
@@ -105,6 +106,76 @@ def probe_ties(backend: Backend, spec: ModelSpec, model, weights, grads, x) -> d
         "written": owner,
         "observed": user,
         "tied_grad_is_sum_of_uses": bool(is_sum),
+    }
+
+
+# One feature, one batch: mean 3.75, biased variance 7.1875, unbiased 9.583.
+STATE_BATCH = np.array([[1.0], [2.0], [4.0], [8.0]], np.float32)
+
+
+def probe_state(backend: Backend) -> dict[str, Any]:
+    """BatchNorm and freezing as the framework behaves, observed with one batch (not read from
+    the declaration, which the suite checks): the default momentum (canonical) and epsilon, the
+    running variance kept, what a frozen BatchNorm does while training, and how the framework
+    lists and serializes state. A backend that declares no BatchNorm says why."""
+    entry = declaration(backend.name)
+    lacking = [c for c in ("batchnorm", "freezing") if not entry.capability(c).value]
+    if lacking:
+        return {"not_built": "; ".join(f"{c}: {entry.capability(c).reason}" for c in lacking)}
+    mean, biased = float(STATE_BATCH.mean()), float(STATE_BATCH.var())
+
+    def one_training_forward(layer: BatchNorm) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        spec = ModelSpec("probe-state", 1, (layer, Dense(1)))
+        model = backend.build_mlp(spec)
+        backend.load_params(
+            model,
+            {
+                "layers.0.weight": np.ones(1),
+                "layers.0.bias": np.zeros(1),
+                "layers.1.weight": np.ones((1, 1)),
+                "layers.1.bias": np.zeros(1),
+            },
+        )
+        output = backend.forward(model, STATE_BATCH, mode="training")
+        return backend.state_snapshot(model), output
+
+    state, _ = one_training_forward(BatchNorm(eps=0.5))
+    momentum = float(state["layers.0.running_mean"][0]) / mean
+    state, output = one_training_forward(BatchNorm(momentum=1.0))
+    running_var = float(state["layers.0.running_var"][0])
+    variance = (
+        "unbiased"
+        if np.isclose(running_var, biased * 4 / 3, rtol=1e-4)
+        else ("biased" if np.isclose(running_var, biased, rtol=1e-4) else f"neither: {running_var:.5g}")
+    )
+    # y = (x - mean) / sqrt(biased + eps) for the batch's largest value: solve for eps.
+    eps = float(((STATE_BATCH[-1, 0] - mean) / output[-1, 0]) ** 2 - biased)
+    frozen, _ = one_training_forward(BatchNorm(momentum=0.5, trainable=False))
+    frozen_mode = "training" if frozen["layers.0.running_mean"][0] != 0 else "inference"
+
+    model = backend.build_mlp(BATCHNORM)
+    params, state_infos = backend.list_params(model), backend.list_state(model)
+    state_call, state_names = backend.state_listing(model)
+    listing_call, listing_names = backend.listing(model)
+    known = {s.native_name for s in state_infos}
+    return {
+        "default_momentum": _round(momentum),
+        "default_eps": float(f"{eps:.2g}"),
+        "running_var": variance,
+        "frozen_batchnorm": frozen_mode,
+        "parameters": len(params),
+        "state": [f"{s.name} <- {s.native_name}" for s in state_infos],
+        "state_listing": {"call": state_call, "names": list(state_names)},
+        "native_only_state": [name for name in state_names if name not in known],
+        "parameter_listing_holds_state": sorted(known & set(listing_names)),
+        "listing_call": listing_call,
+        "serializations": {
+            call: {
+                "entries": len(names),
+                "state": sum(name in known or name.split("/")[-1] in known for name in names),
+            }
+            for call, names in backend.serializations(model).items()
+        },
     }
 
 

@@ -66,6 +66,19 @@ def make_record(backend: str, **changes: Any) -> dict[str, Any]:
         "versions": {"framework": "1.0", "python": "3.11.7", "numpy": "2.0"},
         "mechanisms": {"weight_layout": "(out, in)", "lazy": "lazy", "tie": "same object"},
         "models": models,
+        "state": {
+            "default_momentum": 0.1,
+            "default_eps": 1e-5,
+            "running_var": "unbiased",
+            "frozen_batchnorm": "training",
+            "parameters": 10,
+            "state": ["layers.1.running_mean <- bn.mean", "layers.1.running_var <- bn.var"],
+            "state_listing": {"call": "net.buffers()", "names": ["bn.mean", "bn.var", "bn.count"]},
+            "native_only_state": ["bn.count"],
+            "parameter_listing_holds_state": [],
+            "listing_call": "net.params()",
+            "serializations": {"save()": {"entries": 15, "state": 4, "native_only_state": 1}},
+        },
         "timing": {"seconds": 1.0},
     }
     for path, value in changes.items():

@@ -473,3 +473,20 @@ def test_on_a_terminal_the_probes_show_live_progress():
     assert records[FIRST]["ok"] and not records[SECOND]["ok"]
     final = buffer.getvalue()
     assert all(name in final for name in (FIRST, SECOND, THIRD)) and "done" in final and "failed" in final
+
+
+# -- state and freezing ------------------------------------------------------------------------------
+def test_the_state_section_shows_every_backend_and_why_one_built_none():
+    records = {name: make_record(name) for name in BACKENDS[:3]}
+    records[BACKENDS[1]]["state"] = {"running_var": "biased", **records[BACKENDS[1]]["state"]}
+    records[BACKENDS[1]]["state"]["running_var"] = "biased"
+    records[BACKENDS[2]]["state"] = {"not_built": "batchnorm: not built in this adapter yet"}
+    doc = diff.merge(records)
+    rows = {row["label"]: row for row in doc["rows"] if row["section"] == diff.STATE}
+    assert set(rows) == {row.label for row in diff.STATE_ROWS}
+    variance = rows["running variance kept"]
+    assert variance["differs"] and variance["cells"][BACKENDS[0]]["value"] == "unbiased"
+    assert variance["cells"][BACKENDS[1]]["value"] == "biased"
+    assert "not built" in variance["cells"][BACKENDS[2]]["value"]
+    text = diff.render_terminal(doc, 200)
+    assert diff.STATE in text and "native-only" in text
