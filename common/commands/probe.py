@@ -172,7 +172,8 @@ def probe_state(backend: Backend) -> dict[str, Any]:
         "serializations": {
             call: {
                 "entries": len(names),
-                "state": sum(name in known or name.split("/")[-1] in known for name in names),
+                "state": sum(name in known for name in names),
+                "native_only_state": sum(name in names for name in state_names if name not in known),
             }
             for call, names in backend.serializations(model).items()
         },
