@@ -109,3 +109,15 @@ def check_state_values(
             raise ParamFileError(f"{printable(name)}: holds NaN or Inf values")
         checked[name] = array
     return checked
+
+
+def check_state_layout(spec: ModelSpec, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Every unique piece of the spec's state present with its shape, from a header alone."""
+    missing = [name for name in spec.state_shapes if name not in shapes]
+    if missing:
+        raise ParamFileError(f"missing state {_listed(missing)} for spec {spec.name!r}")
+    for name, shape in shapes.items():
+        if tuple(shape) != spec.state_shapes[name]:
+            raise ParamFileError(
+                f"{printable(name)}: shape={shown(tuple(shape))}, but should be {spec.state_shapes[name]}"
+            )

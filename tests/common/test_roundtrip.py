@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from common.commands.roundtrip import compare, matrices
-from common.core.models import BOOK_SPECS
+from common.commands.roundtrip import MODELS, compare, matrices
 
 
 def outputs(shift: float = 0.0, ties: bool | None = True) -> dict:
@@ -11,11 +10,11 @@ def outputs(shift: float = 0.0, ties: bool | None = True) -> dict:
 
 
 def export_record() -> dict:
-    return {"ok": True, "models": {name: outputs() for name in BOOK_SPECS}}
+    return {"ok": True, "models": {name: outputs() for name in MODELS}}
 
 
 def import_record(sources, **overrides) -> dict:
-    results = {f"{s}/{name}": outputs() for s in sources for name in BOOK_SPECS}
+    results = {f"{s}/{name}": outputs() for s in sources for name in MODELS}
     results.update(overrides)
     return {"ok": True, "results": results}
 
@@ -42,3 +41,19 @@ def test_matrix_marks_failing_rows_and_keeps_every_cell():
     assert "export failed: jax exploded" in jax_row[1] and not jax_ok
     mlp_row, mlp_ok = tables["mlp"][0]
     assert mlp_ok and mlp_row[1] == "fwd ok  grad ok  ties ok"
+
+
+def test_a_model_a_backend_cannot_build_is_an_explained_na_cell_that_passes():
+    sources = ["torch", "jax"]
+    why = "jax declares no batchnorm"
+    exports = {"torch": export_record(), "jax": export_record()}
+    exports["jax"]["models"]["batchnorm"] = {"not_built": why}
+    imports = {
+        "torch": import_record(sources, **{"jax/batchnorm": {"not_built": why}}),
+        "jax": import_record(
+            sources, **{"torch/batchnorm": {"not_built": why}, "jax/batchnorm": {"not_built": why}}
+        ),
+    }
+    rows = matrices(exports, imports)["batchnorm"]
+    assert rows[0][0][2] == f"n/a: {why}" and rows[0][1]
+    assert rows[1][0][1] == f"n/a: {why}" and rows[1][1]

@@ -197,3 +197,23 @@ def test_a_spec_the_backend_cannot_build_is_refused_before_any_adapter_call(back
     with recording(backend) as calls, pytest.raises(UsageError, match=f"needs {refused[0]}"):
         backend.build_mlp(spec)
     assert_equal("adapter calls", calls, [])
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_a_portable_file_carries_the_state(backend, spec, tmp_path):
+    """Exported after training, imported into a fresh model: the same parameters, the same
+    running statistics, the same inference output."""
+    _requires(backend, "batchnorm", "freezing")
+    from common.core import portable
+
+    model, _, _ = _loaded(backend, spec)
+    x, loss = _data(spec)
+    backend.train(model, x, loss, LR, STEPS)
+    path = portable.export_params(backend, model, tmp_path / f"{spec.name}.safetensors")
+    _, state, _ = portable.read_portable(path, spec)
+    assert_equal("state names in the file", sorted(state), sorted(spec.state_shapes))
+    fresh = backend.build_mlp(spec)
+    portable.import_params(backend, fresh, path)
+    for name in spec.state_shapes:
+        assert np.array_equal(backend.get_state(fresh, name), backend.get_state(model, name)), name
+    _close("inference after import", backend.forward(fresh, x), backend.forward(model, x))
