@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     from common.commands import (
         bench,
         diff,
+        facts,
         fuzz,
         inspect,
         roundtrip,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     roundtrip.add_parser(commands)
     inspect.add_parsers(commands)
     fuzz.add_parser(commands)
+    facts.add_parser(commands)
     return parser
 
 

@@ -490,3 +490,15 @@ def test_the_state_section_shows_every_backend_and_why_one_built_none():
     assert "not built" in variance["cells"][BACKENDS[2]]["value"]
     text = diff.render_terminal(doc, 200)
     assert diff.STATE in text and "native-only" in text
+
+
+def test_the_readme_state_table_is_the_one_the_declarations_give():
+    """`paramparity facts state` generates it; the README must hold it as printed now."""
+    from common.commands.facts import TABLES
+
+    readme = (ROOT / "README.md").read_text()
+    for name, table in TABLES.items():
+        start, end = f"<!-- facts:{name} -->\n", f"\n<!-- /facts:{name} -->"
+        assert start in readme and end in readme, f"README lacks the {name} table's markers"
+        held = readme.split(start, 1)[1].split(end, 1)[0]
+        assert held == table(), f"README's {name} table is stale: run `paramparity facts {name}`"
