@@ -170,10 +170,6 @@ class MXNetBackend(Backend):
             state.native_names = {id(p): key for key, p in model.native.collect_params().items()}
         return state.native_names[id(param)], tuple(param.shape), np.dtype(param.dtype).name
 
-    @staticmethod
-    def _trainable(params: list[tuple[str, gluon.Parameter]]) -> list[tuple[str, gluon.Parameter]]:
-        return [(name, param) for name, param in params if param.grad_req != "null"]
-
     # -- state: BatchNorm's running statistics are Parameters with grad_req 'null' ---------------
     def state_object(self, model: Model, position: str) -> gluon.Parameter:
         layer, role = self.batchnorm_layer(model, position, nn.BatchNorm)
@@ -206,7 +202,7 @@ class MXNetBackend(Backend):
         return _numpy(model.native(mnp.array(x, dtype="float32")))
 
     def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
-        trainable = [param.data() for _, param in self._trainable(self._unique(model))]
+        trainable = [param.data() for _, param in self._trainable(model)]
         with autograd.record():  # train_mode: batch statistics
             y = model.native(mnp.array(x, dtype="float32"))
         if trainable:
@@ -286,20 +282,21 @@ class MXNetBackend(Backend):
         target = () if loss.kind == "sum" else (mnp.array(loss.target, dtype="float32"),)
         return mnp.array(x, dtype="float32"), target
 
-    def _unique(self, model: Model) -> list[tuple[str, gluon.Parameter]]:
-        return [(name, param) for name, param, _ in self.observed_params(model)]
+    def _trainable(self, model: Model) -> list[tuple[str, gluon.Parameter]]:
+        """Unique Parameters that keep a gradient: a frozen one has grad_req 'null'."""
+        return [(name, param) for name, param, _ in self.observed_params(model) if param.grad_req != "null"]
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         inputs, target = self._inputs(x, loss)
         self._record_loss(model, inputs, loss, target)
         # A shared Parameter is one autograd variable, so its grad is already the sum over uses;
         # a frozen one (grad_req 'null') keeps none.
-        return {name: _numpy(param.grad()) for name, param in self._trainable(self._unique(model))}
+        return {name: _numpy(param.grad()) for name, param in self._trainable(model)}
 
     def native_train(
         self, model: Model, x: np.ndarray, loss: Loss, lr: float, steps: int, watch: bool
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        unique = self._trainable(self._unique(model))
+        unique = self._trainable(model)
         # Unique trainable Parameters only, so a shared one is updated once per step.
         trainer = self.compiled(
             model,
