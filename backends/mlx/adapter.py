@@ -51,7 +51,7 @@ from mlx.utils import tree_flatten
 
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
-from common.core.spec import ROLES, STATE_ROLES, LayerPath, NormSlot, param_name, split_param_name
+from common.core.spec import ROLES, LayerPath, param_name, split_param_name
 from common.core.untrusted import open_regular, printable
 from common.errors import ParamFileError
 
@@ -339,16 +339,16 @@ class MlxBackend(Backend):
 
     def native_file_keys(self, model: Model) -> dict[str, str]:
         # save_weights writes tree_flatten(net.parameters()): every position of a tie, by its key,
-        # in position order; a BatchNorm's running statistics after its weight and bias.
+        # in position order. A BatchNorm's running statistics are saved too, after its weight and
+        # bias: not parameters, so not listed here (a file holding them is refused by name, as
+        # torch's state_dict with its buffers is).
         owner = {
-            position: name
-            for name, _, positions in (*self.observed_params(model), *self.observed_state(model))
-            for position in positions
+            position: name for name, _, positions in self.observed_params(model) for position in positions
         }
         return {
             _native_key(slot.path, role): owner[param_name(slot.path, role)]
             for slot in model.spec.layer_slots
-            for role in (ROLES + STATE_ROLES if isinstance(slot, NormSlot) else ROLES)
+            for role in ROLES
         }
 
     def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
@@ -357,8 +357,7 @@ class MlxBackend(Backend):
         mx.load returns a dict in no file order: entries come in the order save_weights writes."""
         where = printable(file)
         expected = self.native_file_keys(model)
-        known = {**model.spec.param_shapes, **model.spec.state_shapes}
-        shapes = {key: known[owner] for key, owner in expected.items()}
+        shapes = {key: model.spec.param_shapes[owner] for key, owner in expected.items()}
         budget = _HEADER_BYTES + sum(4 * math.prod(s) + _HEADER_BYTES_PER_ENTRY for s in shapes.values())
         with open_regular(file, max_bytes=budget, error=ParamFileError) as (fd, _):
             source = _PROC_FD / str(fd) if _PROC_FD.is_dir() else Path(file)  # the very file checked

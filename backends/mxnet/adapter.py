@@ -324,11 +324,11 @@ class MXNetBackend(Backend):
     def native_file_keys(self, model: Model) -> dict[str, str]:
         # save_parameters keys entries by _collect_params_with_prefix(), e.g. "0.weight"; a tie
         # reaches the owner's Parameter through its own index, so it is stored twice.
-        # Running statistics are saved too, under their canonical state names.
+        # Running statistics are saved too ("1.running_mean"): not parameters, so not listed here
+        # (a file holding them is refused by name, as torch's state_dict with its buffers is).
         canonical = {id(param): name for name, param, _ in self.observed_params(model)}
-        canonical.update({id(state): name for name, state, _ in self.observed_state(model)})
         stored = model.native._collect_params_with_prefix()
-        return {key: canonical[id(param)] for key, param in stored.items()}
+        return {key: canonical[id(param)] for key, param in stored.items() if id(param) in canonical}
 
     def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
         # npx.load reads MXNet's binary NDArray format (no pickle); its dict keeps file order.
