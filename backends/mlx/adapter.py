@@ -19,9 +19,18 @@ each shared parameter once: ``Module.filter_and_map`` (MLX's own filter, which `
 others ``{}``, as MLX leaves a frozen module; ``Module.update`` and ``Optimizer.update`` take such a
 partial tree as documented. So a tied parameter has one gradient leaf, the sum over its uses, and
 one SGD step updates it once with that sum.
+BatchNorm is ``nn.BatchNorm(num_features, eps, momentum)``, whose momentum is the canonical one
+(the weight of the new batch); ``net.train()`` / ``net.eval()`` pick batch or running statistics.
+Its running_mean and running_var are arrays in the module like its weight and bias, frozen from
+construction: ``parameters()`` (and ``save_weights``) hold them, ``trainable_parameters()`` does
+not, so no gradient reaches them; a training call replaces them in the module. A tied BatchNorm is
+one module at both positions. Freezing is ``module.freeze()``: its arrays leave
+``trainable_parameters()``, so the differentiated tree, the gradients and the SGD step skip them.
 Fast path: the step of MLX's compiled-training examples, ``partial(mx.compile, inputs=state,
 outputs=state)`` over ``[net.state, optimizer.state]``, with ``mx.eval(state)`` after each step;
-losses and watched gradients stay ``mx.array`` until the end.
+losses and watched gradients stay ``mx.array`` until the end. ``net.state`` holds the running
+statistics, so the statistics a step computes come out of the compiled step with the parameters.
+The training flag is read when the step is traced: ``net.train()`` is set before every call.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ _PROC_FD = Path("/proc/self/fd")
 # much header per entry (and once), so a file cannot make the reader allocate on its own word.
 _HEADER_BYTES_PER_ENTRY = 512
 _HEADER_BYTES = 64 * 1024
+_LAYERS = (nn.Linear, nn.BatchNorm)  # the layers that hold parameters
 
 
 @dataclass
@@ -93,6 +103,13 @@ def _unique_trainable(net: nn.Module) -> dict:
         return True
 
     return net.filter_and_map(first_use)
+
+
+def _write(layer: nn.Module, role: str, position: str, value: np.ndarray) -> None:
+    value = np.asarray(value, dtype=np.float32)
+    if tuple(layer[role].shape) != value.shape:
+        raise ValueError(f"{position}: shape={value.shape}, but should be {tuple(layer[role].shape)}")
+    layer.update({role: mx.array(value)})  # the one module: every position sees it
 
 
 def _objective(net: nn.Module, kind: str) -> Callable[..., mx.array]:
@@ -144,6 +161,14 @@ class MlxBackend(Backend):
     def new_relu(self) -> nn.Module:
         return nn.ReLU()
 
+    def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> nn.BatchNorm:
+        # MLX's momentum is the canonical one: the weight of the new batch.
+        settings = {k: v for k, v in {"momentum": momentum, "eps": eps}.items() if v is not None}
+        return nn.BatchNorm(features, **settings)
+
+    def freeze(self, model: Model, path: LayerPath) -> None:
+        self.position_table(model)[path].freeze()  # every array of the module leaves trainable_parameters()
+
     def finish_sequential(self, container: Any, children: list[Any]) -> nn.Sequential:
         return nn.Sequential(*children)
 
@@ -157,14 +182,22 @@ class MlxBackend(Backend):
         mx.eval(model.native.parameters())  # the drawn values are lazy until evaluated
 
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
+        model.native.eval()  # inference: BatchNorm uses its running statistics
         return _to_numpy(model.native(mx.array(x)))
+
+    def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
+        net = model.native.train()  # batch statistics; the call replaces the running ones
+        y = net(mx.array(x))
+        mx.eval(y, net.parameters())
+        return _to_numpy(y)
 
     # -- access by position ----------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> mx.array:
-        layer, role = self.dense_layer(model, position, nn.Linear)
+        layer, role = self.dense_layer(model, position, _LAYERS)
         return layer[role]
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
+        # One table for parameters and running statistics: net.parameters() holds both.
         table = _state(model).native_names
         entry = table.get(id(param))
         if entry is None or entry[0] is not param:
@@ -178,11 +211,26 @@ class MlxBackend(Backend):
         return _to_numpy(self.param_object(model, position))
 
     def write_native_value(self, model: Model, position: str, value: np.ndarray) -> None:
-        layer, role = self.dense_layer(model, position, nn.Linear)
-        value = np.asarray(value, dtype=np.float32)
-        if tuple(layer[role].shape) != value.shape:
-            raise ValueError(f"{position}: shape={value.shape}, but should be {tuple(layer[role].shape)}")
-        layer.update({role: mx.array(value)})  # the one module: every position sees it
+        _write(*self.dense_layer(model, position, _LAYERS), position, value)
+
+    # -- state: BatchNorm's running statistics are frozen arrays of the module ---------------------
+    def state_object(self, model: Model, position: str) -> mx.array:
+        layer, role = self.batchnorm_layer(model, position, nn.BatchNorm)
+        return layer[role]
+
+    def describe_state(self, model: Model, state: Any) -> tuple[str, tuple[int, ...], str]:
+        return self.describe_param(model, state)
+
+    def native_state_value(self, model: Model, position: str) -> np.ndarray:
+        return _to_numpy(self.state_object(model, position))
+
+    def write_native_state_value(self, model: Model, position: str, value: np.ndarray) -> None:
+        _write(*self.batchnorm_layer(model, position, nn.BatchNorm), position, value)
+
+    def state_listing(self, model: Model) -> tuple[str, list[str]]:
+        # MLX lists the running statistics with the parameters (net.parameters(), save_weights);
+        # only trainable_parameters() leaves them out, as it leaves out a frozen module's arrays.
+        return self.listing(model)
 
     def native_value_by_name(self, model: Model, native_name: str) -> np.ndarray:
         params = dict(tree_flatten(model.native.parameters()))
@@ -226,10 +274,11 @@ class MlxBackend(Backend):
         return names
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
-        net = model.native
-        params = _unique_trainable(net)
+        net = model.native.train()  # batch statistics, running statistics updated
+        params = _unique_trainable(net)  # a frozen module's arrays are not in it: no gradient
         _, grads = mx.value_and_grad(_objective(net, loss.kind))(params, *self._loss_inputs(x, loss))
         net.update(params)  # put the arrays back in place of the traced ones
+        mx.eval(grads, net.parameters())  # the running statistics the pass computed, too
         owners = self._owners(model)
         return {owners[key]: _to_numpy(grad) for key, grad in tree_flatten(grads)}
 
@@ -265,6 +314,7 @@ class MlxBackend(Backend):
         self, model: Model, x: np.ndarray, loss: Loss, lr: float, steps: int, watch: bool
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         self._optimizer(model).learning_rate = lr  # an array in its state: no retrace
+        model.native.train()  # read when the step is traced: batch statistics, updated in net.state
         step, state, keys = self._step(model, loss.kind, watch)
         inputs = self._loss_inputs(x, loss)
         outputs = []
@@ -289,13 +339,15 @@ class MlxBackend(Backend):
 
     def native_file_keys(self, model: Model) -> dict[str, str]:
         # save_weights writes tree_flatten(net.parameters()): every position of a tie, by its key,
-        # in position order.
+        # in position order. A BatchNorm's running statistics are saved too, after its weight and
+        # bias: not parameters, so not listed here (a file holding them is refused by name, as
+        # torch's state_dict with its buffers is).
         owner = {
             position: name for name, _, positions in self.observed_params(model) for position in positions
         }
         return {
             _native_key(slot.path, role): owner[param_name(slot.path, role)]
-            for slot in model.spec.dense_slots
+            for slot in model.spec.layer_slots
             for role in ROLES
         }
 

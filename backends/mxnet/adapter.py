@@ -1,10 +1,22 @@
 """MXNet Gluon adapter: nn.HybridSequential of nn.Dense(units) with deferred init; a tie is a
 second nn.Dense built on the owner's ParameterDict (``params=owner.params``), as D2L 6.2 does.
+A BatchNorm is nn.BatchNorm(momentum, epsilon): gamma and beta are its weight and bias, its
+running_mean and running_var are Parameters with grad_req 'null' that collect_params() lists
+beside the others; a tied BatchNorm is the same block at both positions. Freezing is Gluon's
+``grad_req = 'null'``: no gradient is kept, so neither autograd nor the Trainer touches it.
 
 Like the book we run Gluon in numpy mode (``npx.set_np()``) and feed it ``mxnet.np`` arrays.
 Consequence: an unknown dimension shows as -1 (the legacy ``mx.nd`` mode shows 0).
 Fast path: the net and its loss as one hybridized block (one cached graph per model and loss
 kind) with gluon.Trainer's SGD; losses and watched gradients stay MXNet arrays until the last step.
+
+Training mode is autograd's: a call inside ``autograd.record()`` normalizes by the batch, outside it
+by the running statistics. MXNet's BatchNorm operator writes its running statistics in its
+*backward* pass (``_backward_BatchNorm`` blends the mean and the variance its forward saved into
+running_mean/var), never in its forward, hybridized or not: a forward inside ``record()`` alone
+leaves them as they were. So a training forward here is a recorded forward and the backward a
+training step would run (its gradients discarded), and a BatchNorm that no gradient passes
+through (nothing trainable before it, and frozen itself) keeps its statistics.
 """
 
 from __future__ import annotations
@@ -29,9 +41,16 @@ with warnings.catch_warnings():
 
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
-from common.core.spec import LayerPath, ModelSpec
+from common.core.spec import ROLES, LayerPath, ModelSpec
 
 __all__ = ["MXNetBackend"]
+
+
+# The Parameter attribute behind each canonical role: a BatchNorm's scale and shift are gamma, beta.
+_ATTRIBUTES: dict[type, dict[str, str]] = {
+    nn.Dense: {"weight": "weight", "bias": "bias"},
+    nn.BatchNorm: {"weight": "gamma", "bias": "beta"},
+}
 
 
 def _numpy(array: mnp.ndarray) -> np.ndarray:
@@ -109,6 +128,24 @@ class MXNetBackend(Backend):
     def new_relu(self) -> nn.HybridBlock:
         return nn.Activation("relu")
 
+    def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> nn.BatchNorm:
+        # Gluon's momentum is the weight of the old running value: canonical m is 1 - m here.
+        settings = {"momentum": None if momentum is None else 1.0 - momentum, "epsilon": eps}
+        return nn.BatchNorm(**{k: v for k, v in settings.items() if v is not None})  # deferred init
+
+    def share_batchnorm(self, owner: nn.BatchNorm) -> nn.BatchNorm:
+        # The same block at both positions: its four Parameters, running statistics included, are
+        # one set (a second nn.BatchNorm(params=owner.params) would share them too, but would
+        # have to copy the owner's momentum and epsilon from its private _kwargs).
+        return owner
+
+    def freeze(self, model: Model, path: LayerPath) -> None:
+        # Before the first forward (deferred init) this only records the request: no grad
+        # buffer is ever allocated, and the cached graph is built without one.
+        layer = self.position_table(model)[path]
+        for role in ROLES:
+            getattr(layer, _ATTRIBUTES[type(layer)][role]).grad_req = "null"
+
     def finish_sequential(self, container: nn.HybridSequential, children: list[Any]) -> nn.HybridSequential:
         container.add(*children)
         return container
@@ -123,8 +160,8 @@ class MXNetBackend(Backend):
 
     # -- observing -------------------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> gluon.Parameter:
-        layer, role = self.dense_layer(model, position, nn.Dense)
-        return getattr(layer, role)
+        layer, role = self.dense_layer(model, position, (nn.Dense, nn.BatchNorm))
+        return getattr(layer, _ATTRIBUTES[type(layer)][role])
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
         # Parameter objects keep their identity through deferred init, so one table serves.
@@ -132,6 +169,25 @@ class MXNetBackend(Backend):
         if state.native_names is None:
             state.native_names = {id(p): key for key, p in model.native.collect_params().items()}
         return state.native_names[id(param)], tuple(param.shape), np.dtype(param.dtype).name
+
+    # -- state: BatchNorm's running statistics are Parameters with grad_req 'null' ---------------
+    def state_object(self, model: Model, position: str) -> gluon.Parameter:
+        layer, role = self.batchnorm_layer(model, position, nn.BatchNorm)
+        return getattr(layer, role)  # Gluon's own names: running_mean, running_var
+
+    def describe_state(self, model: Model, state: Any) -> tuple[str, tuple[int, ...], str]:
+        return self.describe_param(model, state)  # listed by collect_params(), as parameters are
+
+    def native_state_value(self, model: Model, position: str) -> np.ndarray:
+        return _numpy(self.state_object(model, position).data())
+
+    def write_native_state_value(self, model: Model, position: str, value: np.ndarray) -> None:
+        self._write(self.state_object(model, position), position, value)
+
+    def state_listing(self, model: Model) -> tuple[str, list[str]]:
+        # Gluon has no listing of state apart: collect_params() holds it among the parameters,
+        # told apart only by grad_req 'null' (which a frozen parameter has too).
+        return self.listing(model)
 
     def unbuilt_params(self, model: Model) -> dict[str, str]:
         return {key: str(param.shape) for key, param in model.native.collect_params().items()}
@@ -142,13 +198,27 @@ class MXNetBackend(Backend):
             model.native(mnp.zeros((1, model.spec.in_features), dtype="float32"))
 
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
+        # Outside autograd.record(), Gluon predicts: BatchNorm uses its running statistics.
         return _numpy(model.native(mnp.array(x, dtype="float32")))
+
+    def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
+        trainable = [param.data() for _, param in self._trainable(model)]
+        with autograd.record():  # train_mode: batch statistics
+            y = model.native(mnp.array(x, dtype="float32"))
+        if trainable:
+            # The running statistics move in BatchNorm's backward: run the one a training step
+            # would, with zero head gradients, returning the gradients rather than writing .grad.
+            autograd.grad(y, trainable, head_grads=mnp.zeros_like(y), retain_graph=False)
+        return _numpy(y)
 
     def native_value(self, model: Model, position: str) -> np.ndarray:
         return _numpy(self.param_object(model, position).data())
 
     def write_native_value(self, model: Model, position: str, value: np.ndarray) -> None:
-        param = self.param_object(model, position)
+        self._write(self.param_object(model, position), position, value)
+
+    @staticmethod
+    def _write(param: gluon.Parameter, position: str, value: np.ndarray) -> None:
         value = np.asarray(value, dtype=np.float32)
         if tuple(param.shape) != value.shape:  # set_data would broadcast silently
             raise ValueError(f"{position}: shape={value.shape}, but should be {tuple(param.shape)}")
@@ -212,17 +282,22 @@ class MXNetBackend(Backend):
         target = () if loss.kind == "sum" else (mnp.array(loss.target, dtype="float32"),)
         return mnp.array(x, dtype="float32"), target
 
+    def _trainable(self, model: Model) -> list[tuple[str, gluon.Parameter]]:
+        """Unique Parameters that keep a gradient: a frozen one has grad_req 'null'."""
+        return [(name, param) for name, param, _ in self.observed_params(model) if param.grad_req != "null"]
+
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         inputs, target = self._inputs(x, loss)
         self._record_loss(model, inputs, loss, target)
-        # A shared Parameter is one autograd variable, so its grad is already the sum over uses.
-        return {name: _numpy(param.grad()) for name, param, _ in self.observed_params(model)}
+        # A shared Parameter is one autograd variable, so its grad is already the sum over uses;
+        # a frozen one (grad_req 'null') keeps none.
+        return {name: _numpy(param.grad()) for name, param in self._trainable(model)}
 
     def native_train(
         self, model: Model, x: np.ndarray, loss: Loss, lr: float, steps: int, watch: bool
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        unique = [(name, param) for name, param, _ in self.observed_params(model)]
-        # Unique Parameters only, so a shared one is updated once per step.
+        unique = self._trainable(model)
+        # Unique trainable Parameters only, so a shared one is updated once per step.
         trainer = self.compiled(
             model,
             "trainer",
@@ -249,9 +324,11 @@ class MXNetBackend(Backend):
     def native_file_keys(self, model: Model) -> dict[str, str]:
         # save_parameters keys entries by _collect_params_with_prefix(), e.g. "0.weight"; a tie
         # reaches the owner's Parameter through its own index, so it is stored twice.
+        # Running statistics are saved too ("1.running_mean"): not parameters, so not listed here
+        # (a file holding them is refused by name, as torch's state_dict with its buffers is).
         canonical = {id(param): name for name, param, _ in self.observed_params(model)}
         stored = model.native._collect_params_with_prefix()
-        return {key: canonical[id(param)] for key, param in stored.items()}
+        return {key: canonical[id(param)] for key, param in stored.items() if id(param) in canonical}
 
     def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
         # npx.load reads MXNet's binary NDArray format (no pickle); its dict keeps file order.
