@@ -256,7 +256,9 @@ class EquinoxBackend(JaxPlacement, Backend):
         """A net with a BatchNorm is split by ``eqx.nn.make_with_state`` into the tree (holding a
         StateIndex key) and the ``eqx.nn.State`` of its running statistics, kept beside it."""
         if model.spec.has_batchnorm:
-            model.native, _state(model).state = eqx.nn.make_with_state(lambda: model.native)()
+            state = _state(model)
+            model.native, state.state = eqx.nn.make_with_state(lambda: model.native)()
+            state.tables = None  # the StateIndex leaves changed (initial values out): new indices
 
     def freeze(self, model: Model, path: LayerPath) -> None:
         """Equinox's idiom (its "Freezing parameters" example): a ``filter_spec`` of the net's shape,
