@@ -538,10 +538,17 @@ class EquinoxBackend(JaxPlacement, Backend):
         """``eqx.tree_deserialise_leaves`` into this model's tree, each array leaf read by
         ``_leaf_reader``: float32 of the leaf's shape, checked from the .npy header before any
         data is read or cast (equinox's default reader would cast float64 to float32). Nothing
-        from the file runs: the header is a literal, and object arrays are refused unread."""
-        net, expected = self.net(model), self._tables(model)
-        names = [expected.names[i] for i in expected.arrays]
-        budget = sum(leaf.nbytes + NPY_HEADER_BUDGET for leaf in expected.array_values())
+        from the file runs: the header is a literal, and object arrays are refused unread. A
+        BatchNorm's ``inference`` flag is a leaf too, which the file holds as a bool record."""
+        net = self.net(model)
+        stored = [
+            (jax.tree_util.keystr(path), leaf, not eqx.is_array(leaf))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(net)[0]
+            if eqx.is_array_like(leaf)  # what tree_serialise_leaves writes a record for
+        ]
+        names = [name for name, _, _ in stored]
+        budget = sum(np.asarray(leaf).nbytes if flag else leaf.nbytes for _, leaf, flag in stored)
+        budget += NPY_HEADER_BUDGET * len(stored)
         with open_regular(file, max_bytes=budget, error=ParamFileError) as (fd, _):
             with os.fdopen(fd, "rb", closefd=False) as handle:
                 try:
@@ -580,15 +587,18 @@ def _cause(error: BaseException) -> str:
 
 
 def _leaf_reader(names: list[str]) -> Callable[[Any, Any], Any]:
-    """A filter_spec for ``eqx.tree_deserialise_leaves``: one .npy record per array leaf, as
+    """A filter_spec for ``eqx.tree_deserialise_leaves``: one .npy record per array-like leaf, as
     ``eqx.default_deserialise_filter_spec`` reads it, but refusing anything other than a C-ordered
-    float32 array of the leaf's shape before its data is read."""
+    float32 array of the leaf's shape before its data is read (or, for a flag such as a
+    BatchNorm's ``inference``, a scalar of the flag's own dtype)."""
     pending = iter(names)
 
     def read(file: Any, like: Any) -> Any:
-        if not eqx.is_array(like):
-            return like  # SharedNode, functions: not in the file
+        if not eqx.is_array_like(like):
+            return like  # SharedNode, functions, axis names: not in the file
         name = printable(next(pending))
+        flag = not eqx.is_array(like)
+        wanted = np.asarray(like).dtype if flag else np.dtype(np.float32)
         try:
             version = np.lib.format.read_magic(file)
             read_header = NPY_VERSIONS.get(version)
@@ -598,16 +608,18 @@ def _leaf_reader(names: list[str]) -> Callable[[Any, Any], Any]:
             raise _Refused(f"{name}: not a .npy record: {error}") from None
         if read_header is None:
             raise _Refused(f"{name}: .npy version {version}, but should be one of {sorted(NPY_VERSIONS)}")
-        if dtype != np.dtype(np.float32):
-            raise _Refused(f"{name}: dtype={dtype}, but should be float32")
-        if tuple(shape) != tuple(like.shape):
-            raise _Refused(f"{name}: shape={tuple(shape)}, but should be {tuple(like.shape)}")
+        if dtype != wanted:
+            raise _Refused(f"{name}: dtype={dtype}, but should be {wanted}")
+        if tuple(shape) != tuple(np.shape(like)):
+            raise _Refused(f"{name}: shape={tuple(shape)}, but should be {tuple(np.shape(like))}")
         if fortran_order:
             raise _Refused(f"{name}: Fortran order, but tree_serialise_leaves writes C order")
         size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         data = file.read(size)
         if len(data) != size:
             raise _Refused(f"{name}: truncated: {len(data)} of {size} bytes")
+        if flag:
+            return like  # a setting, not a parameter: the model keeps its own
         return jnp.asarray(np.frombuffer(data, np.float32).reshape(shape))
 
     return read
