@@ -16,10 +16,21 @@ Equinox quirks this adapter is built around:
   (``jax.tree_util.keystr``: ``.pytree.layers[2].weight``), and the native file
   (``eqx.tree_serialise_leaves``) is the array leaves in that order, one ``.npy`` record each,
   with no names; a tied parameter is stored once, the ``SharedNode`` not at all.
+- ``eqx.nn.BatchNorm`` keeps its running statistics out of the tree, in an ``eqx.nn.State`` made by
+  ``eqx.nn.make_with_state`` and threaded through every call (``net(x, state) -> (y, state)``,
+  under ``jax.vmap(..., axis_name=...)``); the tree holds only a ``StateIndex`` key. A tied
+  BatchNorm is one layer (``eqx.nn.Shared``), so one key and one set of statistics, updated at
+  each use in order. ``mode="batch"``, the mode that normalizes by the batch in training (``"ema"``
+  normalizes by the updated running average); its inference divides the statistics by
+  ``1 - momentum**count`` (a zero-debias), see backend.toml;
+- freezing is Equinox's own idiom (its "Freezing parameters" example): a ``filter_spec`` PyTree of
+  bools, ``False`` on a frozen layer's arrays, and ``eqx.partition(net, filter_spec)``: only the
+  ``True`` part is differentiated and updated.
 Writes are collected and applied together, by one ``eqx.tree_at``, before the next read: a write
 per parameter rebuilding the whole tree made loading a deep net quadratic.
-Fast path: ``eqx.partition`` the net once per call, one ``jax.jit`` step over the flat list of its
-arrays (``eqx.combine`` inside, ``eqx.apply_updates``), the rate a traced scalar.
+Fast path: ``eqx.partition`` the net once per model, one ``jax.jit`` step over flat lists of its
+trainable and frozen arrays and the ``eqx.nn.State`` (``eqx.combine`` inside,
+``eqx.apply_updates``), the rate a traced scalar.
 """
 
 from __future__ import annotations
@@ -45,13 +56,15 @@ from backends._jax_common import (
 )
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
-from common.core.spec import LayerPath, ModelSpec, split_param_name
+from common.core.spec import STATE_ROLES, LayerPath, ModelSpec, split_param_name
 from common.core.untrusted import open_regular, printable
 from common.errors import ParamFileError
 
 __all__ = ["EquinoxBackend", "EqxState"]
 
 FILE_CALL = "eqx.tree_serialise_leaves(path, net)"
+STATE_CALL = "eqx.nn.State keys (net, state = eqx.nn.make_with_state(...))"
+AXIS = "batch"  # the vmapped batch axis a BatchNorm reduces over (its axis_name)
 NPY_VERSIONS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 NPY_HEADER_BUDGET = 4096  # bytes per record beyond its data: np.save pads a header to 64 bytes
 
@@ -67,17 +80,23 @@ def _walk(node: Any, path: LayerPath) -> Any:
     return node
 
 
-def _apply(net: Any, x: jax.Array) -> jax.Array:
-    return jax.vmap(_expanded(net))(x)  # an equinox layer maps one example
+def _apply(net: Any, x: jax.Array, state: eqx.nn.State | None = None) -> tuple[jax.Array, Any]:
+    """(net(x), state after it): an equinox layer maps one example, so a batch goes through
+    ``jax.vmap``. With an ``eqx.nn.State`` the batch axis is named, for BatchNorm to reduce over,
+    and the state goes in and comes out unbatched (Equinox's stateful example)."""
+    net = _expanded(net)
+    if state is None:
+        return jax.vmap(net)(x), None
+    return jax.vmap(net, in_axes=(0, None), out_axes=(0, None), axis_name=AXIS)(x, state)
 
 
 def _tie(spec: ModelSpec, net: eqx.nn.Sequential) -> Any:
-    """Equinox's sharing mechanism: each tied position becomes a SharedNode in the stored tree and
-    is filled with its owner's layer on ``shared()``."""
-    users = tuple(slot.path for slot in spec.dense_slots if slot.tied)
+    """Equinox's sharing mechanism: each tied position (a Linear or a BatchNorm) becomes a
+    SharedNode in the stored tree and is filled with its owner's layer on ``shared()``."""
+    users = tuple(slot.path for slot in spec.layer_slots if slot.tied)
     if not users:
         return net
-    owners = tuple(slot.owner for slot in spec.dense_slots if slot.tied)
+    owners = tuple(slot.owner for slot in spec.layer_slots if slot.tied)
     return eqx.nn.Shared(
         net,
         where=lambda tree: tuple(_walk(tree, path) for path in users),
@@ -120,13 +139,59 @@ class Tables:
         return [self.leaves[i] for i in self.arrays]
 
 
+@dataclass(frozen=True)
+class Split:
+    """The net split as Equinox's freezing example splits it, ``eqx.partition(net, filter_spec)``,
+    then its frozen part into arrays and the static rest: flat lists of arrays for ``jax.jit``.
+    Found once per model: a write or a step changes the arrays, never the split."""
+
+    trainable: tuple[int, ...]  # places in Tables.arrays of the arrays differentiated and updated
+    frozen: tuple[int, ...]  # places of the frozen arrays: passed in, never updated
+    trainable_def: Any  # the tree structures of the two parts
+    frozen_def: Any
+    static: Any  # everything but arrays: SharedNode, functions, BatchNorm's flags and StateIndex
+
+    @classmethod
+    def of(cls, tables: Tables, filter_spec: Any) -> Split:
+        if filter_spec is None:  # nothing frozen: every array is trained
+            filter_spec, trainable = eqx.is_array, tuple(range(len(tables.arrays)))
+        else:  # a PyTree of bools shaped like the net, True where trained
+            mask = jax.tree_util.tree_leaves(filter_spec)
+            trainable = tuple(k for k, i in enumerate(tables.arrays) if mask[i])
+        diff, rest = eqx.partition(tables.net, filter_spec)
+        frozen, static = eqx.partition(rest, eqx.is_array)
+        chosen = set(trainable)
+        return cls(
+            trainable=trainable,
+            frozen=tuple(k for k in range(len(tables.arrays)) if k not in chosen),
+            trainable_def=jax.tree_util.tree_structure(diff),
+            frozen_def=jax.tree_util.tree_structure(frozen),
+            static=static,
+        )
+
+    def parts(self, tables: Tables) -> tuple[list[jax.Array], list[jax.Array]]:
+        arrays = tables.array_values()
+        return [arrays[k] for k in self.trainable], [arrays[k] for k in self.frozen]
+
+    def net(self, trainable: list[jax.Array], frozen: list[jax.Array]) -> Any:
+        """``eqx.combine`` of the parts: the stored tree with these arrays."""
+        unflatten = jax.tree_util.tree_unflatten
+        return eqx.combine(
+            unflatten(self.trainable_def, trainable), unflatten(self.frozen_def, frozen), self.static
+        )
+
+
 @dataclass
 class EqxState:
-    """This adapter's part of a model: writes not yet in the tree, and the tables of its last
-    version."""
+    """This adapter's part of a model: writes not yet in the tree, the tables of its last version,
+    the BatchNorm statistics (``eqx.nn.State``, None without a BatchNorm), and the freezing
+    ``filter_spec`` (None: nothing frozen) with the split it makes."""
 
     pending: dict[int, jax.Array] = field(default_factory=dict)  # leaf index -> value written
     tables: Tables | None = None
+    state: eqx.nn.State | None = None
+    filter_spec: Any = None
+    split: Split | None = None
 
 
 def _state(model: Model) -> EqxState:
@@ -180,6 +245,36 @@ class EquinoxBackend(JaxPlacement, Backend):
     def new_relu(self) -> eqx.nn.Lambda:
         return eqx.nn.Lambda(jax.nn.relu)
 
+    def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> eqx.nn.BatchNorm:
+        # Equinox's momentum is the weight of the running value: 1 - the canonical one. mode="batch"
+        # normalizes by the batch in training, as the oracle does ("ema" by the updated average).
+        settings = {"momentum": None if momentum is None else 1.0 - momentum, "eps": eps}
+        chosen = {key: value for key, value in settings.items() if value is not None}
+        return eqx.nn.BatchNorm(features, axis_name=AXIS, mode="batch", **chosen)
+
+    def finish_model(self, model: Model) -> None:
+        """A net with a BatchNorm is split by ``eqx.nn.make_with_state`` into the tree (holding a
+        StateIndex key) and the ``eqx.nn.State`` of its running statistics, kept beside it."""
+        if model.spec.has_batchnorm:
+            state = _state(model)
+            model.native, state.state = eqx.nn.make_with_state(lambda: model.native)()
+            state.tables = None  # the StateIndex leaves changed (initial values out): new indices
+
+    def freeze(self, model: Model, path: LayerPath) -> None:
+        """Equinox's idiom (its "Freezing parameters" example): a ``filter_spec`` of the net's shape,
+        ``False`` at this layer's arrays; training differentiates and updates only what
+        ``eqx.partition(net, filter_spec)`` keeps. A tied layer is stored once, at ``path``."""
+        state, net = _state(model), self.net(model)
+        spec = jax.tree_util.tree_map(eqx.is_array, net) if state.filter_spec is None else state.filter_spec
+
+        def arrays(tree: Any) -> tuple[Any, Any]:
+            layer = _walk(tree.pytree if isinstance(tree, eqx.nn.Shared) else tree, path)
+            return layer.weight, layer.bias
+
+        state.filter_spec = eqx.tree_at(arrays, spec, replace=(False, False))
+        state.split = None
+        model.compiled.clear()  # compiled over the previous split
+
     def finish_sequential(self, container: Any, children: list[Any]) -> eqx.nn.Sequential:
         return eqx.nn.Sequential(children)
 
@@ -211,13 +306,19 @@ class EquinoxBackend(JaxPlacement, Backend):
             state.tables = Tables.of(model.spec, net)
         return state.tables
 
+    def _split(self, model: Model) -> Split:
+        state = _state(model)
+        if state.split is None:
+            state.split = Split.of(self._tables(model), state.filter_spec)
+        return state.split
+
     @staticmethod
     def _param_in(tables: Tables, position: str) -> jax.Array:
         path, role = split_param_name(position)
         layer = tables.layers[path]
-        if not isinstance(layer, eqx.nn.Linear):
+        if not isinstance(layer, eqx.nn.Linear | eqx.nn.BatchNorm):
             kind = type(layer).__qualname__
-            raise KeyError(f"{position!r}: the layer at {path} is {kind}, not eqx.nn.Linear")
+            raise KeyError(f"{position!r}: the layer at {path} is {kind}, not eqx.nn.Linear or BatchNorm")
         return getattr(layer, role)
 
     # -- shapes and forward -----------------------------------------------------------------------
@@ -229,7 +330,20 @@ class EquinoxBackend(JaxPlacement, Backend):
         """Nothing to do: eqx.nn.Linear built every parameter at construction."""
 
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
-        return to_numpy(_apply(self.net(model), jnp.asarray(x, jnp.float32)))
+        """Inference mode: ``eqx.nn.inference_mode`` sets every BatchNorm's ``inference`` flag, so
+        it normalizes by its running statistics and leaves the state as it was."""
+        net, state = self.net(model), _state(model).state
+        if state is not None:
+            net = eqx.nn.inference_mode(net)
+        return to_numpy(_apply(net, jnp.asarray(x, jnp.float32), state)[0])
+
+    def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
+        """Training mode (every BatchNorm's ``inference`` is False, as built): normalized by the
+        batch, and the new ``eqx.nn.State`` kept."""
+        run = self.compiled(model, "forward", lambda: jax.jit(self._program(model)))
+        trainable, frozen = self._split(model).parts(self._tables(model))
+        y, _state(model).state = run(trainable, frozen, _state(model).state, jnp.asarray(x, jnp.float32))
+        return to_numpy(y)
 
     # -- parameters by position -------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> jax.Array:
@@ -261,6 +375,37 @@ class EquinoxBackend(JaxPlacement, Backend):
     def stored_grad(self, model: Model, param: Any) -> Any:
         return getattr(param, "grad", NOT_STORED)  # a jax array holds no gradient
 
+    # -- state: BatchNorm's running statistics live in the eqx.nn.State ---------------------------
+    def _statistics(self, model: Model, position: str) -> tuple[eqx.nn.BatchNorm, int]:
+        """The BatchNorm at a state position and which of its (mean, var) pair the role names."""
+        layer, role = self.batchnorm_layer(model, position, eqx.nn.BatchNorm)
+        return layer, STATE_ROLES.index(role)
+
+    def state_object(self, model: Model, position: str) -> jax.Array:
+        # Looked up by the layer's StateIndex: a tied BatchNorm is one layer, so one key and one array.
+        layer, which = self._statistics(model, position)
+        return _state(model).state.get(layer.batch_state_index)[which]
+
+    def describe_state(self, model: Model, state: Any) -> tuple[str, tuple[int, ...], str]:
+        names = {id(array): name for name, array in _state_entries(_state(model).state)}
+        return names[id(state)], tuple(state.shape), str(state.dtype)
+
+    def native_state_value(self, model: Model, position: str) -> np.ndarray:
+        return to_numpy(self.state_object(model, position))
+
+    def write_native_state_value(self, model: Model, position: str, value: np.ndarray) -> None:
+        # eqx.nn.State.set returns a new State (and retires the old one); the step counter stays.
+        layer, which = self._statistics(model, position)
+        state = _state(model)
+        pair = list(state.state.get(layer.batch_state_index))
+        pair[which] = checked_value(position, value, pair[which].shape).astype(pair[which].dtype)
+        state.state = state.state.set(layer.batch_state_index, tuple(pair))
+
+    def state_listing(self, model: Model) -> tuple[str, list[str]]:
+        # The (mean, var) pair of each BatchNorm, and its step counter: Equinox's own, native-only.
+        state = _state(model).state
+        return STATE_CALL, [] if state is None else [name for name, _ in _state_entries(state)]
+
     def owners(self, model: Model) -> dict[str, int]:
         """Canonical owner -> its place in ``Tables.arrays``, found by identity."""
         tables = self._tables(model)
@@ -289,39 +434,69 @@ class EquinoxBackend(JaxPlacement, Backend):
         }
 
     # -- gradients and SGD ------------------------------------------------------------------------
-    def _loss(self, model: Model, kind: str) -> Callable[[list[jax.Array], jax.Array, Any], jax.Array]:
-        """(parameter arrays in leaf order, x, target) -> the loss; pure, for jax.jit. The tree's
-        structure and static leaves never change, so they are split off once."""
-        params, static = eqx.partition(self.net(model), eqx.is_array)
-        treedef = jax.tree_util.tree_structure(params)
+    def _program(self, model: Model) -> Callable[..., tuple[jax.Array, Any]]:
+        """(trainable arrays, frozen arrays, state, x) -> (net(x), state after it), in training
+        mode; pure, for jax.jit. The split's structure and static leaves never change."""
+        split = self._split(model)
 
-        def loss(arrays: list[jax.Array], x: jax.Array, target: Any) -> jax.Array:
-            net = eqx.combine(jax.tree_util.tree_unflatten(treedef, arrays), static)
-            return objective(_apply(net, x), kind, target)
+        def run(trainable: list[jax.Array], frozen: list[jax.Array], state: Any, x: jax.Array) -> Any:
+            return _apply(split.net(trainable, frozen), x, state)
+
+        return run
+
+    def _objective(self, model: Model, kind: str) -> Callable[..., tuple[jax.Array, Any]]:
+        """(trainable, frozen, state, x, target) -> (loss, state after the pass): differentiated in
+        its first argument only, so frozen arrays get no gradient."""
+        run = self._program(model)
+
+        def loss(
+            trainable: list[jax.Array], frozen: list[jax.Array], state: Any, x: jax.Array, target: Any
+        ) -> Any:
+            y, state = run(trainable, frozen, state, x)
+            return objective(y, kind, target), state
 
         return loss
+
+    def _trained_owners(self, model: Model) -> dict[str, int]:
+        """Canonical owner -> its place in the split's trainable list; frozen owners are absent."""
+        place = {k: j for j, k in enumerate(self._split(model).trainable)}
+        return {owner: place[k] for owner, k in self.owners(model).items() if k in place}
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         # Jitted once per model: eager autodiff re-runs Python for every layer on every call.
         grad = self.compiled(
-            model, ("grad", loss.kind), lambda: jax.jit(jax.grad(self._loss(model, loss.kind)))
+            model,
+            ("grad", loss.kind),
+            lambda: jax.jit(jax.grad(self._objective(model, loss.kind), has_aux=True)),
         )
+        trainable, frozen = self._split(model).parts(self._tables(model))
+        state = _state(model)
         # A shared parameter is one array, so jax already summed the gradient over its uses.
-        grads = grad(self._tables(model).array_values(), jnp.asarray(x), target_array(loss))
-        return {owner: to_numpy(grads[k]) for owner, k in self.owners(model).items()}
+        grads, state.state = grad(trainable, frozen, state.state, jnp.asarray(x), target_array(loss))
+        return {owner: to_numpy(grads[j]) for owner, j in self._trained_owners(model).items()}
 
     def _sgd(self, model: Model, kind: str) -> Callable[..., Any]:
-        loss = self._loss(model, kind)
+        loss = self._objective(model, kind)
 
-        def step(arrays: list[jax.Array], lr: jax.Array, x: jax.Array, target: Any, watch: bool) -> Any:
+        def step(
+            trainable: list[jax.Array],
+            frozen: list[jax.Array],
+            state: Any,
+            lr: jax.Array,
+            x: jax.Array,
+            target: Any,
+            watch: bool,
+        ) -> Any:
             self.note_trace(model)  # Python runs here once per trace
-            value, grads = jax.value_and_grad(loss)(arrays, x, target)
-            arrays = eqx.apply_updates(arrays, [-lr * g for g in grads])
+            (value, state), grads = jax.value_and_grad(loss, has_aux=True)(
+                trainable, frozen, state, x, target
+            )
+            trainable = eqx.apply_updates(trainable, [-lr * g for g in grads])
             if not watch:
-                return arrays, value
+                return trainable, state, value
             # The loss and every gradient in one buffer a step, rather than one per value: every
             # output of a jitted call costs dispatch time, which is most of a step at this size.
-            return arrays, jnp.concatenate([value[None], *(g.ravel() for g in grads)])
+            return trainable, state, jnp.concatenate([value[None], *(g.ravel() for g in grads)])
 
         return jax.jit(step, static_argnames="watch")
 
@@ -329,24 +504,24 @@ class EquinoxBackend(JaxPlacement, Backend):
         self, model: Model, x: np.ndarray, loss: Loss, lr: float, steps: int, watch: bool
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         step = self.compiled(model, ("sgd", loss.kind), lambda: self._sgd(model, loss.kind))
-        tables = self._tables(model)
-        arrays, rate = tables.array_values(), jnp.asarray(lr, jnp.float32)  # rate: traced, never static
+        tables, split, adapter_state = self._tables(model), self._split(model), _state(model)
+        (trainable, frozen), state = split.parts(tables), adapter_state.state
+        rate = jnp.asarray(lr, jnp.float32)  # traced, never static
         inputs, target, records = jnp.asarray(x), target_array(loss), []
         for _ in range(steps):
-            arrays, record = step(arrays, rate, inputs, target, watch=watch)
+            trainable, state, record = step(trainable, frozen, state, rate, inputs, target, watch=watch)
             records.append(record)  # device arrays until the last step
-        params, static = eqx.partition(tables.net, eqx.is_array)
-        treedef = jax.tree_util.tree_structure(params)
-        model.native = eqx.combine(jax.tree_util.tree_unflatten(treedef, arrays), static)
+        # Frozen arrays go back as they came: the very same arrays, bit for bit.
+        model.native, adapter_state.state = split.net(trainable, frozen), state
         flat = np.stack([np.asarray(r) for r in records]).reshape(steps, -1)
         values = flat[:, 0].astype(np.float64)
         if not watch:
             return values, {}
-        shapes = [tuple(tables.leaves[i].shape) for i in tables.arrays]
+        shapes = [tuple(tables.leaves[tables.arrays[k]].shape) for k in split.trainable]
         starts = np.cumsum([1] + [int(np.prod(shape)) for shape in shapes])
         return values, {
-            owner: flat[:, starts[k] : starts[k + 1]].reshape(steps, *shapes[k])
-            for owner, k in self.owners(model).items()
+            owner: flat[:, starts[j] : starts[j + 1]].reshape(steps, *shapes[j])
+            for owner, j in self._trained_owners(model).items()
         }
 
     # -- files ------------------------------------------------------------------------------------
@@ -363,10 +538,17 @@ class EquinoxBackend(JaxPlacement, Backend):
         """``eqx.tree_deserialise_leaves`` into this model's tree, each array leaf read by
         ``_leaf_reader``: float32 of the leaf's shape, checked from the .npy header before any
         data is read or cast (equinox's default reader would cast float64 to float32). Nothing
-        from the file runs: the header is a literal, and object arrays are refused unread."""
-        net, expected = self.net(model), self._tables(model)
-        names = [expected.names[i] for i in expected.arrays]
-        budget = sum(leaf.nbytes + NPY_HEADER_BUDGET for leaf in expected.array_values())
+        from the file runs: the header is a literal, and object arrays are refused unread. A
+        BatchNorm's ``inference`` flag is a leaf too, which the file holds as a bool record."""
+        net = self.net(model)
+        stored = [
+            (jax.tree_util.keystr(path), leaf, not eqx.is_array(leaf))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(net)[0]
+            if eqx.is_array_like(leaf)  # what tree_serialise_leaves writes a record for
+        ]
+        names = [name for name, _, _ in stored]
+        budget = sum(np.asarray(leaf).nbytes if flag else leaf.nbytes for _, leaf, flag in stored)
+        budget += NPY_HEADER_BUDGET * len(stored)
         with open_regular(file, max_bytes=budget, error=ParamFileError) as (fd, _):
             with os.fdopen(fd, "rb", closefd=False) as handle:
                 try:
@@ -377,6 +559,19 @@ class EquinoxBackend(JaxPlacement, Backend):
                     raise ParamFileError(f"{printable(file)}: bytes after the last parameter of this model")
         tables = Tables.of(model.spec, loaded)
         return [(tables.names[i], np.asarray(tables.leaves[i])) for i in tables.arrays]
+
+
+def _state_entries(state: eqx.nn.State) -> list[tuple[str, jax.Array]]:
+    """Every array of an ``eqx.nn.State`` under a name: its StateIndex key (the layer's key path,
+    as ``eqx.nn.make_with_state`` writes it), with ``[0]``/``[1]`` for a BatchNorm's mean and var."""
+    values, keys = state.tree_flatten()
+    entries = []
+    for key, value in zip(keys, values, strict=True):
+        if isinstance(value, tuple):
+            entries.extend((f"{key}[{j}]", array) for j, array in enumerate(value))
+        else:
+            entries.append((str(key), value))
+    return entries
 
 
 class _Refused(ValueError):
@@ -392,15 +587,18 @@ def _cause(error: BaseException) -> str:
 
 
 def _leaf_reader(names: list[str]) -> Callable[[Any, Any], Any]:
-    """A filter_spec for ``eqx.tree_deserialise_leaves``: one .npy record per array leaf, as
+    """A filter_spec for ``eqx.tree_deserialise_leaves``: one .npy record per array-like leaf, as
     ``eqx.default_deserialise_filter_spec`` reads it, but refusing anything other than a C-ordered
-    float32 array of the leaf's shape before its data is read."""
+    float32 array of the leaf's shape before its data is read (or, for a flag such as a
+    BatchNorm's ``inference``, a scalar of the flag's own dtype)."""
     pending = iter(names)
 
     def read(file: Any, like: Any) -> Any:
-        if not eqx.is_array(like):
-            return like  # SharedNode, functions: not in the file
+        if not eqx.is_array_like(like):
+            return like  # SharedNode, functions, axis names: not in the file
         name = printable(next(pending))
+        flag = not eqx.is_array(like)
+        wanted = np.asarray(like).dtype if flag else np.dtype(np.float32)
         try:
             version = np.lib.format.read_magic(file)
             read_header = NPY_VERSIONS.get(version)
@@ -410,16 +608,18 @@ def _leaf_reader(names: list[str]) -> Callable[[Any, Any], Any]:
             raise _Refused(f"{name}: not a .npy record: {error}") from None
         if read_header is None:
             raise _Refused(f"{name}: .npy version {version}, but should be one of {sorted(NPY_VERSIONS)}")
-        if dtype != np.dtype(np.float32):
-            raise _Refused(f"{name}: dtype={dtype}, but should be float32")
-        if tuple(shape) != tuple(like.shape):
-            raise _Refused(f"{name}: shape={tuple(shape)}, but should be {tuple(like.shape)}")
+        if dtype != wanted:
+            raise _Refused(f"{name}: dtype={dtype}, but should be {wanted}")
+        if tuple(shape) != tuple(np.shape(like)):
+            raise _Refused(f"{name}: shape={tuple(shape)}, but should be {tuple(np.shape(like))}")
         if fortran_order:
             raise _Refused(f"{name}: Fortran order, but tree_serialise_leaves writes C order")
         size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         data = file.read(size)
         if len(data) != size:
             raise _Refused(f"{name}: truncated: {len(data)} of {size} bytes")
+        if flag:
+            return like  # a setting, not a parameter: the model keeps its own
         return jnp.asarray(np.frombuffer(data, np.float32).reshape(shape))
 
     return read
