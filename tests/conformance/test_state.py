@@ -102,6 +102,18 @@ def test_training_follows_the_declared_conventions(backend, spec):
         _close(name, backend.get_param(model, name), value, f"after {STEPS} steps")
     for name, value in running.items():
         _close(name, backend.get_state(model, name), value, f"after {STEPS} steps")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_inference_after_training_uses_the_running_statistics(backend, spec):
+    """After several SGD steps, inference normalizes by the running statistics as they are (a
+    check of its own, so a divergence here hides nothing of the training check above)."""
+    _requires(backend, "batchnorm", "freezing")
+    model, weights, state = _loaded(backend, spec)
+    x, loss = _data(spec)
+    conventions = _conventions(backend)
+    _, after, running = oracle.train(spec, weights, x, loss, LR, STEPS, state=state, conventions=conventions)
+    backend.train(model, x, loss, LR, STEPS)
     _close(
         "inference after training",
         backend.forward(model, x),
