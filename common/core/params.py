@@ -18,18 +18,26 @@ MAX_LISTED = 10  # names listed in one error; the rest are counted
 
 
 def check_value(spec: ModelSpec, name: str, value: object, *, allow_nonfinite: bool = False) -> np.ndarray:
-    """One value for the unique parameter ``name``, as float32 in canonical layout."""
+    """One value for the unique parameter ``name``, as float32 in canonical layout. Finiteness is
+    checked on the float32 value, after the cast: a float64 1e300 is inf there, and refused."""
     array = np.asarray(value)
     if array.dtype.kind not in "fiu":
         raise ParamFileError(
             f"{printable(name)}: dtype={array.dtype}, but should be a real number type (float32)"
         )
     check_shape(spec, name, array.shape)
-    if not allow_nonfinite and not np.all(np.isfinite(array)):
-        raise ParamFileError(
-            f"{printable(name)}: holds NaN or Inf values (pass allow_nonfinite=True to accept them)"
-        )
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+        converted = array.astype(np.float32)
+    if not allow_nonfinite and not np.all(np.isfinite(converted)):
+        why = "(pass allow_nonfinite=True to accept them)"
+        if np.all(np.isfinite(array)):  # finite before the cast: too large for float32
+            largest = float(np.abs(array).max())
+            why = (
+                f"once converted to float32 ({largest:.3g} is beyond its range); "
+                "pass allow_nonfinite=True to accept them"
+            )
+        raise ParamFileError(f"{printable(name)}: holds NaN or Inf values {why}")
+    return converted
 
 
 def check_shape(spec: ModelSpec, name: str, shape: tuple[int, ...]) -> None:
