@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.atomic import write_atomically
 from common.commands.fuzz_specs import add_suite_timeout_option
 from common.commands.textable import format_table
 from common.config import add_backends_option, parse_backend_list
@@ -234,7 +235,7 @@ def judge(
             if verdict in REPRODUCED[kind]:
                 out.mkdir(parents=True, exist_ok=True)
                 file = out / f"{index:06d}-{kind}.safetensors"
-                file.write_bytes(raw)
+                write_atomically(file, raw)
                 report.findings.append(Finding(index, kind, verdict, mutations, file, detail))
 
 

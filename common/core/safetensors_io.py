@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
+from common.atomic import write_atomically
 from common.core.untrusted import open_regular, printable, read_exactly
 from common.errors import ParamFileError
 
@@ -34,6 +35,9 @@ DTYPES = {
     "I32": "<i4",
     "I64": "<i8",
     "U8": "u1",
+    "U16": "<u2",
+    "U32": "<u4",
+    "U64": "<u8",
     "BOOL": "?",
 }
 CODES = {np.dtype(v).str: k for k, v in DTYPES.items()}
@@ -43,7 +47,8 @@ _PROC_FD = Path("/proc/self/fd")
 
 
 def write(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
-    """Tensors in the given order (the reference writer sorts them), metadata as given."""
+    """Tensors in the given order (the reference writer sorts them), metadata as given; written
+    to a temporary file and renamed, so a failed write leaves an earlier file intact."""
     header: dict[str, object] = {"__metadata__": dict(metadata)}
     offset, blobs = 0, []
     for name, array in tensors.items():
@@ -63,7 +68,7 @@ def write(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping
         offset += len(data)
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the format pads the header to 8-byte alignment
-    Path(path).write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
+    write_atomically(path, struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
 
 
 @dataclass(frozen=True)
