@@ -25,7 +25,7 @@ from pathlib import Path
 
 from common.atomic import write_atomically
 from common.declarations import ROOT, declaration, declarations, envs
-from common.errors import USAGE_EXIT_CODE, UsageError
+from common.errors import USAGE_EXIT_CODE, UsageError, one_line
 
 VENVS = ROOT / ".venvs"
 UV_HOME = VENVS / ".uv"  # uv bootstrapped from PyPI when it is not on PATH
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             create(args.env)
         return 0
     except UsageError as error:
-        print(f"paramparity: error: {error}", file=sys.stderr)
+        print(one_line(f"paramparity: error: {error}"), file=sys.stderr)
         return USAGE_EXIT_CODE
 
 

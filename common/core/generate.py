@@ -47,6 +47,7 @@ from common.core.spec import (
     layer_name,
     spec_from_dict,
 )
+from common.core.untrusted import shown
 from common.errors import UsageError
 
 __all__ = [
@@ -573,7 +574,7 @@ def invalid_inputs(draw) -> InvalidInput:
     else:
         message = (
             f"input x.shape={shape}, but should be (batch >= 1, {width}): "
-            f"spec {spec.name!r} takes in_features={width}"
+            f"spec {shown(spec.name)} takes in_features={width}"
         )
     return InvalidInput(reason, spec, x, _quoted(message))
 

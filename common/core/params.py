@@ -52,7 +52,7 @@ def check_names(spec: ModelSpec, names: list[str]) -> None:
     present = set(names)
     missing = [name for name in expected if name not in present]
     if missing:
-        raise ParamFileError(f"missing parameter(s) {_listed(missing)} for spec {spec.name!r}")
+        raise ParamFileError(f"missing parameter(s) {listed(missing)} for spec {shown(spec.name)}")
     extra = [name for name in names if name not in spec.param_shapes]
     if extra:
         aliases = {pos: p.name for p in spec.params for pos in p.positions if pos != p.name}
@@ -61,8 +61,8 @@ def check_names(spec: ModelSpec, names: list[str]) -> None:
             for n in extra[:MAX_LISTED]
         ]
         raise ParamFileError(
-            f"unexpected parameter(s) {_listed(hints, len(extra))} for spec {spec.name!r}; "
-            f"expected: {', '.join(expected)}"
+            f"unexpected parameter(s) {listed(hints, len(extra))} for spec {shown(spec.name)}; "
+            f"expected: {listed(expected)}"
         )
 
 
@@ -84,7 +84,8 @@ def check_values(
     }
 
 
-def _listed(names: list[str], total: int | None = None) -> str:
+def listed(names: list[str], total: int | None = None) -> str:
+    """The first MAX_LISTED names, escaped, and how many more."""
     total = len(names) if total is None else total
     text = shown(names[:MAX_LISTED], 1000)
     return text if total <= MAX_LISTED else f"{text} and {total - MAX_LISTED} more"
