@@ -24,7 +24,6 @@ arrays (``eqx.combine`` inside, ``eqx.apply_updates``), the rate a traced scalar
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +45,7 @@ from backends._jax_common import (
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
 from common.core.spec import LayerPath, ModelSpec, split_param_name
-from common.core.untrusted import open_regular, printable
+from common.core.untrusted import printable
 from common.errors import ParamFileError
 
 __all__ = ["EquinoxBackend", "EqxState"]
@@ -350,14 +349,18 @@ class EquinoxBackend(JaxPlacement, Backend):
         }
 
     # -- files ------------------------------------------------------------------------------------
-    def save_native_file(self, model: Model, path: str) -> str:
-        eqx.tree_serialise_leaves(path + self.native_file_suffix, self.net(model))
+    def write_native_file(self, model: Model, file: str) -> str:
+        eqx.tree_serialise_leaves(file, self.net(model))
         return FILE_CALL
 
     def native_file_keys(self, model: Model) -> dict[str, str]:
         # The file holds each array leaf once, in order, under no name: named here by key path.
         tables = self._tables(model)
         return {tables.names[tables.arrays[k]]: owner for owner, k in self.owners(model).items()}
+
+    def native_file_budget(self, model: Model) -> int:
+        # Exactly the arrays this model stores, each with room for its .npy header.
+        return sum(leaf.nbytes + NPY_HEADER_BUDGET for leaf in self._tables(model).array_values())
 
     def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
         """``eqx.tree_deserialise_leaves`` into this model's tree, each array leaf read by
@@ -366,15 +369,13 @@ class EquinoxBackend(JaxPlacement, Backend):
         from the file runs: the header is a literal, and object arrays are refused unread."""
         net, expected = self.net(model), self._tables(model)
         names = [expected.names[i] for i in expected.arrays]
-        budget = sum(leaf.nbytes + NPY_HEADER_BUDGET for leaf in expected.array_values())
-        with open_regular(file, max_bytes=budget, error=ParamFileError) as (fd, _):
-            with os.fdopen(fd, "rb", closefd=False) as handle:
-                try:
-                    loaded = eqx.tree_deserialise_leaves(handle, net, filter_spec=_leaf_reader(names))
-                except Exception as error:
-                    raise ParamFileError(f"{printable(file)}: {_cause(error)}") from None
-                if handle.read(1):
-                    raise ParamFileError(f"{printable(file)}: bytes after the last parameter of this model")
+        with open(file, "rb") as handle:
+            try:
+                loaded = eqx.tree_deserialise_leaves(handle, net, filter_spec=_leaf_reader(names))
+            except Exception as error:
+                raise ParamFileError(_cause(error)) from None
+            if handle.read(1):
+                raise ParamFileError("bytes after the last parameter of this model")
         tables = Tables.of(model.spec, loaded)
         return [(tables.names[i], np.asarray(tables.leaves[i])) for i in tables.arrays]
 

@@ -7,8 +7,9 @@ grad state and the native-file entry checks. What an adapter implements is ``Ada
 Read paths, by name: ``get_param`` (a position, canonical layout), ``get_by_native_name``,
 ``snapshot`` (every unique parameter), ``native_file_values`` (the framework's own file, checked,
 in the calling process: the isolated child uses it), ``read_native_file`` (the same, isolated);
-write paths: ``set_param`` (one position), ``load_params`` (all, atomically), and
-``import_native_file`` (read isolated, then load_params).
+write paths: ``set_param`` (one position), ``load_params`` (all, atomically),
+``import_native_file`` (read isolated, then load_params), and ``save_native_file`` (the
+framework's own file, through a temporary file renamed into place).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from common.atomic import atomic_path
 from common.core.adapter import (
     NATIVE_FACT_KEYS,
     NOT_STORED,
@@ -32,7 +34,7 @@ from common.core.adapter import (
     qualname,
 )
 from common.core.oracle import Loss, check_input
-from common.core.params import check_value, check_values
+from common.core.params import check_value, check_values, listed
 from common.core.spec import (
     ROLES,
     Block,
@@ -44,6 +46,7 @@ from common.core.spec import (
     spec_from_dict,
     split_param_name,
 )
+from common.core.untrusted import descriptor_path, open_regular, printable, shown
 from common.errors import ParamFileError
 
 __all__ = [
@@ -178,27 +181,54 @@ class Backend(Adapter):
             "tie_identity": self.tie_identity(model),
         }
 
+    def save_native_file(self, model: Model, path: str) -> str:
+        """Save with the framework's own format to ``path + native_file_suffix``; return the call.
+        Written to a temporary file beside it and renamed into place, so a write that fails
+        midway (a full disk) leaves an earlier file at that path intact."""
+        file = path + self.native_file_suffix
+        with atomic_path(file, suffix=self.native_file_suffix) as temporary:
+            return self.write_native_file(model, temporary)
+
     def native_file_values(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
         """Entry names of the framework's own file and its values by canonical owner (native
-        layout). Unknown, missing or disagreeing entries are refused; ``model`` is not changed."""
+        layout). The file is opened here, as a regular file of at most ``native_file_budget``
+        bytes (a FIFO, a device or a directory is refused at once, checked on the descriptor),
+        and the framework reads that very file. Every entry must be float32: the one dtype rule
+        of every reader, native or portable, so nothing is cast silently. Unknown, missing or
+        disagreeing entries are refused; every refusal names the file; ``model`` is not changed."""
         file = path + self.native_file_suffix
+        where = printable(file)
         expected = self.native_file_keys(model)
-        entries = self.read_native_file_entries(model, file)
+        try:
+            with open_regular(file, max_bytes=self.native_file_budget(model), error=ParamFileError) as (
+                fd,
+                _,
+            ):
+                entries = self.read_native_file_entries(model, descriptor_path(fd, file))
+        except ParamFileError as error:
+            message = str(error)
+            raise ParamFileError(message if message.startswith(where) else f"{where}: {message}") from None
         values: dict[str, np.ndarray] = {}
         for key, value in entries:
             if key not in expected:
                 raise ParamFileError(
-                    f"{file}: entry {key!r} is not a parameter of {model.spec.name!r}; "
-                    f"expected: {', '.join(expected)}"
+                    f"{where}: entry {shown(key)} is not a parameter of {shown(model.spec.name)}; "
+                    f"expected: {listed(list(expected))}"
                 )
             owner = expected[key]
             value = np.asarray(value)
+            if value.dtype != np.dtype(np.float32):
+                raise ParamFileError(
+                    f"{where}: entry {shown(key)}: dtype={value.dtype}, but should be float32"
+                )
             if owner in values and not np.array_equal(values[owner], value):
-                raise ParamFileError(f"{file}: entry {key!r} differs from another stored copy of {owner}")
+                raise ParamFileError(
+                    f"{where}: entry {shown(key)} differs from another stored copy of {owner}"
+                )
             values[owner] = value
         missing = sorted(set(expected.values()) - set(values))
         if missing:
-            raise ParamFileError(f"{file}: holds no entry for {', '.join(missing)}")
+            raise ParamFileError(f"{where}: holds no entry for {', '.join(missing)}")
         return [key for key, _ in entries], values
 
     # == public methods, canonical layout ========================================================
@@ -313,7 +343,7 @@ class Backend(Adapter):
         adapter and a model of the same spec, under a memory cap and a time limit), so a crash, an
         out-of-memory or a hang is a ParamFileError too, as is whatever the reader raises."""
         from common.core import isolate
-        from common.core.untrusted import cause_line, printable
+        from common.core.untrusted import cause_line
 
         where = printable(path)
         try:

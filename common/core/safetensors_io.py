@@ -23,7 +23,7 @@ import numpy as np
 from safetensors import safe_open
 
 from common.atomic import write_atomically
-from common.core.untrusted import open_regular, printable, read_exactly
+from common.core.untrusted import descriptor_path, open_regular, printable, read_exactly
 from common.errors import ParamFileError
 
 DTYPES = {
@@ -43,7 +43,6 @@ DTYPES = {
 CODES = {np.dtype(v).str: k for k, v in DTYPES.items()}
 MAX_HEADER = 100_000_000  # the reference implementation's limit (MAX_HEADER_SIZE), in bytes
 MAX_FILE = 8 * 1024**3  # paramparity's own: far above any model it compares
-_PROC_FD = Path("/proc/self/fd")
 
 
 def write(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
@@ -124,10 +123,10 @@ def open_file(
     where = printable(os.fspath(path))
     with open_regular(path, max_bytes=max_bytes, error=ParamFileError) as (fd, size):
         _check_framing(fd, size, where, budget)
-        source = _PROC_FD / str(fd) if _PROC_FD.is_dir() else Path(path)  # the very file checked
+        source = descriptor_path(fd, path)  # the very file checked
         try:
             # pread: no mmap, so a file truncated while it is read is an error, not a SIGBUS.
-            handle = safe_open(os.fspath(source), framework="np", backend="pread")
+            handle = safe_open(source, framework="np", backend="pread")
         except Exception as error:
             raise ParamFileError(f"{where}: {_reason(error)}") from None
         with handle:

@@ -8,7 +8,8 @@ from anywhere, so every name and value in them is hostile until checked.
   runs in time linear in the text's length.
 - ``read_json_file``: a regular file of bounded size, through ``load_json``.
 - ``open_regular``: open a path without hanging (FIFOs) or reading without bound (devices),
-  refusing anything that is not a regular file of bounded size.
+  refusing anything that is not a regular file of bounded size; ``descriptor_path`` names the
+  opened file for a reader that takes a path.
 """
 
 from __future__ import annotations
@@ -190,6 +191,16 @@ def open_regular(
         yield fd, info.st_size
     finally:
         os.close(fd)
+
+
+_PROC_FD = "/proc/self/fd"
+
+
+def descriptor_path(fd: int, fallback: str | os.PathLike) -> str:
+    """A path that opens the very file behind ``fd`` (``/proc/self/fd/N``), for a reader that
+    takes a path: what it reads is what open_regular checked, even if the name is swapped in
+    between. ``fallback`` where /proc is missing."""
+    return f"{_PROC_FD}/{fd}" if os.path.isdir(_PROC_FD) else os.fspath(fallback)
 
 
 def read_exactly(fd: int, offset: int, size: int, where: str, error: type[UsageError] = UsageError) -> bytes:

@@ -201,7 +201,11 @@ def hang() -> None:
 
 
 def refuse() -> None:
-    raise ParamFileError("bad.file: refused")
+    raise ParamFileError("entry x: refused")
+
+
+def refuse_naming_the_file() -> None:
+    raise ParamFileError("f.bin: entry x: refused")
 
 
 def fail() -> None:
@@ -214,7 +218,8 @@ def fail() -> None:
         (crash, "f.bin: reader crashed with SIGSEGV"),
         (hog, "f.bin: reader exceeded 256 MB"),
         (hang, "f.bin: reader timed out after 2 s"),
-        (refuse, "bad.file: refused"),
+        (refuse, "f.bin: entry x: refused"),  # a refusal from inside names the file
+        (refuse_naming_the_file, "f.bin: entry x: refused"),
     ],
 )
 def test_isolated_failures_become_param_file_errors(func, message):
