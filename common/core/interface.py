@@ -14,6 +14,7 @@ framework's own file, through a temporary file renamed into place).
 
 from __future__ import annotations
 
+import errno
 import platform
 from collections.abc import Mapping
 from typing import Any
@@ -46,7 +47,7 @@ from common.core.spec import (
     spec_from_dict,
     split_param_name,
 )
-from common.core.untrusted import descriptor_path, open_regular, printable, shown
+from common.core.untrusted import cause_line, descriptor_path, open_regular, printable, shown
 from common.errors import ParamFileError
 
 __all__ = [
@@ -183,11 +184,19 @@ class Backend(Adapter):
 
     def save_native_file(self, model: Model, path: str) -> str:
         """Save with the framework's own format to ``path + native_file_suffix``; return the call.
-        Written to a temporary file beside it and renamed into place, so a write that fails
-        midway (a full disk) leaves an earlier file at that path intact."""
-        file = path + self.native_file_suffix
-        with atomic_path(file, suffix=self.native_file_suffix) as temporary:
-            return self.write_native_file(model, temporary)
+        Written to a temporary file beside it, read back, and only then renamed into place, so a
+        write that fails midway (a full disk) leaves an earlier file at that path intact, even
+        where the framework's writer does not report the failure (MXNet's does not)."""
+        suffix = self.native_file_suffix
+        with atomic_path(path + suffix, suffix=suffix) as temporary:
+            call = self.write_native_file(model, temporary)
+            try:
+                self.native_file_values(model, temporary.removesuffix(suffix))
+            except Exception as error:  # our own file, just written: anything wrong is the write
+                raise OSError(
+                    errno.EIO, f"the {self.name} writer left an incomplete file ({cause_line(str(error))})"
+                ) from None
+            return call
 
     def native_file_values(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
         """Entry names of the framework's own file and its values by canonical owner (native
@@ -343,7 +352,6 @@ class Backend(Adapter):
         adapter and a model of the same spec, under a memory cap and a time limit), so a crash, an
         out-of-memory or a hang is a ParamFileError too, as is whatever the reader raises."""
         from common.core import isolate
-        from common.core.untrusted import cause_line
 
         where = printable(path)
         try:
@@ -364,8 +372,13 @@ class Backend(Adapter):
         return entries, values
 
     def import_native_file(self, model: Model, path: str) -> None:
-        """Load the framework's own file into ``model``: validated in full, then assigned atomically."""
-        self.load_params(model, self.read_native_file(model, path)[1])
+        """Load the framework's own file into ``model``: validated in full, then assigned atomically;
+        every refusal names the file."""
+        values = self.read_native_file(model, path)[1]
+        try:
+            self.load_params(model, values)
+        except ParamFileError as error:  # raised by the checks, before anything is written
+            raise ParamFileError(f"{printable(path)}: {error}") from None
 
     def snapshot(self, model: Model) -> dict[str, np.ndarray]:
         """Copies of every unique parameter, canonical layout."""

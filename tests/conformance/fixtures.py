@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -12,6 +14,7 @@ from common.core.interface import Backend, Model
 from common.core.models import BOOK_SPECS
 from common.core.oracle import initial_weights, sample_input
 from common.core.spec import ModelSpec
+from common.declarations import declaration
 
 BOOK_MODEL_NAMES = tuple(BOOK_SPECS)
 
@@ -31,7 +34,15 @@ def book_input(spec: ModelSpec) -> np.ndarray:
 # not among them: it is the entry under test, which must refuse before calling any of these.
 ADAPTER_CALLS = sorted(
     Backend.__abstractmethods__
-    | {"new_sequential", "children_scope", "share_dense", "construct", "finish_model", "seed"}
+    | {
+        "new_sequential",
+        "children_scope",
+        "share_dense",
+        "construct",
+        "finish_model",
+        "seed",
+        "native_file_budget",
+    }
 )
 
 
@@ -45,3 +56,13 @@ def recording(backend: Backend, names=ADAPTER_CALLS) -> Iterator[list[str]]:
                 mock.patch.object(type(backend), name, lambda self, *a, _name=name, **k: calls.append(_name))
             )
         yield calls
+
+
+def declared(backend_name: str, key: str) -> Any:
+    """What the backend's declaration names under ``key`` ("module:name", e.g. its hostile files
+    or its native writer), imported; None where it declares none."""
+    reference = getattr(declaration(backend_name), key)
+    if not reference:
+        return None
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
