@@ -83,7 +83,8 @@ def add_parser(commands) -> None:
         "--examples",
         type=int,
         default=500,
-        help="random specs per property per backend against the oracle (default 500; 0 skips)",
+        help="examples per property per backend: random specs against the oracle, hostile native "
+        "files (default 500; 0 skips)",
     )
     add_backends_option(parser)
     add_suite_timeout_option(parser, "--suite-timeout")

@@ -12,7 +12,7 @@ reader, with one ParamFileError line that names the file, and leave the model un
 - float64 beyond float32's range: inf once cast;
 - NaN and Inf in float32: refused by load_params (``allow_nonfinite`` is not given);
 - an extra entry with an oversized name: the error stays one bounded line;
-- a missing entry;
+- a parameter missing (every stored copy of it);
 - a FIFO or a device in place of the file: refused at once, before the reader's time limit.
 """
 
@@ -103,8 +103,10 @@ def own_entries(backend: Backend, model: Model) -> Entries:
     }
 
 
-def changed(entries: Entries, change: NativeChange) -> Entries:
-    """``entries`` with ``change`` made (FIFO and device changes are made to the path instead)."""
+def changed(entries: Entries, change: NativeChange, owners: dict[str, str]) -> Entries:
+    """``entries`` with ``change`` made (FIFO and device changes are made to the path instead);
+    ``owners`` maps each key to its canonical owner, so a missing parameter drops every stored
+    copy of it (a tie stored twice still has its value in the other copy)."""
     entries = dict(entries)
     key = list(entries)[change.index % len(entries)]
     value = entries[key]
@@ -117,7 +119,7 @@ def changed(entries: Entries, change: NativeChange) -> Entries:
     elif change.kind == "long name":
         entries["n" * max(1, change.length)] = value
     elif change.kind == "missing":
-        del entries[key]
+        entries = {k: v for k, v in entries.items() if owners.get(k) != owners[key]}
     return entries
 
 
@@ -132,7 +134,8 @@ def write_changed(
     elif change.kind == "device":
         os.symlink("/dev/zero", file)
     else:
-        writer(backend, model, path, changed(own_entries(backend, model), change))
+        owners = backend.native_file_keys(model)
+        writer(backend, model, path, changed(own_entries(backend, model), change, owners))
 
 
 def declared_files(writer: NativeWriter, *, cannot_hold: tuple[str, ...] = ()) -> dict[str, FileWriter]:
@@ -148,7 +151,7 @@ def declared_files(writer: NativeWriter, *, cannot_hold: tuple[str, ...] = ()) -
         "float64 1e300 (inf in float32)": NativeChange("overflow", index=1),
         "float32 NaN": NativeChange("nonfinite", value=float("nan")),
         f"an extra entry named with {LONG_NAME:,} characters": NativeChange("long name"),
-        "an entry missing": NativeChange("missing", index=-1),
+        "a parameter missing": NativeChange("missing", index=-1),
         "a FIFO": NativeChange("fifo"),
         "a link to /dev/zero": NativeChange("device"),
     }

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,15 @@ from common.core import isolate, portable, safetensors_io
 from common.core.hostile_native import FormatCannotHold, NativeChange, write_changed
 from common.core.models import BOOK_SPECS, MLP, TIED
 from common.core.oracle import initial_weights
-from common.core.untrusted import printable
 from common.declarations import declaration
-from common.errors import MAX_MESSAGE, ParamFileError
-from tests.conformance.fixtures import BOOK_MODEL_NAMES, book_input, declared, loaded_model
+from common.errors import ParamFileError
+from tests.conformance.fixtures import (
+    BOOK_MODEL_NAMES,
+    assert_refused_and_unchanged,
+    book_input,
+    declared,
+    loaded_model,
+)
 from tests.helpers import assert_close, file_size_limit
 
 
@@ -184,22 +188,6 @@ def test_bad_native_file_is_refused_and_the_model_is_unchanged(backend, tmp_path
     assert not (tmp_path / "pwned-by-pickle").exists()
 
 
-def assert_refused_and_unchanged(backend, model, path: str, match: str = "", within: float = 10.0):
-    """import_native_file refuses ``path`` with one ParamFileError line of at most MAX_MESSAGE
-    characters that names the file, within ``within`` seconds, and ``model`` keeps its values."""
-    __tracebackhide__ = True
-    before = backend.snapshot(model)
-    started = time.monotonic()
-    with pytest.raises(ParamFileError, match=match or None) as info:
-        backend.import_native_file(model, path)
-    elapsed, message = time.monotonic() - started, str(info.value)
-    assert elapsed < within, f"refused after {elapsed:.1f} s, but should be under {within} s [{message}]"
-    assert message.isprintable() and len(message) <= MAX_MESSAGE, f"message={message[:1000]!r}"
-    assert message.startswith(printable(path)), f"message={message!r}, but should name {path!r} first"
-    for name, value in backend.snapshot(model).items():
-        np.testing.assert_array_equal(value, before[name], err_msg=f"{name} changed by a refused file")
-
-
 def test_declared_hostile_native_files_are_refused_in_one_line(backend, tmp_path):
     """Each hostile native file the backend declares (a stride-0 tensor, complex values, HDF5
     external storage, other dtypes, a FIFO...) is refused with one bounded ParamFileError line
@@ -228,7 +216,7 @@ NATIVE_CLASSES = {
     "float64 1e300": (NativeChange("overflow", index=3), "dtype"),
     "float32 inf": (NativeChange("nonfinite", index=1, value=float("inf")), "NaN or Inf"),
     "name of 1,000,000 characters": (NativeChange("long name", length=1_000_000), ""),
-    "missing entry": (NativeChange("missing", index=-1), ""),
+    "a parameter missing": (NativeChange("missing", index=-1), ""),
     "FIFO": (NativeChange("fifo"), "a FIFO .*not a regular file"),
     "/dev/zero": (NativeChange("device"), "a character device, not a regular file"),
 }
