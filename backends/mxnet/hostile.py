@@ -30,6 +30,7 @@ def write_entries(backend, model, path: str, entries: dict[str, np.ndarray]) -> 
         arrays[key] = mnp.array(value, dtype=value.dtype)
     npx.save(path + ".params", arrays)
 
+
 # Offsets in the NDArray list format save_parameters writes: u64 magic, u64 reserved, u64 count,
 # then the first array: u32 magic, i32 storage type, i32 ndim, i64 dims...
 _FIRST_NDIM = 32
