@@ -207,12 +207,9 @@ class Backend(Adapter):
         disagreeing entries are refused; every refusal names the file; ``model`` is not changed."""
         file = path + self.native_file_suffix
         where = printable(file)
-        expected = self.native_file_keys(model)
+        expected, budget = self.native_file_keys(model), self.native_file_budget(model)
         try:
-            with open_regular(file, max_bytes=self.native_file_budget(model), error=ParamFileError) as (
-                fd,
-                _,
-            ):
+            with open_regular(file, max_bytes=budget, error=ParamFileError) as (fd, _):
                 entries = self.read_native_file_entries(model, descriptor_path(fd, file))
         except ParamFileError as error:
             message = str(error)
