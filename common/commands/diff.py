@@ -433,7 +433,8 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
 
 
 def failed_lines(doc: Mapping[str, Any]) -> list[str]:
-    return [_printable(f"{name} failed: {error}") for name, error in doc["failed"].items()]
+    """One line per failed backend with its cause, bounded: a saved record is input too."""
+    return [one_line(f"{name} failed: {error}") for name, error in doc["failed"].items()]
 
 
 def _sections(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Mapping[str, Any]]]]:

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from common.commands import cli, fuzz
+from common.commands import cli, diff, fuzz
 from common.core import isolate, portable, safetensors_io
 from common.core.isolate import Limits
 from common.core.models import TIED, load_spec
@@ -302,6 +302,12 @@ def test_one_line_is_bounded_keeps_both_ends_and_is_idempotent(text):
         escaped = repr(text)[1:-1] if not text.isprintable() else text
         head, _, tail = line.partition(" ...(")
         assert escaped.startswith(head) and escaped.endswith(tail.partition(")... ")[2])
+
+
+def test_a_saved_failure_prints_as_one_bounded_line():
+    """diff --from prints a failed backend's cause from the record file: input, so bounded too."""
+    (line,) = diff.failed_lines({"failed": {"torch": "Traceback\n" + "x" * 10_000_000 + "\nthe cause"}})
+    assert line.isprintable() and len(line) <= MAX_LINE and line.endswith("the cause"), line[:600]
 
 
 def test_errors_are_capped_where_they_are_made():
