@@ -28,6 +28,8 @@ from backends._jax_common import JaxPlacement, Step, Tree, stacked, target_array
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
 from common.core.spec import split_param_name
+from common.core.untrusted import shown
+from common.errors import ParamFileError
 
 __all__ = ["FlaxBase", "FlaxState", "named_leaves", "slash_path"]
 
@@ -195,10 +197,10 @@ class FlaxBase(JaxPlacement, Backend):
         restored = serialization.msgpack_restore(serialization.to_bytes(self.file_tree(model)))
         return {f"{self.file_call} (msgpack)": list(named_leaves(restored))}
 
-    def save_native_file(self, model: Model, path: str) -> str:
+    def write_native_file(self, model: Model, file: str) -> str:
         self.materialize(model)
-        with open(path + self.native_file_suffix, "wb") as file:
-            file.write(serialization.to_bytes(self.file_tree(model)))
+        with open(file, "wb") as handle:
+            handle.write(serialization.to_bytes(self.file_tree(model)))
         return self.file_call
 
     def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
@@ -206,5 +208,21 @@ class FlaxBase(JaxPlacement, Backend):
             # msgpack_restore decodes plain data (nested dicts of numpy arrays); it runs no code.
             restored = serialization.msgpack_restore(handle.read())
         if not isinstance(restored, dict):
-            raise TypeError(f"the file holds a {type(restored).__name__}, not a dict of arrays")
-        return [(name, np.asarray(value)) for name, value in named_leaves(restored).items()]
+            kind = type(restored).__name__
+            raise ParamFileError(
+                f"not a {self.name} native parameter file: it holds a {kind}, not a dict of arrays"
+            )
+        entries = [
+            (slash_path(keys), np.asarray(leaf))
+            for keys, leaf in traverse_util.flatten_dict(restored).items()
+        ]
+        # A key holding "/" and a nested key ({"a/b": x} beside {"a": {"b": y}}), or 0 beside "0",
+        # name one entry twice: refused, not resolved by whichever comes last.
+        seen: set[str] = set()
+        for name, _ in entries:
+            if name in seen:
+                raise ParamFileError(
+                    f"two entries are named {shown(name)} (a key holding '/' and a nested key?)"
+                )
+            seen.add(name)
+        return entries

@@ -223,12 +223,12 @@ class KerasBackendBase(Backend):
         }
 
     # -- files -----------------------------------------------------------------------------------
-    def save_native_file(self, model: Model, path: str) -> str:
+    def write_native_file(self, model: Model, file: str) -> str:
         self.materialize(model)
         with warnings.catch_warnings():
             # Keras 3.15's h5 writer calls np.asarray(variable, copy=False): a numpy 2 warning.
             warnings.simplefilter("ignore", DeprecationWarning)
-            model.native.save_weights(path + self.native_file_suffix)
+            model.native.save_weights(file)
         return f"net.save_weights(path + '{self.native_file_suffix}')"
 
     def native_file_keys(self, model: Model) -> dict[str, str]:

@@ -8,7 +8,17 @@ from collections.abc import Callable
 import h5py
 import numpy as np
 
+from common.core.hostile_native import declared_files
+
 TARGET = "/etc/passwd"  # a file the parameters must never see a byte of
+
+
+def write_entries(backend, model, path: str, entries: dict[str, np.ndarray]) -> None:
+    """A .weights.h5 file holding exactly ``entries``: one dataset per key (a slash path, its
+    groups made on the way), in their dtypes."""
+    with h5py.File(path + backend.native_file_suffix, "w") as store:
+        for key, value in entries.items():
+            store.create_dataset(key, data=value)
 
 
 def _rewrite(backend, model, path: str, change: Callable[[h5py.File, str], None]) -> None:
@@ -45,10 +55,6 @@ def _huge(store: h5py.File, name: str) -> None:
     store.create_dataset(name, shape=(2, 2**28), dtype="<f4", chunks=(1, 1024))  # 2 GB, unwritten
 
 
-def _float64(store: h5py.File, name: str) -> None:
-    store.create_dataset(name, data=np.zeros((4, 8)))
-
-
 FILES: dict[str, Callable[..., None]] = {
     "external storage pointing at /etc/passwd": lambda backend, model, path: _rewrite(
         backend, model, path, _external_storage
@@ -63,5 +69,5 @@ FILES: dict[str, Callable[..., None]] = {
     "(2, 2**28) dataset (4.6 GB before the shape check)": lambda backend, model, path: _rewrite(
         backend, model, path, _huge
     ),
-    "float64 dataset": lambda backend, model, path: _rewrite(backend, model, path, _float64),
+    **declared_files(write_entries),
 }

@@ -99,6 +99,14 @@ SCHEMA: dict[str, Key] = {
     "env_check": Key(str, False, "Python run in the new environment, e.g. to insist on a CPU build"),
     "xfails": Key(dict, False, "test id = reason: strict xfails for this backend's real divergences"),
     "hostile": Key(str, False, '"module:NAME": name -> writer(backend, model, path) of hostile native files'),
+    "native_writer": Key(
+        str,
+        False,
+        '"module:function": write(backend, model, path, entries), the framework\'s own file at '
+        "path + native_file_suffix holding exactly entries (native key -> numpy array, any dtype; "
+        "common.core.hostile_native.FormatCannotHold for one the format lacks): hostile native "
+        "files and make fuzz are made with it",
+    ),
 }
 CAPABILITIES: dict[str, str] = {
     "lazy_input_size": "whether a Dense infers its input width at the first forward",
@@ -128,6 +136,7 @@ FAMILY_KEYS = (
     "run_env_vars",
     "suite_env_vars",
     "hostile",
+    "native_writer",
     "capabilities",
     "facts",
     "xfails",
@@ -164,6 +173,7 @@ class Declaration:
     env_check: str = ""
     xfails: Mapping[str, str] = field(default_factory=dict)
     hostile: str = ""
+    native_writer: str = ""
     path: str = ""
 
     @property
@@ -256,7 +266,7 @@ def parse_declaration(path: Path) -> Declaration:
             kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
             names = " or ".join(kind.__name__ for kind in kinds)
             raise DeclarationError(f"{where}: {key}={value!r}, but should be a {names}")
-    for key in ("adapter", "bench", *(("hostile",) if "hostile" in data else ())):
+    for key in ("adapter", "bench", *(key for key in ("hostile", "native_writer") if key in data)):
         _check_callable_ref(where, key, data[key])
     if data["book_tab"] not in (*BOOK_TABS, NO_BOOK_TAB):
         raise DeclarationError(
@@ -311,6 +321,7 @@ def parse_declaration(path: Path) -> Declaration:
         env_check=data.get("env_check", ""),
         xfails=_strings(data, "xfails"),
         hostile=data.get("hostile", ""),
+        native_writer=data.get("native_writer", ""),
         path=where,
     )
 

@@ -23,8 +23,9 @@ import time
 import tomllib
 from pathlib import Path
 
+from common.atomic import write_atomically
 from common.declarations import ROOT, declaration, declarations, envs
-from common.errors import USAGE_EXIT_CODE, UsageError
+from common.errors import USAGE_EXIT_CODE, UsageError, one_line
 
 VENVS = ROOT / ".venvs"
 UV_HOME = VENVS / ".uv"  # uv bootstrapped from PyPI when it is not on PATH
@@ -59,8 +60,7 @@ def write_requirements(env: str) -> Path:
     path = requirements_path(env)
     text = "\n".join([INSTALL_RECIPE, *extra_requirements(env)]) + "\n"
     if not path.exists() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        write_atomically(path, text)
     return path
 
 
@@ -158,7 +158,7 @@ def create(env: str) -> float:
     (target / ".stamp").touch()
     seconds = time.monotonic() - started
     record = {"seconds": round(seconds, 1), "installer": installer}
-    (VENVS / f"{env}.created.json").write_text(json.dumps(record) + "\n")  # read by make bench
+    write_atomically(VENVS / f"{env}.created.json", json.dumps(record) + "\n")  # read by make bench
     print(f"==> .venvs/{env} ready ({installer}, {seconds:.1f}s)", flush=True)
     return seconds
 
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             create(args.env)
         return 0
     except UsageError as error:
-        print(f"paramparity: error: {error}", file=sys.stderr)
+        print(one_line(f"paramparity: error: {error}"), file=sys.stderr)
         return USAGE_EXIT_CODE
 
 

@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import signal
+from collections.abc import Iterator
+
 import numpy as np
 
 from common.core.expectations import ATOL, RTOL
@@ -25,3 +30,40 @@ def assert_close(name: str, actual, expected, context: str = "", rtol: float = R
 def assert_equal(name: str, actual, expected, context: str = ""):
     __tracebackhide__ = True
     assert actual == expected, f"{name}={actual!r}, but should be {expected!r} [{context}]"
+
+
+@contextlib.contextmanager
+def file_size_limit(max_bytes: int) -> Iterator[None]:
+    """In this process, a write past ``max_bytes`` of any file fails (EFBIG, SIGXFSZ ignored), as
+    on a full disk: a writer fails midway, inside its own code, whatever the framework."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+@contextlib.contextmanager
+def cpu_budget(seconds: float) -> Iterator[None]:
+    """Fail the block once this process has spent ``seconds`` of CPU in it (ITIMER_PROF: CPU time,
+    not wall time, so a busy machine does not fail it), so a check that is quadratic fails in a
+    second instead of running for hours. Python code and the regex engine see the signal; it
+    repeats every 50 ms of CPU, and the block fails on exit, should the code swallow it."""
+    fired: list[bool] = []
+
+    def expired(signum, frame):
+        fired.append(True)
+        raise AssertionError(f"more than {seconds} s of CPU, but should be less")
+
+    handler = signal.signal(signal.SIGPROF, expired)
+    signal.setitimer(signal.ITIMER_PROF, seconds, 0.05)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, handler)
+    if fired:
+        raise AssertionError(f"more than {seconds} s of CPU, but should be less")

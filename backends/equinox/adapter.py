@@ -35,7 +35,6 @@ trainable and frozen arrays and the ``eqx.nn.State`` (``eqx.combine`` inside,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +56,7 @@ from backends._jax_common import (
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
 from common.core.spec import STATE_ROLES, LayerPath, ModelSpec, split_param_name
-from common.core.untrusted import open_regular, printable
+from common.core.untrusted import printable
 from common.errors import ParamFileError
 
 __all__ = ["EquinoxBackend", "EqxState"]
@@ -525,14 +524,20 @@ class EquinoxBackend(JaxPlacement, Backend):
         }
 
     # -- files ------------------------------------------------------------------------------------
-    def save_native_file(self, model: Model, path: str) -> str:
-        eqx.tree_serialise_leaves(path + self.native_file_suffix, self.net(model))
+    def write_native_file(self, model: Model, file: str) -> str:
+        eqx.tree_serialise_leaves(file, self.net(model))
         return FILE_CALL
 
     def native_file_keys(self, model: Model) -> dict[str, str]:
         # The file holds each array leaf once, in order, under no name: named here by key path.
         tables = self._tables(model)
         return {tables.names[tables.arrays[k]]: owner for owner, k in self.owners(model).items()}
+
+    def native_file_budget(self, model: Model) -> int:
+        # Exactly the records this model stores (arrays, and a BatchNorm's bool flag), each with
+        # room for its .npy header.
+        stored = [leaf for leaf in jax.tree_util.tree_leaves(self.net(model)) if eqx.is_array_like(leaf)]
+        return sum(np.asarray(leaf).nbytes + NPY_HEADER_BUDGET for leaf in stored)
 
     def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
         """``eqx.tree_deserialise_leaves`` into this model's tree, each array leaf read by
@@ -541,22 +546,18 @@ class EquinoxBackend(JaxPlacement, Backend):
         from the file runs: the header is a literal, and object arrays are refused unread. A
         BatchNorm's ``inference`` flag is a leaf too, which the file holds as a bool record."""
         net = self.net(model)
-        stored = [
-            (jax.tree_util.keystr(path), leaf, not eqx.is_array(leaf))
+        names = [
+            jax.tree_util.keystr(path)
             for path, leaf in jax.tree_util.tree_flatten_with_path(net)[0]
             if eqx.is_array_like(leaf)  # what tree_serialise_leaves writes a record for
         ]
-        names = [name for name, _, _ in stored]
-        budget = sum(np.asarray(leaf).nbytes if flag else leaf.nbytes for _, leaf, flag in stored)
-        budget += NPY_HEADER_BUDGET * len(stored)
-        with open_regular(file, max_bytes=budget, error=ParamFileError) as (fd, _):
-            with os.fdopen(fd, "rb", closefd=False) as handle:
-                try:
-                    loaded = eqx.tree_deserialise_leaves(handle, net, filter_spec=_leaf_reader(names))
-                except Exception as error:
-                    raise ParamFileError(f"{printable(file)}: {_cause(error)}") from None
-                if handle.read(1):
-                    raise ParamFileError(f"{printable(file)}: bytes after the last parameter of this model")
+        with open(file, "rb") as handle:
+            try:
+                loaded = eqx.tree_deserialise_leaves(handle, net, filter_spec=_leaf_reader(names))
+            except Exception as error:
+                raise ParamFileError(_cause(error)) from None
+            if handle.read(1):
+                raise ParamFileError("bytes after the last parameter of this model")
         tables = Tables.of(model.spec, loaded)
         return [(tables.names[i], np.asarray(tables.leaves[i])) for i in tables.arrays]
 

@@ -36,11 +36,9 @@ The training flag is read when the step is traced: ``net.train()`` is set before
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -51,13 +49,13 @@ from mlx.utils import tree_flatten
 
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
+from common.core.params import listed
 from common.core.spec import ROLES, LayerPath, param_name, split_param_name
-from common.core.untrusted import open_regular, printable
+from common.core.untrusted import shown
 from common.errors import ParamFileError
 
 __all__ = ["MlxBackend"]
 
-_PROC_FD = Path("/proc/self/fd")
 # A native file holds float32 values and safetensors framing: allow the values' bytes plus this
 # much header per entry (and once), so a file cannot make the reader allocate on its own word.
 _HEADER_BYTES_PER_ENTRY = 512
@@ -333,8 +331,8 @@ class MlxBackend(Backend):
         }
 
     # -- files -----------------------------------------------------------------------------------
-    def save_native_file(self, model: Model, path: str) -> str:
-        model.native.save_weights(path + self.native_file_suffix)
+    def write_native_file(self, model: Model, file: str) -> str:
+        model.native.save_weights(file)
         return "net.save_weights('params.safetensors')"
 
     def native_file_keys(self, model: Model) -> dict[str, str]:
@@ -351,30 +349,28 @@ class MlxBackend(Backend):
             for role in ROLES
         }
 
+    def native_file_budget(self, model: Model) -> int:
+        # float32 values and safetensors framing: the values' bytes plus a header allowance.
+        shapes = [model.spec.param_shapes[owner] for owner in self.native_file_keys(model).values()]
+        return _HEADER_BYTES + sum(4 * math.prod(shape) + _HEADER_BYTES_PER_ENTRY for shape in shapes)
+
     def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
-        """mx.load, which parses safetensors and runs nothing, on the regular file opened and
-        checked here; every entry's name, dtype and shape are checked before its data is read.
-        mx.load returns a dict in no file order: entries come in the order save_weights writes."""
-        where = printable(file)
+        """mx.load, which parses safetensors and runs nothing (the format named: ``file`` may be a
+        descriptor path with no suffix); every entry's name, dtype and shape are checked before
+        its data is read. mx.load returns a dict in no file order: entries come in the order
+        save_weights writes."""
         expected = self.native_file_keys(model)
         shapes = {key: model.spec.param_shapes[owner] for key, owner in expected.items()}
-        budget = _HEADER_BYTES + sum(4 * math.prod(s) + _HEADER_BYTES_PER_ENTRY for s in shapes.values())
-        with open_regular(file, max_bytes=budget, error=ParamFileError) as (fd, _):
-            source = _PROC_FD / str(fd) if _PROC_FD.is_dir() else Path(file)  # the very file checked
-            arrays = mx.load(os.fspath(source), format="safetensors")  # lazy: no data read yet
-            for key, array in arrays.items():
-                name = printable(key, 200)
-                if key not in shapes:
-                    raise ParamFileError(
-                        f"{where}: entry {name!r} is not a parameter of {model.spec.name!r}; "
-                        f"expected: {', '.join(expected)}"
-                    )
-                if array.dtype != mx.float32:  # checked before any cast
-                    raise ParamFileError(
-                        f"{where}: entry {name}: dtype={array.dtype}, but should be mlx.core.float32"
-                    )
-                if tuple(array.shape) != shapes[key]:
-                    raise ParamFileError(
-                        f"{where}: entry {name}: shape={tuple(array.shape)}, but should be {shapes[key]}"
-                    )
-            return [(key, _to_numpy(arrays[key])) for key in expected if key in arrays]
+        arrays = mx.load(file, format="safetensors")  # lazy: no data read yet
+        for key, array in arrays.items():
+            name = shown(key)
+            if key not in shapes:
+                raise ParamFileError(
+                    f"entry {name} is not a parameter of {shown(model.spec.name)}; "
+                    f"expected: {listed(list(expected))}"
+                )
+            if array.dtype != mx.float32:  # checked before any cast
+                raise ParamFileError(f"entry {name}: dtype={array.dtype}, but should be mlx.core.float32")
+            if tuple(array.shape) != shapes[key]:
+                raise ParamFileError(f"entry {name}: shape={tuple(array.shape)}, but should be {shapes[key]}")
+        return [(key, _to_numpy(arrays[key])) for key in expected if key in arrays]

@@ -1,5 +1,6 @@
 """Hostile MLX safetensors files, made on the fly for the conformance suite: each must be refused
-with one ParamFileError, leave the model unchanged, and stay small in time and memory."""
+with one ParamFileError, leave the model unchanged, and stay small in time and memory. The classes
+every backend covers come from common.core.hostile_native, made with ``write_entries``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from common.core import safetensors_io
+from common.core.hostile_native import declared_files
 
 SUFFIX = ".safetensors"
 
@@ -31,11 +33,10 @@ def _write(key: str, make: Callable[[mx.array], mx.array]) -> Callable[..., None
     return write
 
 
-def _float64(backend, model, path: str) -> None:
-    # mx.save_safetensors will not write F64 either; numpy values through the plain writer.
-    arrays = {key: np.array(value) for key, value in _saved(model).items()}
-    arrays["layers.0.weight"] = arrays["layers.0.weight"].astype(np.float64)
-    safetensors_io.write(path + SUFFIX, arrays, {})
+def write_entries(backend, model, path: str, entries: dict[str, np.ndarray]) -> None:
+    """A safetensors file holding exactly ``entries``, as save_weights lays it out; numpy values
+    through paramparity's writer, since mx.save_safetensors writes no float64."""
+    safetensors_io.write(path + SUFFIX, entries, {})
 
 
 def _huge(backend, model, path: str) -> None:
@@ -49,17 +50,13 @@ def _huge(backend, model, path: str) -> None:
 
 # name -> writer(backend, model, path without extension); the model is a built TIED model.
 FILES: dict[str, Callable[..., None]] = {
-    "float64": _float64,
-    "float16": _write("layers.0.weight", lambda a: a.astype(mx.float16)),
     "bfloat16": _write("layers.2.weight", lambda a: a.astype(mx.bfloat16)),
-    "int64": _write("layers.0.bias", lambda a: a.astype(mx.int64)),
-    "uint64": _write("layers.6.bias", lambda a: a.astype(mx.uint64)),
     "wrong shape": _write("layers.2.weight", lambda a: mx.zeros((8, 4))),
     "extra key": lambda backend, model, path: mx.save_safetensors(
         path + SUFFIX, {**_saved(model), "layers.9.weight": mx.zeros((1, 1))}
     ),
     "tied copies differ": _write("layers.4.weight", lambda a: a + 1),
     "header declares a 4 TiB tensor": _huge,
-    "a FIFO": lambda backend, model, path: os.mkfifo(path + SUFFIX),
     "a directory": lambda backend, model, path: os.mkdir(path + SUFFIX),
+    **declared_files(write_entries),
 }

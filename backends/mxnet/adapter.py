@@ -316,9 +316,9 @@ class MXNetBackend(Backend):
         return mnp.stack(losses).asnumpy().astype(np.float64), stacked
 
     # -- files -----------------------------------------------------------------------------------
-    def save_native_file(self, model: Model, path: str) -> str:
+    def write_native_file(self, model: Model, file: str) -> str:
         self.materialize(model)
-        model.native.save_parameters(path + self.native_file_suffix)
+        model.native.save_parameters(file)
         return "net.save_parameters(path + '.params')"
 
     def native_file_keys(self, model: Model) -> dict[str, str]:
@@ -332,4 +332,5 @@ class MXNetBackend(Backend):
 
     def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
         # npx.load reads MXNet's binary NDArray format (no pickle); its dict keeps file order.
-        return [(key, _numpy(array)) for key, array in npx.load(file).items()]
+        # Values keep the file's dtype, for the caller's float32 rule: no silent cast here.
+        return [(key, array.asnumpy()) for key, array in npx.load(file).items()]

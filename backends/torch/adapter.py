@@ -225,9 +225,9 @@ class TorchBackend(Backend):
         return torch.stack(losses).cpu().numpy().astype(np.float64), stacked
 
     # -- files -----------------------------------------------------------------------------------
-    def save_native_file(self, model: Model, path: str) -> str:
+    def write_native_file(self, model: Model, file: str) -> str:
         self.materialize(model)
-        torch.save(model.native.state_dict(), path + self.native_file_suffix)
+        torch.save(model.native.state_dict(), file)
         return "torch.save(net.state_dict())"
 
     def native_file_keys(self, model: Model) -> dict[str, str]:

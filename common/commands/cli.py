@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from common.config import add_backends_option, add_timeout_option, parse_backend_list
-from common.errors import USAGE_EXIT_CODE, UsageError
+from common.errors import USAGE_EXIT_CODE, UsageError, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             return test_all(parse_backend_list(args.backends), unknown, args.timeout)
         return args.run(args)
     except UsageError as error:
-        print(f"paramparity: error: {error}", file=sys.stderr)
+        print(one_line(f"paramparity: error: {error}"), file=sys.stderr)
         return USAGE_EXIT_CODE
     except KeyboardInterrupt:
         print("paramparity: interrupted", file=sys.stderr)

@@ -15,11 +15,9 @@ import html
 import io
 import json
 import math
-import os
 import re
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +31,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from common.atomic import write_atomically
 from common.commands.claims import (
     BOOK_CLAIMS,
     DOES_NOT_HOLD,
@@ -53,9 +52,10 @@ from common.config import (
     parse_backend_list,
 )
 from common.core.expectations import ATOL, RTOL
+from common.core.untrusted import printable, read_json_file, shown
 from common.declarations import DeclarationError, declaration
 from common.envs import ROOT
-from common.errors import UsageError
+from common.errors import UsageError, one_line
 
 FORMATS = ("terminal", "json", "markdown", "html")
 EXTENSIONS = {"json": "json", "markdown": "md", "html": "html"}
@@ -484,7 +484,8 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
 
 
 def failed_lines(doc: Mapping[str, Any]) -> list[str]:
-    return [_printable(f"{name} failed: {error}") for name, error in doc["failed"].items()]
+    """One line per failed backend with its cause, bounded: a saved record is input too."""
+    return [one_line(f"{name} failed: {error}") for name, error in doc["failed"].items()]
 
 
 def _sections(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Mapping[str, Any]]]]:
@@ -860,19 +861,9 @@ RENDERERS = {
 
 # -- files -------------------------------------------------------------------------------------------
 def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: a reader
-    sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """``text`` in ``path`` through a temporary file beside it: a reader sees the old file or the
+    new one, never half of one."""
+    return write_atomically(path, text)
 
 
 def write_report(doc: Mapping[str, Any], fmt: str, out_dir: Path = REPORTS) -> Path:
@@ -883,32 +874,25 @@ def load_records(paths: Sequence[str | Path], warn=sys.stderr) -> dict[str, Reco
     """The records in saved diff.json files (or single probe records); later files win per backend."""
     merged: dict[str, Record] = {}
     for path in map(Path, paths):
-        try:
-            size = path.stat().st_size
-        except OSError as error:
-            raise UsageError(f"--from {path}: cannot read it: {error.strerror}") from None
-        if size > MAX_RECORDS_BYTES:
-            raise UsageError(f"--from {path}: {size} bytes, but records are at most {MAX_RECORDS_BYTES}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as error:
-            raise UsageError(f"--from {path}: not a JSON file: {error}") from None
+        # Bounded: a regular file (a FIFO would hang), limited size and nesting, linear-time checks.
+        data = read_json_file(path, max_bytes=MAX_RECORDS_BYTES, what="--from", allow_nonfinite=True)
         if isinstance(data, dict) and isinstance(data.get("records"), dict):
             found = data["records"]
         elif isinstance(data, dict) and isinstance(data.get("backend"), str) and "ok" in data:
             found = {data["backend"]: data}
         else:
             raise UsageError(
-                f"--from {path}: neither a diff.json (an object with 'records') "
+                f"--from {printable(path)}: neither a diff.json (an object with 'records') "
                 "nor a probe record (an object with 'backend' and 'ok')"
             )
         for name, record in found.items():
             if not isinstance(record, dict):
-                raise UsageError(f"--from {path}: the record of {name!r} is not an object")
+                raise UsageError(f"--from {printable(path)}: the record of {shown(name)} is not an object")
             try:
                 merged[canonical_backend(str(name))] = record
             except UsageError as error:
-                print(f"paramparity: --from {path}: skipping a record: {error}", file=warn)
+                warning = f"paramparity: --from {printable(path)}: skipping a record: {error}"
+                print(one_line(warning), file=warn)
     return merged
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.atomic import write_atomically
 from common.commands.fuzz_specs import add_suite_timeout_option
 from common.commands.textable import format_table
 from common.config import add_backends_option, parse_backend_list
@@ -44,7 +45,7 @@ from common.core.oracle import initial_weights
 from common.core.portable import write_portable
 from common.core.untrusted import printable, shown
 from common.envs import ROOT
-from common.errors import UsageError
+from common.errors import MAX_MESSAGE, UsageError
 
 REPORTS = ROOT / "reports" / "fuzz"
 PATHS = ("inspect", "import")
@@ -82,7 +83,8 @@ def add_parser(commands) -> None:
         "--examples",
         type=int,
         default=500,
-        help="random specs per property per backend against the oracle (default 500; 0 skips)",
+        help="examples per property per backend: random specs against the oracle, hostile native "
+        "files (default 500; 0 skips)",
     )
     add_backends_option(parser)
     add_suite_timeout_option(parser, "--suite-timeout")
@@ -234,7 +236,7 @@ def judge(
             if verdict in REPRODUCED[kind]:
                 out.mkdir(parents=True, exist_ok=True)
                 file = out / f"{index:06d}-{kind}.safetensors"
-                file.write_bytes(raw)
+                write_atomically(file, raw)
                 report.findings.append(Finding(index, kind, verdict, mutations, file, detail))
 
 
@@ -248,8 +250,8 @@ def classify(ref: Outcome, ours: Outcome) -> tuple[str, str]:
     if ours.kind == "error":
         return TRACEBACK, f"{ours.type_name}: {shown(ours.message, 300)}"
     if ours.kind == "refused":
-        if not ours.message.isprintable():
-            return UNSAFE, f"error message {shown(ours.message, 300)}"
+        if not ours.message.isprintable() or len(ours.message) > MAX_MESSAGE:
+            return UNSAFE, f"error message of {len(ours.message)} characters: {shown(ours.message, 300)}"
         return (OURS_REJECTS if ref_accepts else BOTH_REJECT), printable(ours.message, 300)
     digest, lines = ours.value
     unsafe = [line for line in lines if not line.isprintable()]
@@ -373,6 +375,9 @@ HOSTILE_TEXT = [
     "1e999",
     "NaN",
     "x" * 20000,
+    '"' + '\\"' * 40000,  # a string of escaped quotes that never closes (quadratic once: 30 s)
+    '{"a": "' + "\\\\" * 40000,  # escaped backslashes, unclosed
+    "n" * 1_000_000,  # an oversized name or value: errors stay one bounded line
 ]
 DTYPE_VALUES = ["F64", "F16", "BF16", "F8_E4M3", "C64", "U16", "I64", "BOOL", "", "f32", ["F32"], 32, None]
 SHAPE_VALUES = [
@@ -525,6 +530,22 @@ def _spec_edit(rng, header, data):
     return header, data
 
 
+def _f64_overflow(rng, header, data):
+    """A tensor as F64 holding values beyond float32's range (1e300 is inf once cast); its bytes
+    appended, so its offsets and the data stay consistent."""
+    name, entry = _pick_entry(rng, header)
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if not (isinstance(shape, list) and all(type(d) is int and 0 <= d < 1024 for d in shape)):
+        return header, data
+    count = 1
+    for dim in shape:
+        count *= dim
+    values = [rng.choice([1e300, -1e300, 3.5e38, 1.7e308, 0.5]) for _ in range(count)]
+    blob = struct.pack(f"<{count}d", *values)
+    entry.update(dtype="F64", data_offsets=[len(data), len(data) + len(blob)])
+    return header, data + blob
+
+
 def _data_values(rng, header, data):
     if not data:
         return header, data
@@ -549,6 +570,7 @@ STRUCTURE: list[tuple[str, Callable]] = [
     ("spec", _spec_edit),
     ("spec", _spec_edit),
     ("data-values", _data_values),
+    ("f64-overflow", _f64_overflow),
 ]
 
 ITEMSIZE = {

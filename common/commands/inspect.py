@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
 
 from common.commands.textable import format_table
-from common.core.models import BOOK_SPECS
+from common.core.models import BOOK_SPECS, load_spec
 from common.core.portable import read_params
 from common.core.safetensors_io import open_file
-from common.core.spec import ModelSpec, spec_from_dict
-from common.core.untrusted import load_json, open_regular, printable, read_exactly
-from common.errors import SpecError
+from common.core.spec import ModelSpec
+from common.core.untrusted import load_json, printable
 
 MAX_ROWS = 1000  # tensors listed without --all
-MAX_SPEC_FILE = 16 * 1024 * 1024
 MAX_SHOWN_VALUE = 2000  # characters of one metadata value
 
 
@@ -46,24 +43,6 @@ def add_parsers(commands) -> None:
     inspect.add_argument("--spec", help="book model name or JSON spec file to check the file against")
     inspect.add_argument("--all", action="store_true", help=f"list every tensor, not only {MAX_ROWS}")
     inspect.set_defaults(run=run_inspect)
-
-
-def load_spec(name_or_path: str) -> ModelSpec:
-    """A book spec by name, or a JSON spec file read with limits (size, nesting, integers)."""
-    if name_or_path in BOOK_SPECS:
-        return BOOK_SPECS[name_or_path]
-    where = printable(name_or_path)
-    if not os.path.lexists(name_or_path):
-        raise SpecError(
-            f"unknown model '{where}': not a book model ({', '.join(BOOK_SPECS)}) and not a JSON file"
-        )
-    with open_regular(name_or_path, max_bytes=MAX_SPEC_FILE, error=SpecError) as (fd, size):
-        text = read_exactly(fd, 0, size, where, SpecError)
-    try:
-        data = load_json(text)
-    except ValueError as error:
-        raise SpecError(f"cannot read spec file '{where}': {error}") from None
-    return spec_from_dict(data)
 
 
 def run_spec(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ Design requirements:
 
 Read paths, by name: ``native_value`` (one position, native layout), ``native_value_by_name``
 (the framework's own lookup), ``read_native_file_entries`` (the framework's own file reader);
-write path: ``write_native_value`` (one position, in place through the native object).
+write paths: ``write_native_value`` (one position, in place through the native object) and
+``write_native_file`` (the framework's own file, to the name it is given).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -271,8 +273,10 @@ class Adapter(abc.ABC):
 
     # -- files --------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def save_native_file(self, model: Model, path: str) -> str:
-        """Save with the framework's own format to ``path + native_file_suffix``; return the call."""
+    def write_native_file(self, model: Model, file: str) -> str:
+        """Write the parameters with the framework's own format to exactly ``file`` (a temporary
+        name ending in ``native_file_suffix``: ``save_native_file`` renames it into place); return
+        the call as a practitioner writes it."""
 
     @abc.abstractmethod
     def native_file_keys(self, model: Model) -> dict[str, str]:
@@ -281,8 +285,18 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def read_native_file_entries(self, model: Model, file: str) -> list[tuple[str, np.ndarray]]:
-        """Every (entry name, value in native layout) of ``file``, in file order, read with the
-        framework's own reader without running code from the file."""
+        """Every (entry name, value in native layout, in the file's own dtype: no cast) of
+        ``file``, in file order, read with the framework's own reader without running code from
+        the file. ``file`` opens a regular file already checked and bounded (``native_file_budget``);
+        it may be a ``/proc/self/fd`` path, with no suffix. A refusal is a ParamFileError that
+        need not name the file: the caller adds it."""
+
+    def native_file_budget(self, model: Model) -> int:
+        """Optional: the most bytes a native file of ``model`` can sensibly hold; a larger file is
+        refused before the framework reads a byte. By default generous, for any container format:
+        1 MiB, plus 64 KiB and twice its float32 bytes per position (tied copies included)."""
+        params = model.spec.params
+        return 1024 * 1024 + sum(len(p.positions) * (64 * 1024 + 8 * math.prod(p.shape)) for p in params)
 
     # -- devices: optional --------------------------------------------------------------------------
     device: str = "cpu"  # set by use_device, from PARITY_DEVICE (common.config.selected_device)

@@ -8,6 +8,9 @@ float32 error bound every backend is held to.
   Dense layer of width 1, no ReLU, no block, no tie, batch 1 and the sum loss.
 - ``invalid_specs()``: JSON-like dicts that ``spec_from_dict`` must refuse, each with the reason
   and a regular expression its SpecError message must match.
+- ``native_changes()``: changes to a model's own native file that every backend's reader must
+  refuse (``common.core.hostile_native``: other dtypes, float64 beyond float32's range, NaN and
+  Inf, oversized names, a missing entry, a FIFO or a device in its place).
 - ``budget()``: the one place PARITY_EXAMPLES (examples per property, default 10) and
   PARITY_SEED (unset: derandomized, the same examples every run) are read; ``configured`` applies
   them to a test.
@@ -33,6 +36,7 @@ from hypothesis import seed as fixed_seed
 from hypothesis import strategies as st
 
 from common.core import oracle
+from common.core.hostile_native import KINDS, LONG_NAME, RETYPED, NativeChange
 from common.core.oracle import Loss
 from common.core.spec import (
     LAYER_KINDS,
@@ -47,6 +51,7 @@ from common.core.spec import (
     layer_name,
     spec_from_dict,
 )
+from common.core.untrusted import shown
 from common.errors import UsageError
 
 __all__ = [
@@ -66,6 +71,7 @@ __all__ = [
     "configured",
     "invalid_inputs",
     "invalid_specs",
+    "native_changes",
     "valid_specs",
 ]
 
@@ -534,6 +540,30 @@ def invalid_specs() -> st.SearchStrategy[InvalidCase]:
     )
 
 
+# == hostile native files ===========================================================================
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@st.composite
+def native_changes(draw) -> NativeChange:
+    """One change of ``common.core.hostile_native.KINDS`` at a drawn entry; each shrinks towards
+    the first entry and the plainest value of its kind."""
+    kind = draw(st.sampled_from(KINDS))
+    index = draw(st.integers(0, 64))
+    if kind == "retype":
+        return NativeChange(kind, index, dtype=draw(st.sampled_from(sorted(RETYPED))))
+    if kind == "overflow":
+        beyond = st.floats(FLOAT32_MAX * 2, np.finfo(np.float64).max)
+        return NativeChange(kind, index, value=draw(st.one_of(beyond, beyond.map(lambda v: -v))))
+    if kind == "nonfinite":
+        return NativeChange(
+            kind, index, value=draw(st.sampled_from([float("nan"), float("inf"), -float("inf")]))
+        )
+    if kind == "long name":
+        return NativeChange(kind, index, length=draw(st.integers(1, 10 * LONG_NAME)))
+    return NativeChange(kind, index)
+
+
 # == invalid inputs ===============================================================================
 class InvalidInput(NamedTuple):
     """A valid spec with an input ``forward``, ``backward`` and ``train`` must refuse (ValueError),
@@ -573,7 +603,7 @@ def invalid_inputs(draw) -> InvalidInput:
     else:
         message = (
             f"input x.shape={shape}, but should be (batch >= 1, {width}): "
-            f"spec {spec.name!r} takes in_features={width}"
+            f"spec {shown(spec.name)} takes in_features={width}"
         )
     return InvalidInput(reason, spec, x, _quoted(message))
 

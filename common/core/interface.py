@@ -7,18 +7,21 @@ grad state and the native-file entry checks. What an adapter implements is ``Ada
 Read paths, by name: ``get_param`` (a position, canonical layout), ``get_by_native_name``,
 ``snapshot`` (every unique parameter), ``native_file_values`` (the framework's own file, checked,
 in the calling process: the isolated child uses it), ``read_native_file`` (the same, isolated);
-write paths: ``set_param`` (one position), ``load_params`` (all, atomically), and
-``import_native_file`` (read isolated, then load_params).
+write paths: ``set_param`` (one position), ``load_params`` (all, atomically),
+``import_native_file`` (read isolated, then load_params), and ``save_native_file`` (the
+framework's own file, through a temporary file renamed into place).
 """
 
 from __future__ import annotations
 
+import errno
 import platform
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from common.atomic import atomic_path
 from common.core.adapter import (
     NATIVE_FACT_KEYS,
     NOT_STORED,
@@ -32,7 +35,7 @@ from common.core.adapter import (
     qualname,
 )
 from common.core.oracle import MODES, Loss, check_input
-from common.core.params import check_state_values, check_value, check_values
+from common.core.params import check_state_values, check_value, check_values, listed
 from common.core.spec import (
     ROLES,
     BatchNorm,
@@ -45,6 +48,7 @@ from common.core.spec import (
     spec_from_dict,
     split_param_name,
 )
+from common.core.untrusted import cause_line, descriptor_path, open_regular, printable, shown
 from common.errors import ParamFileError, UsageError
 
 __all__ = [
@@ -204,27 +208,59 @@ class Backend(Adapter):
             "tie_identity": self.tie_identity(model),
         }
 
+    def save_native_file(self, model: Model, path: str) -> str:
+        """Save with the framework's own format to ``path + native_file_suffix``; return the call.
+        Written to a temporary file beside it, read back, and only then renamed into place, so a
+        write that fails midway (a full disk) leaves an earlier file at that path intact, even
+        where the framework's writer does not report the failure (MXNet's does not)."""
+        suffix = self.native_file_suffix
+        with atomic_path(path + suffix, suffix=suffix) as temporary:
+            call = self.write_native_file(model, temporary)
+            try:
+                self.native_file_values(model, temporary.removesuffix(suffix))
+            except Exception as error:  # our own file, just written: anything wrong is the write
+                raise OSError(
+                    errno.EIO, f"the {self.name} writer left an incomplete file ({cause_line(str(error))})"
+                ) from None
+            return call
+
     def native_file_values(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
         """Entry names of the framework's own file and its values by canonical owner (native
-        layout). Unknown, missing or disagreeing entries are refused; ``model`` is not changed."""
+        layout). The file is opened here, as a regular file of at most ``native_file_budget``
+        bytes (a FIFO, a device or a directory is refused at once, checked on the descriptor),
+        and the framework reads that very file. Every entry must be float32: the one dtype rule
+        of every reader, native or portable, so nothing is cast silently. Unknown, missing or
+        disagreeing entries are refused; every refusal names the file; ``model`` is not changed."""
         file = path + self.native_file_suffix
-        expected = self.native_file_keys(model)
-        entries = self.read_native_file_entries(model, file)
+        where = printable(file)
+        expected, budget = self.native_file_keys(model), self.native_file_budget(model)
+        try:
+            with open_regular(file, max_bytes=budget, error=ParamFileError) as (fd, _):
+                entries = self.read_native_file_entries(model, descriptor_path(fd, file))
+        except ParamFileError as error:
+            message = str(error)
+            raise ParamFileError(message if message.startswith(where) else f"{where}: {message}") from None
         values: dict[str, np.ndarray] = {}
         for key, value in entries:
             if key not in expected:
                 raise ParamFileError(
-                    f"{file}: entry {key!r} is not a parameter of {model.spec.name!r}; "
-                    f"expected: {', '.join(expected)}"
+                    f"{where}: entry {shown(key)} is not a parameter of {shown(model.spec.name)}; "
+                    f"expected: {listed(list(expected))}"
                 )
             owner = expected[key]
             value = np.asarray(value)
+            if value.dtype != np.dtype(np.float32):
+                raise ParamFileError(
+                    f"{where}: entry {shown(key)}: dtype={value.dtype}, but should be float32"
+                )
             if owner in values and not np.array_equal(values[owner], value):
-                raise ParamFileError(f"{file}: entry {key!r} differs from another stored copy of {owner}")
+                raise ParamFileError(
+                    f"{where}: entry {shown(key)} differs from another stored copy of {owner}"
+                )
             values[owner] = value
         missing = sorted(set(expected.values()) - set(values))
         if missing:
-            raise ParamFileError(f"{file}: holds no entry for {', '.join(missing)}")
+            raise ParamFileError(f"{where}: holds no entry for {', '.join(missing)}")
         return [key for key, _ in entries], values
 
     # == public methods, canonical layout ========================================================
@@ -350,7 +386,6 @@ class Backend(Adapter):
         adapter and a model of the same spec, under a memory cap and a time limit), so a crash, an
         out-of-memory or a hang is a ParamFileError too, as is whatever the reader raises."""
         from common.core import isolate
-        from common.core.untrusted import cause_line, printable
 
         where = printable(path)
         try:
@@ -371,8 +406,13 @@ class Backend(Adapter):
         return entries, values
 
     def import_native_file(self, model: Model, path: str) -> None:
-        """Load the framework's own file into ``model``: validated in full, then assigned atomically."""
-        self.load_params(model, self.read_native_file(model, path)[1])
+        """Load the framework's own file into ``model``: validated in full, then assigned atomically;
+        every refusal names the file."""
+        values = self.read_native_file(model, path)[1]
+        try:
+            self.load_params(model, values)
+        except ParamFileError as error:  # raised by the checks, before anything is written
+            raise ParamFileError(f"{printable(path)}: {error}") from None
 
     # -- non-trainable state: BatchNorm running statistics ------------------------------------------
     def list_state(self, model: Model) -> tuple[ParamInfo, ...]:

@@ -84,7 +84,8 @@ def run_isolated(
 ) -> Any:
     """``func(*args)`` (or ``func(setup(), *args)``) in a fresh child; its result, or:
     ParamFileError for a refusal, a crash, an out-of-memory or a timeout (message
-    "``where``: ``what`` crashed with SIGSEGV"...); ReaderError for any other exception."""
+    "``where``: ``what`` crashed with SIGSEGV"...; a refusal that does not name ``where`` gets it
+    in front); ReaderError for any other exception."""
     with Worker(limits, setup) as worker:
         outcome = worker.call(func, *args)
     return outcome_value(outcome, where, what, limits)
@@ -94,7 +95,8 @@ def outcome_value(outcome: Outcome, where: str, what: str, limits: Limits) -> An
     if outcome.kind == "ok":
         return outcome.value
     if outcome.kind == "refused":
-        raise ParamFileError(printable(outcome.message, 2000))  # escaped, whoever wrote it
+        message = printable(outcome.message, 2000)  # escaped, whoever wrote it
+        raise ParamFileError(message if message.startswith(where) else f"{where}: {message}")
     if outcome.kind == "error":
         raise ReaderError(outcome.type_name, outcome.message)
     if outcome.kind == "memory":

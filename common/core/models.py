@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import os
 
 from common.core.spec import BatchNorm, Block, Dense, ModelSpec, ReLU, spec_from_dict
+from common.core.untrusted import printable, read_json_file
 from common.errors import SpecError
+
+MAX_SPEC_FILE = 16 * 1024 * 1024
 
 # net = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(1)); X = torch.rand(2, 4)
 MLP = ModelSpec("mlp", in_features=4, layers=(Dense(8), ReLU(), Dense(1)))
@@ -54,16 +56,15 @@ STATE_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (BATCHNORM, TIE
 
 
 def load_spec(name_or_path: str) -> ModelSpec:
-    """A named book spec, or a JSON spec file."""
+    """A named book or state spec, or a JSON spec file read with limits: a regular file (no FIFO, no
+    device) of at most MAX_SPEC_FILE bytes, parsed by ``untrusted.load_json`` (bounded nesting and
+    integers, linear time). Anything wrong is one SpecError line."""
     if name_or_path in BOOK_SPECS or name_or_path in STATE_SPECS:
         return {**BOOK_SPECS, **STATE_SPECS}[name_or_path]
-    path = Path(name_or_path)
-    if not path.is_file():
+    if not os.path.lexists(name_or_path):
         raise SpecError(
-            f"unknown model {name_or_path!r}: not a book model ({', '.join(BOOK_SPECS)}) and not a JSON file"
+            f"unknown model '{printable(name_or_path)}': not a book model ({', '.join(BOOK_SPECS)}) "
+            "and not a JSON file"
         )
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SpecError(f"cannot read spec file {str(path)!r}: {error}") from None
+    data = read_json_file(name_or_path, max_bytes=MAX_SPEC_FILE, error=SpecError, what="spec file")
     return spec_from_dict(data)

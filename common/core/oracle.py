@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.core.spec import ROLES, BatchNorm, Dense, ModelSpec, param_name
+from common.core.untrusted import shown
 
 MODES = ("inference", "training")
 FROZEN_BATCHNORM = ("training", "inference")  # what a frozen BatchNorm does while training
@@ -127,7 +128,7 @@ def check_input(spec: ModelSpec, x: object) -> np.ndarray:
     if array.ndim != 2 or array.shape[1] != spec.in_features or array.shape[0] < 1:
         raise ValueError(
             f"input x.shape={array.shape}, but should be (batch >= 1, {spec.in_features}): "
-            f"spec {spec.name!r} takes in_features={spec.in_features}"
+            f"spec {shown(spec.name)} takes in_features={spec.in_features}"
         )
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise ValueError(f"input x.dtype={array.dtype}, but should be a real number type")

@@ -18,18 +18,26 @@ MAX_LISTED = 10  # names listed in one error; the rest are counted
 
 
 def check_value(spec: ModelSpec, name: str, value: object, *, allow_nonfinite: bool = False) -> np.ndarray:
-    """One value for the unique parameter ``name``, as float32 in canonical layout."""
+    """One value for the unique parameter ``name``, as float32 in canonical layout. Finiteness is
+    checked on the float32 value, after the cast: a float64 1e300 is inf there, and refused."""
     array = np.asarray(value)
     if array.dtype.kind not in "fiu":
         raise ParamFileError(
             f"{printable(name)}: dtype={array.dtype}, but should be a real number type (float32)"
         )
     check_shape(spec, name, array.shape)
-    if not allow_nonfinite and not np.all(np.isfinite(array)):
-        raise ParamFileError(
-            f"{printable(name)}: holds NaN or Inf values (pass allow_nonfinite=True to accept them)"
-        )
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+        converted = array.astype(np.float32)
+    if not allow_nonfinite and not np.all(np.isfinite(converted)):
+        why = "(pass allow_nonfinite=True to accept them)"
+        if np.all(np.isfinite(array)):  # finite before the cast: too large for float32
+            largest = float(np.abs(array).max())
+            why = (
+                f"once converted to float32 ({largest:.3g} is beyond its range); "
+                "pass allow_nonfinite=True to accept them"
+            )
+        raise ParamFileError(f"{printable(name)}: holds NaN or Inf values {why}")
+    return converted
 
 
 def check_shape(spec: ModelSpec, name: str, shape: tuple[int, ...]) -> None:
@@ -44,7 +52,7 @@ def check_names(spec: ModelSpec, names: list[str]) -> None:
     present = set(names)
     missing = [name for name in expected if name not in present]
     if missing:
-        raise ParamFileError(f"missing parameter(s) {_listed(missing)} for spec {spec.name!r}")
+        raise ParamFileError(f"missing parameter(s) {listed(missing)} for spec {shown(spec.name)}")
     extra = [name for name in names if name not in spec.param_shapes]
     if extra:
         aliases = {pos: p.name for p in spec.params for pos in p.positions if pos != p.name}
@@ -53,8 +61,8 @@ def check_names(spec: ModelSpec, names: list[str]) -> None:
             for n in extra[:MAX_LISTED]
         ]
         raise ParamFileError(
-            f"unexpected parameter(s) {_listed(hints, len(extra))} for spec {spec.name!r}; "
-            f"expected: {', '.join(expected)}"
+            f"unexpected parameter(s) {listed(hints, len(extra))} for spec {shown(spec.name)}; "
+            f"expected: {listed(expected)}"
         )
 
 
@@ -76,7 +84,8 @@ def check_values(
     }
 
 
-def _listed(names: list[str], total: int | None = None) -> str:
+def listed(names: list[str], total: int | None = None) -> str:
+    """The first MAX_LISTED names, escaped, and how many more."""
     total = len(names) if total is None else total
     text = shown(names[:MAX_LISTED], 1000)
     return text if total <= MAX_LISTED else f"{text} and {total - MAX_LISTED} more"
@@ -92,7 +101,7 @@ def check_state_values(
     extra = [name for name in values if name not in expected]
     if missing or extra:
         raise ParamFileError(
-            f"state of spec {spec.name!r}: missing {_listed(missing)}, unexpected {_listed(extra)}; "
+            f"state of spec {spec.name!r}: missing {listed(missing)}, unexpected {listed(extra)}; "
             f"expected: {', '.join(expected) or 'none'}"
         )
     checked = {}
@@ -115,7 +124,7 @@ def check_state_layout(spec: ModelSpec, shapes: Mapping[str, tuple[int, ...]]) -
     """Every unique piece of the spec's state present with its shape, from a header alone."""
     missing = [name for name in spec.state_shapes if name not in shapes]
     if missing:
-        raise ParamFileError(f"missing state {_listed(missing)} for spec {spec.name!r}")
+        raise ParamFileError(f"missing state {listed(missing)} for spec {spec.name!r}")
     for name, shape in shapes.items():
         if tuple(shape) != spec.state_shapes[name]:
             raise ParamFileError(

@@ -92,7 +92,7 @@ def header_budget(spec: ModelSpec) -> safetensors_io.HeaderBudget:
     the header is parsed, so a hostile header costs nothing."""
     names = [*spec.param_shapes, *spec.state_shapes]
     needed = len(json.dumps(metadata_for(spec, "", ""))) + sum(96 + len(name) for name in names)
-    return safetensors_io.HeaderBudget(64 * 1024 + 4 * needed, f"spec {spec.name!r}")
+    return safetensors_io.HeaderBudget(64 * 1024 + 4 * needed, f"spec {shown(spec.name)}")
 
 
 def read_params(
@@ -186,7 +186,7 @@ def _architecture(spec: ModelSpec) -> tuple[Any, ...]:
 def _describe(spec: ModelSpec) -> str:
     widths = "->".join([str(spec.in_features)] + [str(s.units) for s in spec.dense_slots])
     ties = f", ties {tie_groups(spec)}" if spec.ties else ", no ties"
-    return printable(f"{spec.name!r} ({widths}{ties})", 300)
+    return printable(f"{shown(spec.name, 100)} ({widths}{ties})", 300)
 
 
 def _check_ties(where: str, metadata: dict[str, str], spec: ModelSpec) -> None:

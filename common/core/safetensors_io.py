@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from common.core.untrusted import open_regular, printable, read_exactly
+from common.atomic import write_atomically
+from common.core.untrusted import descriptor_path, open_regular, printable, read_exactly
 from common.errors import ParamFileError
 
 DTYPES = {
@@ -34,16 +35,19 @@ DTYPES = {
     "I32": "<i4",
     "I64": "<i8",
     "U8": "u1",
+    "U16": "<u2",
+    "U32": "<u4",
+    "U64": "<u8",
     "BOOL": "?",
 }
 CODES = {np.dtype(v).str: k for k, v in DTYPES.items()}
 MAX_HEADER = 100_000_000  # the reference implementation's limit (MAX_HEADER_SIZE), in bytes
 MAX_FILE = 8 * 1024**3  # paramparity's own: far above any model it compares
-_PROC_FD = Path("/proc/self/fd")
 
 
 def write(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
-    """Tensors in the given order (the reference writer sorts them), metadata as given."""
+    """Tensors in the given order (the reference writer sorts them), metadata as given; written
+    to a temporary file and renamed, so a failed write leaves an earlier file intact."""
     header: dict[str, object] = {"__metadata__": dict(metadata)}
     offset, blobs = 0, []
     for name, array in tensors.items():
@@ -63,7 +67,7 @@ def write(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping
         offset += len(data)
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the format pads the header to 8-byte alignment
-    Path(path).write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
+    write_atomically(path, struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
 
 
 @dataclass(frozen=True)
@@ -119,10 +123,10 @@ def open_file(
     where = printable(os.fspath(path))
     with open_regular(path, max_bytes=max_bytes, error=ParamFileError) as (fd, size):
         _check_framing(fd, size, where, budget)
-        source = _PROC_FD / str(fd) if _PROC_FD.is_dir() else Path(path)  # the very file checked
+        source = descriptor_path(fd, path)  # the very file checked
         try:
             # pread: no mmap, so a file truncated while it is read is an error, not a SIGBUS.
-            handle = safe_open(os.fspath(source), framework="np", backend="pread")
+            handle = safe_open(source, framework="np", backend="pread")
         except Exception as error:
             raise ParamFileError(f"{where}: {_reason(error)}") from None
         with handle:

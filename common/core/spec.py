@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from common.core.untrusted import printable, shown
 from common.errors import SpecError
 
 LayerPath = tuple[int, ...]
@@ -35,6 +36,7 @@ ROLES = ("weight", "bias")
 STATE_ROLES = ("running_mean", "running_var")
 MAX_LAYERS = 20_000  # make bench builds 10,000 Dense layers with a ReLU between each
 MAX_NESTING = 16
+MAX_LISTED = 10  # valid choices listed in one error; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -209,13 +211,13 @@ class ModelSpec:
         try:
             path, role = split_param_name(name, STATE_ROLES)
         except KeyError:
-            raise KeyError(f"{name!r} is not a state name of {self.name!r}") from None
+            raise KeyError(f"{shown(name)} is not a state name of {shown(self.name)}") from None
         slot = self._slot_by_path.get(path)
         if isinstance(slot, NormSlot):
             return param_name(slot.owner, role)
         raise KeyError(
-            f"{name!r} names no BatchNorm layer of {self.name!r}; BatchNorm layers: "
-            + (", ".join(layer_name(s.path) for s in self.norm_slots) or "none")
+            f"{shown(name)} names no BatchNorm layer of {shown(self.name)}; BatchNorm layers: "
+            + (_listed([layer_name(s.path) for s in self.norm_slots]) or "none")
         )
 
     def trainable_at(self, path: LayerPath) -> bool:
@@ -271,13 +273,13 @@ class ModelSpec:
         try:
             path, role = split_param_name(name)
         except KeyError:
-            raise KeyError(f"{name!r} is not a parameter name of {self.name!r}") from None
+            raise KeyError(f"{shown(name)} is not a parameter name of {shown(self.name)}") from None
         slot = self._slot_by_path.get(path)
         if slot is not None:
             return param_name(slot.owner, role)
         raise KeyError(
-            f"{name!r} names no Dense or BatchNorm layer of {self.name!r}; such layers: "
-            + ", ".join(layer_name(s.path) for s in self.layer_slots)
+            f"{shown(name)} names no Dense or BatchNorm layer of {shown(self.name)}; such layers: "
+            + _listed([layer_name(s.path) for s in self.layer_slots])
         )
 
     def untied(self) -> ModelSpec:
@@ -322,7 +324,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> ModelSpec:
 def _layer_from_dict(item: Any, path: LayerPath, counter: Iterator[int]) -> Layer:
     _check_limits(f"layer {layer_name(path)}", path, next(counter))  # before recursing any deeper
     if not isinstance(item, Mapping) or "kind" not in item:
-        raise SpecError(f"layer {layer_name(path)}: expected an object with a 'kind', got {item!r}")
+        raise SpecError(f"layer {layer_name(path)}: expected an object with a 'kind', got {shown(item)}")
     kind = item["kind"]
     if kind == "dense":
         _check_fields(path, item, {"kind", "units", "trainable"})
@@ -339,7 +341,7 @@ def _layer_from_dict(item: Any, path: LayerPath, counter: Iterator[int]) -> Laye
             str(item.get("label", "")),
         )
     raise SpecError(
-        f"layer {layer_name(path)}: unknown layer kind {kind!r}; valid kinds: " + ", ".join(LAYER_KINDS)
+        f"layer {layer_name(path)}: unknown layer kind {shown(kind)}; valid kinds: " + ", ".join(LAYER_KINDS)
     )
 
 
@@ -368,7 +370,7 @@ def _layer_to_dict(layer: Layer) -> dict[str, Any]:
 
 def _as_path(position: Any) -> LayerPath:
     if isinstance(position, bool):
-        raise SpecError(f"tie position {position!r} is not an int or a path of ints")
+        raise SpecError(f"tie position {shown(position)} is not an int or a path of ints")
     if isinstance(position, int):
         return (position,)
     if (
@@ -383,16 +385,16 @@ def _as_path(position: Any) -> LayerPath:
             f"tie position of {len(position)} indices: no layer can be there, since at most "
             f"{MAX_NESTING} blocks may be nested"
         )
-    raise SpecError(f"tie position {position!r} is not an int or a path of ints")
+    raise SpecError(f"tie position {shown(position)} is not an int or a path of ints")
 
 
 def _normalize_ties(ties: Any) -> tuple[tuple[LayerPath, ...], ...]:
     if not isinstance(ties, Sequence):
-        raise SpecError(f"ties must be a sequence of groups, got {ties!r}")
+        raise SpecError(f"ties must be a sequence of groups, got {shown(ties)}")
     groups = []
     for group in ties:
         if not isinstance(group, Sequence) or isinstance(group, str):
-            raise SpecError(f"tie group {group!r} is not a sequence of positions")
+            raise SpecError(f"tie group {shown(group)} is not a sequence of positions")
         groups.append(tuple(sorted(_as_path(p) for p in group)))
     return tuple(groups)
 
@@ -407,9 +409,9 @@ def _walk(layers: tuple[Layer, ...], prefix: LayerPath) -> Iterator[tuple[LayerP
 
 
 def _validate(spec: ModelSpec) -> None:
-    where = f"spec {spec.name!r}"
+    where = f"spec {shown(spec.name, 100)}"
     if isinstance(spec.in_features, bool) or not isinstance(spec.in_features, int) or spec.in_features <= 0:
-        raise SpecError(f"{where}: in_features={spec.in_features!r}, but should be a positive int")
+        raise SpecError(f"{where}: in_features={shown(spec.in_features)}, but should be a positive int")
     if not spec.layers:
         raise SpecError(f"{where}: has no layers")
     _validate_layers(where, spec.layers, (), itertools.count(1))
@@ -425,15 +427,17 @@ def _validate(spec: ModelSpec) -> None:
     seen: set[LayerPath] = set()
     for group in spec.ties:
         if len(group) < 2:
-            raise SpecError(f"{where}: tie group {[list(p) for p in group]} needs at least two positions")
+            raise SpecError(
+                f"{where}: tie group {shown([list(p) for p in group])} needs at least two positions"
+            )
         repeated = next((a for a, b in zip(group, group[1:], strict=False) if a == b), None)
         if repeated is not None:  # groups are sorted, so a repeat is adjacent
             raise SpecError(
-                f"{where}: tie group {[list(p) for p in group]} lists {layer_name(repeated)} twice"
+                f"{where}: tie group {shown([list(p) for p in group])} lists {layer_name(repeated)} twice"
             )
         for path in group:
             if path not in shapes:
-                valid = ", ".join(str(list(p)) for p in shapes)
+                valid = _listed([str(list(p)) for p in shapes])
                 raise SpecError(
                     f"{where}: tie to {layer_name(path)}, which is not a Dense layer; "
                     f"Dense positions: {valid}"
@@ -480,7 +484,8 @@ def _validate_layers(where: str, layers: tuple[Any, ...], prefix: LayerPath, cou
         if isinstance(layer, Dense):
             if isinstance(layer.units, bool) or not isinstance(layer.units, int) or layer.units <= 0:
                 raise SpecError(
-                    f"{where}: {layer_name(path)} Dense units={layer.units!r}, but should be a positive int"
+                    f"{where}: {layer_name(path)} Dense units={shown(layer.units)}, "
+                    "but should be a positive int"
                 )
             _check_trainable(where, path, layer.trainable)
         elif isinstance(layer, BatchNorm):
@@ -514,3 +519,11 @@ def _check_batchnorm(where: str, path: LayerPath, layer: BatchNorm) -> None:
             raise SpecError(
                 f"{where}: {layer_name(path)} BatchNorm {field_name}={value!r}, but should be unset or {span}"
             )
+
+
+def _listed(choices: list[str]) -> str:
+    """The first MAX_LISTED choices, and how many more: a 20,000-layer spec's positions are not
+    all worth a line."""
+    shown_here = ", ".join(printable(choice, 100) for choice in choices[:MAX_LISTED])
+    more = len(choices) - MAX_LISTED
+    return f"{shown_here} and {more} more" if more > 0 else shown_here

@@ -4,6 +4,9 @@ committed. Each generator writes its file into a folder and returns the path to 
 
 HOSTILE_FILES: parameter files every reader must refuse with one escaped ParamFileError line
 (checked against the tied book model). HOSTILE_SPECS: spec files ``paramparity spec`` must refuse.
+HOSTILE_RECORDS: files ``paramparity diff --from`` must refuse. Issue 24's classes: unclosed
+strings of escaped quotes (a backtracking check took quadratic time on them), float64 beyond
+float32's range, oversized names (every error stays one line of at most 500 characters).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from common.core import safetensors_io
 from common.core.models import MLP, TIED
 from common.core.oracle import initial_weights
 from common.core.portable import write_portable
@@ -21,7 +27,11 @@ from common.core.portable import write_portable
 Generator = Callable[[Path], Path]
 HOSTILE_FILES: dict[str, Generator] = {}
 HOSTILE_SPECS: dict[str, Generator] = {}
+HOSTILE_RECORDS: dict[str, Generator] = {}
 DEEP = 1000
+MB = 1024 * 1024
+UNCLOSED = '"' + '\\"' * (MB // 2)  # 1 MB: a string of escaped quotes that never closes
+HUGE_NAME = "n" * (10 * MB)
 BIG_INT = "9" * 5000  # over Python's 4,300-digit int limit
 EVIL_TEXT = "evil\nname\x1b[31m\x1b[2J\ud800"  # newline, ANSI escapes, a lone surrogate
 
@@ -179,6 +189,30 @@ for _key in ("spec", "ties", "aliases"):
         return with_metadata(folder, key, f"[{BIG_INT}]")
 
 
+for _key in ("spec", "ties"):
+
+    @hostile(HOSTILE_FILES, f"metadata {_key}: a 1 MB string of escaped quotes, unclosed")
+    def _(folder: Path, key: str = _key) -> Path:
+        return with_metadata(folder, key, UNCLOSED)
+
+
+@hostile(HOSTILE_FILES, "F64 tensor of 1e300 (inf as float32)")
+def _(folder: Path) -> Path:
+    path = write_portable(folder / "huge.safetensors", TIED, initial_weights(TIED))
+    tensors, metadata = safetensors_io.read(path)
+    tensors["layers.0.weight"] = np.full(tensors["layers.0.weight"].shape, 1e300)
+    safetensors_io.write(path, tensors, metadata)
+    return path
+
+
+@hostile(HOSTILE_FILES, "extra tensor named with 1,000,000 characters")
+def _(folder: Path) -> Path:
+    header, data = valid_parts()
+    entry = dict(first_entry(header), data_offsets=[len(data), len(data) + 128])
+    header["n" * 1_000_000] = entry
+    return write(folder, frame(header, data + data[:128]))
+
+
 @hostile(HOSTILE_FILES, "metadata spec with huge units")
 def _(folder: Path) -> Path:
     spec = TIED.to_dict()
@@ -291,6 +325,33 @@ def _(folder: Path) -> Path:
     return _spec_file(folder, json.dumps({"in_features": 4, "layers": [{"kind": EVIL_TEXT}]}))
 
 
+@hostile(HOSTILE_SPECS, "a 1 MB string of escaped quotes, unclosed")
+def _(folder: Path) -> Path:
+    return _spec_file(folder, '{"name": ' + UNCLOSED)
+
+
+@hostile(HOSTILE_SPECS, "name of 10 MB, and no layers")
+def _(folder: Path) -> Path:
+    return _spec_file(folder, json.dumps({"name": HUGE_NAME, "in_features": 4, "layers": []}))
+
+
+@hostile(HOSTILE_SPECS, "layer kind of 10 MB")
+def _(folder: Path) -> Path:
+    return _spec_file(folder, json.dumps({"in_features": 4, "layers": [{"kind": HUGE_NAME}]}))
+
+
+@hostile(HOSTILE_SPECS, "tie position of 10 MB")
+def _(folder: Path) -> Path:
+    layers = [{"kind": "dense", "units": 2}] * 2
+    return _spec_file(folder, json.dumps({"in_features": 4, "layers": layers, "ties": [[0, HUGE_NAME]]}))
+
+
+@hostile(HOSTILE_SPECS, "19,999 layers, a tie to a missing position")
+def _(folder: Path) -> Path:
+    layers = [{"kind": "dense", "units": 2}] * 19_999
+    return _spec_file(folder, json.dumps({"in_features": 2, "layers": layers, "ties": [[0, 99_999]]}))
+
+
 @hostile(HOSTILE_SPECS, "FIFO")
 def _(folder: Path) -> Path:
     path = folder / "spec.json"
@@ -315,6 +376,40 @@ def _(folder: Path) -> Path:
     return path
 
 
+# == diff --from records =================================================================================
+def _record_file(folder: Path, text: str) -> Path:
+    path = folder / "diff.json"
+    path.write_text(text)
+    return path
+
+
+@hostile(HOSTILE_RECORDS, "a 1 MB string of escaped quotes, unclosed")
+def _(folder: Path) -> Path:
+    return _record_file(folder, '{"records": ' + UNCLOSED)
+
+
+@hostile(HOSTILE_RECORDS, "nested 100,000 deep")
+def _(folder: Path) -> Path:
+    return _record_file(folder, '{"records": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+@hostile(HOSTILE_RECORDS, "record of a backend named with 10 MB")
+def _(folder: Path) -> Path:
+    return _record_file(folder, json.dumps({"records": {HUGE_NAME: 1}}))
+
+
+@hostile(HOSTILE_RECORDS, "FIFO")
+def _(folder: Path) -> Path:
+    path = folder / "diff.json"
+    os.mkfifo(path)
+    return path
+
+
+@hostile(HOSTILE_RECORDS, "/dev/zero")
+def _(folder: Path) -> Path:
+    return Path("/dev/zero")
+
+
 def spec_named_with_escapes(folder: Path) -> Path:
     """A valid spec whose name and block label hold a newline, ANSI escapes and a lone surrogate."""
     data = TIED.to_dict()
@@ -334,6 +429,7 @@ def file_with_escapes_everywhere(folder: Path) -> Path:
 
 __all__ = [
     "HOSTILE_FILES",
+    "HOSTILE_RECORDS",
     "HOSTILE_SPECS",
     "file_with_escapes_everywhere",
     "many_tensors",

@@ -311,7 +311,7 @@ def test_from_takes_a_single_probe_record_and_skips_undeclared_backends(tmp_path
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("{not json", "not a JSON file"),
+        ("{not json", "not JSON"),
         ('{"rows": []}', "neither a diff.json"),
         ('{"records": {"x": 1}}', "not an object"),
     ],

@@ -1,30 +1,41 @@
-"""Hostile parameter and spec files (issue 10): each is refused with one escaped line and exit 2,
-quickly, by the command line and by the library; a small fuzz campaign finds nothing bad; the
-isolation of native readers turns crashes, memory hogs and hangs into ParamFileError."""
+"""Hostile parameter, spec and record files (issues 10 and 24): each is refused with one escaped
+line of at most 500 characters and exit 2, quickly, by the command line and by the library; every
+check on untrusted text takes linear time; a small fuzz campaign finds nothing bad; the isolation
+of native readers turns crashes, memory hogs and hangs into ParamFileError."""
 
 from __future__ import annotations
 
 import ctypes
+import json
+import random
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
-from common.commands import cli, fuzz
-from common.core import isolate, portable
+from common.commands import cli, diff, fuzz
+from common.core import isolate, portable, safetensors_io
 from common.core.isolate import Limits
-from common.core.models import TIED
-from common.core.untrusted import cause_line, load_json, printable
+from common.core.models import TIED, load_spec
+from common.core.oracle import initial_weights
+from common.core.params import check_value
+from common.core.spec import Dense, ModelSpec
+from common.core.untrusted import cause_line, json_depth, load_json, printable
 from common.envs import ROOT
-from common.errors import ParamFileError
+from common.errors import MAX_LINE, MAX_MESSAGE, ParamFileError, SpecError, one_line
 from tests.common.hostile_files import (
     HOSTILE_FILES,
+    HOSTILE_RECORDS,
     HOSTILE_SPECS,
+    UNCLOSED,
     file_with_escapes_everywhere,
     many_tensors,
     spec_named_with_escapes,
+    with_metadata,
 )
+from tests.helpers import cpu_budget, file_size_limit
 
 DEADLINE_S = 10.0
 
@@ -70,8 +81,9 @@ def cli_cases(kinds, in_a_process: tuple[str, ...]) -> list:
 def assert_one_clean_line(stderr: str) -> None:
     __tracebackhide__ = True
     lines = stderr.split("\n")
-    assert len(lines) == 2 and lines[1] == "", f"stderr={stderr!r}, but should be exactly one line"
-    assert lines[0].isprintable(), f"stderr={stderr!r}, but should hold no control character"
+    assert len(lines) == 2 and lines[1] == "", f"stderr={stderr[:2000]!r}, but should be exactly one line"
+    assert lines[0].isprintable(), f"stderr={stderr[:2000]!r}, but should hold no control character"
+    assert len(lines[0]) <= MAX_LINE, f"a line of {len(lines[0])} characters, but at most {MAX_LINE}"
     assert "Traceback" not in stderr
 
 
@@ -118,6 +130,28 @@ def test_cli_spec_refuses_hostile_spec_files(tmp_path, capfd, kind, in_a_process
     assert elapsed < DEADLINE_S
 
 
+@pytest.mark.parametrize("kind, in_a_process", cli_cases(HOSTILE_RECORDS, ("nested 100,000 deep", "FIFO")))
+def test_cli_diff_from_refuses_hostile_records(tmp_path, capfd, kind, in_a_process):
+    """--from reads a record file through the bounded loader: no RecursionError, no FIFO waited on."""
+    args = ("diff", "--from", str(HOSTILE_RECORDS[kind](tmp_path)), "--out-dir", str(tmp_path / "out"))
+    result, elapsed = run_cli(*args) if in_a_process else run_cli_here(capfd, *args)
+    assert result.returncode == 2, f"exit={result.returncode}, but should be 2 [{result.stderr[-500:]!r}]"
+    assert_one_clean_line(result.stderr)
+    assert elapsed < DEADLINE_S
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_SPECS))
+def test_public_load_spec_refuses_hostile_spec_files(tmp_path, kind):
+    """common.core.models.load_spec, the API's reader, is the CLI's: one bounded SpecError line."""
+    path = HOSTILE_SPECS[kind](tmp_path)
+    started = time.monotonic()
+    with pytest.raises(SpecError) as info:
+        load_spec(str(path))
+    message = str(info.value)
+    assert message.isprintable() and len(message) <= MAX_MESSAGE, message[:1000]
+    assert time.monotonic() - started < DEADLINE_S
+
+
 def test_hostile_names_are_printed_escaped(tmp_path):
     """Accepted input (a spec, a file the reference reads) still prints nothing raw."""
     spec_result, _ = run_cli("spec", str(spec_named_with_escapes(tmp_path)))
@@ -134,6 +168,187 @@ def test_inspect_lists_a_bounded_number_of_tensors(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "... and 4000 more tensors (5000 in all; --all lists every one)" in result.stdout
     assert len(result.stdout.splitlines()) == 2 + 1000 + 1
+
+
+# -- linear time: a megabyte of each input in well under a second of CPU --------------------------------
+LINEAR_TEXTS = {  # kind -> (1 MB of text, whether load_json refuses it)
+    "unclosed string of escaped quotes": (UNCLOSED, True),
+    "unclosed string of escaped backslashes": ('"' + "\\\\" * (1 << 19), True),
+    "brackets inside a string": ('["' + "[{" * (1 << 19) + '"]', False),
+    "nested a million deep": ("[" * (1 << 20) + "]" * (1 << 20), True),
+    "a key repeated after 100,000 others": (
+        "{" + ",".join(f'"k{i}":0' for i in range(100_000)) + ',"k0":1}',
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(LINEAR_TEXTS))
+def test_json_checks_take_linear_time(kind):
+    """load_json decides each 1 MB text in under 1 s of CPU (the backtracking check took 27 s on
+    64 KB of escaped quotes, and about 2 hours on 1 MB)."""
+    text, refused = LINEAR_TEXTS[kind]
+    with cpu_budget(1.0):
+        try:
+            load_json(text)
+            outcome = False
+        except ValueError:
+            outcome = True
+    assert outcome == refused, f"refused={outcome}, but should be {refused}"
+
+
+def reference_depth(text: str) -> tuple[int, bool]:
+    """Deepest nesting by a character loop: the definition json_depth must meet; and whether the
+    text stops being JSON at a backslash outside any string, where the parser stops too."""
+    depth = deepest = 0
+    inside = escaped = False
+    for char in text:
+        if inside:
+            escaped, inside = (False, inside) if escaped else (char == "\\", char != '"')
+        elif char == "\\":
+            return deepest, True
+        elif char == '"':
+            inside = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest, False
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
+def test_json_depth_meets_the_character_loop(monkeypatch, chunk):
+    """On 3,000 random strings of brackets, quotes, backslashes and multi-byte characters, cut into
+    chunks of every size: the same depth, or (past a stray backslash, where JSON ends) no less."""
+    monkeypatch.setattr("common.core.untrusted._SCAN_CHUNK", chunk)
+    rng = random.Random(24)
+    for _ in range(3000):
+        text = "".join(rng.choice('[]{}"\\a é\n') for _ in range(rng.randint(0, 40)))
+        expected, stray = reference_depth(text)
+        depth = json_depth(text)
+        assert depth == expected or (stray and depth >= expected), (
+            f"json_depth({text!r})={depth}, but should be {expected}"
+        )
+
+
+def unclosed_metadata_file(folder, key: str):
+    return with_metadata(folder, key, UNCLOSED)
+
+
+def big_spec_file(folder):
+    """A valid spec whose header budget holds a 1 MB metadata value (2,000 Dense layers)."""
+    path = folder / "big.json"
+    path.write_text(json.dumps(ModelSpec("big", 1, tuple(Dense(1) for _ in range(2000))).to_dict()))
+    return path
+
+
+LINEAR_COMMANDS = {
+    "spec file": (
+        lambda folder: ("spec", str(HOSTILE_SPECS["a 1 MB string of escaped quotes, unclosed"](folder))),
+        2,
+    ),
+    "--from record": (
+        lambda folder: (
+            "diff",
+            "--from",
+            str(HOSTILE_RECORDS["a 1 MB string of escaped quotes, unclosed"](folder)),
+        ),
+        2,
+    ),
+    "metadata value, inspect": (lambda folder: ("inspect", str(unclosed_metadata_file(folder, "note"))), 0),
+    "metadata spec, inspect --spec": (
+        lambda folder: (
+            "inspect",
+            str(unclosed_metadata_file(folder, "spec")),
+            "--spec",
+            str(big_spec_file(folder)),
+        ),
+        2,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(LINEAR_COMMANDS))
+def test_a_megabyte_unclosed_string_costs_under_a_second(tmp_path, capfd, kind):
+    """A 1 MB string of escaped quotes that never closes, in a spec file, a --from record or a
+    metadata value: refused in one line with exit 2 (plain inspect shows it, exit 0), in under
+    1 s of CPU."""
+    make_args, status = LINEAR_COMMANDS[kind]
+    args = make_args(tmp_path)
+    cli.build_parser()  # imports every command's module: not what is timed
+    with cpu_budget(1.0):
+        result, _ = run_cli_here(capfd, *args)
+    assert result.returncode == status, (
+        f"exit={result.returncode}, but should be {status} [{result.stderr[-500:]!r}]"
+    )
+    if status:
+        assert_one_clean_line(result.stderr)
+
+
+# -- bounded messages -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text",
+    ["plain", "x" * 10_000_000, "a\nb" * 300, "\x1b[2J" + "y" * 600 + "\ud800", "\\" * 1000, "é" * 2000],
+    ids=["short", "10 MB", "newlines", "escapes at both ends", "backslashes", "non-ASCII"],
+)
+def test_one_line_is_bounded_keeps_both_ends_and_is_idempotent(text):
+    line = one_line(text, 100)
+    assert line.isprintable() and len(line) <= 100, line
+    assert one_line(line, 100) == line
+    if len(text) <= 100 and text.isprintable():
+        assert line == text
+    else:
+        escaped = repr(text)[1:-1] if not text.isprintable() else text
+        head, _, tail = line.partition(" ...(")
+        assert escaped.startswith(head) and escaped.endswith(tail.partition(")... ")[2])
+
+
+def test_a_saved_failure_prints_as_one_bounded_line():
+    """diff --from prints a failed backend's cause from the record file: input, so bounded too."""
+    (line,) = diff.failed_lines({"failed": {"torch": "Traceback\n" + "x" * 10_000_000 + "\nthe cause"}})
+    assert line.isprintable() and len(line) <= MAX_LINE and line.endswith("the cause"), line[:600]
+
+
+def test_errors_are_capped_where_they_are_made():
+    message = str(SpecError(f"spec {'n' * 10_000_000}: has no layers"))
+    assert (
+        len(message) <= MAX_MESSAGE and message.startswith("spec nnn") and message.endswith(": has no layers")
+    )
+    assert "characters elided" in message
+
+
+# -- values: checked after the float32 cast ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "value, refused",
+    [(1e300, True), (-3.5e38, True), (float("nan"), True), (3.0e38, False), (2**62, False)],
+    ids=["1e300", "-3.5e38", "nan", "3e38 fits", "int 2**62"],
+)
+def test_check_value_checks_finiteness_after_the_cast(value, refused):
+    array = np.full((8, 4), value)
+    if refused:
+        with pytest.raises(ParamFileError, match="layers.0.weight: holds NaN or Inf values"):
+            check_value(TIED, "layers.0.weight", array)
+        assert np.isinf(check_value(TIED, "layers.0.weight", array, allow_nonfinite=True)).all() or np.isnan(
+            value
+        )
+    else:
+        assert np.isfinite(check_value(TIED, "layers.0.weight", array)).all()
+
+
+# -- atomic writes -------------------------------------------------------------------------------------------
+def test_a_write_that_fails_midway_leaves_the_old_file_intact(tmp_path):
+    """write_portable over a good file, with writes failing past half its size (EFBIG, as on a full
+    disk): the error is raised, the good file is intact, and no temporary file is left."""
+    path = tmp_path / "params.safetensors"
+    portable.write_portable(path, TIED, initial_weights(TIED, seed=1))
+    good = path.read_bytes()
+    with file_size_limit(len(good) // 2), pytest.raises(OSError):
+        portable.write_portable(path, TIED, initial_weights(TIED, seed=2))
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    portable.write_portable(path, TIED, initial_weights(TIED, seed=2))  # and then it works
+    assert path.read_bytes() != good and safetensors_io.read(path)[0]
 
 
 # -- the helpers ----------------------------------------------------------------------------------
@@ -201,7 +416,11 @@ def hang() -> None:
 
 
 def refuse() -> None:
-    raise ParamFileError("bad.file: refused")
+    raise ParamFileError("entry x: refused")
+
+
+def refuse_naming_the_file() -> None:
+    raise ParamFileError("f.bin: entry x: refused")
 
 
 def fail() -> None:
@@ -214,7 +433,8 @@ def fail() -> None:
         (crash, "f.bin: reader crashed with SIGSEGV"),
         (hog, "f.bin: reader exceeded 256 MB"),
         (hang, "f.bin: reader timed out after 2 s"),
-        (refuse, "bad.file: refused"),
+        (refuse, "f.bin: entry x: refused"),  # a refusal from inside names the file
+        (refuse_naming_the_file, "f.bin: entry x: refused"),
     ],
 )
 def test_isolated_failures_become_param_file_errors(func, message):

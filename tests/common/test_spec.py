@@ -55,7 +55,7 @@ def test_load_spec_errors(tmp_path):
         load_spec("nope")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(SpecError, match="cannot read spec file"):
+    with pytest.raises(SpecError, match="spec file .*bad.json: not JSON"):
         load_spec(str(bad))
     bad.write_text(json.dumps({"in_features": 4, "layers": [], "extra": 1}))
     with pytest.raises(SpecError, match="unknown spec field"):

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import time
 from collections.abc import Iterator
+from typing import Any
 from unittest import mock
 
 import numpy as np
+import pytest
 
 from common.core.interface import Backend, Model
 from common.core.models import BOOK_SPECS
 from common.core.oracle import initial_weights, sample_input
 from common.core.spec import ModelSpec
+from common.core.untrusted import printable
+from common.declarations import declaration
+from common.errors import MAX_MESSAGE, ParamFileError
 
 BOOK_MODEL_NAMES = tuple(BOOK_SPECS)
 
@@ -31,7 +38,15 @@ def book_input(spec: ModelSpec) -> np.ndarray:
 # not among them: it is the entry under test, which must refuse before calling any of these.
 ADAPTER_CALLS = sorted(
     Backend.__abstractmethods__
-    | {"new_sequential", "children_scope", "share_dense", "construct", "finish_model", "seed"}
+    | {
+        "new_sequential",
+        "children_scope",
+        "share_dense",
+        "construct",
+        "finish_model",
+        "seed",
+        "native_file_budget",
+    }
 )
 
 
@@ -45,3 +60,29 @@ def recording(backend: Backend, names=ADAPTER_CALLS) -> Iterator[list[str]]:
                 mock.patch.object(type(backend), name, lambda self, *a, _name=name, **k: calls.append(_name))
             )
         yield calls
+
+
+def declared(backend_name: str, key: str) -> Any:
+    """What the backend's declaration names under ``key`` ("module:name", e.g. its hostile files
+    or its native writer), imported; None where it declares none."""
+    reference = getattr(declaration(backend_name), key)
+    if not reference:
+        return None
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def assert_refused_and_unchanged(backend, model, path: str, match: str = "", within: float = 10.0):
+    """import_native_file refuses ``path`` with one ParamFileError line of at most MAX_MESSAGE
+    characters that names the file, within ``within`` seconds, and ``model`` keeps its values."""
+    __tracebackhide__ = True
+    before = backend.snapshot(model)
+    started = time.monotonic()
+    with pytest.raises(ParamFileError, match=match or None) as info:
+        backend.import_native_file(model, path)
+    elapsed, message = time.monotonic() - started, str(info.value)
+    assert elapsed < within, f"refused after {elapsed:.1f} s, but should be under {within} s [{message}]"
+    assert message.isprintable() and len(message) <= MAX_MESSAGE, f"message={message[:1000]!r}"
+    assert message.startswith(printable(path)), f"message={message!r}, but should name {path!r} first"
+    for name, value in backend.snapshot(model).items():
+        np.testing.assert_array_equal(value, before[name], err_msg=f"{name} changed by a refused file")

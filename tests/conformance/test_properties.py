@@ -1,5 +1,7 @@
 """Properties of generated models: on any valid spec, this backend agrees with the numpy oracle;
-on any invalid one, it fails like every other backend, before its framework is reached.
+on any invalid one, it fails like every other backend, before its framework is reached; and any
+hostile change to a model's own native file is refused (``make fuzz`` runs these with many
+examples).
 
 Models come from ``common.core.generate``: 1 to 8 Dense layers of widths 1 to 64 on 1 to 32
 input features, ReLUs anywhere, blocks nested up to 3 deep, 0 to 3 tie groups of 2 or 3
@@ -60,9 +62,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, note
+from hypothesis import assume, given, note, reject
+from hypothesis import strategies as st
 
-from common.core import oracle, portable
+from common.core import isolate, oracle, portable
 from common.core.generate import (
     CASE_MARKER,
     Materials,
@@ -71,11 +74,14 @@ from common.core.generate import (
     configured,
     invalid_inputs,
     invalid_specs,
+    native_changes,
 )
+from common.core.hostile_native import FormatCannotHold, write_changed
 from common.core.interface import Backend
+from common.core.models import BOOK_SPECS
 from common.core.spec import ModelSpec
 from common.errors import SpecError
-from tests.conformance.fixtures import recording
+from tests.conformance.fixtures import assert_refused_and_unchanged, declared, loaded_model, recording
 from tests.helpers import assert_equal
 
 LR = 0.1
@@ -266,3 +272,25 @@ def test_wrong_input_fails_before_the_framework(backend, invalid):
     assert_equal(
         "parameters as the framework shows them", backend.unbuilt_params(model), before, invalid.reason
     )
+
+
+@configured
+@given(model_name=st.sampled_from(sorted(BOOK_SPECS)), change=native_changes())
+def test_hostile_native_files_are_refused(backend, model_name, change):
+    """Any change ``make fuzz`` draws to a book model's own native file (other dtypes, float64
+    beyond float32's range, NaN and Inf, oversized names, a missing entry, a FIFO or a device in
+    its place: ``common.core.hostile_native``), made with the backend's declared native writer,
+    is refused by import_native_file with one bounded line naming the file, within the reader's
+    time limit, and the model keeps its values."""
+    writer = declared(backend.name, "native_writer")
+    if writer is None:
+        pytest.skip(f"backend {backend.name!r} declares no native_writer")
+    note(f"{change.describe()} in the native file of {model_name!r}")
+    model, _ = loaded_model(backend, BOOK_SPECS[model_name])
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "hostile")
+        try:
+            write_changed(writer, backend, model, path, change)
+        except FormatCannotHold:
+            reject()
+        assert_refused_and_unchanged(backend, model, path, within=isolate.DEFAULT_TIMEOUT_S)
