@@ -181,7 +181,8 @@ class NNXBackend(FlaxBase):
         return grads
 
     def keep_state(self, model: Model, state: nnx.State) -> None:
-        nnx.update(model.native, state)
+        if jax.tree.leaves(state):  # a net without BatchNorm: no walk over its graph for nothing
+            nnx.update(model.native, state)
 
     def _optimizer(self, model: Model) -> nnx.Optimizer:
         # Built once per model. Its rate is set inside each step, from the carry (pure_step), as
