@@ -3,13 +3,21 @@
 Both keep gradients functional (returned by a transform, never stored on a parameter), both
 name a parameter by its path in a nested dict ("params/layers_0/kernel", "layers/0/kernel"),
 and both write their own file as msgpack through ``flax.serialization``. So ``FlaxBase`` here
-implements, once, everything that follows from a table of native name -> parameter object:
-description, lookup by native name, the unbuilt listing, the native file, gradients by owner,
-and the fast training path. Each adapter supplies that table and one pure SGD step.
+implements, once, everything that follows from a table of native name -> parameter object (and
+one of native name -> BatchNorm statistic): description, lookup by native name, the unbuilt
+listing, the native file, gradients by owner, freezing, and the fast training path. Each adapter
+supplies those tables, one pure gradient and one pure SGD step.
+
+Both keep BatchNorm statistics apart from parameters (linen's ``batch_stats`` collection, NNX's
+``BatchStat`` variables), and neither has a trainable flag: a frozen parameter is left out of
+the gradients and of the optimizer by its native name (an optax partition in linen, an
+``nnx.Optimizer``/``nnx.DiffState`` filter in NNX); the layer's mode is not changed, so a frozen
+BatchNorm still normalizes by the batch and updates its statistics.
 
 Fast path: one ``jax.jit`` step per model and loss kind, ``watch`` a static argument; the
-learning rate rides in the carry as a device scalar, so a new rate never retraces; losses and
-watched gradients stay device arrays until the last step, then cross to numpy once.
+learning rate rides in the carry as a device scalar, so a new rate never retraces; the running
+statistics ride in the carry too; losses and watched gradients stay device arrays until the last
+step, then cross to numpy once.
 """
 
 from __future__ import annotations
@@ -27,13 +35,15 @@ from flax import serialization, traverse_util
 from backends._jax_common import JaxPlacement, Step, Tree, stacked, target_array, to_numpy
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
-from common.core.spec import split_param_name
+from common.core.spec import ROLES, STATE_ROLES, LayerPath, param_name, split_param_name
 from common.core.untrusted import shown
 from common.errors import ParamFileError
 
-__all__ = ["FlaxBase", "FlaxState", "named_leaves", "slash_path"]
+__all__ = ["FlaxBase", "FlaxState", "batchnorm_settings", "named_leaves", "slash_path"]
 
-_NATIVE_ROLE = {"weight": "kernel", "bias": "bias"}
+# Canonical role -> the attribute (and key) Flax gives it, in nn.Dense/nnx.Linear and BatchNorm.
+_DENSE_ROLE = {"weight": "kernel", "bias": "bias"}
+_NORM_ROLE = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
 
 def slash_path(keys: tuple[Any, ...]) -> str:
@@ -46,10 +56,30 @@ def named_leaves(tree: Tree) -> dict[str, Any]:
     return {slash_path(keys): leaf for keys, leaf in traverse_util.flatten_dict(tree).items()}
 
 
+def batchnorm_settings(momentum: float | None, eps: float | None) -> dict[str, float]:
+    """The keyword arguments of ``nn.BatchNorm`` / ``nnx.BatchNorm`` for a canonical momentum
+    (the weight of the new batch) and epsilon; Flax's ``momentum`` is the weight of the OLD value,
+    so canonical m is Flax's 1 - m. An unset one is left out: Flax's default."""
+    settings = {"momentum": None if momentum is None else 1.0 - momentum, "epsilon": eps}
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+@dataclass
+class Tables:
+    """Native name -> object, and back by identity, for parameters and BatchNorm statistics, as
+    collected for one anchor."""
+
+    anchor: object
+    params: dict[str, Any]
+    param_names: dict[int, str]
+    state: dict[str, Any]
+    state_names: dict[int, str]
+
+
 @dataclass
 class FlaxState:
-    # (anchor, native name -> parameter, id(parameter) -> native name), for the current anchor
-    param_tables: tuple[object, dict[str, Any], dict[int, str]] | None = None
+    tables: Tables | None = None  # for the current anchor
+    frozen: frozenset[str] = frozenset()  # native names of the frozen parameters (freeze)
 
 
 class FlaxBase(JaxPlacement, Backend):
@@ -66,10 +96,20 @@ class FlaxBase(JaxPlacement, Backend):
         """Native name -> parameter object, in the framework's own listing order; empty while
         the framework holds none. Never builds anything."""
 
+    @abc.abstractmethod
+    def collect_state(self, model: Model) -> dict[str, Any]:
+        """Native name -> BatchNorm statistic (the object state_object returns), in the
+        framework's own state listing order; empty while it holds none. Never builds anything."""
+
     def params_anchor(self, model: Model) -> object:
-        """An object that is replaced whenever the parameter objects are (by default the net,
-        whose parameters are never replaced): collect_params is cached until it changes."""
+        """An object that is replaced whenever the parameter or state objects are (by default the
+        net, whose variables are never replaced): the tables are cached until it changes."""
         return model.native
+
+    @abc.abstractmethod
+    def native_param_name(self, model: Model, position: str) -> str:
+        """The native name of the parameter at ``position``, as collect_params keys it; needs no
+        built parameters (freeze runs before a lazy framework has any)."""
 
     @abc.abstractmethod
     def file_tree(self, model: Model) -> Tree:
@@ -77,20 +117,27 @@ class FlaxBase(JaxPlacement, Backend):
 
     @abc.abstractmethod
     def grad_input(self, model: Model) -> Any:
-        """What pure_grad differentiates: the parameters, as device arrays."""
+        """What pure_grad takes: the parameters and running statistics, as device arrays."""
 
     @abc.abstractmethod
-    def pure_grad(self, model: Model, kind: str) -> Callable[[Any, jax.Array, Any], Tree]:
-        """(grad_input, x, target) -> the framework's gradients of the loss, as a nested dict
-        keyed like the native names; pure, for jax.jit."""
+    def pure_grad(self, model: Model, kind: str) -> Callable[[Any, jax.Array, Any], tuple[Tree, Any]]:
+        """(grad_input, x, target) -> (the framework's gradients of the loss in training mode, as
+        a nested dict keyed like the native names; the running statistics that training forward
+        left, for keep_state); pure, for jax.jit."""
+
+    @abc.abstractmethod
+    def keep_state(self, model: Model, state: Any) -> None:
+        """Store the running statistics pure_grad returned back into the model."""
 
     @abc.abstractmethod
     def pure_step(self, model: Model, kind: str) -> Step:
-        """One pure step of the framework's own SGD, for jax.jit."""
+        """One pure step of the framework's own SGD in training mode (batch statistics, running
+        statistics updated), frozen parameters held, for jax.jit."""
 
     @abc.abstractmethod
     def train_carry(self, model: Model, lr: float) -> Any:
-        """What the step threads, as device arrays: parameters, optimizer state and ``lr``."""
+        """What the step threads, as device arrays: parameters, running statistics, optimizer
+        state and ``lr``."""
 
     @abc.abstractmethod
     def keep_carry(self, model: Model, carry: Any) -> None:
@@ -98,33 +145,74 @@ class FlaxBase(JaxPlacement, Backend):
 
     # -- built once on the table ------------------------------------------------------------------
     @staticmethod
-    def dense_at(model: Model, position: str, table: dict[Any, Any], kind: type) -> tuple[Any, str]:
-        """The ``kind`` layer that ``table`` (a position table) holds at a Dense position, and
-        the native name of the parameter role (``kernel``, ``bias``); KeyError naming
-        ``position`` when it is no Dense position."""
+    def param_at(
+        model: Model, position: str, table: dict[LayerPath, Any], dense: type, norm: type
+    ) -> tuple[Any, str]:
+        """The layer that ``table`` (a position table) holds at a parameter position, a ``dense``
+        or a ``norm`` (BatchNorm), and the native name of the role (``kernel``, ``scale``,
+        ``bias``); KeyError naming ``position`` when it is no such position."""
         model.spec.owner_of(position)
         path, role = split_param_name(position)
         layer = table[path]
-        if not isinstance(layer, kind):
-            raise KeyError(f"{position!r}: the layer at {path} is {layer!r}, not a {kind.__qualname__}")
-        return layer, _NATIVE_ROLE[role]
+        if isinstance(layer, dense):
+            return layer, _DENSE_ROLE[role]
+        if isinstance(layer, norm):
+            return layer, _NORM_ROLE[role]
+        kinds = f"{dense.__qualname__} or {norm.__qualname__}"
+        raise KeyError(f"{position!r}: the layer at {path} is {layer!r}, not a {kinds}")
+
+    @staticmethod
+    def state_at(model: Model, position: str, table: dict[LayerPath, Any], norm: type) -> tuple[Any, str]:
+        """The BatchNorm that ``table`` holds at a state position (``layers.1.running_mean``)
+        and the native name of the statistic (``mean``, ``var``); KeyError naming ``position``."""
+        model.spec.state_owner_of(position)
+        path, role = split_param_name(position, STATE_ROLES)
+        layer = table[path]
+        if not isinstance(layer, norm):
+            raise KeyError(f"{position!r}: the layer at {path} is {layer!r}, not a {norm.__qualname__}")
+        return layer, _NORM_ROLE[role]
 
     def native_params(self, model: Model) -> dict[str, Any]:
-        return self._param_tables(model)[0]
+        return self._tables(model).params
 
-    def _param_tables(self, model: Model) -> tuple[dict[str, Any], dict[int, str]]:
+    def native_state(self, model: Model) -> dict[str, Any]:
+        return self._tables(model).state
+
+    def _tables(self, model: Model) -> Tables:
         # Collected once per anchor, not once per parameter: a walk per describe_param made
         # list_params quadratic (50 s for a 300-layer NNX net). The cache holds the anchor
         # itself, so its id cannot be reused by a newer one.
         state: FlaxState = model.adapter_state
-        anchor, cached = self.params_anchor(model), state.param_tables
-        if cached is None or cached[0] is not anchor:
-            params = self.collect_params(model)
-            cached = state.param_tables = (anchor, params, {id(p): n for n, p in params.items()})
-        return cached[1], cached[2]
+        anchor, cached = self.params_anchor(model), state.tables
+        if cached is None or cached.anchor is not anchor:
+            params, stats = self.collect_params(model), self.collect_state(model)
+            cached = state.tables = Tables(
+                anchor,
+                params,
+                {id(p): n for n, p in params.items()},
+                stats,
+                {id(s): n for n, s in stats.items()},
+            )
+        return cached
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
-        return self._param_tables(model)[1][id(param)], tuple(param.shape), str(param.dtype)
+        return self._tables(model).param_names[id(param)], tuple(param.shape), str(param.dtype)
+
+    def describe_state(self, model: Model, state: Any) -> tuple[str, tuple[int, ...], str]:
+        return self._tables(model).state_names[id(state)], tuple(state.shape), str(state.dtype)
+
+    def native_state_value(self, model: Model, position: str) -> np.ndarray:
+        return to_numpy(self.state_object(model, position))
+
+    # -- freezing: the frozen parameters' native names, left out of gradients and updates --------
+    def freeze(self, model: Model, path: LayerPath) -> None:
+        state: FlaxState = model.adapter_state
+        names = {self.native_param_name(model, param_name(path, role)) for role in ROLES}
+        state.frozen = state.frozen | names
+        model.compiled.clear()  # compiled steps and optimizers hold the trainable set they saw
+
+    def is_frozen(self, model: Model, native_name: str) -> bool:
+        return native_name in model.adapter_state.frozen
 
     def unbuilt_params(self, model: Model) -> dict[str, str]:
         return {name: str(tuple(p.shape)) for name, p in self.native_params(model).items()}
@@ -146,15 +234,28 @@ class FlaxBase(JaxPlacement, Backend):
         """Native name -> canonical owner, for every unique parameter."""
         return {self.describe_param(model, p)[0]: name for name, p, _ in self.observed_params(model)}
 
-    def by_owner(self, model: Model, tree: Tree) -> dict[str, np.ndarray]:
-        # A shared parameter is one leaf, so jax already summed the gradient over its uses.
-        leaves = named_leaves(tree)
-        return {owner: to_numpy(leaves[native]) for native, owner in self.owners(model).items()}
+    def trainable_owners(self, model: Model) -> dict[str, str]:
+        """owners(), less the frozen parameters: what has a gradient."""
+        owners = self.owners(model)
+        return {native: owner for native, owner in owners.items() if not self.is_frozen(model, native)}
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         # Jitted once per model: eager autodiff re-runs Python for every layer on every call.
-        grads = self.compiled(model, ("grad", loss.kind), lambda: jax.jit(self.pure_grad(model, loss.kind)))
-        return self.by_owner(model, grads(self.grad_input(model), jnp.asarray(x), target_array(loss)))
+        grads = self.compiled(model, ("grad", loss.kind), lambda: self._jit_grad(model, loss.kind))
+        leaves, state = grads(self.grad_input(model), jnp.asarray(x), target_array(loss))
+        self.keep_state(model, state)  # a training forward updates the running statistics
+        # A shared parameter is one leaf, so jax already summed the gradient over its uses.
+        return {owner: to_numpy(leaves[native]) for native, owner in self.trainable_owners(model).items()}
+
+    def _jit_grad(self, model: Model, kind: str) -> Callable[..., Any]:
+        grad, trainable = self.pure_grad(model, kind), list(self.trainable_owners(model))
+
+        def traced(inputs: Any, x: jax.Array, target: Any) -> Any:
+            grads, state = grad(inputs, x, target)
+            leaves = named_leaves(grads)  # a frozen parameter's gradient never leaves the program
+            return {name: leaves[name] for name in trainable}, state
+
+        return jax.jit(traced)
 
     def native_train(
         self, model: Model, x: np.ndarray, loss: Loss, lr: float, steps: int, watch: bool
@@ -171,7 +272,7 @@ class FlaxBase(JaxPlacement, Backend):
         if not watch:
             return values, {}
         flat, params, start, watched = stacked(grads), self.native_params(model), 0, {}
-        for native, owner in self.owners(model).items():
+        for native, owner in self.trainable_owners(model).items():
             shape = tuple(params[native].shape)
             size = int(np.prod(shape))
             watched[owner] = flat[:, start : start + size].reshape(steps, *shape)
@@ -179,7 +280,7 @@ class FlaxBase(JaxPlacement, Backend):
         return values, watched
 
     def _jit(self, model: Model, kind: str) -> Callable[..., Any]:
-        step, order = self.pure_step(model, kind), list(self.owners(model))
+        step, order = self.pure_step(model, kind), list(self.trainable_owners(model))
 
         def traced(carry: Any, x: jax.Array, target: Any, watch: bool) -> Any:
             self.note_trace(model)  # Python runs here once per trace

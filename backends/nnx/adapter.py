@@ -1,5 +1,5 @@
-"""Flax NNX adapter: ``nnx.Sequential`` of ``nnx.Linear`` and ``nnx.relu``; a tie is one
-``nnx.Linear`` object placed at two positions.
+"""Flax NNX adapter: ``nnx.Sequential`` of ``nnx.Linear``, ``nnx.BatchNorm`` and ``nnx.relu``; a
+tie is one ``nnx.Linear`` (or ``nnx.BatchNorm``) object placed at two positions.
 
 NNX quirks this adapter is built around:
 - NNX is eager: ``nnx.Linear(in, out, rngs=...)`` creates its kernel at construction, so every
@@ -8,6 +8,13 @@ NNX quirks this adapter is built around:
   (``param[...] = value``); a shared layer holds one Param, so a tie is one object, observed;
 - ``nnx.state(net)`` walks the object graph and visits a shared layer once, at its first path
   (``layers/2``): the listing and the msgpack file hold a tied parameter once.
+- a BatchNorm's running statistics are ``nnx.BatchStat`` variables beside its ``nnx.Param``s,
+  updated in place by a forward in training mode; the mode is the module attribute
+  ``use_running_average``, set over the whole net by ``net.eval()`` / ``net.train()``;
+- freezing is a filter: the trainable parameters are ``nnx.All(nnx.Param, nnx.Not(frozen))``,
+  given to ``nnx.Optimizer(wrt=...)`` and to the gradient (``nnx.DiffState``), so a frozen
+  parameter has no gradient and no update; the layer's mode is unchanged, so a frozen BatchNorm
+  still trains its statistics.
 Fast path: the "functional training loop" of Flax's performance guide: ``nnx.split`` the net and
 its ``nnx.Optimizer`` once per call, ``jax.jit`` one pure step over the state (``nnx.merge``,
 ``nnx.value_and_grad``, ``optimizer.update``), ``nnx.update`` at the end; see backends._flax_common.
@@ -25,7 +32,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from backends._flax_common import FlaxBase, slash_path
+from backends._flax_common import FlaxBase, batchnorm_settings, slash_path
 from backends._jax_common import (
     CompiledPerSpec,
     Step,
@@ -81,6 +88,10 @@ class NNXBackend(FlaxBase):
     def new_relu(self) -> Any:
         return nnx.relu
 
+    def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> nnx.BatchNorm:
+        # Training mode by default (use_running_average=False); each forward sets the mode.
+        return nnx.BatchNorm(features, rngs=self._rngs, **batchnorm_settings(momentum, eps))
+
     def finish_sequential(self, container: Any, children: list[Any]) -> nnx.Sequential:
         return nnx.Sequential(*children)
 
@@ -92,16 +103,51 @@ class NNXBackend(FlaxBase):
         # The Variables themselves (not copies), at the path where the graph walk first meets them.
         return {slash_path(path): var for path, var in nnx.to_flat_state(nnx.state(model.native, nnx.Param))}
 
+    def collect_state(self, model: Model) -> dict[str, nnx.Variable]:
+        return {
+            slash_path(path): var for path, var in nnx.to_flat_state(nnx.state(model.native, nnx.BatchStat))
+        }
+
     def materialize(self, model: Model) -> None:
         """Nothing to do: NNX built every parameter at construction."""
 
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
+        if model.spec.has_batchnorm:  # a walk over every module: only where a mode matters
+            model.native.eval()  # BatchNorm normalizes by its running statistics, keeps them
+        return to_numpy(model.native(jnp.asarray(x, jnp.float32)))
+
+    def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
+        model.native.train()  # batch statistics; the BatchStat variables are updated in place
         return to_numpy(model.native(jnp.asarray(x, jnp.float32)))
 
     # -- parameters by position -------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> nnx.Param:
-        layer, role = self.dense_at(model, position, self.position_table(model), nnx.Linear)
+        layer, role = self.param_at(model, position, self.position_table(model), nnx.Linear, nnx.BatchNorm)
         return getattr(layer, role)
+
+    def native_param_name(self, model: Model, position: str) -> str:
+        return self.describe_param(model, self.param_object(model, position))[0]
+
+    def _trainable(self, model: Model) -> Any:
+        """The filter of what trains: every nnx.Param but the frozen ones, by path."""
+        frozen = model.adapter_state.frozen
+
+        def is_frozen(path: tuple[Any, ...], _: Any) -> bool:
+            return slash_path(path) in frozen
+
+        return nnx.All(nnx.Param, nnx.Not(is_frozen)) if frozen else nnx.Param
+
+    # -- state: BatchStat variables, by position --------------------------------------------------
+    def state_object(self, model: Model, position: str) -> nnx.BatchStat:
+        layer, role = self.state_at(model, position, self.position_table(model), nnx.BatchNorm)
+        return getattr(layer, role)
+
+    def write_native_state_value(self, model: Model, position: str, value: np.ndarray) -> None:
+        stat = self.state_object(model, position)
+        stat[...] = checked_value(position, value, stat.shape).astype(stat.dtype)
+
+    def state_listing(self, model: Model) -> tuple[str, list[str]]:
+        return "nnx.state(net, nnx.BatchStat)", list(self.native_state(model))
 
     def write_native_value(self, model: Model, position: str, value: np.ndarray) -> None:
         param = self.param_object(model, position)
@@ -123,14 +169,20 @@ class NNXBackend(FlaxBase):
     def grad_input(self, model: Model) -> nnx.State:
         return nnx.state(model.native)
 
-    def pure_grad(self, model: Model, kind: str) -> Callable[[nnx.State, jax.Array, Any], Tree]:
-        graphdef = nnx.graphdef(model.native)
+    def pure_grad(self, model: Model, kind: str) -> Callable[[nnx.State, jax.Array, Any], tuple[Tree, Any]]:
+        graphdef, wrt = nnx.graphdef(model.native), nnx.DiffState(0, self._trainable(model))
 
-        def grads(state: nnx.State, x: jax.Array, target: Any) -> Tree:
+        def grads(state: nnx.State, x: jax.Array, target: Any) -> tuple[Tree, Any]:
             net = nnx.merge(graphdef, state)
-            return nnx.to_pure_dict(nnx.grad(lambda n: objective(n(x), kind, target))(net))
+            net.train()  # on the merged copy, at trace time: batch statistics, BatchStats updated
+            grads = nnx.grad(lambda n: objective(n(x), kind, target), argnums=wrt)(net)
+            return nnx.to_pure_dict(grads), nnx.state(net, nnx.BatchStat)
 
         return grads
+
+    def keep_state(self, model: Model, state: nnx.State) -> None:
+        if jax.tree.leaves(state):  # a net without BatchNorm: no walk over its graph for nothing
+            nnx.update(model.native, state)
 
     def _optimizer(self, model: Model) -> nnx.Optimizer:
         # Built once per model. Its rate is set inside each step, from the carry (pure_step), as
@@ -138,17 +190,21 @@ class NNXBackend(FlaxBase):
         # new rate never retraces. optax.inject_hyperparams would do the same with two more state
         # leaves per step, and dispatch time grows with the leaves: 0.144 against 0.109 ms a step.
         return self.compiled(
-            model, "optimizer", lambda: nnx.Optimizer(model.native, optax.sgd(0.0), wrt=nnx.Param)
+            model,
+            "optimizer",
+            lambda: nnx.Optimizer(model.native, optax.sgd(0.0), wrt=self._trainable(model)),
         )
 
     def pure_step(self, model: Model, kind: str) -> Step:
         graphdef, _ = nnx.split((model.native, self._optimizer(model)))
+        wrt = nnx.DiffState(0, self._trainable(model))  # a frozen parameter gets no gradient
 
         def step(carry: Any, x: jax.Array, target: Any) -> Any:
             state, lr = carry
             net, optimizer = nnx.merge(graphdef, state)
+            net.train()  # on the merged copy, at trace time: batch statistics, BatchStats updated
             optimizer.tx = optax.sgd(lr)  # lr is traced: the merged copy's rate, for this step
-            value, grads = nnx.value_and_grad(lambda n: objective(n(x), kind, target))(net)
+            value, grads = nnx.value_and_grad(lambda n: objective(n(x), kind, target), argnums=wrt)(net)
             optimizer.update(net, grads)
             return (nnx.state((net, optimizer)), lr), value, nnx.to_pure_dict(grads)
 
