@@ -33,7 +33,7 @@ import numpy as np
 
 from common.core.interface import NOT_STORED, Backend, Model, qualname
 from common.core.oracle import Loss
-from common.core.spec import ROLES, LayerPath, ModelSpec, param_name, split_param_name
+from common.core.spec import ROLES, Dense, LayerPath, ModelSpec, ReLU, param_name, split_param_name
 from common.core.untrusted import printable
 from common.errors import ParamFileError
 
@@ -59,6 +59,14 @@ def _snake_case(name: str) -> str:
 @dataclass
 class KerasState:
     sgd_lr: float | None = None  # the rate last assigned to the model's SGD
+
+
+def batchnorm_settings(momentum: float | None, eps: float | None) -> dict[str, float]:
+    """BatchNormalization's keyword arguments for a canonical momentum (the weight of the new
+    batch) and epsilon; an unset one is left to Keras' default. Keras' momentum is the weight of
+    the old value: moving = moving * momentum + batch * (1 - momentum)."""
+    settings = {"momentum": None if momentum is None else 1.0 - momentum, "epsilon": eps}
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 class KerasBackendBase(Backend):
@@ -156,9 +164,7 @@ class KerasBackendBase(Backend):
 
     # -- BatchNorm and freezing ----------------------------------------------------------------------
     def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> Any:
-        # Keras: moving = moving * momentum + batch * (1 - momentum), the weight of the old value.
-        settings = {"momentum": None if momentum is None else 1.0 - momentum, "epsilon": eps}
-        return self.keras.layers.BatchNormalization(**{k: v for k, v in settings.items() if v is not None})
+        return self.keras.layers.BatchNormalization(**batchnorm_settings(momentum, eps))
 
     def freeze(self, model: Model, path: LayerPath) -> None:
         # Keras' own idiom, before or after build: the layer's variables leave
@@ -444,18 +450,35 @@ class TensorFlowKerasBase(KerasBackendBase):
 
 # == hand-written loops and nets for the benches (not the adapters) ==================================
 def bench_net(keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input_layer: bool = False) -> Any:
-    """The spec's flat Dense/ReLU net as a practitioner writes it: a tie is one Dense added twice,
-    loaded with ``weights`` (canonical (out, in))."""
-    shared, layers = {}, []
-    for slot in spec.dense_slots:
-        if slot.owner not in shared:
-            shared[slot.owner] = keras.layers.Dense(slot.units)
-        layers += [shared[slot.owner], keras.layers.ReLU()]
-    net = keras.Sequential(([keras.Input(shape=(spec.in_features,))] if input_layer else []) + layers[:-1])
+    """The spec's flat net (Dense, ReLU, BatchNorm) as a practitioner writes it: a tie is one layer
+    added twice, a frozen layer has ``trainable = False``; loaded with ``weights`` (canonical
+    (out, in)), moving statistics at Keras' initial values."""
+    owners = {slot.path: slot.owner for slot in spec.layer_slots}
+    made: dict[LayerPath, Any] = {}
+    layers = []
+    for path, layer in spec.walk():
+        if isinstance(layer, ReLU):
+            layers.append(keras.layers.ReLU())
+            continue
+        owner = owners[path]  # a Block raises KeyError here: the benches take flat specs
+        if owner not in made:
+            made[owner] = (
+                keras.layers.Dense(layer.units)
+                if isinstance(layer, Dense)
+                else keras.layers.BatchNormalization(**batchnorm_settings(layer.momentum, layer.eps))
+            )
+        layers.append(made[owner])
+    net = keras.Sequential(([keras.Input(shape=(spec.in_features,))] if input_layer else []) + layers)
     net(np.zeros((1, spec.in_features), np.float32))
-    for owner, dense in shared.items():
-        name = param_name(owner, "weight")
-        dense.set_weights([weights[name].T, weights[param_name(owner, "bias")]])
+    for owner, layer in made.items():
+        weight, bias = weights[param_name(owner, "weight")], weights[param_name(owner, "bias")]
+        if isinstance(layer, keras.layers.Dense):
+            layer.kernel.assign(weight.T)
+            layer.bias.assign(bias)
+        else:
+            layer.gamma.assign(weight)
+            layer.beta.assign(bias)
+        layer.trainable = spec.trainable_at(owner)
     return net
 
 
@@ -470,7 +493,7 @@ def tf_make_handwritten(
     @tf.function
     def step(inputs: Any, targets: Any) -> Any:
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(net(inputs) - targets))
+            loss = tf.reduce_mean(tf.square(net(inputs, training=True) - targets))
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
 
