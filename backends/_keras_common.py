@@ -190,7 +190,8 @@ class KerasBackendBase(Backend):
 
     def state_listing(self, model: Model) -> tuple[str, list[str]]:
         # Keras lists the moving statistics with the frozen parameters: every variable outside
-        # net.trainable_weights.
+        # net.trainable_weights (which tf-keras refuses to list before the net is built).
+        self.ensure_built(model)
         return "net.non_trainable_weights", [self.native_name(v) for v in model.native.non_trainable_weights]
 
     # -- access by position ----------------------------------------------------------------------
