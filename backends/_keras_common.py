@@ -4,8 +4,13 @@ Design requirements:
 - one adapter class per Keras flavour; each passes in its own keras module (and ``tf`` where the
   variables are TensorFlow's), as einops' backends do, so this module imports no framework and each
   backend's package imports only the roots its declaration names;
-- a net is a ``Sequential`` of ``Dense`` / ``ReLU``; a tie is the same ``Dense`` object added twice;
-  a nested block is a nested ``Sequential``; shapes come from build-on-call;
+- a net is a ``Sequential`` of ``Dense`` / ``ReLU`` / ``BatchNormalization``; a tie is the same
+  layer object added twice; a nested block is a nested ``Sequential``; shapes come from build-on-call;
+- a BatchNormalization keeps ``moving_mean`` / ``moving_variance`` as non-trainable variables,
+  which a call with ``training=True`` updates (Keras' momentum is the weight of the OLD value:
+  1 - the canonical one); freezing is ``layer.trainable = False``, which takes a layer's variables
+  out of ``net.trainable_variables`` (and runs a BatchNormalization in inference mode), so the
+  gradients and the SGD steps cover ``net.trainable_variables`` only;
 - default names come from a global counter and initial values from Python's ``random``: both are
   reset for every build, so a spec always gets the same names and values;
 - the native file is Keras' own ``.weights.h5``, read back with h5py (no model is built from it).
@@ -28,7 +33,7 @@ import numpy as np
 
 from common.core.interface import NOT_STORED, Backend, Model, qualname
 from common.core.oracle import Loss
-from common.core.spec import ROLES, LayerPath, ModelSpec, param_name, split_param_name
+from common.core.spec import ROLES, Dense, LayerPath, ModelSpec, ReLU, param_name, split_param_name
 from common.core.untrusted import printable
 from common.errors import ParamFileError
 
@@ -36,6 +41,13 @@ __all__ = ["KerasBackendBase", "TensorFlowKerasBase", "bench_net", "tf_make_hand
 
 _INIT_SEED = 0
 _ATTR = {"weight": "kernel", "bias": "bias"}  # canonical role -> Dense attribute
+# canonical role -> BatchNormalization attribute: its parameters, then its non-trainable state
+_NORM_ATTR = {
+    "weight": "gamma",
+    "bias": "beta",
+    "running_mean": "moving_mean",
+    "running_var": "moving_variance",
+}
 
 
 def _snake_case(name: str) -> str:
@@ -47,6 +59,14 @@ def _snake_case(name: str) -> str:
 @dataclass
 class KerasState:
     sgd_lr: float | None = None  # the rate last assigned to the model's SGD
+
+
+def batchnorm_settings(momentum: float | None, eps: float | None) -> dict[str, float]:
+    """BatchNormalization's keyword arguments for a canonical momentum (the weight of the new
+    batch) and epsilon; an unset one is left to Keras' default. Keras' momentum is the weight of
+    the old value: moving = moving * momentum + batch * (1 - momentum)."""
+    settings = {"momentum": None if momentum is None else 1.0 - momentum, "epsilon": eps}
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 class KerasBackendBase(Backend):
@@ -135,14 +155,52 @@ class KerasBackendBase(Backend):
                 model.native(np.zeros((1, model.spec.in_features), np.float32))
 
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
-        self.materialize(model)
-        return self.to_numpy(model.native(np.asarray(x, dtype=np.float32)))
+        self.materialize(model)  # inference: a BatchNormalization uses its moving statistics
+        return self.to_numpy(model.native(np.asarray(x, dtype=np.float32), training=False))
+
+    def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
+        self.materialize(model)  # batch statistics; each BatchNormalization assigns its moving ones
+        return self.to_numpy(model.native(np.asarray(x, dtype=np.float32), training=True))
+
+    # -- BatchNorm and freezing ----------------------------------------------------------------------
+    def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> Any:
+        return self.keras.layers.BatchNormalization(**batchnorm_settings(momentum, eps))
+
+    def freeze(self, model: Model, path: LayerPath) -> None:
+        # Keras' own idiom, before or after build: the layer's variables leave
+        # net.trainable_variables, and a frozen BatchNormalization runs in inference mode.
+        self.position_table(model)[path].trainable = False
+
+    def state_object(self, model: Model, position: str) -> Any:
+        layer, role = self.batchnorm_layer(model, position, self.keras.layers.BatchNormalization)
+        return getattr(layer, _NORM_ATTR[role])
+
+    def describe_state(self, model: Model, state: Any) -> tuple[str, tuple[int, ...], str]:
+        return self.describe_param(model, state)
+
+    def native_state_value(self, model: Model, position: str) -> np.ndarray:
+        return self.to_numpy(self.state_object(model, position))
+
+    def write_native_state_value(self, model: Model, position: str, value: np.ndarray) -> None:
+        variable = self.state_object(model, position)
+        value = np.asarray(value, dtype=np.float32)
+        if tuple(variable.shape) != value.shape:
+            raise ValueError(f"{position}: shape={value.shape}, but should be {tuple(variable.shape)}")
+        variable.assign(value)
+
+    def state_listing(self, model: Model) -> tuple[str, list[str]]:
+        # Keras lists the moving statistics with the frozen parameters: every variable outside
+        # net.trainable_weights (which tf-keras refuses to list before the net is built).
+        self.ensure_built(model)
+        return "net.non_trainable_weights", [self.native_name(v) for v in model.native.non_trainable_weights]
 
     # -- access by position ----------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> Any:
-        model.spec.owner_of(position)  # KeyError naming ``position`` unless it is a Dense position
+        model.spec.owner_of(position)  # KeyError naming ``position`` unless it holds parameters
         path, role = split_param_name(position)
         layer = self.position_table(model)[path]
+        if isinstance(layer, self.keras.layers.BatchNormalization):
+            return getattr(layer, _NORM_ATTR[role])
         if not isinstance(layer, self.keras.layers.Dense):
             raise KeyError(f"{position!r}: the layer at {path} is {qualname(layer)}, not Dense")
         return getattr(layer, _ATTR[role])
@@ -171,8 +229,15 @@ class KerasBackendBase(Backend):
         return NOT_STORED  # a Keras variable keeps no gradient; a GradientTape's result does
 
     def unique_variables(self, model: Model) -> list[tuple[str, Any]]:
-        """(canonical owner name, variable) per distinct variable object: a tie appears once."""
-        return [(name, variable) for name, variable, _ in self.observed_params(model)]
+        """(canonical owner name, variable) per distinct variable in ``net.trainable_variables``:
+        a tie appears once, a frozen layer's variables not at all. Read once per model, as the
+        compiled steps that close over it are (freezing happens when the model is built)."""
+
+        def read() -> list[tuple[str, Any]]:
+            trainable = {id(v) for v in model.native.trainable_variables}
+            return [(name, v) for name, v, _ in self.observed_params(model) if id(v) in trainable]
+
+        return self.compiled(model, "trainable variables", read)
 
     @staticmethod
     def split_watched(flat: np.ndarray, unique: list[tuple[str, Any]]) -> dict[str, np.ndarray]:
@@ -236,7 +301,9 @@ class KerasBackendBase(Backend):
         layer's group is named after its class (``dense``, ``dense_1``, ... counted over
         ``net.layers``, see saved_layers_take_a_name), a layer already written is skipped, so a
         tie is stored once, and Dense
-        writes kernel then bias as vars/0, vars/1. By layer object, so no build is needed."""
+        writes kernel then bias as vars/0, vars/1. By layer object, so no build is needed.
+        A BatchNormalization writes gamma, beta as vars/0, vars/1, then its moving statistics as
+        vars/2, vars/3: those are state, which this map of parameters leaves out."""
         owner: dict[int, LayerPath] = {}
         for path, layer in self.position_table(model).items():  # walk order: the first use owns
             owner.setdefault(id(layer), path)
@@ -256,7 +323,7 @@ class KerasBackendBase(Backend):
                 visited.add(id(layer))
                 if isinstance(layer, self.keras.Sequential):
                     walk(layer, group + "/layers/")
-                elif isinstance(layer, self.keras.layers.Dense):
+                elif isinstance(layer, self.keras.layers.Dense | self.keras.layers.BatchNormalization):
                     for index, role in enumerate(ROLES):
                         entries[f"{group}/vars/{index}"] = param_name(owner[id(layer)], role)
 
@@ -313,7 +380,9 @@ class KerasBackendBase(Backend):
 class TensorFlowKerasBase(KerasBackendBase):
     """A Keras whose variables are TensorFlow variables (Keras 3 on TF, tf-keras): gradients from a
     GradientTape; training on one ``tf.function`` step per model and loss kind, with the learning
-    rate held in the optimizer's variable, so changing it retraces nothing."""
+    rate held in the optimizer's variable, so changing it retraces nothing. The net runs with
+    ``training=True`` there: each BatchNormalization assigns its moving statistics inside the
+    step, as Keras' own train_step does."""
 
     def __init__(self, keras: Any, tf: Any) -> None:
         super().__init__(keras, tf)
@@ -334,7 +403,8 @@ class TensorFlowKerasBase(KerasBackendBase):
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         unique = self.unique_variables(model)
         with self.tf.GradientTape() as tape:  # a fresh tape per call: nothing accumulates
-            value = self.loss_value(model.native(self.tf.constant(x)), loss.kind, self._target(loss))
+            y = model.native(self.tf.constant(x), training=True)  # moving statistics assigned
+            value = self.loss_value(y, loss.kind, self._target(loss))
         # One variable used at two positions gets one gradient: the tape sums both uses.
         grads = tape.gradient(value, [v for _, v in unique])
         return {name: self.to_numpy(g) for (name, _), g in zip(unique, grads, strict=True)}
@@ -347,7 +417,7 @@ class TensorFlowKerasBase(KerasBackendBase):
         def step(x: Any, target: Any) -> Any:
             self.note_trace(model)
             with tf.GradientTape() as tape:
-                value = self.loss_value(net(x), kind, target)
+                value = self.loss_value(net(x, training=True), kind, target)
             grads = tape.gradient(value, variables)
             # Each unique variable is passed once: a tied one is updated once, with the summed grad.
             # The explicit ordering is needed: with a Dense used twice in a row, TF 2.21's Grappler
@@ -381,18 +451,35 @@ class TensorFlowKerasBase(KerasBackendBase):
 
 # == hand-written loops and nets for the benches (not the adapters) ==================================
 def bench_net(keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input_layer: bool = False) -> Any:
-    """The spec's flat Dense/ReLU net as a practitioner writes it: a tie is one Dense added twice,
-    loaded with ``weights`` (canonical (out, in))."""
-    shared, layers = {}, []
-    for slot in spec.dense_slots:
-        if slot.owner not in shared:
-            shared[slot.owner] = keras.layers.Dense(slot.units)
-        layers += [shared[slot.owner], keras.layers.ReLU()]
-    net = keras.Sequential(([keras.Input(shape=(spec.in_features,))] if input_layer else []) + layers[:-1])
+    """The spec's flat net (Dense, ReLU, BatchNorm) as a practitioner writes it: a tie is one layer
+    added twice, a frozen layer has ``trainable = False``; loaded with ``weights`` (canonical
+    (out, in)), moving statistics at Keras' initial values."""
+    owners = {slot.path: slot.owner for slot in spec.layer_slots}
+    made: dict[LayerPath, Any] = {}
+    layers = []
+    for path, layer in spec.walk():
+        if isinstance(layer, ReLU):
+            layers.append(keras.layers.ReLU())
+            continue
+        owner = owners[path]  # a Block raises KeyError here: the benches take flat specs
+        if owner not in made:
+            made[owner] = (
+                keras.layers.Dense(layer.units)
+                if isinstance(layer, Dense)
+                else keras.layers.BatchNormalization(**batchnorm_settings(layer.momentum, layer.eps))
+            )
+        layers.append(made[owner])
+    net = keras.Sequential(([keras.Input(shape=(spec.in_features,))] if input_layer else []) + layers)
     net(np.zeros((1, spec.in_features), np.float32))
-    for owner, dense in shared.items():
-        name = param_name(owner, "weight")
-        dense.set_weights([weights[name].T, weights[param_name(owner, "bias")]])
+    for owner, layer in made.items():
+        weight, bias = weights[param_name(owner, "weight")], weights[param_name(owner, "bias")]
+        if isinstance(layer, keras.layers.Dense):
+            layer.kernel.assign(weight.T)
+            layer.bias.assign(bias)
+        else:
+            layer.gamma.assign(weight)
+            layer.beta.assign(bias)
+        layer.trainable = spec.trainable_at(owner)
     return net
 
 
@@ -407,7 +494,7 @@ def tf_make_handwritten(
     @tf.function
     def step(inputs: Any, targets: Any) -> Any:
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(net(inputs) - targets))
+            loss = tf.reduce_mean(tf.square(net(inputs, training=True) - targets))
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
 

@@ -16,7 +16,8 @@ from backends._keras_common import bench_net, tf_make_handwritten
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> Callable[[int], np.ndarray]:
-    """The book's tied MLP (or any flat Dense/ReLU spec), set up (and compiled) once; the returned
-    ``run(steps)`` trains it further with plain SGD and returns the losses."""
+    """The book's tied MLP (or any flat spec of Dense, ReLU and BatchNorm, frozen layers too), set
+    up (and compiled) once; the returned ``run(steps)`` trains it further with plain SGD, the net
+    in training mode, and returns the losses."""
     net = bench_net(keras, spec, weights, input_layer=True)
     return tf_make_handwritten(keras, tf, net, x, y, lr)

@@ -4,6 +4,9 @@ Everything Keras shares lives in backends._keras_common; here is JAX's part. Gra
 training go through ``net.stateless_call`` (variables in, values out), as Keras' guide to a custom
 JAX training loop writes it: one jax.jit step over it and ``optimizer.stateless_apply``, built once
 per model; the state stays on JAX's side between steps and is assigned back to the variables once.
+With ``training=True``, stateless_call returns the non-trainable variables as a training forward
+leaves them (a BatchNormalization's moving statistics; a frozen layer's variables, which are
+non-trainable too, unchanged): the step threads them, and every call writes them back.
 """
 
 from __future__ import annotations
@@ -37,13 +40,14 @@ class KerasJaxBackend(KerasBackendBase):
         net = model.native
 
         def compute(trainable: Any, non_trainable: Any, x: Any, target: Any) -> Any:
-            y, non_trainable = net.stateless_call(trainable, non_trainable, x)
+            y, non_trainable = net.stateless_call(trainable, non_trainable, x, training=True)
             return self.loss_value(y, kind, target), non_trainable
 
         return jax.value_and_grad(compute, has_aux=True)
 
     def _indices(self, model: Model) -> list[tuple[str, int]]:
-        """Canonical owner -> its index in net.trainable_variables (which lists a tie once)."""
+        """Canonical owner -> its index in net.trainable_variables (which lists a tie once, and
+        no frozen variable)."""
         index = {id(v): i for i, v in enumerate(model.native.trainable_variables)}
         return [(name, index[id(v)]) for name, v in self.unique_variables(model)]
 
@@ -58,7 +62,9 @@ class KerasJaxBackend(KerasBackendBase):
         value_and_grad = self.compiled(
             model, ("grad", loss.kind), lambda: jax.jit(self._value_and_grad(model, loss.kind))
         )
-        _, grads = value_and_grad(*state, jnp.asarray(x), self._target(loss))
+        (_, non_trainable), grads = value_and_grad(*state, jnp.asarray(x), self._target(loss))
+        for variable, value in zip(net.non_trainable_variables, non_trainable, strict=True):
+            variable.assign(value)  # the moving statistics, as the training forward left them
         return {name: self.to_numpy(grads[i]) for name, i in self._indices(model)}
 
     def _train_step(self, model: Model, optimizer: Any, kind: str, watch: bool) -> Any:

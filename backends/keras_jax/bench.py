@@ -16,14 +16,15 @@ from backends._keras_common import bench_net
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> Callable[[int], np.ndarray]:
-    """The book's tied MLP (or any flat Dense/ReLU spec), set up (and compiled) once; the returned
-    ``run(steps)`` trains it further with plain SGD and returns the losses."""
+    """The book's tied MLP (or any flat spec of Dense, ReLU and BatchNorm, frozen layers too), set
+    up (and compiled) once; the returned ``run(steps)`` trains it further with plain SGD, the net
+    in training mode, and returns the losses."""
     net = bench_net(keras, spec, weights)
     optimizer = keras.optimizers.SGD(learning_rate=lr)
     optimizer.build(net.trainable_variables)
 
     def compute_loss(trainable, non_trainable, inputs, targets):
-        outputs, non_trainable = net.stateless_call(trainable, non_trainable, inputs)
+        outputs, non_trainable = net.stateless_call(trainable, non_trainable, inputs, training=True)
         return jnp.mean((outputs - targets) ** 2), non_trainable
 
     grad_fn = jax.value_and_grad(compute_loss, has_aux=True)

@@ -4,7 +4,10 @@ Everything Keras shares lives in backends._keras_common; here is PyTorch's part.
 variable keeps its value as a torch Parameter (``variable.value``), and autograd stores the
 gradient there, as on any Parameter: that is where Keras' own torch trainer reads it. Training is
 Keras' guide to a custom torch training loop: eager autograd, ``optimizer.apply`` under no_grad,
-one Keras SGD per model; losses and watched gradients stay tensors until the last step.
+one Keras SGD per model; losses and watched gradients stay tensors until the last step. The net
+runs with ``training=True``, so a BatchNormalization assigns its moving statistics (under no_grad,
+as Keras' torch variables do); a frozen layer's Parameters have requires_grad False, so they get
+no .grad and are never passed to the optimizer.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class KerasTorchBackend(KerasBackendBase):
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         model.native.zero_grad(set_to_none=True)  # .grad accumulates across backward calls
-        self.loss_value(model.native(torch.from_numpy(x)), loss.kind, self._target(loss)).backward()
+        y = model.native(torch.from_numpy(x), training=True)  # moving statistics assigned
+        self.loss_value(y, loss.kind, self._target(loss)).backward()
         # A tied variable is one Parameter, into whose .grad autograd already summed every use.
         return {name: self.to_numpy(v.value.grad) for name, v in self.unique_variables(model)}
 
@@ -59,7 +63,7 @@ class KerasTorchBackend(KerasBackendBase):
         inputs, target = torch.from_numpy(x), self._target(loss)
         losses, grads = [], []
         for _ in range(steps):
-            value = self.loss_value(net(inputs), loss.kind, target)
+            value = self.loss_value(net(inputs, training=True), loss.kind, target)
             net.zero_grad(set_to_none=True)
             value.backward()
             applied = [v.value.grad for v in variables]

@@ -15,8 +15,9 @@ from backends._keras_common import bench_net
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> Callable[[int], np.ndarray]:
-    """The book's tied MLP (or any flat Dense/ReLU spec), set up once; the returned ``run(steps)``
-    trains it further with plain SGD and returns the losses."""
+    """The book's tied MLP (or any flat spec of Dense, ReLU and BatchNorm, frozen layers too), set
+    up once; the returned ``run(steps)`` trains it further with plain SGD, the net in training
+    mode, and returns the losses."""
     net = bench_net(keras, spec, weights)
     optimizer = keras.optimizers.SGD(learning_rate=lr)
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
@@ -24,7 +25,7 @@ def make_handwritten(
     def run(steps: int) -> np.ndarray:
         losses = []
         for _ in range(steps):
-            loss = torch.mean((net(inputs) - targets) ** 2)
+            loss = torch.mean((net(inputs, training=True) - targets) ** 2)
             net.zero_grad()
             loss.backward()
             trainable_weights = [v for v in net.trainable_weights]

@@ -15,6 +15,7 @@ from backends._keras_common import bench_net, tf_make_handwritten
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> Callable[[int], np.ndarray]:
-    """The book's tied MLP (or any flat Dense/ReLU spec), set up (and compiled) once; the returned
-    ``run(steps)`` trains it further with plain SGD and returns the losses."""
+    """The book's tied MLP (or any flat spec of Dense, ReLU and BatchNorm, frozen layers too), set
+    up (and compiled) once; the returned ``run(steps)`` trains it further with plain SGD, the net
+    in training mode, and returns the losses."""
     return tf_make_handwritten(keras, tf, bench_net(keras, spec, weights), x, y, lr)
