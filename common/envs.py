@@ -14,15 +14,20 @@ configured find-links, indexes and constraints are passed to uv as flags, and ea
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from common import children
 from common.declarations import ROOT, declaration, declarations, envs
 from common.errors import USAGE_EXIT_CODE, UsageError
 
@@ -39,6 +44,12 @@ PYTHON_VAR = "PARITY_PYTHON"  # an existing interpreter to use instead of .venvs
 def venv_python(name: str) -> Path:
     override = os.environ.get(PYTHON_VAR)
     return Path(override) if override else VENVS / name / "bin" / "python"
+
+
+def env_ready(name: str) -> bool:
+    """Whether .venvs/<name> is whole: its stamp is written last, so a creation killed midway
+    leaves none and the env is rebuilt, never used. With PARITY_PYTHON set, that interpreter."""
+    return bool(os.environ.get(PYTHON_VAR)) or (VENVS / name / ".stamp").exists()
 
 
 def requirements_path(env: str) -> Path:
@@ -59,15 +70,28 @@ def write_requirements(env: str) -> Path:
     path = requirements_path(env)
     text = "\n".join([INSTALL_RECIPE, *extra_requirements(env)]) + "\n"
     if not path.exists() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        _write_atomically(path, text)  # a concurrent reader sees the old file or the new one
     return path
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def pip_config() -> dict[str, list[str]]:
     """pip's configured find-links, indexes and constraints, as pip itself reads them (files and
     PIP_* variables alike)."""
-    result = subprocess.run(
+    result = children.run(
         [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
     )
     found: dict[str, list[str]] = {}
@@ -105,7 +129,7 @@ def find_uv(log) -> str | None:
         return on_path
     bootstrapped = UV_HOME / "bin" / "uv"
     if not bootstrapped.exists():
-        status = subprocess.run(
+        status = children.run(
             [sys.executable, "-m", "pip", "install", "-q", "--target", str(UV_HOME), "uv"],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -131,11 +155,31 @@ def install_steps(uv: str | None, target: Path, requirements: Path) -> list[list
 
 
 def create(env: str) -> float:
-    """(Re)create .venvs/<env> from its extra; returns the seconds it took."""
+    """(Re)create .venvs/<env> from its extra; returns the seconds it took. One command builds an
+    env at a time (a lock): one that waited finds it built and returns at once."""
     started = time.monotonic()
-    requirements = write_requirements(env)
-    target, log_path = VENVS / env, VENVS / f"{env}.log"
-    shutil.rmtree(target, ignore_errors=True)
+    with env_lock(env):
+        requirements = write_requirements(env)
+        if is_current(env):
+            print(f"==> .venvs/{env} ready (built meanwhile by another command)", flush=True)
+            return 0.0
+        target = VENVS / env
+        discard(target)  # a creation killed midway left it without a stamp: start over
+        try:
+            installer = build(env, target, requirements, VENVS / f"{env}.log")
+        except BaseException:  # failed or interrupted: nothing half-made stays at .venvs/<env>
+            discard(target)
+            raise
+        (target / ".stamp").touch()
+    seconds = time.monotonic() - started
+    record = {"seconds": round(seconds, 1), "installer": installer}
+    _write_atomically(VENVS / f"{env}.created.json", json.dumps(record) + "\n")  # read by make bench
+    print(f"==> .venvs/{env} ready ({installer}, {seconds:.1f}s)", flush=True)
+    return seconds
+
+
+def build(env: str, target: Path, requirements: Path, log_path: Path) -> str:
+    """Install ``requirements`` into ``target`` and run the declarations' checks; the installer."""
     with open(log_path, "w") as log:
         uv = find_uv(log)
         installer = "uv" if uv else "pip"
@@ -146,27 +190,56 @@ def create(env: str) -> float:
         for step in steps:
             log.write(f"$ {' '.join(step)}\n")
             log.flush()
-            if subprocess.run(step, stdout=log, stderr=subprocess.STDOUT, env=environ).returncode != 0:
+            if children.run(step, stdout=log, stderr=subprocess.STDOUT, env=environ).returncode != 0:
                 _fail(env, log_path, f"{installer} failed")
         for entry in declarations():
             if entry.env == env and entry.env_check:
-                check = subprocess.run([str(python), "-c", entry.env_check], capture_output=True, text=True)
+                check = children.run([str(python), "-c", entry.env_check], capture_output=True, text=True)
                 log.write(check.stdout + check.stderr)
                 if check.returncode != 0:
                     last = (check.stderr.strip().splitlines() or ["no output"])[-1]
                     _fail(env, log_path, f"the check of {entry.path} failed: {last}")
-    (target / ".stamp").touch()
-    seconds = time.monotonic() - started
-    record = {"seconds": round(seconds, 1), "installer": installer}
-    (VENVS / f"{env}.created.json").write_text(json.dumps(record) + "\n")  # read by make bench
-    print(f"==> .venvs/{env} ready ({installer}, {seconds:.1f}s)", flush=True)
-    return seconds
+    return installer
+
+
+def is_current(env: str) -> bool:
+    """Whole and no older than its requirements: what make checks before it calls ``create``."""
+    stamp = VENVS / env / ".stamp"
+    try:
+        return stamp.stat().st_mtime >= requirements_path(env).stat().st_mtime
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def env_lock(env: str) -> Iterator[None]:
+    """Held while .venvs/<env> is made: a second command waits, then finds it built. The kernel
+    drops the lock when its holder dies, however it dies."""
+    VENVS.mkdir(parents=True, exist_ok=True)
+    with open(VENVS / f".{env}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"==> waiting for .venvs/{env}: another command is creating it", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def discard(target: Path) -> None:
+    """Remove an environment folder: renamed away first, so a kill during the removal never
+    leaves half of one at ``target``; what earlier removals left goes too."""
+    trashes = lambda: target.parent.glob(f".{target.name}.trash-*")  # noqa: E731
+    for trash in trashes():
+        shutil.rmtree(trash, ignore_errors=True)
+    if target.exists() or target.is_symlink():
+        os.replace(target, target.with_name(f".{target.name}.trash-{os.getpid()}"))
+    for trash in trashes():
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _fail(env: str, log_path: Path, cause: str) -> None:
     tail = log_path.read_text(errors="replace").splitlines()[-20:]
     sys.stderr.write("\n".join(tail) + "\n")
-    shutil.rmtree(VENVS / env, ignore_errors=True)  # no stamp: the next run starts over
     raise UsageError(f"cannot create .venvs/{env}: {cause}; full log: {log_path.relative_to(ROOT)}")
 
 
@@ -175,20 +248,65 @@ def ensure_venv(name: str, *, quiet: bool = False) -> Path:
     stamp is stale). With PARITY_PYTHON set, that interpreter, as it is."""
     if os.environ.get(PYTHON_VAR):
         return venv_python(name)
-    result = subprocess.run(
+    result = children.run(
         ["make", "-s", f"venv-{name}"],
         cwd=ROOT,
         text=True,
         stdout=subprocess.PIPE if quiet else None,
         stderr=subprocess.PIPE,
     )
-    if result.returncode != 0 or not venv_python(name).exists():
+    if result.returncode != 0 or not env_ready(name):
         lines = [line for line in (result.stderr or "").splitlines() if "cannot create" in line]
         cause = lines[-1].split("error: ", 1)[-1] if lines else f"`make venv-{name}` failed"
         raise UsageError(cause if "log:" in cause else f"{cause}; log: .venvs/{name}.log")
     if result.stderr and not quiet:
         sys.stderr.write(result.stderr)
     return venv_python(name)
+
+
+def check_python(backends: Iterable[str]) -> None:
+    """PARITY_PYTHON, if set, before anything runs: an interpreter that exists, is a Python and
+    has the framework of every backend in ``backends``; else one line saying what is wrong."""
+    value = os.environ.get(PYTHON_VAR, "")
+    if not value:
+        return
+    path, where = Path(value), f"{PYTHON_VAR}={value}"
+    fix = "set it to a Python interpreter, or unset it to use .venvs/<env>"
+    if not path.exists():
+        raise UsageError(f"{where}: no such file; {fix}")
+    if path.is_dir():
+        raise UsageError(f"{where} is a folder, not an interpreter; {fix}")
+    if not os.access(path, os.X_OK):
+        raise UsageError(f"{where} is not executable; {fix}")
+    roots = {b: declaration(b).import_roots for b in backends}
+    code = (
+        "import importlib.util, json, sys; "
+        "print('PARITY-PYTHON', json.dumps(sorted(r for r in json.loads(sys.argv[1]) "
+        "if importlib.util.find_spec(r) is None)))"
+    )
+    wanted = sorted({root for found in roots.values() for root in found})
+    try:
+        result = children.run(
+            [str(path), "-c", code, json.dumps(wanted)],
+            cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", timeout=120,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"{where} did not answer within 120 s; {fix}") from None
+    answer = [line for line in result.stdout.splitlines() if line.startswith("PARITY-PYTHON ")]
+    if result.returncode != 0 or not answer:
+        said = (result.stderr.strip().splitlines() or ["nothing"])[-1][:200]
+        raise UsageError(
+            f"{where} is not a Python interpreter (`{value} -c ...` exited {result.returncode}, "
+            f"saying {ascii(said)}); {fix}"
+        )
+    missing = set(json.loads(answer[-1].split(" ", 1)[1]))
+    lacking = [f"{b} ({', '.join(r for r in found if r in missing)})" for b, found in roots.items()
+               if missing & set(found)]  # fmt: skip
+    if lacking:
+        raise UsageError(
+            f"{where} lacks the framework of {', '.join(lacking)}; choose backends it has "
+            f"(--backends, PARITY_BACKEND), or unset it to use .venvs/<env>"
+        )
 
 
 def backend_env(backend: str) -> str:
@@ -206,21 +324,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("env", nargs="?")
     args = parser.parse_args(argv)
     try:
-        if args.action == "names":
-            print(" ".join(envs()))
+        with children.handling_signals():  # a stopped creation removes what it made, then exits
+            if args.action == "names":
+                print(" ".join(envs()))
+                return 0
+            if not args.env:
+                raise UsageError(f"`{args.action}` needs an environment name; one of: {', '.join(envs())}")
+            if args.env not in envs():
+                raise UsageError(f"unknown environment {args.env!r}; environments: {', '.join(envs())}")
+            if args.action == "requirements":
+                write_requirements(args.env)
+            else:
+                create(args.env)
             return 0
-        if not args.env:
-            raise UsageError(f"`{args.action}` needs an environment name; one of: {', '.join(envs())}")
-        if args.env not in envs():
-            raise UsageError(f"unknown environment {args.env!r}; environments: {', '.join(envs())}")
-        if args.action == "requirements":
-            write_requirements(args.env)
-        else:
-            create(args.env)
-        return 0
     except UsageError as error:
         print(f"paramparity: error: {error}", file=sys.stderr)
         return USAGE_EXIT_CODE
+    except OSError as error:  # a read-only checkout, a full disk
+        where = f" {error.filename}" if error.filename else ""
+        print(f"paramparity: error: cannot write{where}: {error.strerror or error}", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    except children.Interrupted as stop:
+        children.wait_all()
+        print(f"paramparity: .venvs/{args.env}: interrupted; nothing half-made is left", file=sys.stderr)
+        return stop.exit_status
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def test_suites_run_while_the_environments_are_built(monkeypatch, capsys, second
         base_ran.set()
         return SuiteResult(name, {"passed": 1}, 0, 0.1)
 
-    def backend_suite(name, extra, timeout, env_ready):
+    def backend_suite(name, extra, timeout, env_ready, cache_root=None):
         env_ready.result()  # the env's own failure, the assertion above included, surfaces here
         return SuiteResult(name, {"passed": 1}, 0, 0.1)
 
@@ -165,7 +165,7 @@ def test_a_suite_whose_env_is_ready_runs_before_one_still_waiting(monkeypatch, c
                 time.sleep(0.01)
         return Path(sys.executable)
 
-    def backend_suite(name, extra, timeout, env_ready):
+    def backend_suite(name, extra, timeout, env_ready, cache_root=None):
         env_ready.result()
         ran.append(name)
         return SuiteResult(name, {"passed": 1}, 0, 0.1)
@@ -199,7 +199,7 @@ def test_a_failed_environment_fails_its_suites_and_no_other(monkeypatch, capsys,
 def test_test_all_reports_every_backend_then_fails(monkeypatch, capsys, seconds_record):
     names = backend_names()
 
-    def fake_backend(name, extra, timeout, env_ready=None):
+    def fake_backend(name, extra, timeout, env_ready=None, cache_root=None):
         if name == names[1]:
             return SuiteResult(name, {}, 2, 0.0, "environment could not be created")
         return SuiteResult(name, {"passed": 5, "xfailed": 1}, 0, 1.0)
@@ -241,7 +241,7 @@ def test_a_hanging_suite_is_reported_as_timed_out_while_the_others_finish(
 
     real_run_suite = testing.run_suite
 
-    def fake_backend(name, extra, timeout, env_ready=None):
+    def fake_backend(name, extra, timeout, env_ready=None, cache_root=None):
         suite = hang if name == names[0] else quick
         return real_run_suite(name, sys.executable, str(suite), ["-p", "tests.conftest"], None,
                                  timeout=timeout, capture=True)  # fmt: skip
