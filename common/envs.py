@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -323,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("names", "requirements", "create"))
     parser.add_argument("env", nargs="?")
     args = parser.parse_args(argv)
-    try:
-        with children.handling_signals():  # a stopped creation removes what it made, then exits
+    with children.handling_signals():  # a stopped creation removes what it made, then exits
+        try:
             if args.action == "names":
                 print(" ".join(envs()))
                 return 0
@@ -337,17 +338,18 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 create(args.env)
             return 0
-    except UsageError as error:
-        print(f"paramparity: error: {error}", file=sys.stderr)
-        return USAGE_EXIT_CODE
-    except OSError as error:  # a read-only checkout, a full disk
-        where = f" {error.filename}" if error.filename else ""
-        print(f"paramparity: error: cannot write{where}: {error.strerror or error}", file=sys.stderr)
-        return USAGE_EXIT_CODE
-    except children.Interrupted as stop:
-        children.wait_all()
-        print(f"paramparity: .venvs/{args.env}: interrupted; nothing half-made is left", file=sys.stderr)
-        return stop.exit_status
+        except UsageError as error:
+            print(f"paramparity: error: {error}", file=sys.stderr)
+            return USAGE_EXIT_CODE
+        except OSError as error:  # a read-only checkout, a full disk
+            where = f" {error.filename}" if error.filename else ""
+            print(f"paramparity: error: cannot write{where}: {error.strerror or error}", file=sys.stderr)
+            return USAGE_EXIT_CODE
+        except KeyboardInterrupt as stop:
+            children.interrupt(getattr(stop, "signum", signal.SIGINT))
+            children.wait_all()
+            print(f"paramparity: .venvs/{args.env}: interrupted; nothing half-made is left", file=sys.stderr)
+            return 128 + getattr(stop, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -81,19 +81,19 @@ def backends_to_run(args: argparse.Namespace) -> tuple[str, ...] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        with children.handling_signals():
+    with children.handling_signals():  # held through the clean-up: a second Ctrl-C prints nothing
+        try:
             return run(parser, argv)
-    except UsageError as error:
-        print(f"paramparity: error: {error}", file=sys.stderr)
-        return USAGE_EXIT_CODE
-    except KeyboardInterrupt as stop:
-        signum = getattr(stop, "signum", signal.SIGINT)
-        children.interrupt(signum)  # no new child; every child asked to stop
-        children.wait_all()
-        name = signal.Signals(signum).name
-        print(f"paramparity: interrupted by {name}: every child stopped, no report written", file=sys.stderr)
-        return 128 + signum
+        except UsageError as error:
+            print(f"paramparity: error: {error}", file=sys.stderr)
+            return USAGE_EXIT_CODE
+        except KeyboardInterrupt as stop:
+            signum = getattr(stop, "signum", signal.SIGINT)
+            children.interrupt(signum)  # no new child; every child asked to stop
+            children.wait_all()
+            stopped = f"interrupted by {signal.Signals(signum).name}: every child stopped, no report written"
+            print(f"paramparity: {stopped}", file=sys.stderr)
+            return 128 + signum
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
