@@ -26,7 +26,7 @@ from typing import Any
 
 from common import children
 from common.config import DEFAULT_TIMEOUT
-from common.envs import ROOT, backend_env, ensure_venv, venv_python
+from common.envs import ROOT, backend_env, ensure_venv, env_ready, venv_python
 from common.errors import USAGE_EXIT_CODE, UsageError
 
 PROGRESS = "progress:"
@@ -52,7 +52,7 @@ def module_command(module: str, *args: str) -> Command:
     def command(backend: str, out: Path) -> list[str]:
         env = backend_env(backend)
         python = venv_python(env)
-        if not python.exists():
+        if not env_ready(env):  # missing, or half-made by a creation that was killed
             raise UsageError(f"environment .venvs/{env} is missing; create it with `make venv-{env}`")
         return [str(python), "-m", module, "--backend", backend, "--out", str(out), *args]
 
