@@ -54,6 +54,16 @@ def gone(mark: str, within: float = AFTER_S) -> list[int]:
     return alive
 
 
+@pytest.fixture
+def mark(monkeypatch):
+    """A marker for every process this test starts; whatever a failed test leaves is killed."""
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("PARITY_MARK", mark)
+    yield mark
+    for pid in marked(mark):
+        os.kill(pid, signal.SIGKILL)
+
+
 def wait_for_lines(path: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:
     """Until ``path`` holds ``count`` lines: each hanging child writes one when all of its tree
     is up. ``timeout`` only ends a broken test; the test never depends on it."""
@@ -134,7 +144,14 @@ COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGKILL, -9), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    "signum, status",
+    [
+        pytest.param(signal.SIGKILL, -9, id="SIGKILL"),
+        pytest.param(signal.SIGTERM, 143, id="SIGTERM"),
+        pytest.param(signal.SIGINT, 130, id="SIGINT"),
+    ],
+)
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_a_stopped_command_leaves_no_process_and_no_temp_folder(hanging, tmp_path, command, signum, status):
     start, ready, temp, mark = hanging
@@ -142,9 +159,10 @@ def test_a_stopped_command_leaves_no_process_and_no_temp_folder(hanging, tmp_pat
     process = start(*COMMANDS[command](out))
     wait_for_lines(ready, 2, process)  # two hang at once: two probes, or two suites on two workers
     assert len(marked(mark)) >= 2 * 4, "every hanging tree should be up"
-    os.kill(process.pid, signum)  # the parent alone: its children are in groups of their own
+    os.kill(process.pid, signum)  # the parent alone: its children lead groups of their own
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == status, f"exit {process.returncode}, but should be {status}: {stderr[-2000:]}"
+    exit_status = process.returncode
+    assert exit_status == status, f"exit={exit_status}, but should be {status} [{stderr[-900:]}]"
     assert not gone(mark), f"alive {AFTER_S} s after {signal.Signals(signum).name}: {marked(mark)}"
     assert list(temp.iterdir()) == [], "a temp folder outlived the command"
     if signum != signal.SIGKILL:
@@ -193,10 +211,8 @@ def test_the_command_gets_a_temp_folder_that_goes_with_it(tmp_path, monkeypatch)
     assert not made.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_what_a_command_leaves_behind_ends_with_it(monkeypatch):
+def test_what_a_command_leaves_behind_ends_with_it(mark):
     """A grandchild that left the session, holding stdout: the command's end is the caller's end."""
-    mark = uuid.uuid4().hex
-    monkeypatch.setenv("PARITY_MARK", mark)
     code = (
         "import subprocess, sys; "
         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)"
@@ -207,10 +223,11 @@ def test_what_a_command_leaves_behind_ends_with_it(monkeypatch):
     assert not gone(mark)
 
 
-def test_stop_escalates_to_sigkill_for_a_command_that_ignores_sigterm(monkeypatch):
-    mark = uuid.uuid4().hex
-    monkeypatch.setenv("PARITY_MARK", mark)
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+def test_stop_escalates_to_sigkill_for_a_command_that_ignores_sigterm(mark):
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('up', flush=True); time.sleep(600)"
+    )
     with children.Child([sys.executable, "-c", code], stdout=subprocess.PIPE) as child:
         assert child.stdout.readline() == b"up\n"
         child.stop(signal.SIGTERM)
@@ -226,11 +243,9 @@ def test_no_child_starts_once_the_command_is_interrupted(monkeypatch):
 
 
 # -- timeouts (issue 24, item 8) -------------------------------------------------------------------
-def test_a_timeout_holds_when_a_grandchild_keeps_stderr_open(monkeypatch):
+def test_a_timeout_holds_when_a_grandchild_keeps_stderr_open(mark):
     """The child hangs, and a grandchild outside its group holds its stderr: the timeout still
     ends the run, and both are gone."""
-    mark = uuid.uuid4().hex
-    monkeypatch.setenv("PARITY_MARK", mark)
     code = (
         "import subprocess, sys, time; "
         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True); "
@@ -245,9 +260,7 @@ def test_a_timeout_holds_when_a_grandchild_keeps_stderr_open(monkeypatch):
     assert not gone(mark)
 
 
-def test_a_finished_child_is_not_waited_on_for_a_pipe_a_grandchild_holds(monkeypatch):
-    mark = uuid.uuid4().hex
-    monkeypatch.setenv("PARITY_MARK", mark)
+def test_a_finished_child_is_not_waited_on_for_a_pipe_a_grandchild_holds(mark):
     code = textwrap.dedent(
         """
         import json, subprocess, sys
@@ -270,4 +283,5 @@ def test_timeout_takes_positive_finite_seconds_only(capfd, command, value):
 
     assert main([command, f"--timeout={value}"]) == 2  # "=": argparse reads "-1" as an option
     out, err = capfd.readouterr()
-    assert err == f"paramparity: error: --timeout={value}, but should be a positive, finite number of seconds\n"
+    expected = f"--timeout={value}, but should be a positive, finite number of seconds"
+    assert err == f"paramparity: error: {expected}\n"
