@@ -4,6 +4,9 @@ at install, and a requirements file that changes only when the extra or the reci
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,112 @@ def test_requirements_are_left_alone_unless_the_recipe_or_extra_changes(venvs_di
     monkeypatch.setattr(envs, "INSTALL_RECIPE", "# a new recipe")
     envs.write_requirements("base")
     assert path.stat().st_mtime > 1, "a new install recipe left the old requirements file"
+
+
+# -- creation under faults (issue 23) ----------------------------------------------------------------
+BUILD = """\
+import os, sys, time
+target, log, go = sys.argv[1:4]
+os.makedirs(os.path.join(target, "bin"))
+os.symlink(sys.executable, os.path.join(target, "bin", "python"))  # as uv venv does, first
+open(os.path.join(target, "half-made"), "w").close()
+with open(log, "a") as file:
+    file.write(f"building {os.getpid()}\\n")
+while not os.path.exists(go):
+    time.sleep(0.02)
+os.remove(os.path.join(target, "half-made"))
+"""
+
+DRIVER = """\
+import sys
+from pathlib import Path
+from common import envs
+
+envs.VENVS = Path(sys.argv[1])
+envs.find_uv = lambda log: None
+envs.install_steps = lambda uv, target, requirements: [
+    [sys.executable, "-c", {build!r}, str(target), sys.argv[2], sys.argv[3]]
+]
+sys.exit(envs.main(["create", "base"]))
+"""
+
+
+@pytest.fixture
+def creation(tmp_path):
+    """``python -m common.envs create base`` into a folder of its own, with an install step that
+    says when it starts (a line in ``log``) and finishes only once ``go`` exists."""
+    venvs, log, go = tmp_path / "venvs", tmp_path / "builds.log", tmp_path / "go"
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(build=BUILD))
+    started: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, str(driver), str(venvs), str(log), str(go)],
+            cwd=envs.ROOT,
+            env={**os.environ, "PYTHONPATH": str(envs.ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(process)
+        return process
+
+    yield start, venvs, log, go
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+
+
+def builds(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def wait_until(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Until ``condition()``; ``timeout`` only ends a broken test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"exited {process.returncode} before {what}: {process.stderr.read()}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.02)
+
+
+def test_two_commands_needing_one_env_one_builds_and_the_other_waits(creation):
+    start, venvs, log, go = creation
+    first = start()
+    wait_until(lambda: builds(log), first, "build")
+    second = start()
+    assert second.stdout.readline() == "==> waiting for .venvs/base: another command is creating it\n"
+    go.touch()
+    for process in (first, second):
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    assert "ready (built meanwhile by another command)" in out
+    assert len(builds(log)) == 1, builds(log)
+    assert (venvs / "base" / ".stamp").exists() and not (venvs / "base" / "half-made").exists()
+
+
+def test_a_creation_killed_midway_is_never_used_and_the_next_one_rebuilds(creation, monkeypatch):
+    start, venvs, log, go = creation
+    first = start()
+    wait_until(lambda: builds(log), first, "build")
+    first.kill()  # SIGKILL: nothing of it can clean up
+    first.wait()
+    monkeypatch.setattr(envs, "VENVS", venvs)
+    assert not envs.env_ready("base"), "a half-made environment counts as ready"
+    go.touch()
+    second = start()
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    assert len(builds(log)) == 2 and envs.env_ready("base")
+    assert not (venvs / "base" / "half-made").exists(), "the rebuild kept a file of the killed one"
+
+
+def test_a_stopped_creation_leaves_nothing_half_made(creation):
+    start, venvs, log, go = creation
+    first = start()
+    wait_until(lambda: builds(log), first, "build")
+    first.terminate()
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 143 and "Traceback" not in err, err
+    assert sorted(p.name for p in venvs.iterdir()) == [".base.lock", "base.log", "base.requirements"]
