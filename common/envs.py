@@ -1,14 +1,19 @@
-"""The environments: one per pyproject extra, in ``.venvs/<env>``, built with uv when it can be
-had and with pip otherwise. Standard library only: make runs it with the system Python.
+"""The environments: one per pyproject extra, in ``.venvs/<env>``, installed exactly from the
+extra's lock, ``locks/<env>.txt``: every package pinned, with its hashes, resolved by ``make lock``
+for CPython 3.11 on x86_64 Linux. Built with uv when it can be had and with pip otherwise.
+Standard library only: make runs it with the system Python.
 
     python3.11 -m common.envs names          every env, base first
     python3.11 -m common.envs requirements E write .venvs/E.requirements, only if it changed
     python3.11 -m common.envs create E       (re)create .venvs/E; log in .venvs/E.log
+    python3.11 -m common.envs lock E...      resolve the extras anew into locks/E.txt (uv)
 
 uv does not read pip's configuration, and this machine's pip configuration matters: its
-find-links hold the CPU build of torch, and its constraints keep pip from a CUDA build. So pip's
-configured find-links, indexes and constraints are passed to uv as flags, and each declaration's
-``env_check`` runs in the new environment (torch's insists on ``torch.version.cuda is None``).
+find-links hold the CPU build of torch. So pip's configured find-links and indexes are passed to
+uv as flags. Where no configured find-links folder holds a CPU build of torch,
+PyTorch's own CPU wheel index is added, for locking and installing alike, so a fresh machine gets
+the locked CPU build (PyPI has only the CUDA one). Each declaration's ``env_check`` runs in the
+new environment (torch's insists on ``torch.version.cuda is None``).
 """
 
 from __future__ import annotations
@@ -37,9 +42,13 @@ UV_HOME = VENVS / ".uv"  # uv bootstrapped from PyPI when it is not on PATH
 # Bytecode is compiled at install: uv leaves it out by default, and where PYTHONDONTWRITEBYTECODE
 # is set (as on this machine) every process would compile the frameworks from source again,
 # 5 s of torch's first optimizer alone.
-INSTALL_RECIPE = "# paramparity install recipe 2: bytecode compiled at install"
+INSTALL_RECIPE = "# paramparity install recipe 3: the lock, hashes checked, bytecode compiled at install"
 INSTALLER_VAR = "PARITY_INSTALLER"  # "uv" or "pip" forces one; unset: uv if it can be had
 PYTHON_VAR = "PARITY_PYTHON"  # an existing interpreter to use instead of .venvs/<env>
+LOCKS = ROOT / "locks"
+LOCK_PYTHON, LOCK_PLATFORM = "3.11", "x86_64-manylinux_2_35"  # CPython 3.11, glibc >= 2.35 (MLX's floor)
+EXTRA_LINE = "# extra: "  # the lock's record of the extra it was resolved from
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def venv_python(name: str) -> Path:
@@ -64,12 +73,31 @@ def extra_requirements(env: str, pyproject: Path = ROOT / "pyproject.toml") -> l
     return list(extras[env])
 
 
+def lock_path(env: str) -> Path:
+    return LOCKS / f"{env}.txt"
+
+
+def locked_requirements(env: str) -> str:
+    """locks/<env>.txt, once it is known to be the lock of the extra as pyproject.toml has it now."""
+    try:
+        text = lock_path(env).read_text()
+    except FileNotFoundError:
+        raise UsageError(f"locks/{env}.txt is missing; make it with `make lock-{env}`") from None
+    recorded = [line.removeprefix(EXTRA_LINE) for line in text.splitlines() if line.startswith(EXTRA_LINE)]
+    if recorded != [json.dumps(extra_requirements(env))]:
+        raise UsageError(
+            f"locks/{env}.txt was resolved from another [{env}] extra than pyproject.toml's; "
+            f"refresh it with `make lock-{env}`"
+        )
+    return text
+
+
 def write_requirements(env: str) -> Path:
-    """Write the extra's requirements, leaving the file (and its mtime) alone when unchanged, so
-    editing one extra rebuilds only that environment. The first line names the install recipe:
-    changing how environments are built rebuilds them all once."""
+    """Write what .venvs/<env> is installed from: the install recipe, then the env's lock. The
+    file (and its mtime) is left alone when unchanged, so a new lock rebuilds only its env, and a
+    new recipe (how environments are built) rebuilds them all once."""
     path = requirements_path(env)
-    text = "\n".join([INSTALL_RECIPE, *extra_requirements(env)]) + "\n"
+    text = f"{INSTALL_RECIPE}\n{locked_requirements(env)}"
     if not path.exists() or path.read_text() != text:
         _write_atomically(path, text)  # a concurrent reader sees the old file or the new one
     return path
@@ -107,7 +135,10 @@ def pip_config() -> dict[str, list[str]]:
     return found
 
 
-def uv_flags(config: dict[str, list[str]]) -> list[str]:
+def uv_flags(config: dict[str, list[str]], constraints: bool = True) -> list[str]:
+    """pip's configuration as uv's flags; ``constraints=False`` leaves out this machine's caps: a
+    lock is resolved from the extras alone, so it does not depend on where it was made, and is
+    installed as it is (uv refuses a range beside hashes)."""
     flags: list[str] = []
     for option, flag in (
         ("find-links", "--find-links"),
@@ -115,6 +146,8 @@ def uv_flags(config: dict[str, list[str]]) -> list[str]:
         ("extra-index-url", "--extra-index-url"),
         ("constraint", "--constraint"),
     ):
+        if option == "constraint" and not constraints:
+            continue
         for value in config.get(option, []):
             flags += [flag, value]
     # pip takes the best version across all indexes; uv's default stops at the first that has one.
@@ -140,19 +173,65 @@ def find_uv(log) -> str | None:
     return str(bootstrapped) if bootstrapped.exists() else None
 
 
+def torch_cpu_index(config: dict[str, list[str]], requirements: str) -> list[str]:
+    """PyTorch's CPU wheel index, for requirements that name torch, unless a configured find-links
+    folder holds a CPU build of torch (this machine's does). PyPI has only CUDA builds."""
+    if not any(line.startswith("torch==") for line in requirements.splitlines()):
+        return []
+    for folder in config.get("find-links", []):
+        path = Path(folder.removeprefix("file://"))
+        if path.is_dir() and any(path.glob("torch-*+cpu-*.whl")):
+            return []
+    return ["--extra-index-url", TORCH_CPU_INDEX]
+
+
 def install_steps(uv: str | None, target: Path, requirements: Path) -> list[list[str]]:
-    """The commands that make ``target`` from ``requirements``: with uv when given, else pip."""
+    """The commands that make ``target`` exactly as ``requirements`` (a lock) says, every hash
+    checked: with uv when given, else pip."""
     python = target / "bin" / "python"
+    config = pip_config()
+    index = torch_cpu_index(config, requirements.read_text() if requirements.exists() else "")
     if uv:
         return [
             [uv, "venv", "-q", "--python", sys.executable, str(target)],
-            [uv, "pip", "install", "--python", str(python), "--link-mode", "copy", "--compile-bytecode",
-             "-r", str(requirements), *uv_flags(pip_config())],
+            [uv, "pip", "sync", str(requirements), "--python", str(python), "--require-hashes",
+             "--link-mode", "copy", "--compile-bytecode", *uv_flags(config, constraints=False), *index],
         ]  # fmt: skip
-    return [  # pip compiles bytecode by default
+    return [  # pip compiles bytecode by default; a lock holds every dependency
         [sys.executable, "-m", "venv", str(target)],
-        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(requirements)],
-    ]
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--require-hashes", "--no-deps",
+         "-r", str(requirements), *index],
+    ]  # fmt: skip
+
+
+def lock(env: str) -> Path:
+    """Resolve the [env] extra anew (the newest versions it allows) into locks/<env>.txt: every
+    package pinned, with the hashes of its files, for CPython 3.11 on x86_64 Linux."""
+    with open(os.devnull, "w") as quiet:
+        uv = find_uv(quiet)
+    if uv is None:
+        raise UsageError("`make lock` needs uv (on PATH, or put into .venvs/.uv by pip); pip makes no lock")
+    extra = extra_requirements(env)
+    config = pip_config()
+    with children.temporary_directory() as folder:
+        (folder / f"{env}.in").write_text("\n".join(extra) + "\n")
+        result = children.run(
+            [uv, "pip", "compile", f"{env}.in", "-o", f"{env}.txt", "--generate-hashes", "--no-header",
+             "--python-version", LOCK_PYTHON, "--python-platform", LOCK_PLATFORM,
+             *uv_flags(config, constraints=False), *torch_cpu_index(config, "\n".join(extra))],
+            cwd=folder, capture_output=True, text=True, env=dict(os.environ, UV_NO_PROGRESS="1"),
+        )  # fmt: skip
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UsageError(f"cannot lock [{env}]: uv pip compile failed: {last}")
+        resolved = (folder / f"{env}.txt").read_text()
+    header = (
+        f"# locks/{env}.txt: the [{env}] extra of pyproject.toml, resolved by `make lock-{env}` for\n"
+        f"# CPython {LOCK_PYTHON} on {LOCK_PLATFORM}. .venvs/{env} installs exactly this, hashes checked.\n"
+        f"{EXTRA_LINE}{json.dumps(extra)}\n"
+    )
+    _write_atomically(lock_path(env), header + resolved)
+    return lock_path(env)
 
 
 def create(env: str) -> float:
@@ -321,22 +400,26 @@ def ensure_backend_env(backend: str, *, quiet: bool = False) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m common.envs", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("names", "requirements", "create"))
-    parser.add_argument("env", nargs="?")
+    parser.add_argument("action", choices=("names", "requirements", "create", "lock"))
+    parser.add_argument("env", nargs="*")
     args = parser.parse_args(argv)
     with children.handling_signals():  # a stopped creation removes what it made, then exits
         try:
             if args.action == "names":
                 print(" ".join(envs()))
                 return 0
-            if not args.env:
+            if not args.env or (len(args.env) > 1 and args.action != "lock"):
                 raise UsageError(f"`{args.action}` needs an environment name; one of: {', '.join(envs())}")
-            if args.env not in envs():
-                raise UsageError(f"unknown environment {args.env!r}; environments: {', '.join(envs())}")
-            if args.action == "requirements":
-                write_requirements(args.env)
-            else:
-                create(args.env)
+            for env in args.env:
+                if env not in envs():
+                    raise UsageError(f"unknown environment {env!r}; environments: {', '.join(envs())}")
+            for env in args.env:
+                if args.action == "requirements":
+                    write_requirements(env)
+                elif args.action == "create":
+                    create(env)
+                else:
+                    print(f"==> locked [{env}] into {lock(env).relative_to(ROOT)}", flush=True)
             return 0
         except UsageError as error:
             print(f"paramparity: error: {error}", file=sys.stderr)
@@ -348,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt as stop:
             children.interrupt(getattr(stop, "signum", signal.SIGINT))
             children.wait_all()
-            print(f"paramparity: .venvs/{args.env}: interrupted; nothing half-made is left", file=sys.stderr)
+            print(f"paramparity: {args.action} {' '.join(args.env)}: interrupted", file=sys.stderr)
             return 128 + getattr(stop, "signum", signal.SIGINT)
 
 

@@ -1,5 +1,6 @@
-"""How environments are built (issue 9): pip's configuration carried over to uv, bytecode compiled
-at install, and a requirements file that changes only when the extra or the recipe does."""
+"""How environments are built (issues 9 and 23): pip's configuration carried over to uv, bytecode
+compiled at install, every env installed exactly from its committed lock (hashes checked), and a
+requirements file that changes only when the lock or the recipe does."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from common import envs
+from common.declarations import envs as env_names
+from common.errors import UsageError
 
 PIP_CONFIG = {
     "find-links": ["/wheels/torch-cpu", "/wheels/extra"],
@@ -28,20 +31,56 @@ def test_pip_configuration_becomes_uv_flags():
         "--constraint", "/etc/pip-constraints.txt",
         "--index-strategy", "unsafe-best-match",
     ]  # fmt: skip
+    assert "--constraint" not in envs.uv_flags(PIP_CONFIG, constraints=False)
 
 
-def test_uv_installs_with_bytecode_and_pips_configuration(monkeypatch, tmp_path):
+def requirements_file(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "env.requirements"
+    path.write_text("\n".join([envs.INSTALL_RECIPE, *lines]) + "\n")
+    return path
+
+
+def test_uv_installs_exactly_the_lock_with_bytecode_and_pips_configuration(monkeypatch, tmp_path):
     monkeypatch.setattr(envs, "pip_config", lambda: PIP_CONFIG)
-    venv, install = envs.install_steps("/bin/uv", tmp_path / "env", tmp_path / "env.requirements")
+    requirements = requirements_file(tmp_path, "numpy==2.0.0 --hash=sha256:00")
+    venv, install = envs.install_steps("/bin/uv", tmp_path / "env", requirements)
     assert venv[:2] == ["/bin/uv", "venv"]
-    assert "--compile-bytecode" in install, f"{install}, but should compile bytecode at install"
-    assert install[install.index("--constraint") + 1] == "/etc/pip-constraints.txt"
+    assert install[1:4] == ["pip", "sync", str(requirements)], f"{install}, but should sync to the lock"
+    assert "--require-hashes" in install and "--compile-bytecode" in install
+    assert install[install.index("--find-links") + 1] == "/wheels/torch-cpu"
 
 
-def test_pip_is_the_fallback_and_keeps_its_default_compilation(tmp_path):
-    venv, install = envs.install_steps(None, tmp_path / "env", tmp_path / "env.requirements")
+def test_pip_is_the_fallback_installs_the_lock_and_keeps_its_default_compilation(tmp_path):
+    venv, install = envs.install_steps(None, tmp_path / "env", requirements_file(tmp_path))
     assert venv[1:3] == ["-m", "venv"]
     assert install[1:3] == ["-m", "pip"] and "--no-compile" not in install
+    assert "--require-hashes" in install and "--no-deps" in install
+
+
+@pytest.mark.parametrize("uv", ["/bin/uv", None])
+def test_without_a_local_cpu_torch_the_lock_installs_from_pytorchs_cpu_index(monkeypatch, tmp_path, uv):
+    """A fresh machine: no find-links folder holds torch's CPU build, so PyTorch's own index
+    serves the locked one (PyPI has only CUDA builds); with one, nothing is added."""
+    torch_lock = requirements_file(tmp_path, "torch==2.13.0+cpu \\", "    --hash=sha256:00")
+    local = tmp_path / "wheels"
+    local.mkdir()
+    monkeypatch.setattr(envs, "pip_config", lambda: {"find-links": [str(local)]})
+    install = envs.install_steps(uv, tmp_path / "env", torch_lock)[1]
+    assert install[install.index("--extra-index-url") + 1] == envs.TORCH_CPU_INDEX
+    (local / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").touch()
+    assert envs.TORCH_CPU_INDEX not in envs.install_steps(uv, tmp_path / "env", torch_lock)[1]
+    no_torch = requirements_file(tmp_path, "numpy==2.0.0 --hash=sha256:00")
+    assert envs.TORCH_CPU_INDEX not in envs.install_steps(uv, tmp_path / "env", no_torch)[1]
+
+
+@pytest.mark.parametrize("env", env_names())
+def test_every_environment_has_a_lock_of_its_extra_as_it_is(env):
+    """A changed extra without `make lock` fails here, not on a fresh machine."""
+    text = envs.locked_requirements(env)
+    pinned = [line.split(" ")[0] for line in text.splitlines() if line[:1].isalnum()]
+    assert pinned and all("==" in pin for pin in pinned), pinned
+    hashed = [line for line in text.splitlines() if line[:1].isalnum()]
+    assert all(line.endswith("\\") for line in hashed), "every pin is followed by its hashes"
 
 
 @pytest.fixture
@@ -50,12 +89,26 @@ def venvs_dir(monkeypatch, tmp_path) -> Path:
     return tmp_path
 
 
-def test_requirements_name_the_recipe_then_the_extra(venvs_dir):
-    lines = envs.write_requirements("base").read_text().splitlines()
-    assert lines == [envs.INSTALL_RECIPE, *envs.extra_requirements("base")]
+def test_requirements_name_the_recipe_then_the_lock(venvs_dir):
+    text = envs.write_requirements("base").read_text()
+    assert text == f"{envs.INSTALL_RECIPE}\n{envs.lock_path('base').read_text()}"
 
 
-def test_requirements_are_left_alone_unless_the_recipe_or_extra_changes(venvs_dir, monkeypatch):
+def test_a_lock_of_another_extra_is_refused(venvs_dir, monkeypatch):
+    monkeypatch.setattr(envs, "extra_requirements", lambda env: ["numpy>=1.23", "an-added-package"])
+    refused = r"locks/base.txt was resolved from another \[base\] extra.*make lock-base"
+    with pytest.raises(UsageError, match=refused):
+        envs.write_requirements("base")
+    assert not envs.requirements_path("base").exists()
+
+
+def test_a_missing_lock_is_one_line(venvs_dir, monkeypatch, tmp_path):
+    monkeypatch.setattr(envs, "LOCKS", tmp_path / "locks")
+    with pytest.raises(UsageError, match=r"^locks/base.txt is missing; make it with `make lock-base`$"):
+        envs.write_requirements("base")
+
+
+def test_requirements_are_left_alone_unless_the_recipe_or_lock_changes(venvs_dir, monkeypatch, tmp_path):
     path = envs.write_requirements("base")
     os.utime(path, (1, 1))  # make would rebuild on any newer mtime
     envs.write_requirements("base")
@@ -63,6 +116,13 @@ def test_requirements_are_left_alone_unless_the_recipe_or_extra_changes(venvs_di
     monkeypatch.setattr(envs, "INSTALL_RECIPE", "# a new recipe")
     envs.write_requirements("base")
     assert path.stat().st_mtime > 1, "a new install recipe left the old requirements file"
+    os.utime(path, (1, 1))
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    (locks / "base.txt").write_text(envs.lock_path("base").read_text() + "# another resolution\n")
+    monkeypatch.setattr(envs, "LOCKS", locks)
+    envs.write_requirements("base")
+    assert path.stat().st_mtime > 1, "a new lock left the old requirements file"
 
 
 # -- creation under faults (issue 23) ----------------------------------------------------------------
