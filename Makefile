@@ -8,16 +8,16 @@ ENVS      = $(shell $(PYTHON) -m common.envs names)
 ARGS     ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venvs test test-common test-all diff train roundtrip bench fuzz lint clean distclean
+.PHONY: help venvs lock test test-common test-all diff train roundtrip bench fuzz lint clean distclean
 .SECONDARY:
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z%_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2} /^##@ / {print "  make " substr($$0, 5)}' $(MAKEFILE_LIST)
 	@$(PYTHON) -c 'from common.config import valid_names; print("  backends:", valid_names())'
 
-# Each env's requirements file is rewritten only when its own extra changes, and the stamp
-# depends on that file alone: editing one extra rebuilds one environment.
-$(VENVS)/%.requirements: pyproject.toml
+# Each env's requirements file is its lock (locks/<env>.txt), rewritten only when that lock
+# changes, and the stamp depends on that file alone: a new lock rebuilds one environment.
+$(VENVS)/%.requirements: pyproject.toml $(wildcard locks/*.txt)
 	@$(PYTHON) -m common.envs requirements $*
 
 $(VENVS)/%/.stamp: $(VENVS)/%.requirements
@@ -29,6 +29,13 @@ venv-%: $(VENVS)/%/.stamp
 
 venvs: ## create every environment
 	@$(MAKE) -s $(addprefix venv-,$(ENVS))
+
+lock: ## resolve every extra anew into locks/<env>.txt, hashes included; the envs install exactly that
+	@$(PYTHON) -m common.envs lock $(ENVS)
+
+##@ lock-<env>       resolve one extra anew: lock-torch
+lock-%:
+	@$(PYTHON) -m common.envs lock $*
 
 test: $(VENVS)/base/.stamp ## run the conformance suite for PARITY_BACKEND
 	@$(CLI) test $(ARGS)

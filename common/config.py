@@ -1,17 +1,25 @@
-"""Backend names and the one place PARITY_BACKEND is read. Names come from the declarations
-(``backends/<name>/backend.toml``); nothing here lists a backend."""
+"""Backend names and the one place the settings are read: PARITY_BACKEND, PARITY_DEVICE,
+PARITY_EXAMPLES and PARITY_SEED (PARITY_PYTHON is the environments', ``common.envs``). Names come
+from the declarations (``backends/<name>/backend.toml``); nothing here lists a backend.
+``check_settings`` checks every one before a command starts anything."""
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from common.declarations import declarations
+from common.envs import check_python
 from common.errors import UsageError
 
 ENV_VAR = "PARITY_BACKEND"
 DEVICE_VAR = "PARITY_DEVICE"
 DEVICES = ("cpu", "cuda")
+EXAMPLES_ENV = "PARITY_EXAMPLES"
+SEED_ENV = "PARITY_SEED"
+DEFAULT_EXAMPLES = 10  # per property in make test-all: JAX compiles each new architecture (~2 s)
 
 
 def backend_names() -> tuple[str, ...]:
@@ -58,11 +66,27 @@ def add_backends_option(parser) -> None:
 DEFAULT_TIMEOUT = 1800.0
 
 
+def seconds_option(flag: str):
+    """An argparse type for ``flag``: a positive finite number of seconds, else one line, exit 2
+    (a UsageError passes through argparse to the command line's handler)."""
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{flag}={text}, but should be a positive, finite number of seconds")
+        return value
+
+    return seconds
+
+
 def add_timeout_option(parser, default: float = DEFAULT_TIMEOUT) -> None:
     """The ``--timeout`` every per-backend command takes: a hung backend is reported, not waited on."""
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds_option("--timeout"),
         default=default,
         metavar="SECONDS",
         help=f"give up on one backend after this many seconds (default {default:.0f})",
@@ -85,3 +109,40 @@ def selected_device(environ: Mapping[str, str] | None = None) -> str:
     if value not in DEVICES:
         raise UsageError(f"{DEVICE_VAR}={value!r} is not a device; valid: {', '.join(DEVICES)}")
     return value
+
+
+@dataclass(frozen=True)
+class Budget:
+    examples: int
+    seed: int | None  # None: derandomized
+
+
+def budget(environ: Mapping[str, str] | None = None) -> Budget:
+    """Examples per property and the seed, from PARITY_EXAMPLES and PARITY_SEED (read only here)."""
+    environ = os.environ if environ is None else environ
+    return Budget(
+        _env_int(environ, EXAMPLES_ENV, DEFAULT_EXAMPLES, minimum=1),
+        _env_int(environ, SEED_ENV, None, minimum=0),
+    )
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int | None, minimum: int) -> int | None:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise UsageError(f"{name}={text!r}, but should be an int >= {minimum}")
+    return value
+
+
+def check_settings(backends: Iterable[str]) -> None:
+    """Every setting, before a command starts anything: a bad one is one line and exit 2 here,
+    not a traceback in every suite. ``backends``: those the command runs, whose frameworks
+    PARITY_PYTHON must have."""
+    selected_device()
+    budget()
+    check_python(backends)

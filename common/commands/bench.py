@@ -22,7 +22,6 @@ import gc
 import importlib
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from common.commands.fanout import child_main, module_command, prepare_envs, run_parallel, write_atomically
+from common import children
+from common.commands.fanout import (
+    child_main,
+    module_command,
+    prepare_envs,
+    run_parallel,
+    shown,
+    writable_folder,
+    write_output,
+)
 from common.commands.textable import format_table
 from common.config import add_backends_option, add_timeout_option, parse_backend_list
 from common.core import oracle, portable
@@ -159,7 +167,7 @@ def bare_import_seconds(backend: str) -> float:
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        subprocess.run([python, "-c", code], cwd=ROOT, check=True, capture_output=True)
+        children.run([python, "-c", code], cwd=ROOT, check=True, capture_output=True)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -186,6 +194,7 @@ def add_parser(commands) -> None:
     add_backends_option(parser)
     add_timeout_option(parser)
     parser.add_argument("--no-suites", action="store_true", help="skip the test-all and diff timings")
+    parser.add_argument("--out-dir", type=Path, default=REPORTS, help="where reports go (default: reports/)")
     parser.add_argument(
         "--max-layers",
         type=int,
@@ -198,6 +207,7 @@ def add_parser(commands) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     backends = parse_backend_list(args.backends)
+    out = writable_folder(args.out_dir, "--out-dir")  # before the benchmarks, not after
     prepare_envs(backends)
     sizes = ",".join(str(size) for size in SIZES if size <= args.max_layers)
     records = run_parallel(
@@ -217,11 +227,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if not args.no_suites:
         report["suites"] = time_suites(backends, imports, args.timeout)
         report["diff"] = time_diff(backends, imports, args.timeout)
-    REPORTS.mkdir(exist_ok=True)
-    write_atomically(REPORTS / "bench.json", json.dumps(report, indent=1, sort_keys=True) + "\n")
-    plot_scaling(report, REPORTS / "bench_scaling.png")
+    write_output(out / "bench.json", json.dumps(report, indent=1, sort_keys=True) + "\n")
+    plot_scaling(report, out / "bench_scaling.png")
     print(render(report))
-    print("\nwrote reports/bench.json and reports/bench_scaling.png")
+    print(f"\nwrote {shown(out / 'bench.json')} and {shown(out / 'bench_scaling.png')}")
     return 0 if all(r.get("ok") for r in records.values()) else 1
 
 
@@ -237,7 +246,7 @@ def time_suites(backends: tuple[str, ...], imports: dict[str, float], timeout: f
     """Run test-all once and read each suite's wall time from its summary."""
     print("running test-all for the suite timings ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    completed = subprocess.run(
+    completed = children.run(
         [sys.executable, "-m", "common", "test-all", "--backends", ",".join(backends),
          "--timeout", str(timeout), "-q"],
         cwd=ROOT, capture_output=True, text=True,
@@ -261,7 +270,7 @@ def time_suites(backends: tuple[str, ...], imports: dict[str, float], timeout: f
 def time_diff(backends: tuple[str, ...], imports: dict[str, float], timeout: float) -> dict[str, Any]:
     print("running diff ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    subprocess.run(
+    children.run(
         [sys.executable, "-m", "common", "diff", "--backends", ",".join(backends), "--timeout", str(timeout)],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
@@ -350,7 +359,7 @@ def plot_scaling(report: dict[str, Any], path: Path) -> None:
     buffer = tempfile.SpooledTemporaryFile()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     buffer.seek(0)
-    write_atomically(path, buffer.read())
+    write_output(path, buffer.read())
     pyplot.close(figure)
 
 

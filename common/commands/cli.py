@@ -1,14 +1,25 @@
 """paramparity's command line; make runs it from the base environment.
 
-User errors print one line and exit 2; everything else keeps its traceback.
+User errors print one line and exit 2; everything else keeps its traceback. Every setting is
+checked before a command starts anything. The children a command starts die with it; Ctrl-C
+(SIGINT) stops them all and exits 130, SIGTERM 143, with no report written.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from pathlib import Path
 
-from common.config import add_backends_option, add_timeout_option, parse_backend_list
+from common import children
+from common.config import (
+    add_backends_option,
+    add_timeout_option,
+    check_settings,
+    parse_backend_list,
+    selected_backend,
+)
 from common.errors import USAGE_EXIT_CODE, UsageError, one_line
 
 
@@ -32,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_backends_option(test_all)
     add_timeout_option(test_all)
+    test_all.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where pytest's caches and the record of suite times go (default: .pytest_cache/)",
+    )
 
     from common.commands import (
         bench,
@@ -53,29 +70,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def backends_to_run(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The backends whose children the command starts; None for a command that starts none."""
+    if args.command == "test":
+        return (selected_backend(),)
+    if args.command in ("spec", "inspect") or getattr(args, "from_files", None):
+        return None
+    if args.command == "fuzz" and not args.examples:
+        return ()
+    return parse_backend_list(args.backends)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    with children.handling_signals():  # held through the clean-up: a second Ctrl-C prints nothing
+        try:
+            return run(parser, argv)
+        except UsageError as error:
+            print(one_line(f"paramparity: error: {error}"), file=sys.stderr)
+            return USAGE_EXIT_CODE
+        except KeyboardInterrupt as stop:
+            signum = getattr(stop, "signum", signal.SIGINT)
+            children.interrupt(signum)  # no new child; every child asked to stop
+            children.wait_all()
+            stopped = f"interrupted by {signal.Signals(signum).name}: every child stopped, no report written"
+            print(f"paramparity: {stopped}", file=sys.stderr)
+            return 128 + signum
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command not in ("test", "test-all"):
         # The command's own usage, not the top-level one: it says what that command takes.
         subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         subcommands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    try:
-        if args.command == "test":
-            from common.commands.testing import test_one
+    backends = backends_to_run(args)
+    if backends is not None:
+        check_settings(backends)
+    if args.command == "test":
+        from common.commands.testing import test_one
 
-            return test_one(unknown)  # pytest's own flags pass through
-        if args.command == "test-all":
-            from common.commands.testing import test_all
+        return test_one(unknown)  # pytest's own flags pass through
+    if args.command == "test-all":
+        from common.commands.testing import test_all
 
-            return test_all(parse_backend_list(args.backends), unknown, args.timeout)
-        return args.run(args)
-    except UsageError as error:
-        print(one_line(f"paramparity: error: {error}"), file=sys.stderr)
-        return USAGE_EXIT_CODE
-    except KeyboardInterrupt:
-        print("paramparity: interrupted", file=sys.stderr)
-        return 130
+        return test_all(backends, unknown, args.timeout, args.cache_dir)
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,14 @@ from common.commands.claims import (
     applies_to,
     evaluate,
 )
-from common.commands.fanout import Command, module_command, prepare_envs, run_parallel
+from common.commands.fanout import (
+    Command,
+    module_command,
+    prepare_envs,
+    run_parallel,
+    unwritable,
+    writable_folder,
+)
 from common.commands.textable import INDENT, SHAPE, fit_columns, pieces, wrap
 from common.config import (
     DEFAULT_TIMEOUT,
@@ -867,7 +874,11 @@ def write_atomic(path: Path, text: str) -> Path:
 
 
 def write_report(doc: Mapping[str, Any], fmt: str, out_dir: Path = REPORTS) -> Path:
-    return write_atomic(out_dir / f"diff.{EXTENSIONS[fmt]}", RENDERERS[fmt](doc))
+    path = out_dir / f"diff.{EXTENSIONS[fmt]}"
+    try:
+        return write_atomic(path, RENDERERS[fmt](doc))
+    except OSError as error:  # a full disk: one line, and the previous report stays whole
+        raise unwritable(path, error, "--out-dir") from None
 
 
 def load_records(paths: Sequence[str | Path], warn=sys.stderr) -> dict[str, Record]:
@@ -1049,6 +1060,8 @@ def _shown(path: Path) -> str:
 
 
 def run_diff(args: argparse.Namespace) -> int:
+    if not args.from_files or args.format != "terminal":
+        writable_folder(args.out_dir, "--out-dir")  # before the probes run, not after
     if args.from_files:
         records = load_records(args.from_files)
         if args.backends.strip().lower() != "all":

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -23,8 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from common import children
 from common.config import DEFAULT_TIMEOUT
-from common.envs import ROOT, backend_env, ensure_venv, venv_python
+from common.envs import ROOT, backend_env, ensure_venv, env_ready, venv_python
 from common.errors import USAGE_EXIT_CODE, UsageError
 
 PROGRESS = "progress:"
@@ -50,7 +52,7 @@ def module_command(module: str, *args: str) -> Command:
     def command(backend: str, out: Path) -> list[str]:
         env = backend_env(backend)
         python = venv_python(env)
-        if not python.exists():
+        if not env_ready(env):  # missing, or half-made by a creation that was killed
             raise UsageError(f"environment .venvs/{env} is missing; create it with `make venv-{env}`")
         return [str(python), "-m", module, "--backend", backend, "--out", str(out), *args]
 
@@ -76,8 +78,8 @@ def run_parallel(
     at_once: int | None = None,
 ) -> dict[str, Record]:
     """Every child at once, or ``at_once`` at a time (a benchmark runs alone); one that outlives
-    ``timeout`` is killed (its whole process group) and reported as timed out while the others
-    finish."""
+    ``timeout`` is stopped (its whole tree) and reported as timed out while the others finish.
+    If the command is interrupted, every child stops and nothing is recorded."""
     records: dict[str, Record] = {}
     lock = threading.Lock()
     parallel = min(len(backends), at_once or len(backends))
@@ -100,48 +102,92 @@ def run_parallel(
             say(f"[{backend}] FAILED: {error}")
             return
         say(f"[{backend}] {what} ...")
-        process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=child_environment(parallel),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
-        timer = threading.Timer(timeout, os.killpg, (process.pid, signal.SIGKILL))
-        timer.start()
         last = "no output"
+
+        def line(text: str) -> None:
+            nonlocal last
+            text = text.rstrip()[:LINE_LIMIT]  # a runaway stderr line cannot bloat a record
+            if text.startswith(PROGRESS):
+                say(f"[{backend}] {text.removeprefix(PROGRESS).strip()}")
+            elif text:
+                last = text
+
         try:
-            for line in process.stderr:
-                line = line.rstrip()[:LINE_LIMIT]  # a runaway stderr line cannot bloat a record
-                if line.startswith(PROGRESS):
-                    say(f"[{backend}] {line.removeprefix(PROGRESS).strip()}")
-                elif line:
-                    last = line
+            process = children.Child(
+                argv,
+                cwd=ROOT,
+                env=child_environment(parallel),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        except children.Interrupted:
+            return
+        with process:
+            timed_out = follow(process, line, started + timeout)
             status = process.wait()
-        finally:
-            timer.cancel()
+        if children.interrupted():
+            return  # the command is stopping: no record, no verdict
         try:
             record = json.loads(out.read_text())
         except (OSError, json.JSONDecodeError):
             record = {"backend": backend, "ok": False, "error": f"exited {status} without a record: {last}"}
-        if status == -signal.SIGKILL and time.monotonic() - started >= timeout:
-            record = {"backend": backend, "ok": False, "error": f"timed out after {timeout:.0f}s"}
+        if timed_out:
+            record = {"backend": backend, "ok": False, "error": f"timed out after {timeout:g}s"}
         elif status != 0 and record.get("ok"):
             record = {"backend": backend, "ok": False, "error": f"exited {status}: {last}"}
         records[backend] = record
         result = "done" if record.get("ok") else f"FAILED: {record.get('error')}"
         say(f"[{backend}] {result} ({time.monotonic() - started:.1f}s)")
 
-    with tempfile.TemporaryDirectory() as scratch:
-        threads = [threading.Thread(target=run, args=(b, Path(scratch) / f"{b}.json")) for b in backends]
+    with children.temporary_directory() as scratch:
+        threads = [threading.Thread(target=run, args=(b, scratch / f"{b}.json")) for b in backends]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+    if children.interrupted():
+        raise children.Interrupted(children.interrupted())
     return {b: records[b] for b in backends}
+
+
+AFTER_EXIT_S = 1.0  # how long stderr is still read once the child has ended
+
+
+def follow(process: children.Child, line: Callable[[str], None], deadline: float) -> bool:
+    """Pass each stderr line of ``process`` to ``line`` until it ends; stop its tree at
+    ``deadline`` (monotonic). Never waits on end of file alone: something outside the tree may
+    hold the pipe open, so once the child has ended, reading stops after AFTER_EXIT_S. True if
+    the deadline stopped it."""
+    fd = process.stderr.fileno()
+    pending, skipping, timed_out, ended = b"", False, False, None
+    while True:
+        now = time.monotonic()
+        if ended is None and process.poll() is not None:
+            ended = now
+        if ended is not None and now >= ended + AFTER_EXIT_S:
+            break
+        if ended is None and now >= deadline and not timed_out:
+            timed_out = True
+            process.stop(signal.SIGKILL)
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            if not skipping:
+                line(raw.decode("utf-8", "replace"))
+            skipping = False
+        if len(pending) > LINE_LIMIT:  # a line without end: keep its start, drop the rest of it
+            if not skipping:
+                line(pending[:LINE_LIMIT].decode("utf-8", "replace"))
+            pending, skipping = b"", True
+    if pending and not skipping:
+        line(pending.decode("utf-8", "replace"))
+    return timed_out
 
 
 def report_progress(text: str) -> None:
@@ -149,8 +195,51 @@ def report_progress(text: str) -> None:
     print(f"{PROGRESS} {text}", file=sys.stderr, flush=True)
 
 
+def shown(path: Path) -> str:
+    """A path as the user would type it: relative to the checkout when inside it."""
+    path = Path(path).absolute()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def unwritable(path: Path, error: OSError, option: str) -> UsageError:
+    """One line naming the place that cannot be written, why, and the option that picks another."""
+    cause = (
+        "it is a file, not a folder"
+        if isinstance(error, (FileExistsError, NotADirectoryError))
+        else (error.strerror or str(error))
+    )
+    return UsageError(f"cannot write to {shown(path)}: {cause}; choose another place with {option} DIR")
+
+
+def writable_folder(folder: Path, option: str) -> Path:
+    """``folder``, made if missing, once a file could be made in it: checked before a command
+    runs for minutes, so a read-only checkout or a file in the way ends it in one line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".paramparity-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise unwritable(folder, error, option) from None
+    return folder
+
+
+def write_output(path: Path, text: str | bytes, option: str = "--out-dir") -> Path:
+    """``write_atomically`` for what a command leaves for the user: a failure (a full disk) is one
+    line naming the file, and the previous file stays whole."""
+    try:
+        write_atomically(path, text)
+    except OSError as error:
+        raise unwritable(path, error, option) from None
+    return path
+
+
+def record_text(record: Record) -> str:
+    return json.dumps(record, indent=1, sort_keys=True, default=_plain) + "\n"
+
+
 def write_record(path: str, record: Record) -> None:
-    write_atomically(Path(path), json.dumps(record, indent=1, sort_keys=True, default=_plain) + "\n")
+    write_atomically(Path(path), record_text(record))
 
 
 def write_atomically(path: Path, text: str | bytes) -> None:

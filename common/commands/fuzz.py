@@ -38,7 +38,7 @@ from typing import Any
 from common.atomic import write_atomically
 from common.commands.fuzz_specs import add_suite_timeout_option
 from common.commands.textable import format_table
-from common.config import add_backends_option, parse_backend_list
+from common.config import add_backends_option, parse_backend_list, seconds_option
 from common.core.isolate import Limits, Outcome, Worker
 from common.core.models import BOOK_SPECS
 from common.core.oracle import initial_weights
@@ -76,7 +76,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--mutants", type=int, default=5000, help="how many mutants (default 5000)")
     parser.add_argument("--seed", type=int, default=0, help="campaign seed (default 0)")
     parser.add_argument("--workers", type=int, default=2, help="parallel workers (default 2)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per read (default 10)")
+    parser.add_argument(
+        "--timeout", type=seconds_option("--timeout"), default=10.0, help="seconds per read (default 10)"
+    )
     parser.add_argument("--memory-mb", type=int, default=512, help="memory cap per reader (default 512)")
     parser.add_argument("--out", type=Path, default=None, help="reproducer folder (default reports/fuzz)")
     parser.add_argument(

@@ -21,7 +21,7 @@ from typing import Any
 
 from common.commands.fanout import child_environment
 from common.commands.testing import SuiteResult, run_suite
-from common.config import DEFAULT_TIMEOUT
+from common.config import DEFAULT_TIMEOUT, seconds_option
 from common.envs import ensure_backend_env
 from common.errors import UsageError
 
@@ -166,7 +166,7 @@ def report_line(item: BackendRun) -> str:
 def add_suite_timeout_option(parser, flag: str) -> None:
     parser.add_argument(
         flag,
-        type=float,
+        type=seconds_option(flag),
         default=None,
         metavar="SECONDS",
         help=f"give up on one backend's suite after this many seconds (default: {SECONDS_PER_EXAMPLE:.0f} "

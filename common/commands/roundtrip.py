@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -168,11 +167,13 @@ def add_parser(commands) -> None:
 
 
 def run_roundtrip(args: argparse.Namespace) -> int:
+    from common import children
     from common.commands.fanout import module_command, prepare_envs, run_parallel
 
     backends = parse_backend_list(args.backends)
     prepare_envs(backends)
-    with tempfile.TemporaryDirectory() as folder:
+    with children.temporary_directory() as scratch:  # removed even if this process is killed
+        folder = str(scratch)
         exports = run_parallel(
             backends,
             module_command("common.commands.roundtrip", "--phase", "export", "--dir", folder),

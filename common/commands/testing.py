@@ -13,14 +13,14 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.commands.fanout import child_environment
+from common import children
+from common.commands.fanout import child_environment, shown, writable_folder, write_atomically
 from common.commands.textable import format_table
 from common.config import DEFAULT_TIMEOUT, ENV_VAR, selected_backend, selected_device
 from common.envs import ROOT, backend_env, ensure_backend_env, ensure_venv
@@ -29,7 +29,9 @@ from common.errors import UsageError
 COUNT_COLUMNS = ("passed", "failed", "error", "xfailed", "xpassed", "skipped")
 OUTPUT_LIMIT = 256_000  # bytes of a suite's output kept for the log
 BASE_SUITE = "base (common)"  # common/'s own tests, in the base env
-SECONDS_RECORD = ROOT / ".pytest_cache" / "test-all-seconds.json"  # each suite's last wall time
+CACHE_ROOT = ROOT / ".pytest_cache"  # pytest's caches (one per suite) and test-all's record
+SECONDS_FILE = "test-all-seconds.json"
+SECONDS_RECORD = CACHE_ROOT / SECONDS_FILE  # each suite's last wall time
 
 
 @dataclass
@@ -52,10 +54,13 @@ class SuiteResult:
         )
 
 
-def pytest_command(python: str, suite: str, extra: list[str], cache: str = "base") -> list[str]:
+def pytest_command(
+    python: str, suite: str, extra: list[str], cache: str = "base", cache_root: Path | None = None
+) -> list[str]:
     """Default verbosity keeps the backend header. Each suite keeps its own pytest cache, so
     --lf and --ff of one backend are not confused by another's run of the same test ids."""
-    return [python, "-m", "pytest", suite, "-o", f"cache_dir=.pytest_cache/{cache}", *extra]
+    cache_dir = f"{cache_root}/{cache}" if cache_root else f".pytest_cache/{cache}"
+    return [python, "-m", "pytest", suite, "-o", f"cache_dir={cache_dir}", *extra]
 
 
 def run_suite(
@@ -67,43 +72,50 @@ def run_suite(
     *,
     timeout: float | None = None,
     capture: bool = False,
+    cache_root: Path | None = None,
 ) -> SuiteResult:
-    """One pytest run in its own process group. With ``capture`` its output is kept and returned
-    in ``output`` so parallel suites print whole; past ``timeout`` the group is killed and the
-    suite counts as failed, with the cause."""
+    """One pytest run under a guard (``common.children``). With ``capture`` its output is kept and
+    returned in ``output`` so parallel suites print whole; past ``timeout`` its tree is killed and
+    the suite counts as failed, with the cause."""
     env = dict(os.environ)
     env.pop(ENV_VAR, None)
     if backend:
         env[ENV_VAR] = backend
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as scratch:
+    with children.temporary_directory() as scratch:
         summary_path = os.path.join(scratch, "summary.json")
         log_path = os.path.join(scratch, "output.txt")
         env["PARITY_SUMMARY_FILE"] = summary_path
         with open(log_path, "w") as log:
             sink = log if capture else None
-            process = subprocess.Popen(
-                pytest_command(python, suite, extra, backend or "base"),
+            process = children.Child(
+                pytest_command(python, suite, extra, backend or "base", cache_root),
                 cwd=ROOT,
                 env=env,
                 stdout=sink,
                 stderr=subprocess.STDOUT if capture else None,
-                start_new_session=True,  # one group, so a timeout kills pytest and its children
-            )
+            )  # its own tree: a timeout or an interrupt ends pytest and everything it started
             try:
                 status = process.wait(timeout=timeout)
                 problem = ""
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                process.stop(signal.SIGKILL)
                 status = process.wait()
-                problem = f"timed out after {timeout:.0f}s"
+                problem = f"timed out after {timeout:g}s"
+            except BaseException:
+                process.stop()
+                process.wait()
+                raise
         seconds = time.monotonic() - started
         output = tail_text(log_path) if capture else ""
-        if problem or not os.path.exists(summary_path):
+        try:
+            with open(summary_path) as handle:
+                counts = json.load(handle) if not problem else None
+        except (OSError, ValueError):  # none, or half of one: pytest died while writing it
+            counts = None
+        if not isinstance(counts, dict):
             problem = problem or f"pytest exited {status} before reporting"
             return SuiteResult(name, {}, status, seconds, problem, output)
-        with open(summary_path) as handle:
-            counts = json.load(handle)
     counts.pop("exitstatus", None)
     problem = "no test ran" if status == 5 or not counts.get("passed") else ""
     return SuiteResult(name, counts, status, seconds, problem, output)
@@ -120,7 +132,11 @@ def tail_text(path: str, limit: int = OUTPUT_LIMIT) -> str:
 
 
 def run_backend(
-    backend: str, extra: list[str], timeout: float | None = None, env_ready: Future[Path] | None = None
+    backend: str,
+    extra: list[str],
+    timeout: float | None = None,
+    env_ready: Future[Path] | None = None,
+    cache_root: Path | None = None,
 ) -> SuiteResult:
     """One backend's suite in its env. ``env_ready``: the env's interpreter, being built elsewhere
     (test-all builds every env in one thread, as make and pip are not parallel-safe); without it,
@@ -130,7 +146,9 @@ def run_backend(
     except UsageError as error:
         return SuiteResult(backend, {}, 2, 0.0, f"environment: {error}")
     suite = "tests/conformance"
-    return run_suite(backend, str(interpreter), suite, extra, backend, timeout=timeout, capture=True)
+    return run_suite(
+        backend, str(interpreter), suite, extra, backend, timeout=timeout, capture=True, cache_root=cache_root
+    )
 
 
 def build_envs_in_order(envs: list[str]) -> dict[str, Future[Path]]:
@@ -143,7 +161,8 @@ def build_envs_in_order(envs: list[str]) -> dict[str, Future[Path]]:
             try:
                 future.set_result(ensure_venv(env))  # its progress lines show: a cold env takes a minute
             except UsageError as error:
-                print(f"[{env}] {error}", file=sys.stderr, flush=True)
+                if not children.interrupted():
+                    print(f"[{env}] {error}", file=sys.stderr, flush=True)
                 future.set_exception(error)
             except BaseException as error:  # a bug: raised in the suite's thread, never a hang
                 future.set_exception(error)
@@ -193,8 +212,10 @@ def record_seconds(results: list[SuiteResult], record: Path | None = None) -> No
         times.pop(result.name, None)
         if not result.problem:
             times[result.name] = round(result.seconds, 1)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(times, indent=1) + "\n")
+    try:
+        write_atomically(record, json.dumps(times, indent=1) + "\n")
+    except OSError as error:  # a cache: the run's verdict stands without it
+        print(f"paramparity: warning: cannot keep the suite times in {shown(record)}: {error.strerror}")
 
 
 def test_one(extra: list[str]) -> int:
@@ -202,30 +223,46 @@ def test_one(extra: list[str]) -> int:
     selected_device()  # a bad PARITY_DEVICE is the user's error: one line, exit 2, before pytest
     python = ensure_backend_env(backend)
     env = dict(os.environ, **{ENV_VAR: backend})
-    return subprocess.run(
+    with children.Child(
         pytest_command(str(python), "tests/conformance", extra, backend), cwd=ROOT, env=env
-    ).returncode
+    ) as run:
+        return run.wait()
 
 
-def test_all(backends: tuple[str, ...], extra: list[str], timeout: float = DEFAULT_TIMEOUT) -> int:
+def test_all(
+    backends: tuple[str, ...],
+    extra: list[str],
+    timeout: float = DEFAULT_TIMEOUT,
+    cache_dir: Path | None = None,
+) -> int:
     """Every suite, up to one per core at a time, the longest of the last run first, each printed
     whole when it ends; a summary; exit 1 if any suite failed, timed out or could not run. Envs
     are built meanwhile, in the order the suites need them, and a core never waits on an env
-    while a suite whose env is ready could run."""
+    while a suite whose env is ready could run. ``cache_dir``: pytest's caches and the record of
+    suite times, instead of .pytest_cache."""
     selected_device()  # checked once here rather than failing in every suite
+    record = cache_dir / SECONDS_FILE if cache_dir else SECONDS_RECORD
+    writable_folder(record.parent, "--cache-dir")
     started = time.monotonic()
-    order = longest_first([BASE_SUITE, *backends])
+    order = longest_first([BASE_SUITE, *backends], record)
     env_ready = build_envs_in_order(list(dict.fromkeys(backend_env(b) for b in order if b in backends)))
     env_of = {b: env_ready[backend_env(b)] for b in backends}
     jobs = {
         BASE_SUITE: lambda: run_suite(
-            BASE_SUITE, sys.executable, "tests/common", extra, None, timeout=timeout, capture=True
-        ),
-        **{b: (lambda b=b: run_backend(b, extra, timeout, env_of[b])) for b in backends},
+            BASE_SUITE,
+            sys.executable,
+            "tests/common",
+            extra,
+            None,
+            timeout=timeout,
+            capture=True,
+            cache_root=cache_dir,
+        ),  # fmt: skip
+        **{b: (lambda b=b: run_backend(b, extra, timeout, env_of[b], cache_dir)) for b in backends},
     }
     workers = max(1, min(len(jobs), os.cpu_count() or 1))
     os.environ.update(child_environment(workers))  # suites share the cores: one share of threads each
-    print(f"==> {len(jobs)} suites, {workers} at a time (timeout {timeout:.0f}s each)", flush=True)
+    print(f"==> {len(jobs)} suites, {workers} at a time (timeout {timeout:g}s each)", flush=True)
     results: dict[str, SuiteResult] = {}
     waiting, running = list(order), {}
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -244,7 +281,7 @@ def test_all(backends: tuple[str, ...], extra: list[str], timeout: float = DEFAU
                 if result.output:
                     print(result.output.rstrip(), flush=True)
     ordered = [results[name] for name in jobs]
-    record_seconds(ordered)
+    record_seconds(ordered, record)
     print(f"\n== paramparity test-all summary ({time.monotonic() - started:.0f}s wall)")
     print(summary_table(ordered))
     failed = [r.name for r in ordered if not r.ok]

@@ -20,11 +20,20 @@ import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.commands.fanout import module_command, prepare_envs, run_parallel, write_atomically, write_record
+from common.commands.fanout import (
+    module_command,
+    prepare_envs,
+    record_text,
+    run_parallel,
+    shown,
+    writable_folder,
+    write_output,
+)
 from common.commands.textable import format_table
 from common.commands.training import (
     DEFAULT_LR,
@@ -756,6 +765,7 @@ def add_parser(commands) -> None:
         "--steps", type=int, default=DEFAULT_STEPS, help=f"SGD steps (default {DEFAULT_STEPS})"
     )
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"learning rate (default {DEFAULT_LR})")
+    parser.add_argument("--out-dir", type=Path, default=REPORTS, help="where reports go (default: reports/)")
     parser.set_defaults(run=run_train)
 
 
@@ -781,19 +791,21 @@ def run_train(args: argparse.Namespace) -> int:
     if args.steps < 1 or not args.lr > 0:
         raise UsageError(f"--steps={args.steps} and --lr={args.lr}, but should be >= 1 and > 0")
     backends = parse_backend_list(args.backends)
+    out = writable_folder(args.out_dir, "--out-dir")  # before the training, not after
     prepare_envs(backends)
     command = module_command("common.commands.training", "--steps", str(args.steps), "--lr", str(args.lr))
     records = run_training(backends, command, args.timeout)
     report = build_report(records, args.steps, args.lr)
     for name, figure in report.figures.items():
-        write_atomically(REPORTS / name, figure.png)
-    write_atomically(REPORTS / "train.html", render_html(report))
+        write_output(out / name, figure.png)
+    write_output(out / "train.html", render_html(report))
     for name, record in records.items():
-        write_record(str(REPORTS / f"train_{name}.json"), record)
+        write_output(out / f"train_{name}.json", record_text(record))
     width = min(shutil.get_terminal_size((100, 24)).columns, 120)
     print()
     print(render_text(report, width))
-    print("\nwrote reports/train.html (columns explained there) and reports/train_{backend}.json")
+    html_file, records_file = shown(out / "train.html"), shown(out / "train_{backend}.json")
+    print(f"\nwrote {html_file} (columns explained there) and {records_file}")
     failed = [name for name, record in records.items() if not record.get("ok")]
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)

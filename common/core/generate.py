@@ -11,9 +11,9 @@ float32 error bound every backend is held to.
 - ``native_changes()``: changes to a model's own native file that every backend's reader must
   refuse (``common.core.hostile_native``: other dtypes, float64 beyond float32's range, NaN and
   Inf, oversized names, a missing entry, a FIFO or a device in its place).
-- ``budget()``: the one place PARITY_EXAMPLES (examples per property, default 10) and
-  PARITY_SEED (unset: derandomized, the same examples every run) are read; ``configured`` applies
-  them to a test.
+- ``budget()`` (from ``common.config``, the one reader of PARITY_EXAMPLES and PARITY_SEED):
+  examples per property (default 10) and the seed (unset: derandomized, the same examples every
+  run); ``configured`` applies them to a test.
 - ``bounds()``: per-element tolerances for a float32 computation against the float64 oracle (the
   rule is written out in tests/conformance/test_properties.py).
 
@@ -24,7 +24,6 @@ backend's environment have it (pyproject's extras).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import seed as fixed_seed
 from hypothesis import strategies as st
 
+from common.config import DEFAULT_EXAMPLES, EXAMPLES_ENV, SEED_ENV, Budget, budget
 from common.core import oracle
 from common.core.hostile_native import KINDS, LONG_NAME, RETYPED, NativeChange
 from common.core.oracle import Loss
@@ -52,7 +52,6 @@ from common.core.spec import (
     spec_from_dict,
 )
 from common.core.untrusted import shown
-from common.errors import UsageError
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -75,9 +74,6 @@ __all__ = [
     "valid_specs",
 ]
 
-EXAMPLES_ENV = "PARITY_EXAMPLES"
-SEED_ENV = "PARITY_SEED"
-DEFAULT_EXAMPLES = 10  # per property in make test-all: JAX compiles each new architecture (~2 s)
 
 MAX_DENSE = 8
 MAX_WIDTH = 64
@@ -90,35 +86,7 @@ UNIT_ROUNDOFF = 2.0**-24  # float32
 CASE_MARKER = "PARITY-CASE"  # prefix of the line a failing property prints; fuzz_specs greps it
 
 
-# == budget =======================================================================================
-@dataclass(frozen=True)
-class Budget:
-    examples: int
-    seed: int | None  # None: derandomized
-
-
-def budget(environ: Mapping[str, str] | None = None) -> Budget:
-    """Examples per property and the seed, from PARITY_EXAMPLES and PARITY_SEED (read only here)."""
-    environ = os.environ if environ is None else environ
-    return Budget(
-        _env_int(environ, EXAMPLES_ENV, DEFAULT_EXAMPLES, minimum=1),
-        _env_int(environ, SEED_ENV, None, minimum=0),
-    )
-
-
-def _env_int(environ: Mapping[str, str], name: str, default: int | None, minimum: int) -> int | None:
-    text = environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < minimum:
-        raise UsageError(f"{name}={text!r}, but should be an int >= {minimum}")
-    return value
-
-
+# == budget: read in common.config, the one reader of PARITY_* ==================================
 def configured(test: Callable) -> Callable:
     """Apply the budget to a ``@given`` test: a fixed number of examples, no deadline (a framework
     may compile on first use), no example database (runs do not depend on earlier runs), and

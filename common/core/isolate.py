@@ -37,6 +37,7 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
+from common import children
 from common.core.untrusted import printable
 from common.errors import ParamFileError, ParityError, UsageError
 
@@ -151,9 +152,10 @@ class Worker:
     def _start(self) -> None:
         # A plain subprocess of the same interpreter, not multiprocessing's spawn: spawn re-runs
         # the caller's main script in the child, which breaks (or repeats) unguarded scripts.
+        # Under a guard (common.children): the reader dies with this process, however it ends.
         parent_end, child_end = socket.socketpair()
         with child_end:
-            self._process = subprocess.Popen(
+            self._process = children.Child(
                 [sys.executable, "-c", _BOOTSTRAP, str(child_end.fileno())],
                 pass_fds=(child_end.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -198,8 +200,12 @@ class Worker:
 
     def _stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(timeout=5)
+            self._process.stop(signal.SIGKILL)
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill_group()
+                self._process.wait()
         if self._conn is not None:
             self._conn.close()
         self._process = self._conn = None
