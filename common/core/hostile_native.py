@@ -141,7 +141,7 @@ def write_changed(
 def declared_files(writer: NativeWriter, *, cannot_hold: tuple[str, ...] = ()) -> dict[str, FileWriter]:
     """Hostile files for a backend's declaration (its ``hostile`` FILES), one per class above,
     made with its ``writer``: each other dtype (but those in ``cannot_hold``), float64 beyond
-    float32's range, NaN, an oversized entry name, a missing entry, a FIFO and /dev/zero."""
+    float32's range, NaN, an oversized entry name, a missing parameter, a FIFO and /dev/zero."""
     changes = {
         **{
             f"{dtype} entry": NativeChange("retype", dtype=dtype)
