@@ -4,10 +4,10 @@ Everything Keras shares lives in backends._keras_common; here is PyTorch's part.
 variable keeps its value as a torch Parameter (``variable.value``), and autograd stores the
 gradient there, as on any Parameter: that is where Keras' own torch trainer reads it. Training is
 Keras' guide to a custom torch training loop: eager autograd, ``optimizer.apply`` under no_grad,
-one Keras SGD per model; losses and watched gradients stay tensors until the last step. The net
-runs with ``training=True``, so a BatchNormalization assigns its moving statistics (under no_grad,
-as Keras' torch variables do); a frozen layer's Parameters have requires_grad False, so they get
-no .grad and are never passed to the optimizer.
+one Keras SGD per model; losses and watched gradients stay tensors until the last step. A net
+with a BatchNormalization runs with ``training=True``, so it assigns its moving statistics (under
+no_grad, as Keras' torch variables do); a frozen layer's Parameters have requires_grad False, so
+they get no .grad and are never passed to the optimizer.
 """
 
 from __future__ import annotations
@@ -43,12 +43,19 @@ class KerasTorchBackend(KerasBackendBase):
 
     # -- gradients and training ------------------------------------------------------------------
     @staticmethod
+    def _training(model: Model) -> dict[str, bool]:
+        """``training=True`` where a layer reads it (a BatchNormalization), else no argument: the
+        same computation, and on this eager engine an explicit training argument costs ~20% of a
+        step of the tied MLP (3.5 -> 4.2 ms here, in Layer.__call__'s argument handling)."""
+        return {"training": True} if model.spec.has_batchnorm else {}
+
+    @staticmethod
     def _target(loss: Loss) -> torch.Tensor | None:
         return None if loss.target is None else torch.from_numpy(np.asarray(loss.target, np.float32))
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         model.native.zero_grad(set_to_none=True)  # .grad accumulates across backward calls
-        y = model.native(torch.from_numpy(x), training=True)  # moving statistics assigned
+        y = model.native(torch.from_numpy(x), **self._training(model))  # moving statistics assigned
         self.loss_value(y, loss.kind, self._target(loss)).backward()
         # A tied variable is one Parameter, into whose .grad autograd already summed every use.
         return {name: self.to_numpy(v.value.grad) for name, v in self.unique_variables(model)}
@@ -60,10 +67,10 @@ class KerasTorchBackend(KerasBackendBase):
         unique = self.unique_variables(model)
         variables = [v for _, v in unique]  # each unique variable once: a tie is updated once
         optimizer = self.sgd(model, lr, variables)
-        inputs, target = torch.from_numpy(x), self._target(loss)
+        inputs, target, training = torch.from_numpy(x), self._target(loss), self._training(model)
         losses, grads = [], []
         for _ in range(steps):
-            value = self.loss_value(net(inputs, training=True), loss.kind, target)
+            value = self.loss_value(net(inputs, **training), loss.kind, target)
             net.zero_grad(set_to_none=True)
             value.backward()
             applied = [v.value.grad for v in variables]
