@@ -143,7 +143,9 @@ def test_unset_settings_are_the_declared_defaults(backend, unset):
     """One training forward on x = [1, 2, 4, 8]: the running statistics show the default
     momentum, the variance convention, and (through the output) the default epsilon."""
     _requires(backend, "batchnorm")
-    layer = BatchNorm(eps=0.5) if unset == "momentum" else BatchNorm(momentum=0.5)
+    layer = (
+        BatchNorm(eps=0.5) if unset == "momentum" else BatchNorm(momentum=0.25)
+    )  # not 0.5: 1 - 0.5 would hide an untranslated momentum
     spec = ModelSpec(f"default-{unset}", 1, (layer, Dense(1)))
     model, weights, state = _loaded(backend, spec)
     x = np.array([[1.0], [2.0], [4.0], [8.0]], np.float32)
