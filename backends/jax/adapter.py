@@ -200,31 +200,28 @@ class FlaxBackend(FlaxBase):
         self.keep_state(model, updated)
         return to_numpy(y)
 
-    # -- parameters by position -------------------------------------------------------------------
+    # -- parameters and batch_stats by position: a leaf of the variables dict ----------------------
     def param_object(self, model: Model, position: str) -> jax.Array:
-        keys = self._leaf_keys(model, position)
-        self.materialize(model)
-        leaf: Any = _state(model).variables
-        for key in keys:
-            leaf = leaf[key]
-        return leaf
+        return self._leaf(model, self._leaf_keys(model, position))
 
     def write_native_value(self, model: Model, position: str, value: np.ndarray) -> None:
-        keys, old = self._leaf_keys(model, position), self.param_object(model, position)
-        leaf = checked_value(f"{position} (native {slash_path(keys)})", value, old.shape)
-        _state(model).variables = _replace(_state(model).variables, keys, leaf.astype(old.dtype))
+        self._write_leaf(model, position, self._leaf_keys(model, position), value)
 
-    # -- state: batch_stats, by position --------------------------------------------------------
     def state_object(self, model: Model, position: str) -> jax.Array:
-        keys = self._state_keys(model, position)
+        return self._leaf(model, self._state_keys(model, position))
+
+    def write_native_state_value(self, model: Model, position: str, value: np.ndarray) -> None:
+        self._write_leaf(model, position, self._state_keys(model, position), value)
+
+    def _leaf(self, model: Model, keys: tuple[str, ...]) -> jax.Array:
         self.materialize(model)
         leaf: Any = _state(model).variables
         for key in keys:
             leaf = leaf[key]
         return leaf
 
-    def write_native_state_value(self, model: Model, position: str, value: np.ndarray) -> None:
-        keys, old = self._state_keys(model, position), self.state_object(model, position)
+    def _write_leaf(self, model: Model, position: str, keys: tuple[str, ...], value: np.ndarray) -> None:
+        old = self._leaf(model, keys)
         leaf = checked_value(f"{position} (native {slash_path(keys)})", value, old.shape)
         _state(model).variables = _replace(_state(model).variables, keys, leaf.astype(old.dtype))
 
