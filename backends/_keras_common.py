@@ -37,7 +37,13 @@ from common.core.spec import ROLES, Dense, LayerPath, ModelSpec, ReLU, param_nam
 from common.core.untrusted import printable
 from common.errors import ParamFileError
 
-__all__ = ["KerasBackendBase", "TensorFlowKerasBase", "bench_net", "tf_make_handwritten"]
+__all__ = [
+    "KerasBackendBase",
+    "TensorFlowKerasBase",
+    "bench_net",
+    "bench_running_stats",
+    "tf_make_handwritten",
+]
 
 _INIT_SEED = 0
 _ATTR = {"weight": "kernel", "bias": "bias"}  # canonical role -> Dense attribute
@@ -450,10 +456,13 @@ class TensorFlowKerasBase(KerasBackendBase):
 
 
 # == hand-written loops and nets for the benches (not the adapters) ==================================
-def bench_net(keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input_layer: bool = False) -> Any:
+def bench_net(
+    keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input_layer: bool = False
+) -> tuple[Any, dict[LayerPath, Any]]:
     """The spec's flat net (Dense, ReLU, BatchNorm) as a practitioner writes it: a tie is one layer
     added twice, a frozen layer has ``trainable = False``; loaded with ``weights`` (canonical
-    (out, in)), moving statistics at Keras' initial values."""
+    (out, in)), moving statistics at Keras' initial values. Returns the net and its layers by
+    owner position."""
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
     made: dict[LayerPath, Any] = {}
     layers = []
@@ -480,14 +489,35 @@ def bench_net(keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input
             layer.gamma.assign(weight)
             layer.beta.assign(bias)
         layer.trainable = spec.trainable_at(owner)
-    return net
+    return net, made
+
+
+def bench_running_stats(
+    spec: ModelSpec, made: dict[LayerPath, Any], read: Callable[[Any], Any]
+) -> Callable[[], dict[str, np.ndarray]]:
+    """The bench loop's running statistics by canonical name: ``read(variable)`` gives the value
+    a BatchNormalization's moving_mean or moving_variance holds now."""
+    return lambda: {
+        p.name: np.array(read(getattr(made[p.owner], _NORM_ATTR[p.role])), dtype=np.float32)
+        for p in spec.state
+    }
 
 
 def tf_make_handwritten(
-    keras: Any, tf: Any, net: Any, x: np.ndarray, y: np.ndarray, lr: float
-) -> Callable[[int], np.ndarray]:
-    """The hand-written Keras-on-TensorFlow loop, set up once: one tf.function step (GradientTape,
-    Keras SGD); ``run(steps)`` trains further and returns the losses."""
+    keras: Any,
+    tf: Any,
+    spec: ModelSpec,
+    weights: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    lr: float,
+    input_layer: bool = False,
+) -> Any:
+    """The hand-written Keras-on-TensorFlow loop for ``spec``, set up once: one tf.function step
+    (GradientTape, Keras SGD, the net called with training=True); a HandwrittenLoop."""
+    from common.commands.bench import HandwrittenLoop  # bench code only: adapters never load it
+
+    net, made = bench_net(keras, spec, weights, input_layer=input_layer)
     optimizer = keras.optimizers.SGD(learning_rate=lr)
     variables = net.trainable_variables
 
@@ -503,4 +533,4 @@ def tf_make_handwritten(
     def run(steps: int) -> np.ndarray:
         return tf.stack([step(inputs, targets) for _ in range(steps)]).numpy()
 
-    return run
+    return HandwrittenLoop(run, bench_running_stats(spec, made, lambda variable: variable.numpy()))
