@@ -25,8 +25,8 @@ def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> HandwrittenLoop:
     """The book's tied MLP (or any flat Dense/BatchNorm/ReLU spec with ties and frozen layers),
-    set up (and compiled) once; the returned ``run(steps)`` trains it further with plain SGD from
-    the framework's initial running statistics and returns the losses."""
+    set up (and compiled) once, from the framework's initial running statistics; the loop's
+    ``run(steps)`` trains it further with plain SGD and returns the losses."""
     keys = iter(jax.random.split(jax.random.PRNGKey(0), len(spec.dense_slots)))
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
     layers: list[eqx.Module] = []
@@ -103,15 +103,13 @@ def make_handwritten(
         carry["flat_params"], carry["state"] = flat_params, state
         return np.asarray(jnp.stack(losses))
 
+    # A BatchNorm's (mean, var) pair sits in the State under its StateIndex.
+    stored = {
+        p.name: (model.pytree.layers[p.owner[0]].batch_state_index, STATE_ROLES.index(p.role))
+        for p in spec.state
+    }
+
     def running_stats() -> dict[str, np.ndarray]:
-        # A BatchNorm's (mean, var) pair sits in the State under its StateIndex.
-        return {
-            p.name: np.asarray(
-                carry["state"].get(model.pytree.layers[p.owner[0]].batch_state_index)[
-                    STATE_ROLES.index(p.role)
-                ]
-            )
-            for p in spec.state
-        }
+        return {name: np.asarray(carry["state"].get(index)[which]) for name, (index, which) in stored.items()}
 
     return HandwrittenLoop(run, running_stats)

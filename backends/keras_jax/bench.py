@@ -16,7 +16,7 @@ def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> HandwrittenLoop:
     """The book's tied MLP (or any flat spec of Dense, ReLU and BatchNorm, frozen layers too), set
-    up (and compiled) once; the returned ``run(steps)`` trains it further with plain SGD, the net
+    up (and compiled) once; the loop's ``run(steps)`` trains it further with plain SGD, the net
     in training mode, and returns the losses."""
     net, made = bench_net(keras, spec, weights)
     optimizer = keras.optimizers.SGD(learning_rate=lr)

@@ -15,7 +15,7 @@ def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> HandwrittenLoop:
     """The book's tied MLP (or any flat spec of Dense, ReLU and BatchNorm, frozen layers too), set
-    up once; the returned ``run(steps)`` trains it further with plain SGD, a net with a BatchNorm
+    up once; the loop's ``run(steps)`` trains it further with plain SGD, a net with a BatchNorm
     called with training=True, and returns the losses."""
     net, made = bench_net(keras, spec, weights)
     optimizer = keras.optimizers.SGD(learning_rate=lr)
