@@ -76,6 +76,7 @@ def make_handwritten(
         return mnp.stack(losses).asnumpy()
 
     def running_stats() -> dict[str, np.ndarray]:
+        npx.waitall()  # the last backward's writes to them are not ordered before this read
         return {p.name: getattr(made[p.owner], p.role).data().asnumpy() for p in spec.state}
 
     return HandwrittenLoop(run, running_stats)

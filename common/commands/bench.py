@@ -167,9 +167,11 @@ def disagreement(
     return None
 
 
-def measure_training(backend, make_handwritten, spec: ModelSpec) -> dict[str, Any]:
-    """The adapter's train against the hand-written loop on ``spec``, from the same weights and
-    data: their first runs (which compile them) are checked against each other, then the ratios."""
+def checked_pair(backend, make_handwritten, spec: ModelSpec, steps: int) -> tuple[Any, Callable[..., Any]]:
+    """The hand-written loop and the adapter's model, set up from the same weights and data, and
+    their first runs of ``steps`` (which compile them) checked against each other: a
+    RuntimeError names the difference. Returns the loop and ``train(steps, watch)``, more of the
+    adapter's training of that model."""
     from common.commands.training import regression_data
 
     x, y = regression_data(spec)
@@ -178,19 +180,27 @@ def measure_training(backend, make_handwritten, spec: ModelSpec) -> dict[str, An
     loop = make_handwritten(spec, weights, x, y, LR)
     model = backend.build_mlp(spec)
     backend.load_params(model, weights)
-    hand_losses, adapter_losses = loop.run(STEPS), backend.train(model, x, loss, LR, STEPS)[0]
+    # Each side's statistics are read right after its own run, as a user reads them.
+    adapter_losses = backend.train(model, x, loss, LR, steps)[0]
     running = {p.name: backend.get_state(model, p.name) for p in spec.state}
+    hand_losses = loop.run(steps)
     problem = disagreement((hand_losses, loop.running_stats()), (adapter_losses, running))
     if problem is not None:
         raise RuntimeError(
             f"{spec.name}: the hand-written loop does not compute what the adapter does after "
-            f"{STEPS} steps, so no ratio is measured: {problem}"
+            f"{steps} steps, so no ratio is measured: {problem}"
         )
+    return loop, lambda steps, watch: backend.train(model, x, loss, LR, steps, watch=watch)
+
+
+def measure_training(backend, make_handwritten, spec: ModelSpec) -> dict[str, float]:
+    """The adapter's train against the hand-written loop on ``spec``, once checked_pair agrees."""
+    loop, train = checked_pair(backend, make_handwritten, spec, STEPS)
     return median_ratios(
         {
             "hand": lambda: loop.run(STEPS),
-            "unwatched": lambda: backend.train(model, x, loss, LR, STEPS, watch=False),
-            "watched": lambda: backend.train(model, x, loss, LR, STEPS, watch=True),
+            "unwatched": lambda: train(STEPS, watch=False),
+            "watched": lambda: train(STEPS, watch=True),
         },
         baseline="hand",
         repeats=TRAINING_REPEATS,
