@@ -32,17 +32,20 @@ def make_handwritten(
     made, roles, layers = {}, {}, []  # owner -> the one module; owner -> its parameters' names
     for path, layer in spec.walk():
         owner = owners.get(path)
+        if owner is None:
+            layers.append(nn.relu)
+            continue
         if owner not in made and isinstance(layer, Dense):
             made[owner] = nn.Dense(layer.units)
-        elif owner not in made and isinstance(layer, BatchNorm):
+        elif owner not in made:
             settings = {
                 "momentum": None if layer.momentum is None else 1 - layer.momentum,
                 "epsilon": layer.eps,
             }
             chosen = {k: v for k, v in settings.items() if v is not None}
             made[owner] = nn.BatchNorm(use_running_average=False, **chosen)
-        roles.setdefault(owner, _ROLES.get(type(layer)))
-        layers.append(nn.relu if owner is None else made[owner])
+        roles.setdefault(owner, _ROLES[type(layer)])
+        layers.append(made[owner])
     net = nn.Sequential(layers)
     # init gives the framework's own initial statistics; the parameters are then the given ones.
     # linen names a submodule where it is first adopted (layers_<first index>); a kernel is (in, out).

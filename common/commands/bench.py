@@ -4,8 +4,9 @@ so no figure is an absolute time on its own; each is a median of repeats or a ra
 1. training: the adapter's ``train`` (with and without per-step watching) against the backend's
    hand-written loop on its natural fast path (``bench`` in its declaration), same run, taking
    turns, one backend at a time, on each model of BENCH_MODELS: the tied MLP and the BatchNorm
-   model (a BatchNorm, a frozen Dense, a frozen BatchNorm). The two sides' first runs are checked
-   against each other first: the same losses and running statistics, or the ratio means nothing;
+   model (a BatchNorm, a frozen Dense, a frozen BatchNorm). Before any timing, the two sides'
+   first runs are checked against each other: the same losses and running statistics, or the
+   ratio means nothing;
 2. suites: each suite's wall time against the bare import of its framework, and test-all's total
    against the summed floor;
 3. scaling: per-layer cost of spec construction, list_params, backward and export/import at 10 to
@@ -58,6 +59,8 @@ REPORTS = ROOT / "reports"
 STEPS = 200
 REPEATS = 5
 TRAINING_REPEATS = 15  # 200 compiled steps take milliseconds: a median of 5 still moved by 0.1
+SIZES = (10, 100, 1000, 10000)
+BACKEND_SIZES = (10, 100, 1000)  # by default: 10,000 framework layers take ~5 min per backend here
 LR = 0.05
 BENCH_MODELS = (TIED, BATCHNORM)
 # What a BatchNorm model needs a backend to declare; a backend without them is benched on the
@@ -82,10 +85,6 @@ class HandwrittenLoop:
     # Canonical state name (spec.state: layers.1.running_mean) -> its value now, as the framework
     # stores it (the adapter's get_state reads the same); {} for a spec without BatchNorm.
     running_stats: Callable[[], dict[str, np.ndarray]]
-
-
-SIZES = (10, 100, 1000, 10000)
-BACKEND_SIZES = (10, 100, 1000)  # by default: 10,000 framework layers take ~5 min per backend here
 
 
 def timed(run) -> float:
@@ -167,7 +166,9 @@ def disagreement(
     return None
 
 
-def checked_pair(backend, make_handwritten, spec: ModelSpec, steps: int) -> tuple[Any, Callable[..., Any]]:
+def checked_pair(
+    backend, make_handwritten, spec: ModelSpec, steps: int
+) -> tuple[HandwrittenLoop, Callable[[int, bool], Any]]:
     """The hand-written loop and the adapter's model, set up from the same weights and data, and
     their first runs of ``steps`` (which compile them) checked against each other: a
     RuntimeError names the difference. Returns the loop and ``train(steps, watch)``, more of the
