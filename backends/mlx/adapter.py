@@ -36,6 +36,8 @@ The training flag is read when the step is traced: ``net.train()`` is set before
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,6 +57,25 @@ from common.core.untrusted import shown
 from common.errors import ParamFileError
 
 __all__ = ["MlxBackend"]
+
+
+def _keep_compiled_kernels() -> None:
+    """MLX keeps the C++ kernels it compiles under $TMPDIR (std::filesystem::temp_directory_path),
+    which paramparity's guard makes fresh for every command: point the process's TMPDIR at the
+    folder PARITY_MLX_KERNEL_CACHE names (the declaration's run_env_vars), after pinning Python's
+    own temporary folder, so tempfile still writes where the guard cleans up."""
+    folder = os.environ.get("PARITY_MLX_KERNEL_CACHE")
+    if not folder:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:  # a cache: without it, MLX compiles as usual
+        return
+    tempfile.tempdir = tempfile.gettempdir()
+    os.environ["TMPDIR"] = folder
+
+
+_keep_compiled_kernels()  # before anything is compiled
 
 # A native file holds float32 values and safetensors framing: allow the values' bytes plus this
 # much header per entry (and once), so a file cannot make the reader allocate on its own word.
