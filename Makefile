@@ -69,7 +69,7 @@ lint: $(VENVS)/base/.stamp ## ruff check and format check
 	@$(BASE_PY) -m ruff check . && $(BASE_PY) -m ruff format --check .
 
 clean: ## remove reports and caches (keeps the environments)
-	rm -rf reports .pytest_cache .ruff_cache $(VENVS)/.jax-cache $(VENVS)/.mlx-cache
+	rm -rf reports .pytest_cache .ruff_cache .hypothesis build *.egg-info $(VENVS)/.jax-cache $(VENVS)/.mlx-cache
 	find . -path ./$(VENVS) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean ## also remove the environments
