@@ -186,7 +186,7 @@ def probe_native_file(backend: Backend, model) -> dict[str, Any]:
         entries, values = backend.native_file_values(model, str(Path(scratch) / "params"))
     snapshot = backend.snapshot(model)
     same = all(
-        np.array_equal(backend.to_canonical(name.rsplit(".", 1)[1], values[name]), snapshot[name])
+        np.array_equal(backend.canonical_of(model.spec, name, values[name]), snapshot[name])
         for name in snapshot
     ) and set(values) == set(snapshot)
     return {"call": call, "entries": list(entries), "round_trip_equal": bool(same)}
