@@ -76,3 +76,9 @@ def conventions_of(facts: Mapping[str, Any]) -> Conventions:
         unbiased_running_var=facts["batchnorm_running_var"] == "unbiased",
         frozen_batchnorm=facts["frozen_batchnorm"],
     )
+
+
+# embed_tied (common.core.models.EMBED_TIED): the table is used by the lookup and, as its weight,
+# by the output projection; the projection's bias is its own.
+EMBED_TIED_POSITIONS = {"layers.0.weight": ("layers.0.weight", "layers.3.weight")}
+EMBED_TIED_OWN = ("layers.1.weight", "layers.1.bias", "layers.3.bias")
