@@ -939,6 +939,24 @@ def write_report(doc: Mapping[str, Any], fmt: str, out_dir: Path = REPORTS) -> P
         raise unwritable(path, error, "--out-dir") from None
 
 
+def earlier_records(out_dir: Path, keep: set[str]) -> dict[str, Record]:
+    """The saved records of the backends in ``keep`` (those a partial run did not probe), so that
+    ``--backends torch`` after a full run updates torch's record and loses no other. A saved file
+    that cannot be read is left out with a warning: the run's own records still count."""
+    path = out_dir / RECORDS_FILE
+    if not keep or not path.exists():
+        return {}
+    try:
+        saved = load_records([path])
+    except UsageError as error:
+        print(f"paramparity: warning: not keeping earlier records: {error}", file=sys.stderr)
+        return {}
+    kept = {name: saved[name] for name in backend_names() if name in keep and name in saved}
+    if kept:
+        print(f"kept the earlier records of {', '.join(kept)} from {_shown(path)}", file=sys.stderr)
+    return kept
+
+
 def load_records(paths: Sequence[str | Path], warn=sys.stderr) -> dict[str, Record]:
     """The records in saved diff.json files (or single probe records); later files win per backend."""
     merged: dict[str, Record] = {}
@@ -1127,13 +1145,24 @@ def run_diff(args: argparse.Namespace) -> int:
         if not records:
             raise UsageError(f"--from {' '.join(args.from_files)}: no record of a selected backend")
     else:
-        records = run_probes(parse_backend_list(args.backends), timeout=args.timeout)
+        selected = parse_backend_list(args.backends)
+        records = run_probes(selected, timeout=args.timeout)
+        records = {**earlier_records(args.out_dir, keep=set(backend_names()) - set(selected)), **records}
+        records = {name: records[name] for name in backend_names() if name in records}  # report order
     doc = merge(records)
     formats = FORMATS if args.format == "all" else (args.format,)
     files = [
         fmt
         for fmt in FORMATS
-        if fmt in EXTENSIONS and (fmt in formats or fmt == "json" and not args.from_files)
+        if fmt in EXTENSIONS
+        and (
+            fmt in formats
+            or fmt == "json"
+            and not args.from_files
+            # a format written earlier is written again: no stale diff.html beside a newer diff.json
+            or not args.from_files
+            and (args.out_dir / f"diff.{EXTENSIONS[fmt]}").exists()
+        )
     ]
     written = [write_report(doc, fmt, args.out_dir) for fmt in files]
     if "terminal" in formats:
