@@ -548,6 +548,40 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def verdict_lines(doc: Mapping[str, Any]) -> list[str]:
+    """The answer first: which backends ran, what the book's claims came to, and how many
+    behaviours differ (each of them then follows in one line: ``differing_lines``)."""
+    backends, failed = doc["backends"], doc["failed"]
+    compared = [r for r in doc["rows"] if r["kind"] == BEHAVIOUR]
+    differing = sum(r["differs"] for r in compared)
+    ran = f"Backends: {len(backends) - len(failed)} of {len(backends)} ran"
+    return [
+        ran + (f"; failed: {', '.join(failed)} (causes below)." if failed else "."),
+        *summary_lines({**doc, "failed": {}}),
+        f"Behaviours: {differing} of {len(compared)} differ between the backends"
+        + (", each in one line:" if differing else "."),
+    ]
+
+
+def differing_lines(doc: Mapping[str, Any]) -> list[str]:
+    """Each behaviour that differs, in one line: where it is, then each distinct value with the
+    backends that show it (the table below has the details)."""
+    lines = []
+    for row in doc["rows"]:
+        if not row["differs"]:
+            continue
+        groups: dict[str, list[str]] = {}
+        for name, cell in row["cells"].items():
+            groups.setdefault("; ".join(cell_lines(cell)), []).append(name)
+        values = " | ".join(f"{value} ({', '.join(names)})" for value, names in groups.items())
+        lines.append(f"{DIFFERS} {row['section']} / {row['label']}: {values}")
+    return lines
+
+
+def _clipped(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: max(1, width - 1)] + "…"
+
+
 def failed_lines(doc: Mapping[str, Any]) -> list[str]:
     """One line per failed backend with its cause, bounded: a saved record is input too."""
     return [one_line(f"{name} failed: {error}") for name, error in doc["failed"].items()]
@@ -714,6 +748,9 @@ def _claims_block(doc: Mapping[str, Any], width: int) -> RenderableType:
 
 def terminal_renderables(doc: Mapping[str, Any], width: int) -> list[RenderableType]:
     parts: list[RenderableType] = [_paragraph(TITLE, width, "bold")]
+    parts += [_paragraph(line, width, "bold", indent="") for line in verdict_lines(doc)]
+    parts += [Text(_clipped(line, width), STYLES[DIFFERS], no_wrap=True) for line in differing_lines(doc)]
+    parts += [Text("")]
     parts += _legend(LEGEND, width)
     parts += [_paragraph(CONTEXT_NOTE, width, "dim")]
     if doc["failed"]:
@@ -771,6 +808,8 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str
 def render_markdown(doc: Mapping[str, Any]) -> str:
     backends = doc["backends"]
     out = ["# paramparity diff", ""]
+    out += [md(line) + "  " for line in verdict_lines(doc)] + [""]
+    out += [f"- {md(line)}" for line in differing_lines(doc)] + ([""] if differing_lines(doc) else [])
     out += [f"- **{md(mark)}** = {md(meaning)}" for mark, meaning in LEGEND.items()]
     out += [f"- {md(CONTEXT_NOTE)}", ""]
     if doc["failed"]:
@@ -815,11 +854,16 @@ tr.m-lacks td.mark{color:#86198f}td.error .v{color:#86198f}
 td.absent{background:repeating-linear-gradient(45deg,#fafafa,#fafafa 6px,#f0f0f0 6px,#f0f0f0 12px)}
 td.holds{background:#e7f7ec}td.fails{background:#fde8e8;font-weight:600}td.na{color:#8c959f}
 td.notev{background:#f5e8fb}tr.m-fails td.mark{color:#b42318}
+nav.contents{position:sticky;top:0;z-index:1;background:#fff;border-bottom:1px solid #d0d7de;padding:.4rem 0;
+display:flex;flex-wrap:wrap;gap:.3rem .9rem;font-size:13px}nav.contents a{color:#0969da;text-decoration:none}
+.verdict p{margin:.15rem 0;font-weight:600}ul.differs{margin:.3rem 0 .8rem;padding-left:1.2rem;color:#8a4b00}
+ul.differs li{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+tr.section,h2{scroll-margin-top:4.5rem}
 @media (max-width:900px){
  table,thead,tbody,tr,th,td{display:block;width:auto}colgroup,thead{display:none}
  tr{border:1px solid #d0d7de;border-top:none;padding:4px 6px}tr.section{border:none;margin-top:1rem}
  th,td{border:none;padding:2px 0}td.mark{display:inline;padding-right:.4rem}td.mark:empty{display:none}
- th.label,td.label{display:inline;font-weight:600}
+ th.label,td.label{display:inline;font-weight:600}td.label+td.label{margin-left:.5rem}
  td[data-backend]{display:flex;gap:.6rem}td[data-backend]>div{flex:1;min-width:0}
  td[data-backend]::before{content:attr(data-backend);flex:0 0 6.5rem;font-size:12px;font-weight:600;
   color:#57606a}
@@ -878,6 +922,14 @@ def render_html(doc: Mapping[str, Any]) -> str:
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>paramparity diff</title><style>{HTML_STYLE}</style></head><body>",
         "<h1>paramparity diff</h1>",
+        _html_contents(doc),
+        "<div id='verdict' class='verdict'>" + "".join(f"<p>{_h(line)}</p>" for line in verdict_lines(doc)),
+        "<ul class='differs'>"
+        + "".join(
+            f"<li title='{html.escape(line, quote=True)}'>{html.escape(line)}</li>"
+            for line in differing_lines(doc)
+        )
+        + "</ul></div>",
         _html_legend(LEGEND, [CONTEXT_NOTE] + ([FAILED_NOTE] if doc["failed"] else [])),
     ]
     if doc["failed"]:
@@ -889,14 +941,16 @@ def render_html(doc: Mapping[str, Any]) -> str:
     parts.append(_html_table("diff", ["", "behaviour", *heads], ["mark", "label"], columns))
     for section, rows in _sections(doc["rows"]):
         title = html.escape(_section_title(section, rows))
-        parts.append(f"<tr class='section'><th colspan='{len(backends) + 2}'>{title}</th></tr>")
+        parts.append(
+            f"<tr class='section' id='{_anchor(section)}'><th colspan='{len(backends) + 2}'>{title}</th></tr>"
+        )
         for row in rows:
             cells = [
                 (b, _cell_class(row["cells"].get(b)), _h_cell(cell_lines(row["cells"].get(b))))
                 for b in backends
             ]
             parts.append(_html_row(row["mark"], [_h(row["label"])], cells))
-    parts.append("</tbody></table><h2>The book, checked</h2>" + _html_legend(CLAIMS_LEGEND))
+    parts.append("</tbody></table><h2 id='claims'>The book, checked</h2>" + _html_legend(CLAIMS_LEGEND))
     heads = ["", "section", "claim", *(html.escape(b) for b in backends)]
     parts.append(_html_table("claims", heads, ["mark", "sec", "claim"], ["backend"] * len(backends)))
     for row in claim_rows(doc):
@@ -906,6 +960,22 @@ def render_html(doc: Mapping[str, Any]) -> str:
     parts += [f"<p>{html.escape(line)}</p>" for line in summary_lines(doc)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _anchor(section: str) -> str:
+    return "s-" + re.sub(r"[^a-z0-9]+", "-", section.lower()).strip("-")
+
+
+def _html_contents(doc: Mapping[str, Any]) -> str:
+    """A contents bar that stays at the top: the verdict, every section, the book's claims."""
+    links = [("verdict", "Verdict")]
+    links += [(_anchor(section), section) for section, _ in _sections(doc["rows"])]
+    links += [("claims", "The book, checked")]
+    return (
+        "<nav class='contents'>"
+        + "".join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, t in links)
+        + "</nav>"
+    )
 
 
 def _cell_class(cell: Mapping[str, Any] | None) -> str:
@@ -1168,7 +1238,7 @@ def run_diff(args: argparse.Namespace) -> int:
     if "terminal" in formats:
         print_terminal(doc, args.width)
     else:
-        print("\n".join(failed_lines(doc) + summary_lines(doc)))
+        print("\n".join(verdict_lines(doc) + differing_lines(doc) + failed_lines(doc)))
     for path in written:
         print(f"wrote {_shown(path)}")
     return 1 if doc["failed"] else 0
