@@ -691,32 +691,31 @@ def _fit(columns: Sequence[Sequence[str]], width: int, floors: Sequence[int]) ->
 
 
 def _behaviour_block(doc: Mapping[str, Any], width: int) -> RenderableType:
+    """Section by section: side by side wherever the section's table fits ``width`` (short values
+    such as counts and verdicts fit long before native names do), else stacked, one
+    ``backends: value`` line per distinct value."""
     backends = doc["backends"]
     headers = ["behaviour", *(f"{b}\n(failed)" if b in doc["failed"] else b for b in backends)]
-    body: list[tuple[str, list[str], list[str]]] = []
+    blocks: list[RenderableType] = []
     for section, rows in _sections(doc["rows"]):
-        body.append(
-            (
-                "",
-                [f"[{_section_title(section, rows)}]", *[""] * len(backends)],
-                ["bold"] * (len(backends) + 1),
-            )
-        )
+        title = f"[{_section_title(section, rows)}]"
+        body: list[tuple[str, list[str], list[str]]] = [
+            ("", [title, *[""] * len(backends)], ["bold"] * (len(backends) + 1))
+        ]
         for row in rows:
             cells = [row["cells"].get(b) for b in backends]
             texts = ["\n".join(cell_lines(cell)) for cell in cells]
             styles = ["magenta" if cell and "error" in cell else "" for cell in cells]
             body.append((row["mark"], [f"{row['mark'] or ' '} {row['label']}", *texts], ["", *styles]))
-    columns = [[headers[k], *(cells[k] for _, cells, _ in body)] for k in range(len(headers))]
-    widths = _fit(columns, width, [LABEL_FLOOR, *[COLUMN_FLOOR] * len(backends)])
-    if widths is not None:
-        return _table(headers, body, widths)
-    blocks = []
-    for section, rows in _sections(doc["rows"]):
+        columns = [[headers[k], *(cells[k] for _, cells, _ in body)] for k in range(len(headers))]
+        widths = _fit(columns, width, [LABEL_FLOOR, *[COLUMN_FLOOR] * len(backends)])
+        if widths is not None:
+            blocks.append(_table(headers, body, widths))
+            continue
         stacked = [
             (row["mark"], row["label"], {b: cell_lines(c) for b, c in row["cells"].items()}) for row in rows
         ]
-        blocks.append(_stacked(f"[{_section_title(section, rows)}]", stacked, width, {}))
+        blocks.append(_stacked(title, stacked, width, {}))
     return Group(*blocks)
 
 

@@ -4,12 +4,14 @@ through a real Markdown renderer, HTML as one self-contained page."""
 from __future__ import annotations
 
 import html
+import io
 import re
 import subprocess
 import sys
 
 import pytest
 from markdown_it import MarkdownIt
+from rich.console import Console
 
 from common.commands import diff
 from common.commands.textable import fit_columns, min_width, pieces, wrap
@@ -262,3 +264,31 @@ def test_each_differing_row_is_one_line_with_each_value_and_its_backends():
     for line, row in zip(lines, [r for r in doc["rows"] if r["differs"]], strict=True):
         assert "\n" not in line and line.startswith(f"{diff.DIFFERS} {row['section']} / {row['label']}: ")
         assert all(name in line for name in row["cells"])
+
+
+def test_each_section_is_side_by_side_where_its_table_fits():
+    """Short values fit a table at a width where long ones must stack: each section decides."""
+    backends = BACKENDS[:3]
+
+    def row(section, label, value):
+        cells = {b: {"value": f"{value}-{b}"} for b in backends}
+        return {
+            "section": section,
+            "label": label,
+            "kind": "behaviour",
+            "cells": cells,
+            "differs": True,
+            "mark": "*",
+        }
+
+    doc = {
+        "backends": backends,
+        "failed": {},
+        "rows": [row("Short", "count", "1"), row("Long", "names", "x" * 150)],
+    }
+    buffer = io.StringIO()
+    Console(file=buffer, width=100, color_system=None).print(diff._behaviour_block(doc, 100))
+    lines = buffer.getvalue().splitlines()
+    assert any(line.split()[:1] == ["behaviour"] for line in lines), "the short section is a table"
+    assert sum(line.strip().startswith("behaviour") for line in lines) == 1, "the long one is not"
+    assert any(line.strip().startswith(f"{backends[0]}: xxx") for line in lines), "the long one is stacked"
