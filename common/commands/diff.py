@@ -739,8 +739,15 @@ def _claims_block(doc: Mapping[str, Any], width: int) -> RenderableType:
         for row in rows
         for text, s in zip(row.cells.values(), row.statuses.values(), strict=True)
     }
+    # Stacked, a claim lists the backends it applies to: "n/a" lines would say only that it is
+    # about another tab, which the legend says once.
     stacked = [
-        (row.mark, f"{row.section} {row.quote}", {b: [t] for b, t in row.cells.items()}) for row in rows
+        (
+            row.mark,
+            f"{row.section} {row.quote}",
+            {b: [t] for b, t in row.cells.items() if row.statuses[b] != NOT_APPLICABLE},
+        )
+        for row in rows
     ]
     return _stacked("", stacked, width, styles)
 

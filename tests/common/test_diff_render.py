@@ -292,3 +292,14 @@ def test_each_section_is_side_by_side_where_its_table_fits():
     assert any(line.split()[:1] == ["behaviour"] for line in lines), "the short section is a table"
     assert sum(line.strip().startswith("behaviour") for line in lines) == 1, "the long one is not"
     assert any(line.strip().startswith(f"{backends[0]}: xxx") for line in lines), "the long one is stacked"
+
+
+def test_stacked_claims_list_only_the_backends_they_apply_to():
+    """n/a is said once, in the legend: a stacked claim shows no line that says only n/a."""
+    doc = varied_doc()
+    text = diff.render_terminal(doc, 80)
+    claims = text.split(diff.CLAIMS_TITLE.split(" (")[0], 1)[1]
+    assert not [
+        line for line in claims.splitlines() if line.strip().endswith(": n/a") or line.strip() == "n/a"
+    ]
+    assert any(row.statuses[b] == "n/a" for row in diff.claim_rows(doc) for b in row.statuses)
