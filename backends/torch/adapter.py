@@ -12,11 +12,10 @@ gradients stay tensors until the last step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,7 +125,8 @@ class TorchBackend(Backend):
             with _seeded(), torch.no_grad():
                 model.native.eval()  # a BatchNorm keeps its statistics (and takes a batch of one)
                 ids = model.spec.input_kind == "ids"
-                model.native(torch.zeros(1, dtype=torch.long) if ids else torch.zeros(1, model.spec.in_features))
+                zeros = torch.zeros(1, dtype=torch.long) if ids else torch.zeros(1, model.spec.in_features)
+                model.native(zeros)
             # Initialised on the CPU, so every device starts from the same values; .to() keeps
             # each Parameter object (it swaps .data), so ties and the identity tables survive.
             model.native.to(self.device)
@@ -224,9 +224,9 @@ class TorchBackend(Backend):
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
 
     def _native_input(self, model: Model, x: np.ndarray) -> torch.Tensor:
-        """The model's input on its device: int64 ids as they are (nn.Embedding's index type), else float32."""
+        """The model's input on its device: ids as int64 (nn.Embedding's index type), else float32."""
         if model.spec.input_kind == "ids":
-            return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(self.device)
         return self._tensor(x)
 
     def _loss(self, model: Model, x: torch.Tensor, loss: Loss) -> torch.Tensor:
