@@ -4,6 +4,11 @@ A BatchNorm is nn.BatchNorm(momentum, epsilon): gamma and beta are its weight an
 running_mean and running_var are Parameters with grad_req 'null' that collect_params() lists
 beside the others; a tied BatchNorm is the same block at both positions. Freezing is Gluon's
 ``grad_req = 'null'``: no gradient is kept, so neither autograd nor the Trainer touches it.
+An Embedding is nn.Embedding(vocab, dim), its table the Parameter ``weight`` of shape (vocab,
+dim); a Dense tied to it is ``nn.Dense(vocab, in_units=dim, params=emb.params)``, as GluonNLP ties
+a language model's decoder: the new Dense finds ``weight`` in the embedding's ParameterDict, so
+it holds the table's very Parameter ((vocab, dim) is Dense's (out, in)), and creates its own
+bias there, which Gluon therefore names after the embedding (``embedding0_bias``).
 
 Like the book we run Gluon in numpy mode (``npx.set_np()``) and feed it ``mxnet.np`` arrays.
 Consequence: an unknown dimension shows as -1 (the legacy ``mx.nd`` mode shows 0).
@@ -41,7 +46,7 @@ with warnings.catch_warnings():
 
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
-from common.core.spec import ROLES, LayerPath, ModelSpec
+from common.core.spec import LayerPath, ModelSpec
 
 __all__ = ["MXNetBackend"]
 
@@ -50,6 +55,7 @@ __all__ = ["MXNetBackend"]
 _ATTRIBUTES: dict[type, dict[str, str]] = {
     nn.Dense: {"weight": "weight", "bias": "bias"},
     nn.BatchNorm: {"weight": "gamma", "bias": "beta"},
+    nn.Embedding: {"weight": "weight"},
 }
 
 
@@ -128,6 +134,14 @@ class MXNetBackend(Backend):
     def new_relu(self) -> nn.HybridBlock:
         return nn.Activation("relu")
 
+    def new_embedding(self, vocab: int, dim: int) -> nn.Embedding:
+        return nn.Embedding(vocab, dim)  # shapes known: initialized by net.initialize(), not deferred
+
+    def tied_output(self, embedding: nn.Embedding, units: int) -> nn.Dense:
+        # Gluon shares Parameters through a ParameterDict: "weight" is found in the embedding's,
+        # "bias" is not, so the Dense makes its own (in that dict's namespace).
+        return nn.Dense(units, in_units=embedding.weight.shape[1], params=embedding.params)
+
     def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> nn.BatchNorm:
         # Gluon's momentum is the weight of the old running value: canonical m is 1 - m here.
         settings = {"momentum": None if momentum is None else 1.0 - momentum, "epsilon": eps}
@@ -143,7 +157,7 @@ class MXNetBackend(Backend):
         # Before the first forward (deferred init) this only records the request: no grad
         # buffer is ever allocated, and the cached graph is built without one.
         layer = self.position_table(model)[path]
-        for role in ROLES:
+        for role in model.spec.roles_at(path):
             getattr(layer, _ATTRIBUTES[type(layer)][role]).grad_req = "null"
 
     def finish_sequential(self, container: nn.HybridSequential, children: list[Any]) -> nn.HybridSequential:
@@ -160,7 +174,7 @@ class MXNetBackend(Backend):
 
     # -- observing -------------------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> gluon.Parameter:
-        layer, role = self.dense_layer(model, position, (nn.Dense, nn.BatchNorm))
+        layer, role = self.dense_layer(model, position, tuple(_ATTRIBUTES))
         return getattr(layer, _ATTRIBUTES[type(layer)][role])
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
@@ -195,16 +209,17 @@ class MXNetBackend(Backend):
     def materialize(self, model: Model) -> None:
         # Before the first forward, deferred shapes hold a -1 for the unknown input size.
         if any(-1 in param.shape for _, param, _ in self.observed_params(model)):
-            model.native(mnp.zeros((1, model.spec.in_features), dtype="float32"))
+            ids = model.spec.input_kind == "ids"
+            model.native(self._array(model, np.zeros(1 if ids else (1, model.spec.in_features))))
 
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         # Outside autograd.record(), Gluon predicts: BatchNorm uses its running statistics.
-        return _numpy(model.native(mnp.array(x, dtype="float32")))
+        return _numpy(model.native(self._array(model, x)))
 
     def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
         trainable = [param.data() for _, param in self._trainable(model)]
         with autograd.record():  # train_mode: batch statistics
-            y = model.native(mnp.array(x, dtype="float32"))
+            y = model.native(self._array(model, x))
         if trainable:
             # The running statistics move in BatchNorm's backward: run the one a training step
             # would, with zero head gradients, returning the gradients rather than writing .grad.
@@ -278,16 +293,20 @@ class MXNetBackend(Backend):
         return value
 
     @staticmethod
-    def _inputs(x: np.ndarray, loss: Loss) -> tuple[mnp.ndarray, tuple]:
+    def _array(model: Model, x: np.ndarray) -> mnp.ndarray:
+        """The model's input as MXNet takes it: int64 ids for an embedding (its index type), else float32."""
+        return mnp.array(x, dtype="int64" if model.spec.input_kind == "ids" else "float32")
+
+    def _inputs(self, model: Model, x: np.ndarray, loss: Loss) -> tuple[mnp.ndarray, tuple]:
         target = () if loss.kind == "sum" else (mnp.array(loss.target, dtype="float32"),)
-        return mnp.array(x, dtype="float32"), target
+        return self._array(model, x), target
 
     def _trainable(self, model: Model) -> list[tuple[str, gluon.Parameter]]:
         """Unique Parameters that keep a gradient: a frozen one has grad_req 'null'."""
         return [(name, param) for name, param, _ in self.observed_params(model) if param.grad_req != "null"]
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
-        inputs, target = self._inputs(x, loss)
+        inputs, target = self._inputs(model, x, loss)
         self._record_loss(model, inputs, loss, target)
         # A shared Parameter is one autograd variable, so its grad is already the sum over uses;
         # a frozen one (grad_req 'null') keeps none.
@@ -304,7 +323,7 @@ class MXNetBackend(Backend):
             lambda: gluon.Trainer([p for _, p in unique], "sgd", {"learning_rate": lr}),
         )
         trainer.set_learning_rate(lr)
-        inputs, target = self._inputs(x, loss)
+        inputs, target = self._inputs(model, x, loss)
         losses, grads = [], {name: [] for name, _ in unique}
         for _ in range(steps):
             losses.append(self._record_loss(model, inputs, loss, target))
