@@ -30,6 +30,7 @@ import contextlib
 import os
 import tempfile
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,8 @@ class MXNetBackend(Backend):
     def __init__(self) -> None:
         # set_np() is per-thread global state: models must be built and run on this thread.
         npx.set_np()
+        # How many Dense layers already read each embedding's table (see tied_output).
+        self._table_readers: weakref.WeakKeyDictionary[nn.Embedding, int] = weakref.WeakKeyDictionary()
 
     def framework_version(self) -> str:
         return mx.__version__
@@ -138,9 +141,20 @@ class MXNetBackend(Backend):
         return nn.Embedding(vocab, dim)  # shapes known: initialized by net.initialize(), not deferred
 
     def tied_output(self, embedding: nn.Embedding, units: int) -> nn.Dense:
-        # Gluon shares Parameters through a ParameterDict: "weight" is found in the embedding's,
-        # "bias" is not, so the Dense makes its own (in that dict's namespace).
-        return nn.Dense(units, in_units=embedding.weight.shape[1], params=embedding.params)
+        # Gluon shares Parameters by name through a ParameterDict: built on the embedding's, the
+        # Dense finds the table as its "weight" and makes its own "bias" under the embedding's
+        # prefix. A second reader would make a second "<embedding>bias", which collect_params()
+        # refuses (two Parameters, one name), so it gets a dict of its own prefix holding the
+        # table under that prefix's "weight": one more name for the same Parameter. Gluon warns
+        # about that name, harmlessly: initialize() that it is "already initialized", hybridize
+        # that it "is not used by any computation" (its graph uses the Parameter's own name).
+        readers = self._table_readers.get(embedding, 0)
+        self._table_readers[embedding] = readers + 1
+        params = embedding.params
+        if readers:
+            params = gluon.ParameterDict(f"{embedding.prefix}tied{readers}_")
+            params.update({f"{params.prefix}weight": embedding.weight})
+        return nn.Dense(units, in_units=embedding.weight.shape[1], params=params)
 
     def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> nn.BatchNorm:
         # Gluon's momentum is the weight of the old running value: canonical m is 1 - m here.
@@ -181,7 +195,10 @@ class MXNetBackend(Backend):
         # Parameter objects keep their identity through deferred init, so one table serves.
         state: MXNetState = model.adapter_state
         if state.native_names is None:
-            state.native_names = {id(p): key for key, p in model.native.collect_params().items()}
+            # A table read by several Dense layers has one name per reader after the first: its first.
+            state.native_names = {}
+            for key, p in model.native.collect_params().items():
+                state.native_names.setdefault(id(p), key)
         return state.native_names[id(param)], tuple(param.shape), np.dtype(param.dtype).name
 
     # -- state: BatchNorm's running statistics are Parameters with grad_req 'null' ---------------
