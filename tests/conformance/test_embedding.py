@@ -15,6 +15,7 @@ from common.core import oracle, portable
 from common.core.expectations import EMBED_TIED_OWN, EMBED_TIED_POSITIONS
 from common.core.models import EMBED_TIED
 from common.core.oracle import Loss
+from common.core.spec import spec_from_dict
 from common.declarations import declaration
 from common.errors import UsageError
 from tests.conformance.fixtures import recording
@@ -180,3 +181,30 @@ def test_the_declared_saved_copies_hold(backend):
     assert_equal(
         "entries holding the table", len(copies), _fact(backend, "embedding_saved_copies"), ", ".join(copies)
     )
+
+
+def test_a_frozen_tied_table_stays_bit_identical_while_the_rest_trains(backend):
+    """Freezing the embedding freezes the table at both uses (a tie shares one trainable flag: the
+    spec refuses anything else); the head's own bias is frozen with it, the hidden Dense trains."""
+    _requires_embedding(backend)
+    for capability in ("freezing",):
+        declared = declaration(backend.name).capability(capability)
+        if not declared.value:
+            pytest.skip(f"{capability} is declared false: {declared.reason}")
+    data = EMBED_TIED.to_dict()
+    data["layers"][0]["trainable"] = False
+    data["layers"][3]["trainable"] = False
+    spec = spec_from_dict({**data, "name": "embed_tied_frozen"})
+    model = backend.build_mlp(spec)
+    weights = oracle.initial_weights(spec)
+    backend.load_params(model, weights)
+    loss = _mse()
+    losses, _ = backend.train(model, IDS, loss, LR, STEPS)
+    expected_losses, expected, _ = oracle.train(spec, weights, IDS, loss, LR, STEPS)
+    assert_close("losses", losses, expected_losses, f"{STEPS} SGD steps, the table frozen")
+    for name in (TABLE, READER, "layers.3.bias"):
+        np.testing.assert_array_equal(
+            backend.get_param(model, name), weights[spec.owner_of(name)], err_msg=name
+        )
+    assert_close("layers.1.weight", backend.get_param(model, "layers.1.weight"), expected["layers.1.weight"])
+    assert not np.array_equal(expected["layers.1.weight"], weights["layers.1.weight"]), "layer 1 must train"
