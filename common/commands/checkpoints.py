@@ -93,7 +93,9 @@ def run_export(args: argparse.Namespace) -> int:
         else:
             portable.write_portable(args.out, spec, values, state=state or None)
     except OSError as error:
-        raise UsageError(f"cannot write {printable(args.out)}: {printable(error.strerror or error)}") from None
+        raise UsageError(
+            f"cannot write {printable(args.out)}: {printable(error.strerror or error)}"
+        ) from None
     print(f"wrote {printable(args.out)}: {describe(args.convention, spec)}, values from {origin}")
     return 0
 
@@ -136,10 +138,17 @@ def run_import(args: argparse.Namespace) -> int:
     ran = [name for name, (status, _) in verdicts.items() if status != "n/a"]
     failed = [name for name, (status, _) in verdicts.items() if status == "FAILED"]
     if failed or not ran:
-        why = f"{len(failed)} of {len(verdicts)} backends failed" if failed else "no backend could build the spec"
+        why = (
+            f"{len(failed)} of {len(verdicts)} backends failed"
+            if failed
+            else "no backend could build the spec"
+        )
         print(f"import: FAILED: {why}")
         return 1
-    print(f"import: ok in {len(ran)} of {len(verdicts)} backends" + (" (the others n/a)" if len(ran) < len(verdicts) else ""))
+    print(
+        f"import: ok in {len(ran)} of {len(verdicts)} backends"
+        + (" (the others n/a)" if len(ran) < len(verdicts) else "")
+    )
     return 0
 
 
@@ -153,7 +162,9 @@ def not_built(backend_name: str, spec: ModelSpec) -> str:
         "freezing": spec.has_frozen,
     }
     lacking = [name for name, needed in needs.items() if needed and not entry.capability(name).value]
-    return "; ".join(f"{backend_name} declares no {name} ({entry.capability(name).reason})" for name in lacking)
+    return "; ".join(
+        f"{backend_name} declares no {name} ({entry.capability(name).reason})" for name in lacking
+    )
 
 
 def import_and_check(backend, spec: ModelSpec, path: str) -> dict[str, Any]:
@@ -165,7 +176,9 @@ def import_and_check(backend, spec: ModelSpec, path: str) -> dict[str, Any]:
     held = backend.snapshot(model)
     changed = sorted(name for name, value in values.items() if not np.array_equal(held[name], value))
     x = oracle.sample_input(spec, batch=BATCH)
-    conventions = conventions_of(declaration(backend.name).facts) if spec.has_batchnorm else oracle.Conventions()
+    conventions = (
+        conventions_of(declaration(backend.name).facts) if spec.has_batchnorm else oracle.Conventions()
+    )
     rtol, atol = (STATE_RTOL, STATE_ATOL) if state else (RTOL, ATOL)
     expected = oracle.forward(spec, values, x, state=state or None, conventions=conventions)
     result = {

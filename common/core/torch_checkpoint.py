@@ -83,7 +83,9 @@ def header_budget(spec: ModelSpec) -> safetensors_io.HeaderBudget:
     return safetensors_io.HeaderBudget(64 * 1024 + 4 * needed, f"spec {shown(spec.name)}")
 
 
-def write_torch_checkpoint(path: str | Path, spec: ModelSpec, values: Mapping[str, np.ndarray]) -> dict[str, str]:
+def write_torch_checkpoint(
+    path: str | Path, spec: ModelSpec, values: Mapping[str, np.ndarray]
+) -> dict[str, str]:
     """Write ``values`` (canonical unique parameters) as save_model would write a torch model of
     ``spec`` holding them: torch keys, tensors in name order (as the reference writer orders
     them), each tie stored once under its first key and its other keys recorded in the metadata.
@@ -233,15 +235,16 @@ def _drop_records(
             continue
         said = f"metadata records {shown(dropped)} as saved under {shown(kept)}"
         if dropped not in keys:
-            raise ParamFileError(f"{where}: {said}, but spec {shown(spec.name)} has no parameter {shown(dropped)}")
+            raise ParamFileError(
+                f"{where}: {said}, but spec {shown(spec.name)} has no parameter {shown(dropped)}"
+            )
         if dropped in stored:
             raise ParamFileError(f"{where}: {said}, but the file stores {shown(dropped)} too")
         partners = [key for key in groups[keys[dropped]] if key != dropped]
         if kept not in partners:
             ties = f"tied to {', '.join(partners)}" if partners else "tied to nothing"
             raise ParamFileError(
-                f"{where}: {said}, a tie that contradicts spec {shown(spec.name)}: there "
-                f"{dropped} is {ties}"
+                f"{where}: {said}, a tie that contradicts spec {shown(spec.name)}: there {dropped} is {ties}"
             )
         if kept not in stored:
             raise ParamFileError(f"{where}: {said}, but the file stores no {kept}")
@@ -259,7 +262,8 @@ def _stored_copies(
         held = [name for name in names if name in stored]
         if not held:
             raise ParamFileError(
-                f"{where}: missing parameter {p.name}: no tensor {' or '.join(names)} for spec {shown(spec.name)}"
+                f"{where}: missing parameter {p.name}: no tensor {' or '.join(names)} "
+                f"for spec {shown(spec.name)}"
             )
         unrecorded = [name for name in names if name not in stored and name not in dropped]
         if unrecorded:

@@ -81,7 +81,11 @@ def load_values(net, spec: ModelSpec, values: dict[str, np.ndarray]) -> None:
     import torch
 
     net.load_state_dict(
-        {torch_key(position): torch.from_numpy(values[p.name]) for p in spec.params for position in p.positions}
+        {
+            torch_key(position): torch.from_numpy(values[p.name])
+            for p in spec.params
+            for position in p.positions
+        }
     )
 
 
