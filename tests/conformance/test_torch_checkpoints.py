@@ -27,12 +27,11 @@ from common.core.torch_checkpoint import (
 )
 from common.errors import ParamFileError
 from tests.common.torch_checkpoint_cases import CONTRADICTIONS, contents, make
-from tests.conformance.fixtures import loaded_model
+from tests.conformance.fixtures import book_input, loaded_model
 from tests.data import make_torch_checkpoints as made
 from tests.data.make_torch_checkpoints import FIXTURES, STRING_ORDER, fixture_values
 from tests.helpers import assert_close, assert_equal
 
-BATCH = 5
 TORCH_SPECS = {spec.name: spec for spec in (*(spec for spec, _ in FIXTURES.values()), NEST, STRING_ORDER)}
 
 
@@ -76,7 +75,7 @@ def test_a_save_model_file_imports_with_every_tie_intact(backend, name):
             backend.get_param(model, f"layers.{kept}"),
             err_msg=dropped,
         )
-    x = oracle.sample_input(spec, batch=BATCH)
+    x = book_input(spec)
     assert_close("net(x)", backend.forward(model, x), oracle.forward(spec, values, x), f"{path.name}")
     grads = backend.backward(model, x, Loss())
     for param, grad in oracle.backward(spec, values, x, Loss()).grads.items():
@@ -159,7 +158,7 @@ def test_load_model_reads_our_export_with_the_tie_intact(reference_torch, tmp_pa
             f"{p.positions}: no longer one Parameter after load_model"
         )
         np.testing.assert_array_equal(params[0].detach().numpy(), values[p.name], err_msg=p.name)
-    x = oracle.sample_input(spec, batch=BATCH)
+    x = book_input(spec)
     with torch.no_grad():
         y = net(torch.from_numpy(x)).numpy()
     assert_close("torch net(x) after load_model", y, oracle.forward(spec, values, x))
