@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from common.commands.inspect import emit
 from common.config import add_backends_option, add_timeout_option, parse_backend_list
 from common.core import oracle, portable
 from common.core.expectations import ATOL, RTOL, STATE_ATOL, STATE_RTOL, conventions_of
@@ -84,7 +85,7 @@ def run_export(args: argparse.Namespace) -> int:
     spec = load_spec(args.model)
     if args.source:
         checkpoint = read_checkpoint(args.source, spec)
-        values, state, origin = checkpoint.values, checkpoint.state, f"{printable(args.source)}"
+        values, state, origin = checkpoint.values, checkpoint.state, printable(args.source)
     else:
         values, state, origin = oracle.initial_weights(spec), None, "the oracle's seeded weights"
     try:
@@ -96,7 +97,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError(
             f"cannot write {printable(args.out)}: {printable(error.strerror or error)}"
         ) from None
-    print(f"wrote {printable(args.out)}: {describe(args.convention, spec)}, values from {origin}")
+    emit(f"wrote {printable(args.out)}: {describe(args.convention, spec)}, values from {origin}")
     return 0
 
 
@@ -119,7 +120,7 @@ def run_import(args: argparse.Namespace) -> int:
     spec = load_spec(args.model)
     checkpoint = read_checkpoint(args.file, spec)  # a bad file ends here, before any backend starts
     backends = parse_backend_list(args.backends)
-    print(f"{printable(args.file)}: {describe(checkpoint.convention, spec)}")
+    emit(f"{printable(args.file)}: {describe(checkpoint.convention, spec)}")
     prepare_envs(backends)
     with children.temporary_directory() as scratch:  # removed even if this process is killed
         spec_file = scratch / "spec.json"
@@ -134,7 +135,7 @@ def run_import(args: argparse.Namespace) -> int:
         )
     verdicts = {name: verdict(record) for name, record in records.items()}
     for name, (_, text) in verdicts.items():
-        print(f"{name}: {text}")
+        emit(f"{name}: {text}")
     ran = [name for name, (status, _) in verdicts.items() if status != "n/a"]
     failed = [name for name, (status, _) in verdicts.items() if status == "FAILED"]
     if failed or not ran:
@@ -143,9 +144,9 @@ def run_import(args: argparse.Namespace) -> int:
             if failed
             else "no backend could build the spec"
         )
-        print(f"import: FAILED: {why}")
+        emit(f"import: FAILED: {why}")
         return 1
-    print(
+    emit(
         f"import: ok in {len(ran)} of {len(verdicts)} backends"
         + (" (the others n/a)" if len(ran) < len(verdicts) else "")
     )
