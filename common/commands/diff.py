@@ -215,6 +215,64 @@ STATE_ROWS: tuple[Row, ...] = (
     Row(STATE, "serializations hold", _state("serializations", _serialized_state)),
 )
 
+EMBED = "Embedding tied to the output projection"  # embed_tied (common.commands.probe)
+
+
+def _embedding(key: str, show: Callable[[Any], Any] = lambda value: value) -> Callable[[Record], Any]:
+    """An embedding row: the observed value, or why the backend built no embedding."""
+
+    def extract(r: Record) -> Any:
+        embedding = r.get("embedding", {"not_built": "not probed (a record from before embeddings)"})
+        return (
+            "not built (see its declared capabilities)" if "not_built" in embedding else show(embedding[key])
+        )
+
+    return extract
+
+
+EMBEDDING_ROWS: tuple[Row, ...] = (
+    Row(
+        EMBED,
+        "mechanism",
+        _embedding(
+            "mechanism",
+            lambda m: {
+                "same_parameter": "the output Dense holds the embedding's Parameter",
+                "table_read": "the output layer reads the embedding's table",
+            }.get(m, m),
+        ),
+    ),
+    Row(EMBED, "output layer class", _embedding("projection_class")),
+    Row(
+        EMBED,
+        "table applied",
+        _embedding(
+            "transposed", lambda t: "transposed (kernels are (in, out))" if t else "as the (out, in) weight"
+        ),
+    ),
+    Row(EMBED, "one object at both uses", _embedding("one_object")),
+    Row(EMBED, "unique parameters (of 4)", _embedding("unique_params")),
+    Row(
+        EMBED,
+        "the framework's listing",
+        _embedding("listing", lambda c: f"{c['call']}: {c['entries']} entries"),
+    ),
+    Row(
+        EMBED,
+        "its own file",
+        _embedding(
+            "native_file",
+            lambda f: f"{f['call']}: {f['entries']} entries, the table {f['table_copies']}x",
+        ),
+    ),
+    Row(EMBED, "tie kept when its file is loaded", _embedding("tie_kept_on_native_load")),
+    Row(
+        EMBED,
+        "max |delta| vs the oracle (forward, gradients)",
+        _embedding("max_abs_diff", lambda d: f"{max(d.values()):.1e}"),
+    ),
+)
+
 ORACLE = "Numbers vs the numpy oracle (max |delta|)"
 ROWS: tuple[Row, ...] = (
     Row("Versions", "framework", lambda r: r["versions"]["framework"], kind=CONTEXT),
@@ -377,7 +435,7 @@ def merge(records: Mapping[str, Record]) -> dict[str, Any]:
         name: str(records[name].get("error", "no record")) for name in backends if not records[name].get("ok")
     }
     ok = {name: {**records[name], "backend": name} for name in backends if name not in failed}
-    rows = [_merge_row(row, ok) for row in (*ROWS, *STATE_ROWS, *capability_rows(ok))]
+    rows = [_merge_row(row, ok) for row in (*ROWS, *STATE_ROWS, *EMBEDDING_ROWS, *capability_rows(ok))]
     claims = [
         _verdict(claim, name, records[name])
         for claim in BOOK_CLAIMS

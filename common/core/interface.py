@@ -129,14 +129,9 @@ class Backend(Adapter):
     def _check_capabilities(self, spec: ModelSpec) -> None:
         """A spec that needs what this backend declares it lacks is refused in one line, before
         any adapter call."""
-        needs = {
-            "batchnorm": spec.has_batchnorm,
-            "freezing": spec.has_frozen,
-            "embedding": spec.embed_slot is not None,
-        }
-        for capability, needed in needs.items():
+        for capability in spec.needs:
             declared = self.declaration.capability(capability)
-            if needed and not declared.value:
+            if not declared.value:
                 raise UsageError(
                     f"backend {self.name!r} cannot build spec {spec.name!r}: it needs {capability}, "
                     f"which the backend declares it lacks ({declared.reason})"

@@ -312,6 +312,16 @@ class ModelSpec:
         return {path: layer.trainable for path, layer in self.walk() if isinstance(layer, Dense)}
 
     @property
+    def needs(self) -> tuple[str, ...]:
+        """The backend capabilities (common.declarations.CAPABILITIES) building this spec takes."""
+        wanted = {
+            "batchnorm": self.has_batchnorm,
+            "freezing": self.has_frozen,
+            "embedding": self.embed_slot is not None,
+        }
+        return tuple(capability for capability, needed in wanted.items() if needed)
+
+    @property
     def has_batchnorm(self) -> bool:
         return bool(self.norm_slots)
 
