@@ -157,12 +157,7 @@ def not_built(backend_name: str, spec: ModelSpec) -> str:
     """Why ``backend_name`` builds no ``spec``: a capability it declares it lacks, with its
     declared reason; "" when it builds it."""
     entry = declaration(backend_name)
-    needs = {
-        "embedding": spec.embed_slot is not None,
-        "batchnorm": spec.has_batchnorm,
-        "freezing": spec.has_frozen,
-    }
-    lacking = [name for name, needed in needs.items() if needed and not entry.capability(name).value]
+    lacking = [name for name in spec.needs if not entry.capability(name).value]
     return "; ".join(
         f"{backend_name} declares no {name} ({entry.capability(name).reason})" for name in lacking
     )
