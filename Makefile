@@ -8,7 +8,7 @@ ENVS      = $(shell $(PYTHON) -m common.envs names)
 ARGS     ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venvs lock test test-common test-all diff train roundtrip bench fuzz lint clean distclean
+.PHONY: help venvs lock test test-common test-all diff train roundtrip import export bench fuzz lint clean distclean
 .SECONDARY:
 
 help: ## list the targets
@@ -58,6 +58,12 @@ train: $(VENVS)/base/.stamp ## train the tied MLP in every backend; writes repor
 
 roundtrip: $(VENVS)/base/.stamp ## export from each backend, import into every other: one matrix per model
 	@$(CLI) roundtrip $(ARGS)
+
+import: $(VENVS)/base/.stamp ## load a parameter file into every backend: ARGS="FILE --model tied"
+	@$(CLI) import $(ARGS)
+
+export: $(VENVS)/base/.stamp ## write a parameter file, no framework: ARGS="--model tied --format save_model OUT"
+	@$(CLI) export $(ARGS)
 
 bench: $(VENVS)/base/.stamp ## ratios: adapter vs hand-written training, suites vs imports, per-layer scaling
 	@$(CLI) bench $(ARGS)

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from common.commands import (
         bench,
+        checkpoints,
         diff,
         facts,
         fuzz,
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_report.add_parser(commands)
     roundtrip.add_parser(commands)
     inspect.add_parsers(commands)
+    checkpoints.add_parsers(commands)
     fuzz.add_parser(commands)
     facts.add_parser(commands)
     return parser
@@ -93,7 +95,7 @@ def backends_to_run(args: argparse.Namespace) -> tuple[str, ...] | None:
     """The backends whose children the command starts; None for a command that starts none."""
     if args.command == "test":
         return (args.test_backend or selected_backend(),)
-    if args.command in ("spec", "inspect") or getattr(args, "from_files", None):
+    if args.command in ("spec", "inspect", "export") or getattr(args, "from_files", None):
         return None
     if args.command == "fuzz" and not args.examples:
         return ()
