@@ -93,6 +93,7 @@ def tied_projection_class(keras: Any, project: Callable[[Any, Any], Any]) -> typ
         def call(self, x: Any) -> Any:
             return project(self.embedding, x) + self.bias
 
+    TiedProjection.__qualname__ = "TiedProjection"  # as reports name it, not "<locals>"
     return TiedProjection
 
 
