@@ -76,7 +76,7 @@ def reverse_call(embedding: Any, x: Any) -> Any:
 
 @functools.cache
 def tied_projection_class(keras: Any, project: Callable[[Any, Any], Any]) -> type:
-    """The layer class, one per Keras module, of a Dense tied to an embedding's table:
+    """The layer class (one per Keras module and reading function) of a Dense tied to an embedding's table:
     ``project(embedding, x) + bias``, ``project`` reading the table transposed at every call. The
     embedding layer is an attribute, so Keras tracks it as a sublayer: its table is listed and saved
     once (where the embedding itself is), and freezing the projection freezes the embedding too."""
