@@ -75,8 +75,7 @@ def stacked(arrays: list[jax.Array]) -> np.ndarray:
 
 def model_input(spec: ModelSpec, x: Any) -> jax.Array:
     """``x`` (already checked) as the jax array the net takes: float32 features, or int32 ids for
-    a model that starts with an Embedding (jax is 32-bit by default: int64 would be narrowed, with
-    a warning, and a lookup refuses floats)."""
+    a model that starts with an Embedding (jax is 32-bit by default, and a lookup refuses floats)."""
     return jnp.asarray(x, jnp.int32 if spec.input_kind == "ids" else jnp.float32)
 
 
