@@ -58,13 +58,17 @@ class SuiteResult:
         )
 
 
+SUITE = "tests/conformance"
+
+
 def pytest_command(
-    python: str, suite: str, extra: list[str], cache: str = "base", cache_root: Path | None = None
+    python: str, suite: str | None, extra: list[str], cache: str = "base", cache_root: Path | None = None
 ) -> list[str]:
     """Default verbosity keeps the backend header. Each suite keeps its own pytest cache, so
-    --lf and --ff of one backend are not confused by another's run of the same test ids."""
+    --lf and --ff of one backend are not confused by another's run of the same test ids. ``suite``
+    None: the test paths in ``extra`` say what runs."""
     cache_dir = f"{cache_root}/{cache}" if cache_root else f".pytest_cache/{cache}"
-    return [python, "-m", "pytest", suite, "-o", f"cache_dir={cache_dir}", *extra]
+    return [python, "-m", "pytest", *([suite] if suite else []), "-o", f"cache_dir={cache_dir}", *extra]
 
 
 def run_suite(
@@ -152,9 +156,8 @@ def run_backend(
         interpreter = env_ready.result() if env_ready else ensure_backend_env(backend, quiet=True)
     except UsageError as error:
         return SuiteResult(backend, {}, 2, 0.0, f"environment: {error}")
-    suite = "tests/conformance"
     return run_suite(
-        backend, str(interpreter), suite, extra, backend, timeout=timeout, capture=True, cache_root=cache_root
+        backend, str(interpreter), SUITE, extra, backend, timeout=timeout, capture=True, cache_root=cache_root
     )
 
 
@@ -329,8 +332,11 @@ def test_one(extra: list[str], backend: str | None = None) -> int:
     selected_device()  # a bad PARITY_DEVICE is the user's error: one line, exit 2, before pytest
     python = ensure_backend_env(backend)
     env = dict(os.environ, **{ENV_VAR: backend})
+    # Test paths of the suite (tests/conformance/test_ties.py::test_x) narrow the run; without any,
+    # the whole suite runs.
+    named = any(arg.startswith(SUITE + "/") for arg in extra if not arg.startswith("-"))
     with children.Child(
-        pytest_command(str(python), "tests/conformance", extra, backend), cwd=ROOT, env=env
+        pytest_command(str(python), None if named else SUITE, extra, backend), cwd=ROOT, env=env
     ) as run:
         return run.wait()
 

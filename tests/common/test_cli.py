@@ -446,3 +446,36 @@ def test_make_clean_removes_every_cache_and_build_folder():
         ".mlx-cache",
     ):
         assert leftover in recipe, f"make clean leaves {leftover}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "suite_given"),
+    [
+        ([], True),
+        (["-k", "ties"], True),
+        (["tests/conformance/test_ties.py", "-q"], False),
+        (["tests/conformance/test_ties.py::test_same_values_at_both_positions"], False),
+    ],
+)
+def test_make_test_narrows_to_the_test_paths_it_is_given(monkeypatch, extra, suite_given):
+    """`make test ARGS="tests/conformance/test_ties.py"` runs that file, not the whole suite beside it."""
+    started: list[list[str]] = []
+
+    class Recorded:
+        def __init__(self, argv, **kwargs):
+            started.append(argv)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(testing, "ensure_backend_env", lambda backend: Path(sys.executable))
+    monkeypatch.setattr(testing.children, "Child", Recorded)
+    assert testing.test_one(extra, backend_names()[0]) == 0
+    assert ("tests/conformance" in started[0]) is suite_given
+    assert started[0][len(started[0]) - len(extra) :] == extra  # pytest's own arguments, last and whole
