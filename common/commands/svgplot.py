@@ -17,6 +17,7 @@ from dataclasses import dataclass
 WIDTH, HEIGHT = 220, 140  # viewBox units; the page's grid cells are at least this many px wide
 LEFT, RIGHT, TOP, BOTTOM = 42, 8, 8, 22  # the plot area's margins, room for the tick labels
 FONT = 12
+LOG_DECADES = 6  # a log axis spans at most this many decades below its top; smaller values sit on its floor
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,8 @@ def panel_svg(panel: Panel) -> str:
             "nothing to draw</text></svg>"
         )
         return "".join(parts)
+    if panel.log:  # rounding noise far below the curves (a gradient that is exactly 0) must not squash them
+        limits = (max(limits[0], limits[1] / 10**LOG_DECADES), limits[1])
     marks = ticks(*limits, panel.log)
     low, high = marks[0], marks[-1]
     scale = math.log10 if panel.log else (lambda v: v)

@@ -317,17 +317,17 @@ def deviation(losses: Sequence[float], reference: Sequence[float]) -> list[float
     return [abs(a - b) / abs(b) if b else math.nan for a, b in zip(losses, reference, strict=False)]
 
 
-def curve_deviation(curve: Sequence[float], reference: Sequence[float]) -> float:
-    """max |curve - reference| over the steps, relative to the reference's largest value: how far
-    apart two drawn curves are at the chart's scale. A gradient norm that shrinks toward 0 (the
-    output bias's, as it fits) would make a per-step relative error meaningless."""
+def curve_deviation(curve: Sequence[float], reference: Sequence[float], scale: float) -> float:
+    """max |curve - reference| over the steps, relative to ``scale``, the largest value of its
+    chart: how far apart two drawn curves are at the chart's scale. A gradient that is exactly 0 in
+    theory (a Dense bias before a BatchNorm), or one that shrinks toward 0 as a layer fits, is
+    rounding noise in both runs, and relative to itself its error would be meaningless."""
     pairs = list(zip(curve, reference, strict=False))
     if not pairs:
         return math.nan
     if any(math.isnan(a) for a, _ in pairs):
         return math.nan
-    scale = max(abs(b) for _, b in pairs) or 1.0
-    return max(abs(a - b) for a, b in pairs) / scale
+    return max(abs(a - b) for a, b in pairs) / (scale or 1.0)
 
 
 def _f(value: float, digits: int = 4) -> str:
@@ -471,13 +471,13 @@ def chart_panels(
     deviation of any curve from the oracle's (``curve_deviation``)."""
     panels, worst = [], []
     for chart in charts:
+        pairs = [(_series(history, c.key, c.name), _series(reference, c.key, c.name)) for c in chart.curves]
+        scale = max((abs(v) for _, theirs in pairs for v in theirs if math.isfinite(v)), default=0.0)
         series, gaps = [], []
-        for curve in chart.curves:
-            mine, theirs = _series(history, curve.key, curve.name), _series(reference, curve.key, curve.name)
+        for curve, (mine, theirs) in zip(chart.curves, pairs, strict=True):
             series.insert(0, Series(f"{ORACLE}: {curve.label}", theirs, "ref"))  # beneath
             series.append(Series(curve.label, mine, curve.style))
-            gap = curve_deviation(mine, theirs)
-            gaps.append(gap)
+            gaps.append(curve_deviation(mine, theirs, scale))
         worst.extend(gaps)
         note = f"max deviation {_e(_worst(gaps))}"
         panels.append(
@@ -538,7 +538,7 @@ def parity_table(report: Report) -> Table:
         Column(
             "watched-curve deviation",
             "the largest distance of any curve in 'Watching every layer' from the oracle's curve beneath it, "
-            "relative to the oracle curve's largest value: parameter and gradient norms"
+            "relative to the largest value in its panel: parameter and gradient norms"
             + (", each use's gradient" if tie else "")
             + (", running statistics" if state else ""),
             numeric=True,
@@ -787,9 +787,9 @@ def conclusion(report: Report) -> str:
         per_seed = ", ".join(signed(v) for v in held.values)
         text.append(
             f"{whose}Over {report.seeds} seeds of the initial weights ({report.steps} SGD steps each, the "
-            f"{ORACLE} in float64), the tied model's held-out loss on {HELD_OUT_SAMPLES} unseen inputs "
-            f"differs from the untied model's by {interval_text(held)} on average (per seed: {per_seed}); "
-            f"on the training data by {interval_text(train)}."
+            f"{ORACLE} in float64), the tied model's held-out loss on {HELD_OUT_SAMPLES} unseen inputs, "
+            f"relative to the untied model's, is {interval_text(held)} on average (per seed: {per_seed}); "
+            f"its training loss {interval_text(train)}."
         )
         text.append(verdict_sentence(held, report.seeds, saved))
     backends = {name: s for name, s in report.sharing.items() if name in report.conventions}
@@ -941,8 +941,8 @@ dl.legend dt{font-weight:600;overflow-wrap:anywhere}dl.legend dd{margin:0}
   margin:.5em 0 1em}
 figure.panel{margin:0;min-width:0}
 figure.panel figcaption{font-size:.85em;line-height:1.3;margin-bottom:.2em;overflow-wrap:anywhere}
-figure.panel .note{color:#555}
-figure.chart{margin:.6em 0 1.6em;max-width:660px}
+figure.panel .note{color:#555;display:block}
+figure.chart{margin:.6em 0 1.6em;max-width:560px}
 figure.chart figcaption,p.caption{font-size:.9em;color:#333}
 section.card{border-top:1px solid #eee;margin-top:1em}
 svg.plot{width:100%;height:auto;display:block;overflow:visible}
@@ -1113,8 +1113,8 @@ def render_html(report: Report) -> str:
     for name, (panels, worst) in cards.items():
         card_html.append(
             f"<section class='card' id='{_anchor(name)}'><h3>{esc(name)}</h3>"
-            f"<p class='caption'>Largest deviation of any curve from the oracle's: {_e(worst)} of that "
-            f"curve's largest value.</p>{_panels_html(panels)}</section>"
+            f"<p class='caption'>Largest deviation of any curve from the oracle's: {_e(worst)} of the "
+            f"largest value in its panel.</p>{_panels_html(panels)}</section>"
         )
     if failed:
         card_html.append(f"<p>Not drawn, because they failed: {esc(', '.join(failed))}.</p>")
