@@ -110,6 +110,19 @@ class Interval:
         half = t_quantile(len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
         return cls(mean, mean - half, mean + half, values)
 
+    @classmethod
+    def of_ratios(cls, ratios: Sequence[float]) -> Interval:
+        """For per-seed ratios tied / untied, as relative changes (ratio - 1): the t-interval of
+        their logarithms, mapped back. A loss ratio is multiplicative, so this interval never
+        reaches below -100%, and for small changes it is the plain t-interval."""
+        logs = cls.of([math.log(r) if r > 0 else math.nan for r in ratios])
+        return cls(
+            math.expm1(logs.mean),
+            math.expm1(logs.low),
+            math.expm1(logs.high),
+            tuple(float(r) - 1.0 for r in ratios),
+        )
+
     @property
     def verdict(self) -> str:
         """For (tied - untied) / untied: "same" if the whole interval is within +-SAME, "tied" if it
@@ -167,17 +180,17 @@ class Fit:
 @dataclass(frozen=True)
 class Sharing:
     """One run's answer to "why share", over every seed: a Fit per seed, and the intervals of the
-    relative differences (tied - untied) / untied."""
+    relative differences (tied - untied) / untied (``Interval.of_ratios``)."""
 
     fits: tuple[Fit, ...]
 
     @property
     def held_out(self) -> Interval:
-        return Interval.of([fit.held_out_change for fit in self.fits])
+        return Interval.of_ratios([fit.held_out_tied / fit.held_out_untied for fit in self.fits])
 
     @property
     def train(self) -> Interval:
-        return Interval.of([fit.train_change for fit in self.fits])
+        return Interval.of_ratios([fit.train_tied / fit.train_untied for fit in self.fits])
 
 
 @dataclass
@@ -763,8 +776,9 @@ def verdict_sentence(interval: Interval, seeds: int, saved_scalars: int) -> str:
     spread = max(abs(interval.low - interval.mean), abs(interval.high - interval.mean))
     return (
         f"The interval holds 0, so {seeds} seeds cannot tell which model predicts unseen data better: any "
-        f"difference is smaller than the spread between seeds (+-{percent(spread)} around the mean). What "
-        f"sharing surely buys here is size: {saved_scalars} fewer scalars, at no detectable cost."
+        f"difference is within the spread between seeds (the interval reaches {percent(spread)} from the "
+        f"mean). What sharing surely buys here is size, {saved_scalars} fewer scalars; what it costs or "
+        "gains on unseen data, these seeds cannot say."
     )
 
 
@@ -777,21 +791,35 @@ def conclusion(report: Report) -> str:
         f"Tying saves {percent(saved / untied['scalars'])} of the parameters ({tied['scalars']} vs "
         f"{untied['scalars']} scalars, {tied['bytes']} vs {untied['bytes']} bytes as float32)."
     ]
-    for reference in report.references.values():
-        held, train = reference.sharing.held_out, reference.sharing.train
-        whose = ""
-        if len(report.references) > 1:
-            whose = (
-                f"Under {describe_conventions(reference.conventions)} ({report.reference_label(reference)}): "
-            )
+    intro = (
+        f"Over {report.seeds} seeds of the initial weights ({report.steps} SGD steps each, the {ORACLE} in "
+        f"float64), the tied model's held-out loss on {HELD_OUT_SAMPLES} unseen inputs, relative to the "
+        "untied model's, is"
+    )
+    references = list(report.references.values())
+    if len(references) == 1:
+        held, train = references[0].sharing.held_out, references[0].sharing.train
         per_seed = ", ".join(signed(v) for v in held.values)
         text.append(
-            f"{whose}Over {report.seeds} seeds of the initial weights ({report.steps} SGD steps each, the "
-            f"{ORACLE} in float64), the tied model's held-out loss on {HELD_OUT_SAMPLES} unseen inputs, "
-            f"relative to the untied model's, is {interval_text(held)} on average (per seed: {per_seed}); "
-            f"its training loss {interval_text(train)}."
+            f"{intro} {interval_text(held)} on average (a geometric mean; per seed: {per_seed}); its "
+            f"training loss {interval_text(train)}."
         )
         text.append(verdict_sentence(held, report.seeds, saved))
+    else:  # a BatchNorm: the answer depends on each framework's conventions
+        parts = [
+            f"by the {report.reference_label(r)} with {describe_conventions(r.conventions)}, "
+            f"{interval_text(r.sharing.held_out)}: {VERDICT_WORDS[r.sharing.held_out.verdict]}"
+            for r in references
+        ]
+        text.append(
+            f"{intro} on average, under each backend's BatchNorm conventions: " + "; ".join(parts) + "."
+        )
+        said = set()
+        for r in references:
+            if (verdict := r.sharing.held_out.verdict) not in said:
+                said.add(verdict)
+                sentence = verdict_sentence(r.sharing.held_out, report.seeds, saved)
+                text.append(f"By the {report.reference_label(r)}: {sentence[0].lower()}{sentence[1:]}")
     backends = {name: s for name, s in report.sharing.items() if name in report.conventions}
     if backends:
         differ = {

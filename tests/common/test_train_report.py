@@ -416,6 +416,19 @@ def test_the_interval_is_students_t_over_the_seeds():
         tr.Interval.of([1.0])
 
 
+def test_the_interval_of_loss_ratios_is_taken_on_their_logarithm():
+    """Loss ratios multiply: the interval is the t-interval of log(tied / untied), mapped back, so
+    it never reaches below -100% however far apart the seeds are."""
+    interval = tr.Interval.of_ratios([2.0, 8.0])
+    assert interval.mean == pytest.approx(3.0)  # the geometric mean, 4, minus 1
+    assert interval.values == (1.0, 7.0)
+    wild = tr.Interval.of_ratios([0.5, 20.0, 3.0, 1.1, 9.0])
+    assert -1.0 < wild.low < 0.0 < wild.high, wild
+    small = tr.Interval.of_ratios([1.001, 0.999, 1.002])  # close to the plain interval of the changes
+    plain = tr.Interval.of([0.001, -0.001, 0.002])
+    assert (small.low, small.high) == pytest.approx((plain.low, plain.high), abs=1e-5)
+
+
 @pytest.mark.parametrize(
     ("values", "verdict"),
     [
@@ -460,6 +473,22 @@ def test_the_conclusion_quotes_the_intervals_and_every_seed():
     ):
         assert text in report.conclusion, f"{text!r} missing from: {report.conclusion}"
     assert tr.verdict_sentence(oracle.held_out, SEEDS, 72) in report.conclusion
+
+
+def test_a_tied_batchnorm_is_answered_under_each_backends_conventions():
+    """With a BatchNorm, each set of declared conventions gets its own oracle and its own verdict,
+    named with the backends that declare it."""
+    report = report_of(NAMES, failing=(), spec=TIED_BATCHNORM)
+    groups: dict[Conventions, list[str]] = {}
+    for name in NAMES:
+        groups.setdefault(tr.conventions_for(TIED_BATCHNORM, name), []).append(name)
+    assert list(report.references) == list(groups) and len(groups) > 1
+    for conventions, names in groups.items():
+        label = f"{tr.ORACLE} ({', '.join(names)})"
+        held = report.sharing[label].held_out
+        expected = f"by the {label} with {tr.describe_conventions(conventions)}, {tr.interval_text(held)}"
+        assert expected in report.conclusion, f"{expected!r} missing from: {report.conclusion}"
+        assert f"Why share ({label}): held-out loss" in " ".join(report.summary)
 
 
 def test_each_seed_is_the_oracles_fit_of_that_seeds_final_parameters():
