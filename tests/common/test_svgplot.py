@@ -93,6 +93,17 @@ def test_a_long_series_is_thinned_to_its_extremes_per_column():
     assert min(y for _, y in points) == pytest.approx(spike, abs=0.06), "the spike survives thinning"
 
 
+def test_a_log_axis_keeps_to_six_decades_below_its_top():
+    """A gradient that is 0 in theory shows as rounding noise (1e-17 here): it sits on the floor
+    instead of squashing every real curve into the top of the panel."""
+    values = [1e-17, 1e-3, 0.1]
+    svg = svgplot.panel_svg(Panel("floor", (Series("g", values, "w"),), log=True))
+    labels = tick_texts(svg)
+    assert labels[0] == f"1e-{1 + svgplot.LOG_DECADES}" and "1e-17" not in labels, labels
+    (run,) = runs(series_paths(svg)["g"])
+    assert run[0][1] == pytest.approx(PLOT_BOTTOM), "the noise is drawn on the floor"
+
+
 def test_a_shared_range_puts_small_multiples_on_one_scale():
     small = Panel("a", (Series("s", [1e-8, 2e-8], "dev"),), log=True)
     large = Panel("b", (Series("s", [1e-5, 1e-4], "dev"),), log=True)
