@@ -150,7 +150,10 @@ def test_train_page_draws_every_layer_of_every_backend_legibly(model, width, tmp
             assert panel["lines"] >= 2, (
                 f"{where} draws {panel['lines']} curves: a backend's over the oracle's"
             )
-    assert seen["svgText"] > 0 and seen["smallestSvgText"] >= LEGIBLE_PX, seen["smallestSvgText"]
+    smallest = seen["smallestSvgText"]
+    assert seen["svgText"] > 0 and smallest >= LEGIBLE_PX, (
+        f"chart text {smallest:.1f}px, but should be >= {LEGIBLE_PX}"
+    )
     assert seen["intervals"] == (len(report.sharing) if report.spec.ties else 0)
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], f"console messages={console}, but should be none"
