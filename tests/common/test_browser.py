@@ -112,12 +112,12 @@ TRAIN_MODELS = ("tied", "batchnorm")
 
 def train_page(model: str, path) -> tuple:
     """train.html for ``model`` with every backend, one failed with a long error, instrumented."""
-    from common.commands import train_report
+    from common.commands import train_page
     from common.commands.training import MODELS
     from tests.common.test_train_report import report_of
 
     report = report_of(spec=MODELS[model])
-    text = train_report.render_html(report)
+    text = train_page.render_html(report)
     path.write_text(
         text.replace("<head>", "<head>" + TRAIN_ERRORS, 1).replace("</body>", TRAIN_MEASURE + "</body>")
     )

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from common.commands import cli
+from common.commands import train_page as page_module
 from common.commands import train_report as tr
+from common.commands.svgplot import Panel
 from common.commands.training import (
     HELD_OUT_SAMPLES,
     MODELS,
@@ -176,7 +178,7 @@ class Page(HTMLParser):
 
 def page_of(report: tr.Report) -> Page:
     parsed = Page()
-    parsed.feed(tr.render_html(report))
+    parsed.feed(page_module.render_html(report))
     return parsed
 
 
@@ -185,14 +187,14 @@ def page() -> Page:
     return page_of(report_of())
 
 
-def panel(report: tr.Report, backend: str, title: str) -> tr.Panel:
+def panel(report: tr.Report, backend: str, title: str) -> Panel:
     panels, _ = report.cards[backend]
     found = [p for p in panels if p.title == title]
     assert found, f"no panel {title!r} for {backend}; panels: {[p.title for p in panels]}"
     return found[0]
 
 
-def series(p: tr.Panel, label: str) -> list[float]:
+def series(p: Panel, label: str) -> list[float]:
     return list(next(s.values for s in p.series if s.label == label))
 
 
@@ -233,14 +235,14 @@ def test_a_failed_backend_keeps_its_row_with_its_error_and_gets_no_card(page):
     assert rows[NAMES[1]][1].startswith("FAILED: ImportError"), rows[NAMES[1]]
     assert len(rows[NAMES[0]]) == len(report_of().parity.columns)
     assert NAMES[1] not in page.cards
-    assert "Not drawn, because they failed: " + NAMES[1] in tr.render_html(report_of())
+    assert "Not drawn, because they failed: " + NAMES[1] in page_module.render_html(report_of())
 
 
 def test_the_page_renders_when_every_backend_failed():
     report = tr.build_report({NAMES[0]: failed(NAMES[0])}, STEPS, LR, TIED, SEEDS)
     assert "No backend finished" in report.conclusion
     assert report.summary[0] == f"0 of 1 backends trained tied; failed: {NAMES[0]}."
-    assert "<table" in tr.render_html(report)
+    assert "<table" in page_module.render_html(report)
 
 
 def test_a_record_of_another_model_is_not_compared():
@@ -352,7 +354,7 @@ def test_a_batchnorm_model_plots_running_statistics_beside_the_parameters_under_
         updated = panel(report, name, "layers.1 BatchNorm: running statistics (norm)")
         assert len(set(series(updated, "running variance"))) > 1
     assert len(report.references) == 2 and report.budget is None and report.sharing == {}
-    assert "Why share" not in tr.render_html(report)
+    assert "Why share" not in page_module.render_html(report)
     state_column = report.parity.headers.index("state listed")
     assert {row[state_column] for row in report.parity.rows} == {"4"}
 
@@ -366,7 +368,7 @@ def test_a_tied_batchnorm_reads_its_statistics_through_the_shared_position():
 
 def test_each_backends_loss_deviation_gets_a_panel_on_one_scale():
     report = report_of()
-    panels = tr.deviation_panels(report)
+    panels = page_module.deviation_panels(report)
     assert [p.title for p in panels] == [name for name in NAMES if name != NAMES[1]]
     assert len({p.y_range for p in panels}) == 1 and all(p.log for p in panels)
     for p in panels:
@@ -383,7 +385,7 @@ def test_an_exact_match_is_a_gap_not_a_zero_on_the_log_scale():
     record = fake_record(NAMES[0])
     record["watched"]["losses"] = list(_oracle_record("tied", tr.NO_CONVENTIONS)["watched"]["losses"])
     report = tr.build_report({NAMES[0]: record}, STEPS, LR, TIED, SEEDS)
-    (p,) = tr.deviation_panels(report)
+    (p,) = page_module.deviation_panels(report)
     assert all(math.isnan(v) for v in p.series[0].values) and p.note == "identical at every step"
 
 
@@ -519,7 +521,7 @@ def test_the_backends_verdict_follows_its_records(loser):
 
 
 def test_the_interval_chart_has_the_oracle_and_every_finished_backend():
-    chart = tr.interval_chart(report_of())
+    chart = page_module.interval_chart(report_of())
     assert [row.label for row in chart.rows] == [tr.ORACLE] + [n for n in NAMES if n != NAMES[1]]
     oracle = report_of().sharing[tr.ORACLE].held_out
     assert chart.rows[0].points == pytest.approx(tuple(100 * v for v in oracle.values))
