@@ -231,14 +231,13 @@ def render_html(report: Report) -> str:
     if failed:
         card_html.append(f"<p>Not drawn, because they failed: {esc(', '.join(failed))}.</p>")
     conventions = ""
-    if spec.has_batchnorm:
+    if spec.has_batchnorm and report.conventions:
         conventions = (
             " Each backend's oracle follows its declared BatchNorm conventions: "
             + "; ".join(
                 f"{', '.join(n for n, c in report.conventions.items() if c == ref.conventions)}: "
                 f"{describe_conventions(ref.conventions)}"
                 for ref in report.references.values()
-                if report.conventions
             )
             + "."
         )
@@ -257,8 +256,8 @@ def render_html(report: Report) -> str:
 the tied model and the untied one as the same function (its weights copied into both positions), so
 a seed's difference is the tie's effect alone, and the seeds say how much that effect varies:</p>
 {_table_html(report.sharing_table)}
-<figure class="chart">{render_intervals(interval_chart(report))}<figcaption>Each row: the mean
-(dot) and the {CONFIDENCE} interval (bar) of the held-out difference, with each seed's value as a
+<figure class="chart">{render_intervals(interval_chart(report))}<figcaption>Each row: the
+geometric mean (dot) and the {CONFIDENCE} interval (bar) of the held-out difference, with each seed's value as a
 tick; the shaded band is +-{percent(SAME)}, "about the same". Every backend ran its own seeds with
 its framework's SGD.</figcaption></figure>
 <p>The {ORACLE}'s seeds, one by one:</p>
