@@ -257,9 +257,9 @@ the tied model and the untied one as the same function (its weights copied into 
 a seed's difference is the tie's effect alone, and the seeds say how much that effect varies:</p>
 {_table_html(report.sharing_table)}
 <figure class="chart">{render_intervals(interval_chart(report))}<figcaption>Each row: the
-geometric mean (dot) and the {CONFIDENCE} interval (bar) of the held-out difference, with each seed's value as a
-tick; the shaded band is +-{percent(SAME)}, "about the same". Every backend ran its own seeds with
-its framework's SGD.</figcaption></figure>
+geometric mean (dot) and the {CONFIDENCE} interval (bar) of the held-out difference, with each
+seed's value as a tick; the shaded band is +-{percent(SAME)}, "about the same". Every backend ran
+its own seeds with its framework's SGD.</figcaption></figure>
 <p>The {ORACLE}'s seeds, one by one:</p>
 {_table_html(report.seeds_table)}
 {charts}
