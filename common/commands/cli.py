@@ -74,7 +74,7 @@ def backends_to_run(args: argparse.Namespace) -> tuple[str, ...] | None:
     """The backends whose children the command starts; None for a command that starts none."""
     if args.command == "test":
         return (selected_backend(),)
-    if args.command in ("spec", "inspect") or getattr(args, "from_files", None):
+    if args.command in ("spec", "inspect", "facts") or getattr(args, "from_files", None):
         return None
     if args.command == "fuzz" and not args.examples:
         return ()

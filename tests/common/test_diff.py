@@ -504,3 +504,11 @@ def test_the_readme_state_table_is_the_one_the_declarations_give():
         assert start in readme and end in readme, f"README lacks the {name} table's markers"
         held = readme.split(start, 1)[1].split(end, 1)[0]
         assert held == table(), f"README's {name} table is stale: run `paramparity facts {name}`"
+
+
+def test_facts_prints_the_table(capsys):
+    """The command the README names, starting no child (it was an AttributeError on --backends)."""
+    from common.commands.facts import TABLES
+
+    assert main(["facts", "state"]) == 0
+    assert capsys.readouterr().out == TABLES["state"]() + "\n"
