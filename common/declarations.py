@@ -127,6 +127,12 @@ BATCHNORM_FACTS: dict[str, tuple[str, ...] | type] = {
     "batchnorm_eps": float,  # the default epsilon
     "batchnorm_running_var": ("unbiased", "biased"),  # which batch variance the running one averages
     "frozen_batchnorm": ("training", "inference"),  # what a frozen BatchNorm does while training
+    # when a training pass writes the running statistics: as each use runs ("forward"), or in the
+    # backward pass ("backward"): last use first, and only at a use the backward reaches
+    "batchnorm_statistics_update": ("forward", "backward"),
+    # how inference reads the running statistics: as they are, or divided by
+    # 1 - (1 - momentum) ** (training-mode uses since the layer was built)
+    "batchnorm_inference_debias": ("none", "use_count"),
 }
 # Facts of a backend that declares the embedding capability, measured on the embed_tied model.
 EMBEDDING_FACTS: dict[str, tuple[str, ...] | type] = {

@@ -95,7 +95,7 @@ def backends_to_run(args: argparse.Namespace) -> tuple[str, ...] | None:
     """The backends whose children the command starts; None for a command that starts none."""
     if args.command == "test":
         return (args.test_backend or selected_backend(),)
-    if args.command in ("spec", "inspect", "export") or getattr(args, "from_files", None):
+    if args.command in ("spec", "inspect", "export", "facts") or getattr(args, "from_files", None):
         return None
     if args.command == "fuzz" and not args.examples:
         return ()

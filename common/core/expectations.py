@@ -75,6 +75,8 @@ def conventions_of(facts: Mapping[str, Any]) -> Conventions:
         eps=facts["batchnorm_eps"],
         unbiased_running_var=facts["batchnorm_running_var"] == "unbiased",
         frozen_batchnorm=facts["frozen_batchnorm"],
+        statistics_update=facts["batchnorm_statistics_update"],
+        inference_debias=facts["batchnorm_inference_debias"],
     )
 
 

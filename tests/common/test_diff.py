@@ -535,3 +535,11 @@ def test_a_partial_run_keeps_every_other_backends_record_and_refreshes_every_for
     for name in ("diff.html", "diff.md"):
         text = (out / name).read_text()
         assert "9.9.2-run" in text and "9.9.1-run" in text, name  # the new record beside the kept ones
+
+
+def test_facts_prints_the_table(capsys):
+    """The command the README names, starting no child (it was an AttributeError on --backends)."""
+    from common.commands.facts import TABLES
+
+    assert main(["facts", "state"]) == 0
+    assert capsys.readouterr().out == TABLES["state"]() + "\n"

@@ -99,7 +99,7 @@ def test_training_matches_the_oracle_and_the_uses_stay_identical(backend):
     model, weights = _loaded(backend)
     loss = _mse()
     losses, _ = backend.train(model, IDS, loss, LR, STEPS)
-    expected_losses, expected, _ = oracle.train(EMBED_TIED, weights, IDS, loss, LR, STEPS)
+    expected_losses, expected = oracle.train(EMBED_TIED, weights, IDS, loss, LR, STEPS)[:2]
     assert_close("losses", losses, expected_losses, f"{STEPS} SGD steps")
     for name, value in expected.items():
         assert_close(name, backend.get_param(model, name), value, f"after {STEPS} SGD steps")
@@ -200,7 +200,7 @@ def test_a_frozen_tied_table_stays_bit_identical_while_the_rest_trains(backend):
     backend.load_params(model, weights)
     loss = _mse()
     losses, _ = backend.train(model, IDS, loss, LR, STEPS)
-    expected_losses, expected, _ = oracle.train(spec, weights, IDS, loss, LR, STEPS)
+    expected_losses, expected = oracle.train(spec, weights, IDS, loss, LR, STEPS)[:2]
     assert_close("losses", losses, expected_losses, f"{STEPS} SGD steps, the table frozen")
     for name in (TABLE, READER, "layers.3.bias"):
         np.testing.assert_array_equal(
