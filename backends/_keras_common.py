@@ -46,6 +46,7 @@ __all__ = [
     "KerasBackendBase",
     "TensorFlowKerasBase",
     "bench_net",
+    "bench_running_stats",
     "reverse_call",
     "tf_make_handwritten",
     "tied_projection_class",
@@ -526,10 +527,13 @@ class TensorFlowKerasBase(KerasBackendBase):
 
 
 # == hand-written loops and nets for the benches (not the adapters) ==================================
-def bench_net(keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input_layer: bool = False) -> Any:
+def bench_net(
+    keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input_layer: bool = False
+) -> tuple[Any, dict[LayerPath, Any]]:
     """The spec's flat net (Dense, ReLU, BatchNorm) as a practitioner writes it: a tie is one layer
     added twice, a frozen layer has ``trainable = False``; loaded with ``weights`` (canonical
-    (out, in)), moving statistics at Keras' initial values."""
+    (out, in)), moving statistics at Keras' initial values. Returns the net and its layers by
+    owner position."""
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
     made: dict[LayerPath, Any] = {}
     layers = []
@@ -556,14 +560,35 @@ def bench_net(keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input
             layer.gamma.assign(weight)
             layer.beta.assign(bias)
         layer.trainable = spec.trainable_at(owner)
-    return net
+    return net, made
+
+
+def bench_running_stats(
+    spec: ModelSpec, made: dict[LayerPath, Any], read: Callable[[Any], Any]
+) -> Callable[[], dict[str, np.ndarray]]:
+    """The bench loop's running statistics by canonical name: ``read(variable)`` gives the value
+    a BatchNormalization's moving_mean or moving_variance holds now."""
+    return lambda: {
+        p.name: np.array(read(getattr(made[p.owner], _NORM_ATTR[p.role])), dtype=np.float32)
+        for p in spec.state
+    }
 
 
 def tf_make_handwritten(
-    keras: Any, tf: Any, net: Any, x: np.ndarray, y: np.ndarray, lr: float
-) -> Callable[[int], np.ndarray]:
-    """The hand-written Keras-on-TensorFlow loop, set up once: one tf.function step (GradientTape,
-    Keras SGD); ``run(steps)`` trains further and returns the losses."""
+    keras: Any,
+    tf: Any,
+    spec: ModelSpec,
+    weights: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    lr: float,
+    input_layer: bool = False,
+) -> Any:
+    """The hand-written Keras-on-TensorFlow loop for ``spec``, set up once: one tf.function step
+    (GradientTape, Keras SGD, the net called with training=True); a HandwrittenLoop."""
+    from common.commands.bench import HandwrittenLoop  # bench code only: adapters never load it
+
+    net, made = bench_net(keras, spec, weights, input_layer=input_layer)
     optimizer = keras.optimizers.SGD(learning_rate=lr)
     variables = net.trainable_variables
 
@@ -579,4 +604,4 @@ def tf_make_handwritten(
     def run(steps: int) -> np.ndarray:
         return tf.stack([step(inputs, targets) for _ in range(steps)]).numpy()
 
-    return run
+    return HandwrittenLoop(run, bench_running_stats(spec, made, lambda variable: variable.numpy()))

@@ -81,8 +81,9 @@ SCHEMA: dict[str, Key] = {
     "bench": Key(
         str,
         True,
-        '"module:function": make_handwritten(spec, weights, x, y, lr) -> run(steps) '
-        "-> losses, the hand-written loop on the framework's fast path that make bench compares",
+        '"module:function": make_handwritten(spec, weights, x, y, lr) -> HandwrittenLoop (run(steps) '
+        "-> losses, running_stats()), the hand-written loop on the framework's fast path that make "
+        "bench compares, for the tied MLP and the BatchNorm model",
     ),
     "capabilities": Key(dict, True, "each a table with a boolean value and a reason; see CAPABILITIES"),
     "facts": Key(dict, True, "expected values the suite checks against the behaviour; see FACTS"),

@@ -210,6 +210,11 @@ class MXNetBackend(Backend):
         return self.describe_param(model, state)  # listed by collect_params(), as parameters are
 
     def native_state_value(self, model: Model, position: str) -> np.ndarray:
+        # BatchNorm's backward writes the running statistics, and MXNet's engine does not order a
+        # read of them after that write: read at once, running_mean after two training steps of a
+        # process's first model was still the value after one (found by make bench's check). So
+        # every pending operation ends first.
+        npx.waitall()
         return _numpy(self.state_object(model, position).data())
 
     def write_native_state_value(self, model: Model, position: str, value: np.ndarray) -> None:
