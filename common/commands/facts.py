@@ -12,14 +12,19 @@ import argparse
 from common.declarations import declarations
 
 MOMENTUM_NOTE = "weight of the new batch"
+UPDATES = {
+    "forward": "in the forward, each use in order",
+    "backward": "in the backward, last use first, only where it reaches",
+}
+DEBIAS = {"none": "as they are", "use_count": "divided by 1 - (1 - momentum)^uses"}
 
 
 def state_table() -> str:
     """State kinds and freeze semantics per backend: its BatchNorm conventions, or why none."""
     rows = [
         "| backend | BatchNorm | default momentum (" + MOMENTUM_NOTE + ") | default eps | running variance "
-        "| a frozen BatchNorm while training | freezing |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| a frozen BatchNorm while training | statistics written | inference reads them | freezing |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for entry in declarations():
         batchnorm, freezing = entry.capability("batchnorm"), entry.capability("freezing")
@@ -33,9 +38,11 @@ def state_table() -> str:
                 {"training": "batch statistics, updated", "inference": "inference mode, not updated"}[
                     facts["frozen_batchnorm"]
                 ],
+                UPDATES[facts["batchnorm_statistics_update"]],
+                DEBIAS[facts["batchnorm_inference_debias"]],
             ]
         else:
-            cells = [f"no: {batchnorm.reason}", "", "", "", ""]
+            cells = [f"no: {batchnorm.reason}", "", "", "", "", "", ""]
         cells.append(freezing.reason if freezing.value else f"no: {freezing.reason}")
         rows.append(f"| `{entry.name}` | " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -6,26 +6,37 @@ its per-position contributions, which are returned too so callers can show the s
 BatchNorm, in two modes. Training: normalize by the batch's mean and biased variance, then
 update the running statistics, ``running = (1 - momentum) * running + momentum * batch``, the
 running variance from the batch's biased or unbiased variance as the framework's ``Conventions``
-say. Inference: normalize by the running statistics, which stay as they are. A BatchNorm used at
-two positions (a tie) updates its one set of statistics at each use, in execution order, each
-time from the batch that reaches that use. A frozen BatchNorm (``trainable=False``) keeps its
-parameters; what it does to its statistics while training is the framework's convention: keep
-training behaviour (torch's ``requires_grad_(False)``) or run in inference mode (Keras 3's
-``trainable = False``).
+say. Inference: normalize by the running statistics, which stay as they are. A frozen BatchNorm
+(``trainable=False``) keeps its parameters; what it does to its statistics while training is the
+framework's convention: keep training behaviour (torch's ``requires_grad_(False)``) or run in
+inference mode (Keras 3's ``trainable = False``).
+
+When the statistics move is a convention too (``statistics_update``). "forward": each use
+updates them as it runs, so a BatchNorm used at two positions (a tie) blends the first use's
+batch first. "backward" (MXNet, whose BatchNorm writes them in its backward pass): the updates
+come after the forward, in reverse execution order, and only at a use the backward reaches, that
+is, where the layer is trainable or a trainable parameter is used before it. And whether
+inference reads them as they are (``inference_debias`` "none") or divided by
+``1 - (1 - momentum) ** uses`` (Equinox's zero-debias, "use_count"), ``uses`` counting the layer's
+training-mode uses since it was built (each use of a tie counts), which ``Backward.uses`` carries
+from one call to the next.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-from common.core.spec import ROLES, BatchNorm, Dense, ModelSpec, param_name
+from common.core.spec import ROLES, BatchNorm, Dense, Embedding, ModelSpec, layer_name, param_name
 from common.core.untrusted import shown
 
 MODES = ("inference", "training")
 FROZEN_BATCHNORM = ("training", "inference")  # what a frozen BatchNorm does while training
+STATISTICS_UPDATE = ("forward", "backward")  # when a training pass writes the running statistics
+INFERENCE_DEBIAS = ("none", "use_count")  # how inference reads them
 
 
 @dataclass(frozen=True)
@@ -37,12 +48,17 @@ class Conventions:
     eps: float = 1e-5
     unbiased_running_var: bool = True
     frozen_batchnorm: str = "training"
+    statistics_update: str = "forward"
+    inference_debias: str = "none"
 
     def __post_init__(self) -> None:
-        if self.frozen_batchnorm not in FROZEN_BATCHNORM:
-            raise ValueError(
-                f"frozen_batchnorm={self.frozen_batchnorm!r}, but should be one of {FROZEN_BATCHNORM}"
-            )
+        for name, allowed in (
+            ("frozen_batchnorm", FROZEN_BATCHNORM),
+            ("statistics_update", STATISTICS_UPDATE),
+            ("inference_debias", INFERENCE_DEBIAS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}, but should be one of {allowed}")
 
     def settings(self, layer: BatchNorm) -> tuple[float, float]:
         """(momentum, eps) of ``layer``: its own where set, else the framework's defaults."""
@@ -84,23 +100,59 @@ class Backward:
     grads: dict[str, np.ndarray]  # unique parameter name -> summed gradient
     position_grads: dict[str, np.ndarray]  # every position's name -> its own contribution
     state: dict[str, np.ndarray] = field(default_factory=dict)  # running statistics after the pass
+    uses: dict[str, int] = field(default_factory=dict)  # training-mode uses per BatchNorm, after it
+
+
+@dataclass(frozen=True)
+class Update:
+    """One running-statistics update a training pass applied: at the use ``path`` of the
+    BatchNorm ``owner`` (a layer name), from that use's batch (n rows)."""
+
+    owner: str
+    path: tuple[int, ...]
+    momentum: float
+    mean: np.ndarray
+    stored_var: np.ndarray  # the batch variance the running one averages (biased or unbiased)
+    batch: int
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """What one BatchNorm use saved for the backward pass (and for the error bound)."""
+
+    normalized: np.ndarray
+    inv_std: np.ndarray  # 1 / sqrt(var + eps), per feature
+    mean: np.ndarray  # the mean it subtracted: the batch's, or the running one as read
+    var: np.ndarray  # the variance it divided by (without eps)
+    batch_stats: bool  # True: the statistics depend on the batch, and their gradient flows
+    debias: float = 1.0  # the running statistics were divided by this (use_count), else 1
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass of the oracle: the output, the tape (path, layer, input, saved), the
+    running statistics and use counts after it, and the updates in the order they were applied."""
+
+    output: np.ndarray
+    tape: list
+    state: dict[str, np.ndarray]
+    uses: dict[str, int]
+    updates: list[Update]
 
 
 def initial_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded float32 weights in canonical layout, uniform(+-1/sqrt(fan_in)) like torch's default;
     a BatchNorm's scale uniform(0.5, 1.5) and shift uniform(-0.5, 0.5), so neither is trivial."""
     rng = np.random.default_rng(seed)
+    in_features = {slot.path: slot.in_features for slot in spec.dense_slots}
     weights = {}
     for param in spec.params:
         if param.kind == "batchnorm":
             low, high = (0.5, 1.5) if param.role == "weight" else (-0.5, 0.5)
             weights[param.name] = rng.uniform(low, high, size=param.shape).astype(np.float32)
             continue
-        fan_in = (
-            param.shape[-1]
-            if param.role == "weight"
-            else spec.param_shapes[param.name.replace(".bias", ".weight")][1]
-        )
+        # A weight's fan-in is its last axis (an embedding's table: dim, as for the Dense that reads it).
+        fan_in = param.shape[-1] if param.role == "weight" else in_features[param.owner]
         bound = 1.0 / np.sqrt(fan_in)
         weights[param.name] = rng.uniform(-bound, bound, size=param.shape).astype(np.float32)
     return weights
@@ -122,9 +174,32 @@ def initial_state(spec: ModelSpec, seed: int | None = None) -> dict[str, np.ndar
 
 
 def check_input(spec: ModelSpec, x: object) -> np.ndarray:
-    """``x`` as an array of shape (batch, spec.in_features), or a ValueError that names both
-    shapes (rather than whatever a matrix product says three layers down)."""
+    """``x`` as an array of shape (batch, spec.in_features), or for a model of ``ids`` an int64
+    array of shape (batch,) in [0, vocab); otherwise a ValueError that names what was expected
+    (rather than whatever a matrix product or a gather says three layers down)."""
     array = np.asarray(x)
+    if spec.input_kind == "ids":
+        vocab = spec.embed_slot.vocab
+        if array.ndim != 1 or array.shape[0] < 1:
+            raise ValueError(
+                f"input x.shape={array.shape}, but should be (batch >= 1,): spec {shown(spec.name)} "
+                f"takes ids, one per sample"
+            )
+        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(
+                f"input x.dtype={array.dtype}, but spec {shown(spec.name)} takes integer ids in [0, {vocab})"
+            )
+        if array.min() < 0 or array.max() >= vocab:
+            raise ValueError(
+                f"input ids span [{array.min()}, {array.max()}], but spec {shown(spec.name)} takes ids "
+                f"in [0, {vocab})"
+            )
+        return array.astype(np.int64)
+    if np.issubdtype(array.dtype, np.integer) and array.ndim == 1:
+        raise ValueError(
+            f"input x is {array.ndim}-d {array.dtype}, ids, but spec {shown(spec.name)} takes features: "
+            f"floats of shape (batch, {spec.in_features})"
+        )
     if array.ndim != 2 or array.shape[1] != spec.in_features or array.shape[0] < 1:
         raise ValueError(
             f"input x.shape={array.shape}, but should be (batch >= 1, {spec.in_features}): "
@@ -143,8 +218,9 @@ def forward(
     state: Mapping[str, np.ndarray] | None = None,
     mode: str = "inference",
     conventions: Conventions = Conventions(),
+    uses: Mapping[str, int] | None = None,
 ) -> np.ndarray:
-    return _forward(spec, weights, check_input(spec, x), state, mode, conventions)[0]
+    return run(spec, weights, check_input(spec, x), state, mode, conventions, uses).output
 
 
 def backward(
@@ -156,26 +232,34 @@ def backward(
     state: Mapping[str, np.ndarray] | None = None,
     mode: str = "training",
     conventions: Conventions = Conventions(),
+    uses: Mapping[str, int] | None = None,
 ) -> Backward:
     """Gradients of every unique parameter (frozen ones too: a framework may or may not report
-    them, but none is applied), and the running statistics after the pass in ``mode``."""
-    y, tape, new_state = _forward(spec, weights, check_input(spec, x), state, mode, conventions)
+    them, but none is applied), and the running statistics and use counts after the pass in
+    ``mode`` (``uses``: the counts before it, none by default)."""
+    done = run(spec, weights, check_input(spec, x), state, mode, conventions, uses)
+    y, tape = done.output, done.tape
     upstream = loss.grad(y)
     grads = {name: np.zeros(shape) for name, shape in spec.param_shapes.items()}
     position_grads = {}
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
     for path, layer, inputs, saved in reversed(tape):
+        if isinstance(layer, Embedding):
+            table = np.zeros(spec.param_shapes[param_name(path, "weight")])
+            np.add.at(table, inputs, upstream)  # a scatter-add: a repeated id sums its rows' gradients
+            position_grads[param_name(path, "weight")] = table
+            grads[param_name(path, "weight")] += table
+            continue
         if isinstance(layer, Dense):
-            owner = owners[path]
-            w = np.asarray(weights[param_name(owner, "weight")], dtype=np.float64)
+            w = np.asarray(weights[spec.owner_of(param_name(path, "weight"))], dtype=np.float64)
             contribution = {"weight": upstream.T @ inputs, "bias": upstream.sum(axis=0)}
             upstream = upstream @ w
         elif isinstance(layer, BatchNorm):
-            normalized, inv_std, batch_stats = saved
+            normalized, inv_std = saved.normalized, saved.inv_std
             gamma = np.asarray(weights[param_name(owners[path], "weight")], dtype=np.float64)
             contribution = {"weight": (upstream * normalized).sum(axis=0), "bias": upstream.sum(axis=0)}
             d_normalized = upstream * gamma
-            if batch_stats:  # the statistics depend on the batch: their gradient flows too
+            if saved.batch_stats:  # the statistics depend on the batch: their gradient flows too
                 n = upstream.shape[0]
                 upstream = (inv_std / n) * (
                     n * d_normalized
@@ -189,62 +273,102 @@ def backward(
             continue
         for role in ROLES:
             position_grads[param_name(path, role)] = contribution[role]
-            grads[param_name(owners[path], role)] += contribution[role]
+            grads[spec.owner_of(param_name(path, role))] += contribution[role]
     ordered = {name: position_grads[name] for p in spec.params for name in p.positions}
-    return Backward(loss.value(y), y, grads, ordered, new_state)
+    return Backward(loss.value(y), y, grads, ordered, done.state, done.uses)
 
 
-def _forward(
+def run(
     spec: ModelSpec,
     weights: Mapping[str, np.ndarray],
     x: np.ndarray,
     state: Mapping[str, np.ndarray] | None = None,
     mode: str = "inference",
     conventions: Conventions = Conventions(),
-):
+    uses: Mapping[str, int] | None = None,
+) -> Pass:
+    """The forward pass, with everything ``backward`` and ``generate.bounds`` read from it."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}, but should be one of {MODES}")
-    h = np.asarray(x, dtype=np.float64)
+    h = np.asarray(x) if spec.input_kind == "ids" else np.asarray(x, dtype=np.float64)
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
     running = {
         name: np.asarray(value, dtype=np.float64)
         for name, value in (initial_state(spec) if state is None else state).items()
     }
-    tape = []
+    counts = {layer_name(slot.owner): 0 for slot in spec.norm_slots} | dict(uses or {})
+    tape, updates, reached = [], [], []
+    trainable_before = False  # a trainable parameter is used at an earlier position
     for path, layer in spec.walk():
         inputs, saved = h, None
-        if isinstance(layer, Dense):
-            owner = owners[path]
-            w = np.asarray(weights[param_name(owner, "weight")], dtype=np.float64)
-            b = np.asarray(weights[param_name(owner, "bias")], dtype=np.float64)
+        if isinstance(layer, Embedding):
+            h = np.asarray(weights[param_name(path, "weight")], dtype=np.float64)[h]
+        elif isinstance(layer, Dense):
+            w = np.asarray(weights[spec.owner_of(param_name(path, "weight"))], dtype=np.float64)
+            b = np.asarray(weights[spec.owner_of(param_name(path, "bias"))], dtype=np.float64)
             h = h @ w.T + b
         elif isinstance(layer, BatchNorm):
-            h, saved = _batchnorm(spec, layer, owners[path], weights, running, h, mode, conventions)
+            h, saved, update = _batchnorm(layer, owners[path], weights, running, counts, h, mode, conventions)
+            if update is not None:
+                update = Update(layer_name(owners[path]), path, *update)
+                updates.append(update)
+                reached.append(layer.trainable or trainable_before)
+                if conventions.statistics_update == "forward":
+                    _apply(running, update)
         else:
             h = np.maximum(h, 0.0)
+        trainable_before |= isinstance(layer, Embedding | Dense | BatchNorm) and layer.trainable
         tape.append((path, layer, inputs, saved))
-    return h, tape, {name: value.astype(np.float32) for name, value in running.items()}
+    if conventions.statistics_update == "backward":  # the backward pass, last use first
+        updates = [update for update, hit in zip(updates, reached, strict=True) if hit][::-1]
+        for update in updates:
+            _apply(running, update)
+    new_state = {name: value.astype(np.float32) for name, value in running.items()}
+    return Pass(h, tape, new_state, counts, updates)
 
 
-def _batchnorm(spec, layer, owner, weights, running, h, mode, conventions):
-    """One BatchNorm use; updates ``running`` in place where the mode and the convention say."""
+def _apply(running: dict[str, np.ndarray], update: Update) -> None:
+    for role, value in (("running_mean", update.mean), ("running_var", update.stored_var)):
+        name = f"{update.owner}.{role}"
+        running[name] = (1 - update.momentum) * running[name] + update.momentum * value
+
+
+def _batchnorm(layer, owner, weights, running, counts, h, mode, conventions):
+    """One BatchNorm use: its output, what it saved, and the update it makes to the running
+    statistics in training mode ((momentum, mean, stored variance, batch), else None)."""
     momentum, eps = conventions.settings(layer)
     gamma = np.asarray(weights[param_name(owner, "weight")], dtype=np.float64)
     beta = np.asarray(weights[param_name(owner, "bias")], dtype=np.float64)
-    mean_name, var_name = param_name(owner, "running_mean"), param_name(owner, "running_var")
+    name = layer_name(owner)
     frozen_as_inference = not layer.trainable and conventions.frozen_batchnorm == "inference"
+    update, debias = None, 1.0
     if mode == "training" and not frozen_as_inference:
         n = h.shape[0]
         mean, var = h.mean(axis=0), h.var(axis=0)
         stored_var = var * n / (n - 1) if conventions.unbiased_running_var and n > 1 else var
-        running[mean_name] = (1 - momentum) * running[mean_name] + momentum * mean
-        running[var_name] = (1 - momentum) * running[var_name] + momentum * stored_var
+        update = (momentum, mean, stored_var, n)
+        counts[name] += 1
         batch_stats = True
     else:
-        mean, var, batch_stats = running[mean_name], running[var_name], False
+        uses = counts[name]
+        if conventions.inference_debias == "use_count" and uses > 0:
+            debias = 1.0 - (1.0 - momentum) ** uses
+        mean = running[f"{name}.running_mean"] / debias
+        var = running[f"{name}.running_var"] / debias
+        batch_stats = False
     inv_std = 1.0 / np.sqrt(var + eps)
     normalized = (h - mean) * inv_std
-    return normalized * gamma + beta, (normalized, inv_std, batch_stats)
+    saved = Normalized(normalized, inv_std, mean, var, batch_stats, debias)
+    return normalized * gamma + beta, saved, update
+
+
+class Trained(NamedTuple):
+    """What ``train`` ends with: the losses before each step, then the state after the last."""
+
+    losses: np.ndarray
+    params: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
+    uses: dict[str, int]
 
 
 def train(
@@ -257,27 +381,36 @@ def train(
     *,
     state: Mapping[str, np.ndarray] | None = None,
     conventions: Conventions = Conventions(),
-) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    uses: Mapping[str, int] | None = None,
+) -> Trained:
     """``steps`` steps of plain SGD in training mode: the losses before each step, and the
-    parameters and running statistics after the last. A frozen parameter is never updated."""
+    parameters, running statistics and use counts after the last. A frozen parameter is never
+    updated."""
     frozen = {p.name for p in spec.params if not p.trainable}
     current = {name: np.asarray(value, dtype=np.float64) for name, value in weights.items()}
     running = dict(initial_state(spec) if state is None else state)
     losses = []
     for _ in range(steps):
-        result = backward(spec, current, x, loss, state=running, mode="training", conventions=conventions)
+        result = backward(
+            spec, current, x, loss, state=running, mode="training", conventions=conventions, uses=uses
+        )
         losses.append(result.loss)
-        running = result.state
+        running, uses = result.state, result.uses
         current = {
             name: value if name in frozen else value - lr * result.grads[name]
             for name, value in current.items()
         }
-    return np.asarray(losses), current, running
+    return Trained(np.asarray(losses), current, running, dict(uses or {}))
 
 
 def sample_input(spec: ModelSpec, batch: int = 2, seed: int = 1) -> np.ndarray:
-    """The book's ``torch.rand(2, in_features)``, seeded."""
-    return np.random.default_rng(seed).uniform(size=(batch, spec.in_features)).astype(np.float32)
+    """The book's ``torch.rand(2, in_features)``, seeded; for a model of ids, ``batch`` ids drawn
+    from the first half of the vocabulary, so that a batch of more than vocab / 2 repeats some
+    (a repeated id is what the embedding's scatter-add gradient is about)."""
+    rng = np.random.default_rng(seed)
+    if spec.input_kind == "ids":
+        return rng.integers(0, max(1, spec.embed_slot.vocab // 2), size=batch).astype(np.int64)
+    return rng.uniform(size=(batch, spec.in_features)).astype(np.float32)
 
 
 def expand_tied(spec: ModelSpec, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -52,7 +52,7 @@ class OracleBackend:
     def train(self, model: dict, x, loss: Loss, lr: float, steps: int, watch: bool = False):
         losses, model["weights"], model["state"] = oracle.train(
             model["spec"], model["weights"], x, loss, lr, steps, state=model["state"]
-        )
+        )[:3]
         return losses, {}
 
     def get_state(self, model: dict, name: str) -> np.ndarray:
@@ -80,7 +80,7 @@ def oracle_loop(carries_statistics: bool = True, freezes: bool = True):
         def run(steps: int) -> np.ndarray:
             losses, now["weights"], state = oracle.train(
                 trained, now["weights"], x, Loss("mse", y), lr, steps, state=now["state"]
-            )
+            )[:3]
             if carries_statistics:
                 now["state"] = state
             return losses

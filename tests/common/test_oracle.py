@@ -9,6 +9,7 @@ from common.core import oracle
 from common.core.models import BATCHNORM, BOOK_SPECS, TIED, TIED_BATCHNORM
 from common.core.oracle import Conventions, Loss
 from common.core.spec import BatchNorm, Dense, ModelSpec, ReLU
+from common.declarations import BATCHNORM_FACTS
 
 
 def finite_difference(spec, weights, x, loss, name, eps=1e-6, **forward):
@@ -123,7 +124,7 @@ def test_a_tied_batchnorm_updates_its_statistics_at_each_use_in_order():
     conventions = Conventions(momentum=0.5)
     result = oracle.backward(spec, weights, x, Loss(), conventions=conventions)
     # By hand: the statistics after the first use, then the second from what reaches it.
-    _, tape, _ = oracle._forward(spec, weights, x, None, "training", conventions)
+    tape = oracle.run(spec, weights, x, None, "training", conventions).tape
     first, second = (inputs for path, layer, inputs, _ in tape if path in ((1,), (4,)))
     expected_mean = 0.5 * (0.5 * 0 + 0.5 * first.mean(axis=0)) + 0.5 * second.mean(axis=0)
     np.testing.assert_allclose(result.state["layers.1.running_mean"], expected_mean, rtol=1e-5)
@@ -148,7 +149,7 @@ def test_training_never_moves_a_frozen_parameter(frozen_batchnorm):
     )
     weights, x = oracle.initial_weights(spec), oracle.sample_input(spec, batch=4)
     conventions = Conventions(frozen_batchnorm=frozen_batchnorm)
-    losses, after, state = oracle.train(spec, weights, x, Loss(), 0.1, 3, conventions=conventions)
+    _, after, state, _ = oracle.train(spec, weights, x, Loss(), 0.1, 3, conventions=conventions)
     for p in spec.params:
         moved = not np.array_equal(after[p.name], weights[p.name])
         assert moved is p.trainable, p.name
@@ -163,3 +164,115 @@ def test_batchnorm_specs_round_trip_through_data():
         from common.core.spec import spec_from_dict
 
         assert spec_from_dict(spec.to_dict()) == spec
+
+
+# -- when the statistics move, and how inference reads them ------------------------------------------
+def test_the_declarable_conventions_are_the_oracles():
+    """The values a declaration may state are the ones the oracle implements, no more."""
+    assert BATCHNORM_FACTS["frozen_batchnorm"] == oracle.FROZEN_BATCHNORM
+    assert BATCHNORM_FACTS["batchnorm_statistics_update"] == oracle.STATISTICS_UPDATE
+    assert BATCHNORM_FACTS["batchnorm_inference_debias"] == oracle.INFERENCE_DEBIAS
+
+
+def test_backward_updates_apply_the_last_use_first():
+    """MXNet's convention: the statistics move in the backward pass, so the second use's batch is
+    blended first and the first use's last; the forward output is the same either way."""
+    spec = TIED_BATCHNORM
+    weights, x = oracle.initial_weights(spec), oracle.sample_input(spec, batch=4)
+    forward, backward = (
+        Conventions(momentum=0.5, statistics_update=when) for when in ("forward", "backward")
+    )
+    tape = oracle.run(spec, weights, x, None, "training", forward).tape
+    first, second = (inputs for path, layer, inputs, _ in tape if path in ((1,), (4,)))
+    result = oracle.backward(spec, weights, x, Loss(), conventions=backward)
+    expected_mean = 0.5 * (0.5 * 0 + 0.5 * second.mean(axis=0)) + 0.5 * first.mean(axis=0)
+    np.testing.assert_allclose(result.state["layers.1.running_mean"], expected_mean, rtol=1e-5)
+    np.testing.assert_array_equal(
+        result.output, oracle.backward(spec, weights, x, Loss(), conventions=forward).output
+    )
+
+
+FROZEN_FIRST = ModelSpec(
+    "frozen-first",
+    4,
+    (
+        BatchNorm(trainable=False),
+        Dense(4, trainable=False),
+        BatchNorm(trainable=False),
+        Dense(4),
+        BatchNorm(trainable=False),
+        Dense(1),
+    ),
+    ties=((2, 4),),
+)
+
+
+@pytest.mark.parametrize("when", ["forward", "backward"])
+def test_backward_updates_need_a_use_the_backward_reaches(when):
+    """Under "backward", a frozen BatchNorm with nothing trainable before it keeps its statistics
+    (layers.0, and the tied layer's first use at layers.2); its use after a trainable Dense
+    (layers.4) moves them. Under "forward" every training use moves them."""
+    spec = FROZEN_FIRST
+    weights, x = oracle.initial_weights(spec), oracle.sample_input(spec, batch=4)
+    conventions = Conventions(momentum=0.5, statistics_update=when)
+    start = oracle.initial_state(spec)
+    result = oracle.backward(spec, weights, x, Loss(), conventions=conventions)
+    moved = {name for name in start if not np.array_equal(result.state[name], start[name])}
+    every = {"layers.0.running_mean", "layers.0.running_var", "layers.2.running_mean", "layers.2.running_var"}
+    assert moved == (
+        every if when == "forward" else every - {"layers.0.running_mean", "layers.0.running_var"}
+    )
+    tape = oracle.run(spec, weights, x, None, "training", conventions).tape
+    third = next(inputs for path, _, inputs, _ in tape if path == (4,))
+    if when == "backward":  # only the use at layers.4
+        np.testing.assert_allclose(result.state["layers.2.running_mean"], 0.5 * third.mean(axis=0), rtol=1e-6)
+
+
+def test_use_count_debiasing_divides_by_one_minus_the_old_weight_to_the_uses():
+    """Equinox's convention: inference reads running / (1 - (1 - momentum) ** uses), each use of a
+    tie counting; with no training use yet it reads them as they are."""
+    spec = TIED_BATCHNORM
+    weights, x = oracle.initial_weights(spec), oracle.sample_input(spec, batch=4)
+    state = oracle.initial_state(spec, seed=2)
+    debiased = Conventions(momentum=0.2, inference_debias="use_count")
+    trained = oracle.train(spec, weights, x, Loss(), 0.1, 3, state=state, conventions=debiased)
+    assert trained.uses == {"layers.1": 6}
+    scale = 1 - 0.8**6
+    by_hand = {name: value / scale for name, value in trained.state.items()}
+    plain = Conventions(momentum=0.2)
+    np.testing.assert_allclose(
+        oracle.forward(spec, trained.params, x, state=trained.state, conventions=debiased, uses=trained.uses),
+        oracle.forward(spec, trained.params, x, state=by_hand, conventions=plain),
+        rtol=1e-6,
+    )
+    np.testing.assert_array_equal(
+        oracle.forward(spec, weights, x, state=state, conventions=debiased),
+        oracle.forward(spec, weights, x, state=state, conventions=plain),
+    )
+
+
+def test_a_frozen_batchnorm_in_inference_mode_is_no_training_use():
+    spec = BATCHNORM  # layers.4: a frozen BatchNorm
+    weights, x = oracle.initial_weights(spec), oracle.sample_input(spec, batch=4)
+    conventions = Conventions(frozen_batchnorm="inference", inference_debias="use_count")
+    result = oracle.backward(spec, weights, x, Loss(), conventions=conventions)
+    assert result.uses == {"layers.1": 1, "layers.4": 0}
+
+
+def test_debiased_inference_gradients_match_finite_differences():
+    spec = TIED_BATCHNORM
+    weights, state = oracle.initial_weights(spec, seed=3), oracle.initial_state(spec, seed=3)
+    x = oracle.sample_input(spec, batch=5, seed=4)
+    loss = Loss("mse", np.full((5, spec.out_features), 0.5))
+    forward = {"state": state, "mode": "inference", "uses": {"layers.1": 3}}
+    forward["conventions"] = Conventions(inference_debias="use_count")
+    result = oracle.backward(spec, weights, x, loss, **forward)
+    for name in spec.param_shapes:
+        numeric = finite_difference(spec, weights, x, loss, name, **forward)
+        np.testing.assert_allclose(result.grads[name], numeric, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("name, value", [("statistics_update", "later"), ("inference_debias", "count")])
+def test_an_unknown_convention_is_refused(name, value):
+    with pytest.raises(ValueError, match=f"{name}='{value}', but should be one of"):
+        Conventions(**{name: value})

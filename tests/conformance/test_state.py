@@ -93,31 +93,32 @@ def test_training_follows_the_declared_conventions(backend, spec):
     model, weights, state = _loaded(backend, spec)
     x, loss = _data(spec)
     conventions = _conventions(backend)
-    losses, after, running = oracle.train(
-        spec, weights, x, loss, LR, STEPS, state=state, conventions=conventions
-    )
+    trained = oracle.train(spec, weights, x, loss, LR, STEPS, state=state, conventions=conventions)
     actual_losses, _ = backend.train(model, x, loss, LR, STEPS)
-    _close("losses", actual_losses, losses, f"{STEPS} SGD steps of {spec.name}")
-    for name, value in after.items():
+    _close("losses", actual_losses, trained.losses, f"{STEPS} SGD steps of {spec.name}")
+    for name, value in trained.params.items():
         _close(name, backend.get_param(model, name), value, f"after {STEPS} steps")
-    for name, value in running.items():
+    for name, value in trained.state.items():
         _close(name, backend.get_state(model, name), value, f"after {STEPS} steps")
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_inference_after_training_uses_the_running_statistics(backend, spec):
-    """After several SGD steps, inference normalizes by the running statistics as they are (a
-    check of its own, so a divergence here hides nothing of the training check above)."""
+    """After several SGD steps, inference normalizes by the running statistics as the declared
+    convention reads them (as they are, or debiased by the layer's training uses): a check of its
+    own, so a divergence here hides nothing of the training check above."""
     _requires(backend, "batchnorm", "freezing")
     model, weights, state = _loaded(backend, spec)
     x, loss = _data(spec)
     conventions = _conventions(backend)
-    _, after, running = oracle.train(spec, weights, x, loss, LR, STEPS, state=state, conventions=conventions)
+    trained = oracle.train(spec, weights, x, loss, LR, STEPS, state=state, conventions=conventions)
     backend.train(model, x, loss, LR, STEPS)
     _close(
         "inference after training",
         backend.forward(model, x),
-        oracle.forward(spec, after, x, state=running, conventions=conventions),
+        oracle.forward(
+            spec, trained.params, x, state=trained.state, conventions=conventions, uses=trained.uses
+        ),
     )
 
 

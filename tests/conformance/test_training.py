@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 
 from common.commands.bench import BENCH_MODELS, bench_models, checked_pair
-from common.commands.training import baseline_start, oracle_losses, regression_data, train
-from common.core.models import BATCHNORM, NEST, TIED
+from common.commands.training import (
+    baseline_start,
+    oracle_losses,
+    oracle_run,
+    regression_data,
+    seed_runs,
+    train,
+)
+from common.core.expectations import STATE_ATOL, STATE_RTOL, conventions_of
+from common.core.models import BATCHNORM, NEST, STATE_SPECS, TIED
 from common.core.oracle import Loss
 from common.declarations import declaration
 from common.envs import ROOT
@@ -60,6 +68,76 @@ def test_every_layer_is_watched(tied_run):
     for step in tied_run.steps:
         assert_equal("watched positions", sorted(step.grad_norms), sorted(positions))
         assert all(np.isfinite(list(step.param_norms.values())))
+
+
+WATCHED_STEPS = 5
+
+
+@pytest.fixture(scope="module", params=list(STATE_SPECS.values()), ids=lambda s: s.name)
+def watched_state_run(request, backend):
+    """What `make train --model batchnorm` (or tied_batchnorm) draws, for a few steps, beside the
+    oracle's run under this backend's declared conventions."""
+    spec = request.param
+    for capability in ("batchnorm", "freezing"):
+        declared = declaration(backend.name).capability(capability)
+        if not declared.value:
+            pytest.skip(f"{capability} is declared false: {declared.reason}")
+    start = baseline_start(spec)[0]
+    conventions = conventions_of(declaration(backend.name).facts)
+    run = train(backend, spec, start, steps=WATCHED_STEPS)
+    return run, oracle_run(spec, start, WATCHED_STEPS, conventions=conventions)
+
+
+def _close(name, actual, expected, context):
+    __tracebackhide__ = True
+    assert_close(name, actual, expected, context, rtol=STATE_RTOL, atol=STATE_ATOL)
+
+
+def _watched_close(run, reference, keys):
+    __tracebackhide__ = True
+    for index, (mine, theirs) in enumerate(zip(run.steps, reference.steps, strict=True)):
+        for key in keys:
+            seen, expected = getattr(mine, key), getattr(theirs, key)
+            assert_equal(f"{key} positions", sorted(seen), sorted(expected), f"step {index}")
+            _close(key, [seen[k] for k in sorted(seen)], [expected[k] for k in sorted(seen)], f"step {index}")
+
+
+def test_a_watched_batchnorm_run_follows_the_oracle(watched_state_run):
+    """Losses, every position's parameter and applied-gradient norms, each tied use's gradient; a
+    frozen layer has no applied gradient; every tie holds, its running statistics included."""
+    run, reference = watched_state_run
+    _close("losses", run.losses, reference.losses, run.spec.name)
+    _watched_close(run, reference, ("param_norms", "grad_norms", "contribution_norms"))
+    unequal = [index for index, step in enumerate(run.steps) if not step.tied_positions_equal]
+    assert_equal("steps where a tied position read differently", unequal, [])
+    frozen = {name for p in run.spec.params if not p.trainable for name in p.positions}
+    assert frozen or run.spec.ties, "the spec has a frozen layer or a tie: something to check"
+    assert_equal(
+        "frozen positions with an applied gradient", sorted(frozen & set(run.steps[0].grad_norms)), []
+    )
+
+
+def test_watched_running_statistics_follow_the_declared_conventions(watched_state_run):
+    """The running statistics read at every step, and after the last, under this backend's declared
+    momentum, epsilon, running variance and frozen behaviour."""
+    run, reference = watched_state_run
+    _watched_close(run, reference, ("state_norms",))
+    for name, value in reference.final_state.items():
+        _close(name, run.final_state[name], value, f"after {WATCHED_STEPS} steps")
+
+
+def test_seed_runs_on_the_fast_path_match_the_oracle(backend):
+    """`make train`'s seeds of tied against untied: each seed's losses and final parameters, from
+    the framework's compiled loop on models reloaded per seed, against the oracle's same seed."""
+    steps = 10
+    for run in seed_runs(backend, TIED, seeds=2, steps=steps):
+        for kind, start in zip(("tied", "untied"), baseline_start(TIED, run.seed), strict=True):
+            mine = getattr(run, kind)
+            reference = oracle_run(mine.spec, start, steps, watch=False)
+            context = f"seed {run.seed}, {kind}"
+            assert_close("losses", mine.losses, reference.losses, context, rtol=LOSS_RTOL, atol=0.0)
+            for name, value in reference.final_params.items():
+                assert_close(name, mine.final_params[name], value, context)
 
 
 def test_untied_baseline_starts_as_the_same_function(backend):
