@@ -13,7 +13,7 @@ gradients stay tensors until the last step.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,16 +229,17 @@ class TorchBackend(Backend):
             return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(self.device)
         return self._tensor(x)
 
-    def _loss(self, model: Model, x: torch.Tensor, loss: Loss) -> torch.Tensor:
-        y = model.native(x)
+    def _loss_of(self, model: Model, loss: Loss) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The loss as a function of the input, its target made a tensor once (not at every step)."""
         if loss.kind == "sum":
-            return y.sum()
-        return ((y - self._tensor(loss.target)) ** 2).mean()
+            return lambda x: model.native(x).sum()
+        target = self._tensor(loss.target)
+        return lambda x: ((model.native(x) - target) ** 2).mean()
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         model.native.zero_grad(set_to_none=True)  # .grad accumulates across backward calls
         model.native.train()
-        self._loss(model, self._native_input(model, x), loss).backward()
+        self._loss_of(model, loss)(self._native_input(model, x)).backward()
         # A shared Parameter has one .grad, into which autograd already summed every use; a
         # frozen one (requires_grad False) has none.
         return {name: _to_numpy(p.grad) for name, p, _ in self.observed_params(model) if p.requires_grad}
@@ -252,11 +253,11 @@ class TorchBackend(Backend):
             group["lr"] = lr
         model.native.train()
         unique = [(name, p) for name, p, _ in self.observed_params(model) if p.requires_grad]
-        inputs = self._native_input(model, x)
+        inputs, loss_of = self._native_input(model, x), self._loss_of(model, loss)
         losses, grads = [], {name: [] for name, _ in unique}
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            value = self._loss(model, inputs, loss)
+            value = loss_of(inputs)
             value.backward()
             losses.append(value.detach())
             if watch:
