@@ -2,7 +2,9 @@
 practitioner writes, on torch's natural fast path (eager autograd, torch.optim.SGD, no sync per
 step). A BatchNorm is ``nn.BatchNorm1d`` (torch's momentum is the canonical one), the net in
 ``net.train()`` mode; a frozen layer is ``requires_grad_(False)`` and SGD is given the parameters
-that still require a gradient."""
+that still require a gradient. An Embedding is ``nn.Embedding`` and the output tied to it an
+``nn.Linear`` whose weight is the table's Parameter (``head.weight = emb.weight``, as language
+models tie their head)."""
 
 from __future__ import annotations
 
@@ -11,34 +13,41 @@ import torch
 from torch import nn
 
 from common.commands.bench import HandwrittenLoop
-from common.core.spec import BatchNorm, Dense, param_name
+from common.core.spec import BatchNorm, Dense, Embedding, param_name
 
 
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> HandwrittenLoop:
-    """Any flat spec of Dense, BatchNorm and ReLU, ties and frozen layers included, set up once;
-    ``run(steps)`` trains it further with plain SGD and returns the losses."""
+    """Any flat spec of Embedding, Dense, BatchNorm and ReLU, ties (the transposed one too) and
+    frozen layers included, set up once; ``run(steps)`` trains it further with plain SGD and
+    returns the losses."""
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
+    widths = {slot.path: slot.in_features for slot in spec.dense_slots}
+    tables = {slot.path: slot.table for slot in spec.dense_slots if slot.table is not None}
+    features = {slot.path: slot.features for slot in spec.norm_slots}
     made: dict[tuple[int, ...], nn.Module] = {}
     layers = []
     for path, layer in spec.walk():
-        if not isinstance(layer, Dense | BatchNorm):
+        if not isinstance(layer, Embedding | Dense | BatchNorm):
             layers.append(nn.ReLU())
             continue
         owner = owners[path]
         if owner not in made:
-            weight = torch.from_numpy(weights[param_name(owner, "weight")])
-            if isinstance(layer, Dense):
-                module = nn.Linear(weight.shape[1], weight.shape[0])
+            if isinstance(layer, Embedding):
+                module = nn.Embedding(layer.vocab, layer.dim)
+            elif isinstance(layer, Dense):
+                module = nn.Linear(widths[path], layer.units)
+                if path in tables:
+                    module.weight = made[tables[path]].weight  # the tie: the table's Parameter itself
             else:
                 settings = {"momentum": layer.momentum, "eps": layer.eps}
-                module = nn.BatchNorm1d(
-                    weight.shape[0], **{k: v for k, v in settings.items() if v is not None}
-                )
+                module = nn.BatchNorm1d(features[path], **{k: v for k, v in settings.items() if v is not None})
             with torch.no_grad():
-                module.weight.copy_(weight)
-                module.bias.copy_(torch.from_numpy(weights[param_name(owner, "bias")]))
+                for role, value in module.named_parameters(recurse=False):
+                    name = param_name(owner, role)
+                    if name in weights:  # a tied head's weight is the table, loaded with the Embedding
+                        value.copy_(torch.from_numpy(weights[name]))
             module.requires_grad_(layer.trainable)
             made[owner] = module
         layers.append(made[owner])

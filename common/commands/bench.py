@@ -3,8 +3,9 @@ so no figure is an absolute time on its own; each is a median of repeats or a ra
 
 1. training: the adapter's ``train`` (with and without per-step watching) against the backend's
    hand-written loop on its natural fast path (``bench`` in its declaration), same run, taking
-   turns, one backend at a time, on each model of BENCH_MODELS: the tied MLP and the BatchNorm
-   model (a BatchNorm, a frozen Dense, a frozen BatchNorm). Before any timing, the two sides'
+   turns, one backend at a time, on each model of BENCH_MODELS: the tied MLP, the BatchNorm
+   model (a BatchNorm, a frozen Dense, a frozen BatchNorm) and ``embed_tied`` (ids into an
+   Embedding whose table the output Dense reads transposed). Before any timing, the two sides'
    first runs are checked against each other: the same losses and running statistics, or the
    ratio means nothing;
 2. suites: each suite's wall time against the bare import of its framework, and test-all's total
@@ -49,7 +50,7 @@ from common.commands.textable import format_table
 from common.config import add_backends_option, add_timeout_option, parse_backend_list
 from common.core import oracle, portable
 from common.core.expectations import STATE_ATOL, STATE_RTOL
-from common.core.models import BATCHNORM, TIED
+from common.core.models import BATCHNORM, EMBED_TIED, TIED
 from common.core.oracle import Loss
 from common.core.spec import Dense, ModelSpec, ReLU
 from common.declarations import Declaration, declaration, envs
@@ -62,10 +63,7 @@ TRAINING_REPEATS = 15  # 200 compiled steps take milliseconds: a median of 5 sti
 SIZES = (10, 100, 1000, 10000)
 BACKEND_SIZES = (10, 100, 1000)  # by default: 10,000 framework layers take ~5 min per backend here
 LR = 0.05
-BENCH_MODELS = (TIED, BATCHNORM)
-# What a BatchNorm model needs a backend to declare; a backend without them is benched on the
-# tied MLP alone, and its record says why.
-NEEDS = {BATCHNORM.name: ("batchnorm", "freezing")}
+BENCH_MODELS = (TIED, BATCHNORM, EMBED_TIED)
 # The hand-written loop and the adapter run one framework on one float32 input, so their losses
 # and running statistics agree to rounding (measured after 200 steps: bit for bit in nine
 # backends, within 4e-7 relative in MLX); they are held to the suite's tolerance for state after
@@ -78,8 +76,10 @@ class HandwrittenLoop:
     """What ``backends/<name>/bench.py: make_handwritten(spec, weights, x, y, lr)`` returns: the
     framework's fast-path training loop for ``spec`` as a practitioner writes it, set up (and
     compiled) once, from ``weights`` (canonical names and layout) and the framework's own initial
-    running statistics, the net in training mode, frozen layers frozen with the framework's own
-    idiom."""
+    running statistics, the net in training mode, frozen layers frozen and ties tied with the
+    framework's own idioms (an embedding's table read transposed by the output Dense tied to it).
+    ``x`` is float32 (batch, in_features), or int64 ids (batch,) for a spec whose input kind is
+    ``ids``; ``y`` is float32 (batch, out_features)."""
 
     run: Callable[[int], np.ndarray]  # that many more plain-SGD steps of MSE; their losses
     # Canonical state name (spec.state: layers.1.running_mean) -> its value now, as the framework
@@ -131,10 +131,10 @@ def deep_spec(layers: int) -> ModelSpec:
 # -- in the backend's environment ------------------------------------------------------------------
 def bench_models(entry: Declaration) -> dict[str, ModelSpec | str]:
     """Each model of BENCH_MODELS by name: the spec, or why this backend cannot train it (a
-    capability it declares false)."""
+    capability the model needs, ``spec.needs``, that the backend declares false)."""
     chosen: dict[str, ModelSpec | str] = {}
     for spec in BENCH_MODELS:
-        lacking = [c for c in NEEDS.get(spec.name, ()) if not entry.capability(c).value]
+        lacking = [c for c in spec.needs if not entry.capability(c).value]
         chosen[spec.name] = (
             f"{lacking[0]} is declared false: {entry.capability(lacking[0]).reason}" if lacking else spec
         )
@@ -166,6 +166,22 @@ def disagreement(
     return None
 
 
+def bench_data(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The training set both sides train on: ``make train``'s regression data for a model of
+    features; for a model of ids, as many ids drawn uniformly from the vocabulary (so ids repeat,
+    and the table's gradient is a scatter-add), their targets the same kind of hidden function of
+    each id's one-hot view."""
+    from common.commands.training import DATA_SEED, N_SAMPLES, regression_data
+
+    if spec.input_kind != "ids":
+        return regression_data(spec)
+    rng = np.random.default_rng(DATA_SEED)
+    vocab = spec.embed_slot.vocab
+    ids = rng.integers(0, vocab, size=N_SAMPLES)
+    a, b = (rng.normal(size=(vocab, spec.out_features)) for _ in range(2))
+    return ids.astype(np.int64), (np.sin(a[ids]) + 0.5 * np.cos(b[ids])).astype(np.float32)
+
+
 def checked_pair(
     backend, make_handwritten, spec: ModelSpec, steps: int
 ) -> tuple[HandwrittenLoop, Callable[[int, bool], Any]]:
@@ -173,9 +189,7 @@ def checked_pair(
     their first runs of ``steps`` (which compile them) checked against each other: a
     RuntimeError names the difference. Returns the loop and ``train(steps, watch)``, more of the
     adapter's training of that model."""
-    from common.commands.training import regression_data
-
-    x, y = regression_data(spec)
+    x, y = bench_data(spec)
     loss = Loss("mse", y)
     weights = oracle.initial_weights(spec)
     loop = make_handwritten(spec, weights, x, y, LR)
