@@ -4,7 +4,8 @@ step). A BatchNorm is ``nn.BatchNorm(use_running_average=False)`` (Flax's moment
 of the old value: 1 - the canonical one), applied with ``mutable=["batch_stats"]`` and the new
 statistics threaded through the step, as Flax's BatchNorm guide does; a frozen layer's parameters
 are labelled for ``optax.set_to_zero()`` in an ``optax.partition`` of SGD, the idiom of Flax's
-transfer-learning guide."""
+transfer-learning guide. An Embedding is ``nn.Embed``, and the output tied to it applies that very
+Embed's ``attend`` plus a bias of its own, as Flax's lm1b and wmt examples tie their logits."""
 
 from __future__ import annotations
 
@@ -16,26 +17,48 @@ import optax
 from flax import traverse_util
 
 from common.commands.bench import HandwrittenLoop
-from common.core.spec import BatchNorm, Dense, param_name
+from common.core.spec import Dense, Embedding
 
-# linen's names for a layer's two parameters, and for the canonical state roles
-_ROLES = {Dense: ("kernel", "bias"), BatchNorm: ("scale", "bias")}
+# linen's names for each kind's canonical parameter roles, and for the state roles
+_NAMES = {
+    "dense": {"weight": "kernel", "bias": "bias"},
+    "batchnorm": {"weight": "scale", "bias": "bias"},
+    "embedding": {"weight": "embedding"},
+}
 _STATS = {"running_mean": "mean", "running_var": "var"}
+
+
+class TiedOutput(nn.Module):
+    """The output Dense tied to ``embedding``: its table applied transposed (``attend``) plus a
+    bias of its own."""
+
+    embedding: nn.Embed
+    units: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.embedding.attend(x) + self.param("bias", nn.initializers.zeros_init(), (self.units,))
 
 
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> HandwrittenLoop:
-    """Any flat spec of Dense, BatchNorm and ReLU, ties and frozen layers included, set up (and
-    compiled) once; ``run(steps)`` trains it further with plain SGD and returns the losses."""
+    """Any flat spec of Embedding, Dense, BatchNorm and ReLU, ties (the transposed one too) and
+    frozen layers included, set up (and compiled) once; ``run(steps)`` trains it further with
+    plain SGD and returns the losses."""
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
-    made, roles, layers = {}, {}, []  # owner -> the one module; owner -> its parameters' names
+    tables = {slot.path: slot.table for slot in spec.dense_slots if slot.table is not None}
+    made, layers = {}, []  # owner -> the one module
     for path, layer in spec.walk():
         owner = owners.get(path)
         if owner is None:
             layers.append(nn.relu)
             continue
-        if owner not in made and isinstance(layer, Dense):
+        if owner not in made and isinstance(layer, Embedding):
+            made[owner] = nn.Embed(num_embeddings=layer.vocab, features=layer.dim)
+        elif owner not in made and path in tables:
+            made[owner] = TiedOutput(made[tables[path]], layer.units)
+        elif owner not in made and isinstance(layer, Dense):
             made[owner] = nn.Dense(layer.units)
         elif owner not in made:
             settings = {
@@ -44,20 +67,17 @@ def make_handwritten(
             }
             chosen = {k: v for k, v in settings.items() if v is not None}
             made[owner] = nn.BatchNorm(use_running_average=False, **chosen)
-        roles.setdefault(owner, _ROLES[type(layer)])
         layers.append(made[owner])
     net = nn.Sequential(layers)
     # init gives the framework's own initial statistics; the parameters are then the given ones.
-    # linen names a submodule where it is first adopted (layers_<first index>); a kernel is (in, out).
+    # linen names a submodule where it is first adopted (layers_<first index>), so a tied output's
+    # table is its Embed's, layers_0/embedding; a kernel is (in, out).
     variables = net.init(jax.random.PRNGKey(0), jnp.asarray(x[:1]))
-    params = dict(variables["params"])
-    for owner in made:
-        weight, bias = weights[param_name(owner, "weight")], weights[param_name(owner, "bias")]
-        scale, shift = roles[owner]
-        params[f"layers_{owner[0]}"] = {
-            scale: jnp.asarray(weight.T if scale == "kernel" else weight),
-            shift: jnp.asarray(bias),
-        }
+    params = {name: dict(leaves) for name, leaves in variables["params"].items()}
+    for p in spec.params:
+        value = weights[p.name]
+        native = _NAMES[p.kind][p.role]
+        params[f"layers_{p.owner[0]}"][native] = jnp.asarray(value.T if native == "kernel" else value)
     stats = {name: tree for name, tree in variables.items() if name != "params"}  # batch_stats, if any
     frozen = {f"layers_{owner[0]}" for owner in made if not spec.trainable_at(owner)}
     if frozen:

@@ -4,7 +4,9 @@ nnx.merge inside), NNX's fastest documented form of ``@nnx.jit train_step(model,
 A BatchNorm is ``nnx.BatchNorm`` (Flax's momentum is the weight of the old value: 1 - the
 canonical one), the model in ``model.train()`` mode, its ``BatchStat`` variables carried in the
 split state; freezing is the filter of NNX's transfer-learning guide, given to
-``nnx.Optimizer(wrt=...)`` and to the gradient (``nnx.DiffState``)."""
+``nnx.Optimizer(wrt=...)`` and to the gradient (``nnx.DiffState``). An Embedding is ``nnx.Embed``,
+and the output tied to it a small module holding that very Embed, which applies its ``attend``
+plus a bias of its own (Flax's idiom for tied logits); the graph holds the table once."""
 
 from __future__ import annotations
 
@@ -15,39 +17,63 @@ import optax
 from flax import nnx
 
 from common.commands.bench import HandwrittenLoop
-from common.core.spec import Dense, param_name
+from common.core.spec import Dense, Embedding
 
+# NNX's names for each kind's canonical parameter roles, and for the state roles
+_NAMES = {
+    "dense": {"weight": "kernel", "bias": "bias"},
+    "batchnorm": {"weight": "scale", "bias": "bias"},
+    "embedding": {"weight": "embedding"},
+}
 _STATS = {"running_mean": "mean", "running_var": "var"}
+
+
+class TiedOutput(nnx.Module):
+    """The output Linear tied to ``embedding``: its table applied transposed (``attend``) plus a
+    bias of its own."""
+
+    def __init__(self, embedding: nnx.Embed, units: int) -> None:
+        self.embedding = embedding
+        self.bias = nnx.Param(jnp.zeros((units,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.embedding.attend(x) + self.bias[...]
 
 
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> HandwrittenLoop:
-    """Any flat spec of Dense, BatchNorm and ReLU, ties and frozen layers included, set up (and
-    compiled) once; ``run(steps)`` trains it further with plain SGD and returns the losses."""
+    """Any flat spec of Embedding, Dense, BatchNorm and ReLU, ties (the transposed one too) and
+    frozen layers included, set up (and compiled) once; ``run(steps)`` trains it further with
+    plain SGD and returns the losses."""
     rngs, made, layers = nnx.Rngs(0), {}, []
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
     widths = {slot.path: slot.in_features for slot in spec.dense_slots}
+    tables = {slot.path: slot.table for slot in spec.dense_slots if slot.table is not None}
     features = {slot.path: slot.features for slot in spec.norm_slots}
     for path, layer in spec.walk():
         owner = owners.get(path)
         if owner is None:
             layers.append(nnx.relu)
             continue
-        if owner not in made:
-            weight, bias = weights[param_name(owner, "weight")], weights[param_name(owner, "bias")]
-            if isinstance(layer, Dense):
-                made[owner] = module = nnx.Linear(widths[path], layer.units, rngs=rngs)
-                module.kernel[...], module.bias[...] = jnp.asarray(weight.T), jnp.asarray(bias)
-            else:
-                settings = {
-                    "momentum": None if layer.momentum is None else 1 - layer.momentum,
-                    "epsilon": layer.eps,
-                }
-                chosen = {k: v for k, v in settings.items() if v is not None}
-                made[owner] = module = nnx.BatchNorm(features[path], rngs=rngs, **chosen)
-                module.scale[...], module.bias[...] = jnp.asarray(weight), jnp.asarray(bias)
+        if owner not in made and isinstance(layer, Embedding):
+            made[owner] = nnx.Embed(layer.vocab, layer.dim, rngs=rngs)
+        elif owner not in made and path in tables:
+            made[owner] = TiedOutput(made[tables[path]], layer.units)
+        elif owner not in made and isinstance(layer, Dense):
+            made[owner] = nnx.Linear(widths[path], layer.units, rngs=rngs)
+        elif owner not in made:
+            settings = {
+                "momentum": None if layer.momentum is None else 1 - layer.momentum,
+                "epsilon": layer.eps,
+            }
+            chosen = {k: v for k, v in settings.items() if v is not None}
+            made[owner] = nnx.BatchNorm(features[path], rngs=rngs, **chosen)
         layers.append(made[owner])
+    for p in spec.params:  # unique: a tied output's weight is the table, set with its Embed
+        native = _NAMES[p.kind][p.role]
+        value = weights[p.name].T if native == "kernel" else weights[p.name]  # a kernel is (in, out)
+        getattr(made[p.owner], native)[...] = jnp.asarray(value)
     model = nnx.Sequential(*layers)
     model.train()  # every BatchNorm normalizes by the batch and updates its statistics
     # A layer's parameters sit at ("layers", its first index, name): the frozen ones by that index.
