@@ -8,7 +8,9 @@ which Equinox's docs allow: on this MLP ``eqx.filter_jit``'s own dispatch costs 
 A spec with BatchNorm layers (``eqx.nn.BatchNorm(mode="batch")``) is built with
 ``eqx.nn.make_with_state`` and its ``eqx.nn.State`` threaded through the step, as Equinox's
 stateful example does; frozen layers are left out of what is differentiated by a ``filter_spec``,
-as its freezing example does (they stay in the static half, constants of the compiled step)."""
+as its freezing example does (they stay in the static half, constants of the compiled step). An
+Embedding is ``eqx.nn.Embedding``, and the output tied to it an ``eqx.nn.Linear`` whose weight
+``eqx.nn.Shared`` fills with the embedding's, the language-model example of its docstring."""
 
 from __future__ import annotations
 
@@ -18,53 +20,66 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.commands.bench import HandwrittenLoop
-from common.core.spec import STATE_ROLES, BatchNorm, Dense
+from common.core.spec import STATE_ROLES, BatchNorm, Dense, Embedding
 
 
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> HandwrittenLoop:
-    """The book's tied MLP (or any flat Dense/BatchNorm/ReLU spec with ties and frozen layers),
-    set up (and compiled) once, from the framework's initial running statistics; the loop's
-    ``run(steps)`` trains it further with plain SGD and returns the losses."""
-    keys = iter(jax.random.split(jax.random.PRNGKey(0), len(spec.dense_slots)))
+    """Any flat spec of Embedding, Dense, BatchNorm and ReLU, ties (the transposed one too) and
+    frozen layers included, set up (and compiled) once, from the framework's initial running
+    statistics; the loop's ``run(steps)`` trains it further with plain SGD and returns the losses."""
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), len(spec.layer_slots)))
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
+    widths = {slot.path: slot.in_features for slot in spec.dense_slots}
+    features = {slot.path: slot.features for slot in spec.norm_slots}
+    params = {}  # owner -> its unique parameters (a tied output's weight is the table's)
+    for p in spec.params:
+        params.setdefault(p.owner, []).append(p)
     layers: list[eqx.Module] = []
     for path, layer in spec.walk():
         if path not in owners:
             layers.append(eqx.nn.Lambda(jax.nn.relu))
-        elif owners[path] != path:
+            continue
+        if owners[path] != path:
             layers.append(layers[owners[path][0]])  # replaced by eqx.nn.Shared below
-        else:
-            name = f"layers.{path[0]}"
-            weight, bias = jnp.asarray(weights[f"{name}.weight"]), jnp.asarray(weights[f"{name}.bias"])
-            if isinstance(layer, Dense):
-                made = eqx.nn.Linear(weight.shape[1], weight.shape[0], key=next(keys))
-            else:  # Equinox's momentum is the weight of the old value: 1 - the canonical one
-                settings = {
-                    "momentum": None if layer.momentum is None else 1 - layer.momentum,
-                    "eps": layer.eps,
-                }
-                chosen = {k: v for k, v in settings.items() if v is not None}
-                made = eqx.nn.BatchNorm(weight.shape[0], axis_name="batch", mode="batch", **chosen)
-            layers.append(eqx.tree_at(lambda made: (made.weight, made.bias), made, (weight, bias)))
+            continue
+        if isinstance(layer, Embedding):
+            made = eqx.nn.Embedding(layer.vocab, layer.dim, key=next(keys))
+        elif isinstance(layer, Dense):  # a tied output's weight is a placeholder, Shared fills it
+            made = eqx.nn.Linear(widths[path], layer.units, key=next(keys))
+        else:  # Equinox's momentum is the weight of the old value: 1 - the canonical one
+            settings = {"momentum": None if layer.momentum is None else 1 - layer.momentum, "eps": layer.eps}
+            chosen = {k: v for k, v in settings.items() if v is not None}
+            made = eqx.nn.BatchNorm(features[path], axis_name="batch", mode="batch", **chosen)
+        own = params[path]
+        values = tuple(jnp.asarray(weights[p.name]) for p in own)
+        layers.append(
+            eqx.tree_at(lambda made, own=own: tuple(getattr(made, p.role) for p in own), made, values)
+        )
+    net = eqx.nn.Sequential(layers)
     users = [path[0] for path, owner in owners.items() if owner != path]
+    readers = [] if spec.embed_slot is None else [path[0] for path in spec.embed_slot.readers]
     model = eqx.nn.Shared(
-        eqx.nn.Sequential(layers),
-        where=lambda net: tuple(net.layers[i] for i in users),
-        get=lambda net: tuple(net.layers[owners[(i,)][0]] for i in users),
+        net,
+        where=lambda net: (
+            *(net.layers[i] for i in users),
+            *(net.layers[i].weight for i in readers),
+        ),
+        get=lambda net: (
+            *(net.layers[owners[(i,)][0]] for i in users),
+            *(net.layers[spec.embed_slot.path[0]].weight for _ in readers),
+        ),
     )
     stateful = any(isinstance(layer, BatchNorm) for _, layer in spec.walk())
     state = None
     if stateful:
         model, state = eqx.nn.make_with_state(lambda: model)()
     filter_spec = jax.tree_util.tree_map(eqx.is_array, model)
-    for path, layer in spec.walk():
-        if path in owners and owners[path] == path and not layer.trainable:
+    for p in spec.params:
+        if not p.trainable:
             filter_spec = eqx.tree_at(
-                lambda spec, i=path[0]: (spec.pytree.layers[i].weight, spec.pytree.layers[i].bias),
-                filter_spec,
-                replace=(False, False),
+                lambda spec, p=p: getattr(spec.pytree.layers[p.owner[0]], p.role), filter_spec, replace=False
             )
     params, static = eqx.partition(model, filter_spec)
     flat_params, treedef = jax.tree_util.tree_flatten(params)
