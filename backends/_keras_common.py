@@ -38,7 +38,7 @@ import numpy as np
 
 from common.core.interface import NOT_STORED, Backend, Model, qualname
 from common.core.oracle import Loss
-from common.core.spec import ROLES, Dense, LayerPath, ModelSpec, ReLU, param_name, split_param_name
+from common.core.spec import ROLES, Dense, Embedding, LayerPath, ModelSpec, ReLU, param_name, split_param_name
 from common.core.untrusted import printable
 from common.errors import ParamFileError
 
@@ -528,13 +528,22 @@ class TensorFlowKerasBase(KerasBackendBase):
 
 # == hand-written loops and nets for the benches (not the adapters) ==================================
 def bench_net(
-    keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input_layer: bool = False
+    keras: Any,
+    spec: ModelSpec,
+    weights: dict[str, np.ndarray],
+    input_layer: bool = False,
+    new_embedding: Callable[[int, int], Any] | None = None,
+    project: Callable[[Any, Any], Any] = reverse_call,
 ) -> tuple[Any, dict[LayerPath, Any]]:
-    """The spec's flat net (Dense, ReLU, BatchNorm) as a practitioner writes it: a tie is one layer
-    added twice, a frozen layer has ``trainable = False``; loaded with ``weights`` (canonical
-    (out, in)), moving statistics at Keras' initial values. Returns the net and its layers by
-    owner position."""
+    """The spec's flat net (Embedding, Dense, ReLU, BatchNorm) as a practitioner writes it: a tie
+    is one layer added twice, an output tied to the embedding a TiedProjection reading its table
+    with ``project`` (Keras 3: ReversibleEmbedding's reverse call), a frozen layer has
+    ``trainable = False``; loaded with ``weights`` (canonical (out, in)), moving statistics at
+    Keras' initial values. ``new_embedding(vocab, dim)`` makes the embedding (default:
+    ``keras.layers.ReversibleEmbedding``). Returns the net and its layers by owner position."""
+    new_embedding = new_embedding or keras.layers.ReversibleEmbedding
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
+    tables = {slot.path: slot.table for slot in spec.dense_slots if slot.table is not None}
     made: dict[LayerPath, Any] = {}
     layers = []
     for path, layer in spec.walk():
@@ -543,22 +552,28 @@ def bench_net(
             continue
         owner = owners[path]  # a Block raises KeyError here: the benches take flat specs
         if owner not in made:
-            made[owner] = (
-                keras.layers.Dense(layer.units)
-                if isinstance(layer, Dense)
-                else keras.layers.BatchNormalization(**batchnorm_settings(layer.momentum, layer.eps))
-            )
+            if isinstance(layer, Embedding):
+                made[owner] = new_embedding(layer.vocab, layer.dim)
+            elif path in tables:
+                made[owner] = tied_projection_class(keras, project)(made[tables[path]])
+            elif isinstance(layer, Dense):
+                made[owner] = keras.layers.Dense(layer.units)
+            else:
+                made[owner] = keras.layers.BatchNormalization(**batchnorm_settings(layer.momentum, layer.eps))
         layers.append(made[owner])
-    net = keras.Sequential(([keras.Input(shape=(spec.in_features,))] if input_layer else []) + layers)
-    net(np.zeros((1, spec.in_features), np.float32))
-    for owner, layer in made.items():
-        weight, bias = weights[param_name(owner, "weight")], weights[param_name(owner, "bias")]
-        if isinstance(layer, keras.layers.Dense):
-            layer.kernel.assign(weight.T)
-            layer.bias.assign(bias)
+    ids = spec.input_kind == "ids"
+    start = keras.Input(shape=(), dtype="int64") if ids else keras.Input(shape=(spec.in_features,))
+    net = keras.Sequential(([start] if input_layer else []) + layers)
+    net(zero_input(spec))
+    for p in spec.params:  # unique: a tied output's weight is the table, set with the embedding
+        value = weights[p.name]
+        if p.kind == "embedding":
+            made[p.owner].embeddings.assign(value)
+        elif p.kind == "batchnorm":
+            getattr(made[p.owner], _NORM_ATTR[p.role]).assign(value)
         else:
-            layer.gamma.assign(weight)
-            layer.beta.assign(bias)
+            getattr(made[p.owner], _ATTR[p.role]).assign(value.T if p.role == "weight" else value)
+    for owner, layer in made.items():
         layer.trainable = spec.trainable_at(owner)
     return net, made
 
@@ -582,13 +597,14 @@ def tf_make_handwritten(
     x: np.ndarray,
     y: np.ndarray,
     lr: float,
-    input_layer: bool = False,
+    **net_options: Any,
 ) -> Any:
     """The hand-written Keras-on-TensorFlow loop for ``spec``, set up once: one tf.function step
-    (GradientTape, Keras SGD, the net called with training=True); a HandwrittenLoop."""
+    (GradientTape, Keras SGD, the net called with training=True); a HandwrittenLoop.
+    ``net_options`` go to bench_net."""
     from common.commands.bench import HandwrittenLoop  # bench code only: adapters never load it
 
-    net, made = bench_net(keras, spec, weights, input_layer=input_layer)
+    net, made = bench_net(keras, spec, weights, **net_options)
     optimizer = keras.optimizers.SGD(learning_rate=lr)
     variables = net.trainable_variables
 

@@ -15,9 +15,10 @@ from common.commands.bench import HandwrittenLoop
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> HandwrittenLoop:
-    """The book's tied MLP (or any flat spec of Dense, ReLU and BatchNorm, frozen layers too), set
-    up (and compiled) once; the loop's ``run(steps)`` trains it further with plain SGD, the net
-    in training mode, and returns the losses."""
+    """Any flat spec of Embedding, Dense, ReLU and BatchNorm, ties (the transposed one a
+    TiedProjection over a ReversibleEmbedding) and frozen layers included, set up (and compiled)
+    once; the loop's ``run(steps)`` trains it further with plain SGD, the net in training mode,
+    and returns the losses."""
     net, made = bench_net(keras, spec, weights)
     optimizer = keras.optimizers.SGD(learning_rate=lr)
     optimizer.build(net.trainable_variables)

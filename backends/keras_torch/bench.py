@@ -14,9 +14,10 @@ from common.commands.bench import HandwrittenLoop
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> HandwrittenLoop:
-    """The book's tied MLP (or any flat spec of Dense, ReLU and BatchNorm, frozen layers too), set
-    up once; the loop's ``run(steps)`` trains it further with plain SGD, a net with a BatchNorm
-    called with training=True, and returns the losses."""
+    """Any flat spec of Embedding, Dense, ReLU and BatchNorm, ties (the transposed one a
+    TiedProjection over a ReversibleEmbedding) and frozen layers included, set up once; the loop's
+    ``run(steps)`` trains it further with plain SGD, a net with a BatchNorm called with
+    training=True, and returns the losses."""
     net, made = bench_net(keras, spec, weights)
     optimizer = keras.optimizers.SGD(learning_rate=lr)
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y)

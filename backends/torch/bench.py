@@ -42,7 +42,9 @@ def make_handwritten(
                     module.weight = made[tables[path]].weight  # the tie: the table's Parameter itself
             else:
                 settings = {"momentum": layer.momentum, "eps": layer.eps}
-                module = nn.BatchNorm1d(features[path], **{k: v for k, v in settings.items() if v is not None})
+                module = nn.BatchNorm1d(
+                    features[path], **{k: v for k, v in settings.items() if v is not None}
+                )
             with torch.no_grad():
                 for role, value in module.named_parameters(recurse=False):
                     name = param_name(owner, role)
