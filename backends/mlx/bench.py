@@ -12,7 +12,12 @@ computation.
 A BatchNorm is ``nn.BatchNorm`` (MLX's momentum is the canonical one), the model in
 ``model.train()`` mode: its running statistics are arrays of ``model.state``, so the compiled step
 carries them out with the parameters. A frozen layer is ``module.freeze()``: its arrays leave
-``trainable_parameters()``, which ``nn.value_and_grad`` differentiates and the optimizer updates."""
+``trainable_parameters()``, which ``nn.value_and_grad`` differentiates and the optimizer updates.
+
+An Embedding is ``nn.Embedding``, and the output tied to it a small module holding that very
+embedding, which calls its ``as_linear`` (MLX's call for tied input and output weights) and adds a
+bias of its own. The embedding is then in the tree twice, as the tied nn.Linear is, with the same
+outcome: one SGD step by the summed gradient."""
 
 from __future__ import annotations
 
@@ -24,16 +29,30 @@ import mlx.optimizers as optim
 import numpy as np
 
 from common.commands.bench import HandwrittenLoop
-from common.core.spec import Dense, param_name
+from common.core.spec import Dense, Embedding
+
+
+class TiedOutput(nn.Module):
+    """The output Dense tied to ``embedding``: its table applied transposed plus a bias of its own."""
+
+    def __init__(self, embedding: nn.Embedding, units: int) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.bias = mx.zeros((units,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.embedding.as_linear(x) + self.bias
 
 
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> HandwrittenLoop:
-    """Any flat spec of Dense, BatchNorm and ReLU, ties and frozen layers included, set up (and
-    compiled) once; ``run(steps)`` trains it further with plain SGD and returns the losses."""
+    """Any flat spec of Embedding, Dense, BatchNorm and ReLU, ties (the transposed one too) and
+    frozen layers included, set up (and compiled) once; ``run(steps)`` trains it further with
+    plain SGD and returns the losses."""
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
     widths = {slot.path: slot.in_features for slot in spec.dense_slots}
+    tables = {slot.path: slot.table for slot in spec.dense_slots if slot.table is not None}
     features = {slot.path: slot.features for slot in spec.norm_slots}
     made, layers = {}, []
     for path, layer in spec.walk():
@@ -42,21 +61,23 @@ def make_handwritten(
             layers.append(nn.ReLU())
             continue
         if owner not in made:
-            if isinstance(layer, Dense):
-                module = nn.Linear(widths[path], layer.units)
+            if isinstance(layer, Embedding):
+                made[owner] = nn.Embedding(layer.vocab, layer.dim)
+            elif path in tables:
+                made[owner] = TiedOutput(made[tables[path]], layer.units)
+            elif isinstance(layer, Dense):
+                made[owner] = nn.Linear(widths[path], layer.units)
             else:
                 settings = {"momentum": layer.momentum, "eps": layer.eps}
-                module = nn.BatchNorm(features[path], **{k: v for k, v in settings.items() if v is not None})
-            module.update(
-                {
-                    "weight": mx.array(weights[param_name(owner, "weight")]),
-                    "bias": mx.array(weights[param_name(owner, "bias")]),
-                }
-            )
-            if not spec.trainable_at(owner):
-                module.freeze()
-            made[owner] = module
+                made[owner] = nn.BatchNorm(
+                    features[path], **{k: v for k, v in settings.items() if v is not None}
+                )
         layers.append(made[owner])
+    for p in spec.params:  # unique: a tied output's weight is the table, set with the embedding
+        made[p.owner].update({p.role: mx.array(weights[p.name])})
+    for owner, module in made.items():
+        if not spec.trainable_at(owner):
+            module.freeze()
     model = nn.Sequential(*layers)
     model.train()  # read when the step is traced: batch statistics, running ones updated
     optimizer = optim.SGD(learning_rate=lr)
