@@ -11,32 +11,56 @@ import numpy as np
 import pytest
 
 from common.commands import bench
+from common.commands.training import regression_data
 from common.core import oracle
-from common.core.models import BATCHNORM, TIED
+from common.core.models import BATCHNORM, EMBED_TIED, TIED
 from common.core.oracle import Loss
 from common.core.spec import BatchNorm, Dense, ModelSpec
 from common.declarations import Capability, declarations
 from tests.helpers import assert_equal
 
 
-def test_every_backend_bench_trains_the_tied_and_the_batchnorm_model():
-    assert_equal("bench models", [spec.name for spec in bench.BENCH_MODELS], [TIED.name, BATCHNORM.name])
+def test_every_backend_bench_trains_the_tied_the_batchnorm_and_the_embedding_model():
+    assert_equal(
+        "bench models",
+        [spec.name for spec in bench.BENCH_MODELS],
+        [TIED.name, BATCHNORM.name, EMBED_TIED.name],
+    )
     for entry in declarations():
         assert_equal(
-            f"{entry.name}'s bench models", bench.bench_models(entry), {"tied": TIED, "batchnorm": BATCHNORM}
+            f"{entry.name}'s bench models",
+            bench.bench_models(entry),
+            {"tied": TIED, "batchnorm": BATCHNORM, "embed_tied": EMBED_TIED},
         )
 
 
-def test_a_backend_without_batchnorm_is_benched_on_the_tied_model_and_says_why():
+@pytest.mark.parametrize(
+    ("capability", "left_out"), [("batchnorm", "batchnorm"), ("embedding", "embed_tied")]
+)
+def test_a_backend_lacking_a_capability_is_benched_without_the_model_that_needs_it_and_says_why(
+    capability, left_out
+):
     entry = declarations()[0]
     lacking = dataclasses.replace(
-        entry, capabilities={**entry.capabilities, "batchnorm": Capability(False, "no BatchNorm layer here")}
+        entry, capabilities={**entry.capabilities, capability: Capability(False, "not built here")}
     )
+    expected = {"tied": TIED, "batchnorm": BATCHNORM, "embed_tied": EMBED_TIED}
+    expected[left_out] = f"{capability} is declared false: not built here"
+    assert_equal("bench models", bench.bench_models(lacking), expected)
+
+
+def test_the_embedding_model_trains_on_repeated_ids_and_the_others_on_make_trains_data():
+    ids, targets = bench.bench_data(EMBED_TIED)
+    assert_equal("ids", (ids.dtype, ids.shape), (np.dtype(np.int64), (64,)))
+    assert 0 <= ids.min() and ids.max() < EMBED_TIED.embed_slot.vocab, (ids.min(), ids.max())
+    assert len(set(ids.tolist())) < len(ids), "no id repeats: the table's scatter-add goes untested"
     assert_equal(
-        "bench models",
-        bench.bench_models(lacking),
-        {"tied": TIED, "batchnorm": "batchnorm is declared false: no BatchNorm layer here"},
+        "targets", (targets.dtype, targets.shape), (np.dtype(np.float32), (64, EMBED_TIED.out_features))
     )
+    again = bench.bench_data(EMBED_TIED)
+    assert np.array_equal(ids, again[0]) and np.array_equal(targets, again[1]), "not deterministic"
+    for features, expected in zip(bench.bench_data(TIED), regression_data(TIED), strict=True):
+        assert np.array_equal(features, expected), "the tied MLP's data is not make train's"
 
 
 # -- the agreement check, on an oracle "framework" -----------------------------------------------------
@@ -68,13 +92,15 @@ def unfrozen(spec: ModelSpec) -> ModelSpec:
     return ModelSpec(spec.name, spec.in_features, layers, spec.ties)
 
 
-def oracle_loop(carries_statistics: bool = True, freezes: bool = True):
+def oracle_loop(carries_statistics: bool = True, freezes: bool = True, ties: bool = True):
     """A make_handwritten on the oracle; it can forget to carry the running statistics from step
-    to step (as a jitted loop that drops its new batch_stats does: same losses, stale statistics)
-    or to freeze."""
+    to step (as a jitted loop that drops its new batch_stats does: same losses, stale statistics),
+    to freeze, or to tie (a copy of the table in the output layer, not the table itself)."""
 
     def make_handwritten(spec, weights, x, y, lr) -> bench.HandwrittenLoop:
         trained = spec if freezes else unfrozen(spec)
+        if not ties:
+            trained, weights = trained.untied(), oracle.expand_tied(trained, weights)
         now = {"weights": dict(weights), "state": oracle.initial_state(spec)}
 
         def run(steps: int) -> np.ndarray:
@@ -114,6 +140,16 @@ def test_a_faithful_loop_is_timed(few_steps, spec):
 def test_a_loop_that_computes_something_else_is_refused_before_any_ratio(few_steps, loop, named):
     with pytest.raises(RuntimeError, match=f"batchnorm: the hand-written loop does not compute .*: {named}"):
         bench.measure_training(OracleBackend(), loop, BATCHNORM)
+
+
+def test_an_embedding_loop_that_copies_the_table_instead_of_tying_it_is_refused(few_steps, monkeypatch):
+    # A copy starts equal, and the two copies drift apart slowly (the head's share of the table's
+    # gradient is small): 1e-5 relative after 1 step, past the tolerance after about 8.
+    monkeypatch.setattr(bench, "STEPS", 20)
+    with pytest.raises(
+        RuntimeError, match=r"embed_tied: the hand-written loop does not compute .*: losses\["
+    ):
+        bench.measure_training(OracleBackend(), oracle_loop(ties=False), EMBED_TIED)
 
 
 def test_disagreement_names_what_differs_and_accepts_rounding():

@@ -207,13 +207,19 @@ def _bench_loop(backend, spec):
     return getattr(importlib.import_module(module), function)
 
 
+# A loop that copies embed_tied's table into its output layer instead of tying it drifts from the
+# tied one slowly: 1e-5 relative after 1 step, past the check's tolerance after about 8 (oracle).
+BENCH_CHECK_STEPS = 20
+
+
 @pytest.mark.parametrize("spec", BENCH_MODELS, ids=lambda spec: spec.name)
 def test_the_bench_loop_trains_the_same_model(backend, spec):
     """``make bench`` compares the adapter with this backend's hand-written loop on each bench
     model: the same losses and the same running statistics (the check the bench itself makes
-    before timing, here after 5 steps), or the ratio means nothing. A loop that keeps no
-    statistics, trains a frozen layer or computes another model fails here."""
-    checked_pair(backend, _bench_loop(backend, spec), spec, steps=5)
+    before timing, here after BENCH_CHECK_STEPS steps), or the ratio means nothing. A loop that
+    keeps no statistics, trains a frozen layer, copies a table it should tie or computes another
+    model fails here."""
+    checked_pair(backend, _bench_loop(backend, spec), spec, steps=BENCH_CHECK_STEPS)
 
 
 def bench_check_in_this_process(name: str) -> None:
