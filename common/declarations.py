@@ -38,19 +38,25 @@ def _is_project(folder: Path) -> bool:
 def find_root() -> Path:
     """The checkout, found from the project files: this package's parent when it lives in one (a
     checkout or an editable install), else the working directory or one above it (an installed
-    copy run from a checkout), else PARITY_ROOT. The environments and reports live there."""
+    copy run from a checkout), else PARITY_ROOT. The environments and reports live there. An
+    installed copy run outside any checkout gets the working directory: its reports go there,
+    never into site-packages, and commands that need environments refuse (``in_checkout``)."""
     override = os.environ.get("PARITY_ROOT")
     if override:
         return Path(override).resolve()
-    here = Path(__file__).resolve().parent.parent
-    for folder in (here, Path.cwd(), *Path.cwd().parents):
+    for folder in (PACKAGE_ROOT, Path.cwd(), *Path.cwd().parents):
         if _is_project(folder):
             return folder
-    return here
+    return Path.cwd()
 
 
+def in_checkout() -> bool:
+    return _is_project(ROOT)
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # holds common/ and backends/, wherever installed
 ROOT = find_root()
-BACKENDS_DIR = ROOT / "backends"
+BACKENDS_DIR = PACKAGE_ROOT / "backends"  # the declarations travel with the code that reads them
 DECLARATION_FILE = "backend.toml"
 
 BOOK_TABS = ("PyTorch", "MXNet", "JAX", "TensorFlow")  # the D2L tabs that claims name
