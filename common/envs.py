@@ -192,7 +192,8 @@ def install_steps(uv: str | None, target: Path, requirements: Path, locked: bool
             ]  # fmt: skip
         return [
             [BASE_INTERPRETER, "-m", "venv", str(target)],
-            [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(requirements), *index],
+            [str(python), "-m", "pip", "install", "--disable-pip-version-check",
+             "-r", str(requirements), *index],
         ]  # fmt: skip
     if uv:
         return [
@@ -353,7 +354,11 @@ def write_variant_requirements(env: str, tag: str, packages: Iterable[str]) -> P
     """.venvs/<env>@<tag>.requirements, left alone when unchanged (so the stamp stays current)."""
     path = requirements_path(variant_env(env, tag))
     lines = variant_requirements(env, packages)
-    text = f"{INSTALL_RECIPE}\n# variant {tag} of [{env}]: resolved at install, no lock\n" + "\n".join(lines) + "\n"
+    text = (
+        f"{INSTALL_RECIPE}\n# variant {tag} of [{env}]: resolved at install, no lock\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     if not path.exists() or path.read_text() != text:
         write_atomically(path, text)
     return path

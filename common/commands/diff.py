@@ -472,7 +472,9 @@ def merge(records: Mapping[str, Record]) -> dict[str, Any]:
     ok = {name: {**records[name], "backend": column_backend(name, records[name])} for name in backends
           if name not in failed}  # fmt: skip
     tagged = any(version_tag(records[name]) is not None for name in backends)
-    version_rows = (Row(VERSIONS_SECTION, "declared version (matrix cell)", _matrix_cell, kind=CONTEXT),) * tagged
+    version_rows = (
+        Row(VERSIONS_SECTION, "declared version (matrix cell)", _matrix_cell, kind=CONTEXT),
+    ) * tagged
     rows = [
         _merge_row(row, ok)
         for row in (*version_rows, *ROWS, *STATE_ROWS, *EMBEDDING_ROWS, *capability_rows(ok))
@@ -1117,7 +1119,9 @@ def load_records(paths: Sequence[str | Path], warn=sys.stderr) -> dict[str, Reco
             if not isinstance(record, dict):
                 raise UsageError(f"--from {printable(path)}: the record of {shown(name)} is not an object")
             try:
-                backend = canonical_backend(str(record.get("backend", name)) if version_tag(record) else str(name))
+                backend = canonical_backend(
+                    str(record.get("backend", name)) if version_tag(record) else str(name)
+                )
                 merged[column_name(backend, record)] = record
             except UsageError as error:
                 warning = f"paramparity: --from {printable(path)}: skipping a record: {error}"

@@ -32,7 +32,7 @@ from typing import Any
 from common import envs
 from common.commands import diff
 from common.commands.claims import DOES_NOT_HOLD, HOLDS, NOT_EVALUATED
-from common.commands.fanout import record_text, run_parallel, write_output, writable_folder
+from common.commands.fanout import record_text, run_parallel, writable_folder, write_output
 from common.config import add_backends_option, add_timeout_option, backend_names, parse_backend_list
 from common.core.untrusted import printable
 from common.declarations import BACKENDS_DIR, ROOT, declaration, declarations
@@ -79,7 +79,12 @@ class Cell:
 
     def describe(self) -> dict[str, Any]:
         """What the cell's record says about how it was made (diff's ``matrix`` field)."""
-        info: dict[str, Any] = {"tag": self.tag, "order": self.order, "env": self.env, "adapter": self.adapter}
+        info: dict[str, Any] = {
+            "tag": self.tag,
+            "order": self.order,
+            "env": self.env,
+            "adapter": self.adapter,
+        }
         if self.variant is None:
             info["why"] = "the pinned versions (pyproject.toml's extra, installed from its lock)"
         else:
@@ -121,10 +126,16 @@ def load_variants(path: Path = MATRIX_FILE) -> tuple[Variant, ...]:
         if env not in known_envs:
             raise UsageError(f"{at}: env {env!r} holds no backend; envs: {', '.join(known_envs)}")
         if not isinstance(tag, str) or not TAG.fullmatch(tag) or tag == PINNED:
-            raise UsageError(f"{at}: tag {tag!r} should be letters, digits, '.', '_', '-' (and not {PINNED!r})")
+            raise UsageError(
+                f"{at}: tag {tag!r} should be letters, digits, '.', '_', '-' (and not {PINNED!r})"
+            )
         at = f"{where}: variant {env}@{tag}"
         packages = entry["packages"]
-        if not isinstance(packages, list) or not packages or not all(isinstance(p, str) and p for p in packages):
+        if (
+            not isinstance(packages, list)
+            or not packages
+            or not all(isinstance(p, str) and p for p in packages)
+        ):
             raise UsageError(f"{at}: 'packages' should be a non-empty list of requirements")
         if not isinstance(entry["why"], str) or not entry["why"].strip():
             raise UsageError(f"{at}: 'why' should say why this version matters")
@@ -136,15 +147,24 @@ def load_variants(path: Path = MATRIX_FILE) -> tuple[Variant, ...]:
         if not isinstance(adapters, dict) or any(
             b not in chosen or a not in members for b, a in adapters.items()
         ):
-            raise UsageError(f"{at}: 'adapters' maps its backends to backends of the same env: {', '.join(members)}")
+            raise UsageError(
+                f"{at}: 'adapters' maps its backends to backends of the same env: {', '.join(members)}"
+            )
         if adapters and not str(entry.get("adapters_why", "")).strip():
             raise UsageError(f"{at}: 'adapters' needs 'adapters_why', the reason for the choice")
         if any((v.env, v.tag) == (env, tag) for v in found):
             raise UsageError(f"{at}: declared twice")
         found.append(
-            Variant(env, tag, tuple(packages), entry["why"].strip(), tuple(chosen), adapters,
-                    str(entry.get("adapters_why", "")).strip())
-        )  # fmt: skip
+            Variant(
+                env,
+                tag,
+                tuple(packages),
+                entry["why"].strip(),
+                tuple(chosen),
+                adapters,
+                str(entry.get("adapters_why", "")).strip(),
+            )
+        )
     return tuple(found)
 
 
@@ -154,7 +174,9 @@ def all_cells(variants: Sequence[Variant]) -> tuple[Cell, ...]:
     for entry in declarations():
         mine = [v for v in variants if v.env == entry.env and entry.name in v.backends]
         for order, variant in enumerate(mine):
-            cells.append(Cell(entry.name, variant.tag, order, variant.adapters.get(entry.name, entry.name), variant))
+            cells.append(
+                Cell(entry.name, variant.tag, order, variant.adapters.get(entry.name, entry.name), variant)
+            )
         cells.append(Cell(entry.name, PINNED, len(mine), entry.name))
     return tuple(cells)
 
@@ -256,9 +278,13 @@ def matrix_doc(records: Mapping[str, Record], seconds: float | None = None) -> d
             key, {"tab": key[0], "section": key[1], "quote": key[2], "backend": key[3], "versions": []}
         )
         row["versions"].append(
-            {"column": column, "version": version_of[column], "status": check["status"],
-             "text": diff._verdict_text(check)}
-        )  # fmt: skip
+            {
+                "column": column,
+                "version": version_of[column],
+                "status": check["status"],
+                "text": diff._verdict_text(check),
+            }
+        )
     for row in claims.values():
         row["first_change"] = first_change(row["versions"])
 
@@ -269,9 +295,14 @@ def matrix_doc(records: Mapping[str, Record], seconds: float | None = None) -> d
             cell = row["cells"].get(column)
             if cell is not None:
                 per_backend.setdefault(backend_of[column], []).append(
-                    {"column": column, "version": version_of[column], "lines": diff.cell_lines(cell),
-                     "value": cell.get("value"), "error": cell.get("error")}
-                )  # fmt: skip
+                    {
+                        "column": column,
+                        "version": version_of[column],
+                        "lines": diff.cell_lines(cell),
+                        "value": cell.get("value"),
+                        "error": cell.get("error"),
+                    }
+                )
         is_parity = row["section"] == diff.ORACLE or row["label"] in PARITY_LABELS
         for backend, cells in per_backend.items():
             entry = {"section": row["section"], "label": row["label"], "backend": backend, "versions": cells}
@@ -284,10 +315,14 @@ def matrix_doc(records: Mapping[str, Record], seconds: float | None = None) -> d
     not_evaluated = {c: one_reason(records[c]) for c in columns if not records[c].get("ok")}
     return {
         "title": "paramparity matrix: the book's claims per backend and version",
-        "cells": [{"column": c, "backend": backend_of[c], "version": version_of[c], **records[c]["matrix"]}
-                  for c in columns],  # fmt: skip
+        "cells": [
+            {"column": c, "backend": backend_of[c], "version": version_of[c], **records[c]["matrix"]}
+            for c in columns
+        ],
         "not_evaluated": not_evaluated,
-        "claims": sorted(claims.values(), key=lambda r: (r["section"], r["quote"], backend_names().index(r["backend"]))),
+        "claims": sorted(
+            claims.values(), key=lambda r: (r["section"], r["quote"], backend_names().index(r["backend"]))
+        ),
         "parity": parity,
         "changed": changed,
         "seconds": None if seconds is None else round(seconds, 1),
@@ -335,9 +370,11 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _cell_line(cell: Mapping[str, Any]) -> str:
-    adapter = f"; the {cell['adapter']} adapter runs it: {cell['adapter_why']}" if cell.get("adapter_why") else ""
+    adapter = (
+        f"; the {cell['adapter']} adapter runs it: {cell['adapter_why']}" if cell.get("adapter_why") else ""
+    )
     pins = f" [{', '.join(cell['packages'])}]" if cell.get("packages") else ""
-    return f"{cell['column']}: {cell['version']}{pins}: {cell['why']}{adapter}"
+    return f"{cell['column']}: {cell['version']}{pins}: {cell.get('why', 'no reason recorded')}{adapter}"
 
 
 def _versions_text(entries: Sequence[Mapping[str, Any]], key: str) -> list[str]:
@@ -356,8 +393,10 @@ def render_text(doc: Mapping[str, Any]) -> str:
         out.append(f"  [{row['tab']} {row['section']}] {row['quote']}")
         out.append(f"    {row['backend']} ({change})")
         out += [f"      {line}" for line in _versions_text(row["versions"], "text")]
-    for title, rows in (("Oracle parity, per version", doc["parity"]),
-                        ("Other behaviours that changed between versions", doc["changed"])):  # fmt: skip
+    for title, rows in (
+        ("Oracle parity, per version", doc["parity"]),
+        ("Other behaviours that changed between versions", doc["changed"]),
+    ):
         out += ["", f"{title}:"]
         for row in rows:
             mark = " (changed)" if row["changed"] else ""
@@ -373,21 +412,44 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     out = ["# paramparity matrix", ""] + [md(line) + "  " for line in summary_lines(doc)] + [""]
     out += ["## Cells", ""] + [f"- {md(_cell_line(c))}" for c in doc["cells"]] + [""]
     if doc["not_evaluated"]:
-        out += ["## Not evaluated", ""] + [f"- {md(c)}: {md(r)}" for c, r in doc["not_evaluated"].items()] + [""]
+        out += (
+            ["## Not evaluated", ""] + [f"- {md(c)}: {md(r)}" for c, r in doc["not_evaluated"].items()] + [""]
+        )
     out += ["## The book's claims, per backend and version", ""]
     out += diff._md_table(
         ["section", "claim", "backend", "verdicts, oldest version first", "first changed at"],
-        [[r["section"], r["quote"], r["backend"], "\n".join(_versions_text(r["versions"], "text")),
-          r["first_change"] or "-"] for r in doc["claims"]],
-    )  # fmt: skip
-    for title, rows in (("Oracle parity, per version", doc["parity"]),
-                        ("Other behaviours that changed between versions", doc["changed"])):  # fmt: skip
+        [
+            [
+                r["section"],
+                r["quote"],
+                r["backend"],
+                "\n".join(_versions_text(r["versions"], "text")),
+                r["first_change"] or "-",
+            ]
+            for r in doc["claims"]
+        ],
+    )
+    for title, rows in (
+        ("Oracle parity, per version", doc["parity"]),
+        ("Other behaviours that changed between versions", doc["changed"]),
+    ):
         out += ["", f"## {title}", ""]
-        out += diff._md_table(
-            ["check", "backend", "per version, oldest first", "changed"],
-            [[f"{r['section']} / {r['label']}", r["backend"], "\n".join(_versions_text(r["versions"], "lines")),
-              "yes" if r["changed"] else "no"] for r in rows],
-        ) if rows else ["(none)"]  # fmt: skip
+        out += (
+            diff._md_table(
+                ["check", "backend", "per version, oldest first", "changed"],
+                [
+                    [
+                        f"{r['section']} / {r['label']}",
+                        r["backend"],
+                        "\n".join(_versions_text(r["versions"], "lines")),
+                        "yes" if r["changed"] else "no",
+                    ]
+                    for r in rows
+                ],
+            )
+            if rows
+            else ["(none)"]
+        )
     return "\n".join(out) + "\n"
 
 
@@ -402,38 +464,60 @@ def render_html(doc: Mapping[str, Any]) -> str:
         f"<title>paramparity matrix</title><style>{diff.HTML_STYLE}</style></head><body>",
         "<h1>paramparity matrix</h1>",
         "<div class='verdict'>" + "".join(f"<p>{e(line)}</p>" for line in summary_lines(doc)) + "</div>",
-        "<h2>Cells</h2><ul class='legend'>" + "".join(f"<li>{e(_cell_line(c))}</li>" for c in doc["cells"]) + "</ul>",
+        "<h2>Cells</h2><ul class='legend'>"
+        + "".join(f"<li>{e(_cell_line(c))}</li>" for c in doc["cells"])
+        + "</ul>",
     ]
     if doc["not_evaluated"]:
-        parts.append("<h2>Not evaluated</h2><ul class='failed'>"
-                     + "".join(f"<li>{e(f'{c}: {r}')}</li>" for c, r in doc["not_evaluated"].items()) + "</ul>")  # fmt: skip
-    parts.append("<h2>The book's claims, per backend and version</h2><table class='claims'><thead><tr>"
-                 "<th>section</th><th>claim</th><th>backend</th><th>verdicts, oldest version first</th>"
-                 "<th>first changed at</th></tr></thead><tbody>")  # fmt: skip
+        parts.append(
+            "<h2>Not evaluated</h2><ul class='failed'>"
+            + "".join(f"<li>{e(f'{c}: {r}')}</li>" for c, r in doc["not_evaluated"].items())
+            + "</ul>"
+        )
+    parts.append(
+        "<h2>The book's claims, per backend and version</h2><table class='claims'><thead><tr>"
+        "<th>section</th><th>claim</th><th>backend</th><th>verdicts, oldest version first</th>"
+        "<th>first changed at</th></tr></thead><tbody>"
+    )
     for row in doc["claims"]:
         verdicts = "".join(
-            f"<div class='{_STATUS_CLASS.get(v['status'], '')}'><span class='v'>{e(v['version'])}: {e(v['text'])}</span></div>"
+            f"<div class='{_STATUS_CLASS.get(v['status'], '')}'>"
+            f"<span class='v'>{e(v['version'])}: {e(v['text'])}</span></div>"
             for v in row["versions"]
         )
         mark = " class='fails'" if row["first_change"] else ""
-        parts.append(f"<tr><td>{e(row['section'])}</td><td>{e(row['quote'])}</td><td>{e(row['backend'])}</td>"
-                     f"<td>{verdicts}</td><td{mark}>{e(row['first_change'] or '-')}</td></tr>")  # fmt: skip
+        parts.append(
+            f"<tr><td>{e(row['section'])}</td><td>{e(row['quote'])}</td><td>{e(row['backend'])}</td>"
+            f"<td>{verdicts}</td><td{mark}>{e(row['first_change'] or '-')}</td></tr>"
+        )
     parts.append("</tbody></table>")
-    for title, rows in (("Oracle parity, per version", doc["parity"]),
-                        ("Other behaviours that changed between versions", doc["changed"])):  # fmt: skip
-        parts.append(f"<h2>{html.escape(title)}</h2><table><thead><tr><th>check</th><th>backend</th>"
-                     "<th>per version, oldest first</th><th>changed</th></tr></thead><tbody>")  # fmt: skip
+    for title, rows in (
+        ("Oracle parity, per version", doc["parity"]),
+        ("Other behaviours that changed between versions", doc["changed"]),
+    ):
+        parts.append(
+            f"<h2>{html.escape(title)}</h2><table><thead><tr><th>check</th><th>backend</th>"
+            "<th>per version, oldest first</th><th>changed</th></tr></thead><tbody>"
+        )
         for row in rows:
-            values = "".join(f"<span class='v'>{e(line)}</span>" for line in _versions_text(row["versions"], "lines"))
-            parts.append(f"<tr><td>{e(row['section'] + ' / ' + row['label'])}</td><td>{e(row['backend'])}</td>"
-                         f"<td>{values}</td><td>{'yes' if row['changed'] else 'no'}</td></tr>")  # fmt: skip
+            values = "".join(
+                f"<span class='v'>{e(line)}</span>" for line in _versions_text(row["versions"], "lines")
+            )
+            parts.append(
+                f"<tr><td>{e(row['section'] + ' / ' + row['label'])}</td><td>{e(row['backend'])}</td>"
+                f"<td>{values}</td><td>{'yes' if row['changed'] else 'no'}</td></tr>"
+            )
         parts.append("</tbody></table>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-RENDERERS = {"text": render_text, "markdown": render_markdown, "html": render_html,
-             "json": lambda doc: json.dumps(doc, indent=1, sort_keys=True) + "\n"}  # fmt: skip
+RENDERERS = {
+    "text": render_text,
+    "markdown": render_markdown,
+    "html": render_html,
+    "json": lambda doc: json.dumps(doc, indent=1, sort_keys=True) + "\n",
+}
 EXTENSIONS = {"text": "txt", "markdown": "md", "html": "html", "json": "json"}
 
 
@@ -463,12 +547,20 @@ def workflow(cells: Sequence[Cell]) -> dict[str, Any]:
             "timeout-minutes": 90,
             "steps": [
                 *PYTHON_SETUP,
-                {"name": f"build .venvs/{cell.env} and probe {cell.id}",
-                 "run": f"make matrix ARGS='--cells {cell.id} --format json'"},
-                {"uses": "actions/upload-artifact@v4", "if": "always()",
-                 "with": {"name": f"record-{job_id(cell)}", "path": f"reports/matrix/{RECORDS}/{cell.id}.json",
-                          "if-no-files-found": "error"}},
-            ],  # fmt: skip
+                {
+                    "name": f"build .venvs/{cell.env} and probe {cell.id}",
+                    "run": f"make matrix ARGS='--cells {cell.id} --format json'",
+                },
+                {
+                    "uses": "actions/upload-artifact@v4",
+                    "if": "always()",
+                    "with": {
+                        "name": f"record-{job_id(cell)}",
+                        "path": f"reports/matrix/{RECORDS}/{cell.id}.json",
+                        "if-no-files-found": "error",
+                    },
+                },
+            ],
         }
     jobs["merge"] = {
         "name": "merge the records and publish the HTML",
@@ -477,14 +569,18 @@ def workflow(cells: Sequence[Cell]) -> dict[str, Any]:
         "runs-on": "ubuntu-22.04",
         "steps": [
             *PYTHON_SETUP,
-            {"uses": "actions/download-artifact@v4", "with": {"pattern": "record-*", "merge-multiple": True,
-                                                               "path": "records"}},
-            {"name": "merge with diff --from, render the matrix",
-             "run": "make venv-base && .venvs/base/bin/python -m common diff --from records --format html "
-                    "--out-dir site; .venvs/base/bin/python -m common matrix --from records --format all "
-                    "--out-dir site"},
+            {
+                "uses": "actions/download-artifact@v4",
+                "with": {"pattern": "record-*", "merge-multiple": True, "path": "records"},
+            },
+            {
+                "name": "merge with diff --from, render the matrix",
+                "run": "make venv-base && .venvs/base/bin/python -m common diff --from records --format html "
+                "--out-dir site; .venvs/base/bin/python -m common matrix --from records --format all "
+                "--out-dir site",
+            },
             {"uses": "actions/upload-artifact@v4", "with": {"name": "matrix-report", "path": "site"}},
-        ],  # fmt: skip
+        ],
     }
     return {
         "name": "paramparity version matrix",
@@ -511,16 +607,33 @@ def add_parser(commands) -> None:
     )
     add_backends_option(parser)
     add_timeout_option(parser, default=CELL_TIMEOUT)
-    parser.add_argument("--cells", help="comma-separated cells (backend@tag, or a tag such as pinned, tf2.15)")
+    parser.add_argument(
+        "--cells", help="comma-separated cells (backend@tag, or a tag such as pinned, tf2.15)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="probes at once (default 1: one core each)")
-    parser.add_argument("--format", default="text", choices=(*RENDERERS, "all"),
-                        help="text prints (and writes matrix.txt); the others write reports/matrix/matrix.<ext>")  # fmt: skip
+    parser.add_argument(
+        "--format",
+        default="text",
+        choices=(*RENDERERS, "all"),
+        help="text prints (and writes matrix.txt); the others write reports/matrix/matrix.<ext>",
+    )
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where records and tables go")
-    parser.add_argument("--from", dest="from_files", nargs="+", metavar="PATH",
-                        help="render saved cell records (files or folders) instead of running")  # fmt: skip
+    parser.add_argument(
+        "--from",
+        dest="from_files",
+        nargs="+",
+        metavar="PATH",
+        help="render saved cell records (files or folders) instead of running",
+    )
     parser.add_argument("--list", action="store_true", help="list the declared cells and exit")
-    parser.add_argument("--workflow", nargs="?", const=WORKFLOW, type=Path, metavar="FILE",
-                        help=f"write the GitHub Actions workflow (default {WORKFLOW.relative_to(ROOT)}) and exit")  # fmt: skip
+    parser.add_argument(
+        "--workflow",
+        nargs="?",
+        const=WORKFLOW,
+        type=Path,
+        metavar="FILE",
+        help=f"write the GitHub Actions workflow (default {WORKFLOW.relative_to(ROOT)}) and exit",
+    )
     parser.set_defaults(run=run_matrix)
     diff._refuse_unknown_arguments(parser)
 
@@ -536,17 +649,23 @@ def run_matrix(args: argparse.Namespace) -> int:
         return 0
     if args.list:
         for cell in select_cells(cells, args.backends, args.cells):
-            print(printable(_cell_line({"column": cell.id, "version": cell.tag, **cell.describe()}), limit=None))
+            print(
+                printable(_cell_line({"column": cell.id, "version": cell.tag, **cell.describe()}), limit=None)
+            )
         return 0
     writable_folder(args.out_dir, "--out-dir")
     if args.from_files:
         records = {c: r for c, r in diff.load_records(args.from_files).items() if diff.version_tag(r)}
         if not records:
-            raise UsageError(f"--from {' '.join(args.from_files)}: no matrix cell record (one with a 'matrix' tag)")
+            raise UsageError(
+                f"--from {' '.join(args.from_files)}: no matrix cell record (one with a 'matrix' tag)"
+            )
         seconds = None
     else:
         selected = select_cells(cells, args.backends, args.cells)
-        print(f"matrix: {len(selected)} cells: {', '.join(c.id for c in selected)}", file=sys.stderr, flush=True)
+        print(
+            f"matrix: {len(selected)} cells: {', '.join(c.id for c in selected)}", file=sys.stderr, flush=True
+        )
         fresh = run_cells(selected, args.timeout, args.jobs)
         for cell_id, record in fresh.items():
             write_output(args.out_dir / RECORDS / f"{cell_id}.json", record_text(record))
