@@ -111,8 +111,8 @@ def write_requirements(env: str) -> Path:
 def pip_config() -> dict[str, list[str]]:
     """pip's configured find-links, indexes and constraints, as pip itself reads them (files and
     PIP_* variables alike)."""
-    result = children.run(
-        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
+    result = children.run(  # the base interpreter's pip: a venv's (make matrix runs in base) may lack pip
+        [BASE_INTERPRETER, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
     )
     found: dict[str, list[str]] = {}
     for line in result.stdout.splitlines():
