@@ -282,7 +282,9 @@ def matrix_doc(records: Mapping[str, Record], seconds: float | None = None) -> d
                 "column": column,
                 "version": version_of[column],
                 "status": check["status"],
-                "text": diff._verdict_text(check),
+                "text": diff._verdict_text(check)
+                if records[column].get("ok")
+                else f"not evaluated ({one_reason(records[column]).split(':')[0]}: see the cells above)",
             }
         )
     for row in claims.values():
