@@ -270,7 +270,10 @@ def build(env: str, target: Path, requirements: Path, log_path: Path, base_env: 
         installer = "uv" if uv else "pip"
         print(f"==> creating .venvs/{env} with {installer} (log: .venvs/{env}.log)", flush=True)
         python = target / "bin" / "python"
-        steps = install_steps(uv, target, requirements, locked=base_env is None)
+        if base_env is None:
+            steps = install_steps(uv, target, requirements)
+        else:
+            steps = install_steps(uv, target, requirements, locked=False)
         environ = dict(os.environ, UV_NO_PROGRESS="1")
         for step in steps:
             log.write(f"$ {' '.join(step)}\n")
