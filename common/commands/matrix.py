@@ -367,7 +367,8 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
         f"Cells: {len(cells)} (backend x version), {len(cells) - len(missing)} evaluated, "
         f"{len(missing)} not evaluated.",
         f"Claim checks: {counts[HOLDS]} hold, {counts[DOES_NOT_HOLD]} do not hold, "
-        f"{counts[NOT_EVALUATED]} not evaluated; {len(changed)} claim verdicts change between versions.",
+        f"{counts[NOT_EVALUATED]} not evaluated; the verdict changes between versions in {len(changed)} of "
+        f"{len(doc['claims'])} (claim, backend) rows.",
     ]
 
 
