@@ -291,6 +291,7 @@ def matrix_doc(records: Mapping[str, Record], seconds: float | None = None) -> d
         row["first_change"] = first_change(row["versions"])
 
     parity, changed = [], []
+    compared = compared_values(records, backend_of)
     for row in merged["rows"]:
         per_backend: dict[str, list[dict[str, Any]]] = {}
         for column in columns:
@@ -301,7 +302,7 @@ def matrix_doc(records: Mapping[str, Record], seconds: float | None = None) -> d
                         "column": column,
                         "version": version_of[column],
                         "lines": diff.cell_lines(cell),
-                        "value": cell.get("value"),
+                        "value": compared.get((row["section"], row["label"], column)),
                         "error": cell.get("error"),
                     }
                 )
@@ -330,6 +331,19 @@ def matrix_doc(records: Mapping[str, Record], seconds: float | None = None) -> d
         "seconds": None if seconds is None else round(seconds, 1),
         "records": dict(records),  # so `diff --from matrix.json` renders the same cells
     }
+
+
+def compared_values(records: Mapping[str, Record], backend_of: Mapping[str, str]) -> dict[tuple, Any]:
+    """What diff compares per row and column (numbers, not their rounded text), so float noise
+    within the oracle tolerance is no change between versions."""
+    ok = {c: {**records[c], "backend": b} for c, b in backend_of.items() if records[c].get("ok")}
+    rows = (*diff.ROWS, *diff.STATE_ROWS, *diff.EMBEDDING_ROWS, *diff.capability_rows(ok))
+    values: dict[tuple, Any] = {}
+    for row in rows:
+        for column, record in ok.items():
+            with contextlib.suppress(*diff._UNREADABLE):
+                values[(row.section, row.label, column)] = diff._plain((row.compare or row.extract)(record))
+    return values
 
 
 def one_reason(record: Record) -> str:

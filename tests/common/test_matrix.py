@@ -157,6 +157,18 @@ def test_first_change_skips_versions_not_evaluated():
     assert matrix.first_change(versions[:3]) is None
 
 
+def test_float_noise_within_the_oracle_tolerance_is_no_change_between_versions():
+    records = layer_count_records()
+    noisy = {"forward": 2.2e-8, "grad layers.0.weight": 1.1e-8}  # rounded text differs, numbers agree
+    records[f"{TAB_BACKEND}@new"]["models"]["mlp"]["max_abs_diff"] = noisy
+    doc = matrix.matrix_doc(records)
+    mlp = next(r for r in doc["parity"] if (r["section"], r["label"]) == (diff.ORACLE, "mlp"))
+    assert mlp["versions"][0]["lines"] != mlp["versions"][1]["lines"] and not mlp["changed"]
+    records[f"{TAB_BACKEND}@new"]["models"]["mlp"]["max_abs_diff"] = {**noisy, "forward": 0.5}  # a real change
+    mlp = next(r for r in matrix.matrix_doc(records)["parity"] if r["label"] == "mlp")
+    assert mlp["changed"]
+
+
 def test_parity_checks_and_changed_behaviours_are_shown_per_version():
     doc = matrix.matrix_doc(layer_count_records())
     parity = {(r["section"], r["label"]) for r in doc["parity"]}
