@@ -164,7 +164,8 @@ def test_float_noise_within_the_oracle_tolerance_is_no_change_between_versions()
     doc = matrix.matrix_doc(records)
     mlp = next(r for r in doc["parity"] if (r["section"], r["label"]) == (diff.ORACLE, "mlp"))
     assert mlp["versions"][0]["lines"] != mlp["versions"][1]["lines"] and not mlp["changed"]
-    records[f"{TAB_BACKEND}@new"]["models"]["mlp"]["max_abs_diff"] = {**noisy, "forward": 0.5}  # a real change
+    real_change = {**noisy, "forward": 0.5}
+    records[f"{TAB_BACKEND}@new"]["models"]["mlp"]["max_abs_diff"] = real_change
     mlp = next(r for r in matrix.matrix_doc(records)["parity"] if r["label"] == "mlp")
     assert mlp["changed"]
 
