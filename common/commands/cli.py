@@ -62,11 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         facts,
         fuzz,
         inspect,
+        matrix,
         roundtrip,
         train_report,
     )  # subcommands register themselves
 
     diff.add_parser(commands)
+    matrix.add_parser(commands)
     bench.add_parser(commands)
     train_report.add_parser(commands)
     roundtrip.add_parser(commands)
@@ -109,6 +111,8 @@ def backends_to_run(args: argparse.Namespace) -> tuple[str, ...] | None:
     if args.command == "test":
         return (args.test_backend or selected_backend(),)
     if args.command in ("spec", "inspect", "export", "facts") or getattr(args, "from_files", None):
+        return None
+    if args.command == "matrix" and (args.workflow or args.list):
         return None
     if args.command == "fuzz" and not args.examples:
         return ()

@@ -2,8 +2,9 @@
 the records into one table (a row per behaviour, a column per backend) and check the book.
 
 One probe run serves every format: the records are saved once, to reports/diff.json, and
-``--from`` renders any format from saved records (several files merge, later files winning per
-backend), so a CI matrix's records can be shown together without installing any framework.
+``--from`` renders any format from saved records (several files or folders merge, later files
+winning per backend; a matrix cell's record keeps a column per version, ``backend@version``), so a
+CI matrix's records can be shown together without installing any framework.
 
 This process imports no framework: the probes are subprocesses (common.commands.probe).
 """
@@ -381,7 +382,7 @@ def capability_rows(records: Mapping[str, Record]) -> tuple[Row, ...]:
     for name, record in records.items():
         keys |= set(record.get("capabilities", {}))
         try:
-            keys |= set(declaration(name).capabilities)
+            keys |= set(declaration(record.get("backend", name)).capabilities)
         except DeclarationError:
             pass
     return tuple(_capability_row(key) for key in sorted(keys))
@@ -427,23 +428,66 @@ def _merge_row(row: Row, records: Mapping[str, Record]) -> dict[str, Any]:
     }
 
 
+# -- versions: a matrix cell's record says which declared version it ran (common.commands.matrix) --
+def version_tag(record: Record) -> str | None:
+    """The declared version a record was made at ("tf2.15", "pinned"), or None for a plain probe."""
+    cell = record.get("matrix")
+    return str(cell["tag"]) if isinstance(cell, Mapping) and "tag" in cell else None
+
+
+def column_name(backend: str, record: Record) -> str:
+    """A backend's column; with a version tag, one column per version: ``tensorflow@tf2.15``."""
+    tag = version_tag(record)
+    return backend if tag is None else f"{backend}@{tag}"
+
+
+def column_backend(column: str, record: Record) -> str:
+    """The declared backend a column's record is about (a column may be ``backend@tag``)."""
+    return column.partition("@")[0] if version_tag(record) is not None else column
+
+
+def _column_order(column: str, record: Record) -> tuple[int, int]:
+    """Report order: by backend, then by declared version (oldest first, the pinned one last)."""
+    names = backend_names()
+    backend = column_backend(column, record)
+    order = record.get("matrix", {}).get("order", 0) if version_tag(record) is not None else 0
+    return (names.index(backend) if backend in names else len(names), int(order))
+
+
+VERSIONS_SECTION = "Versions"
+
+
 def merge(records: Mapping[str, Record]) -> dict[str, Any]:
-    """One document from per-backend records. A failed backend keeps its column, empty: it has no
-    cell in any row, and its error is in ``failed``."""
-    backends = [name for name in backend_names() if name in records]
+    """One document from per-backend records (keys: backends, or ``backend@tag`` columns of a
+    version matrix). A failed backend keeps its column, empty: it has no cell in any row, and its
+    error is in ``failed``."""
+    known = set(backend_names())
+    backends = sorted(
+        (c for c in records if column_backend(c, records[c]) in known),
+        key=lambda c: _column_order(c, records[c]),
+    )
     failed = {
         name: str(records[name].get("error", "no record")) for name in backends if not records[name].get("ok")
     }
-    ok = {name: {**records[name], "backend": name} for name in backends if name not in failed}
-    rows = [_merge_row(row, ok) for row in (*ROWS, *STATE_ROWS, *EMBEDDING_ROWS, *capability_rows(ok))]
+    ok = {name: {**records[name], "backend": column_backend(name, records[name])} for name in backends
+          if name not in failed}  # fmt: skip
+    tagged = any(version_tag(records[name]) is not None for name in backends)
+    version_rows = (
+        Row(VERSIONS_SECTION, "declared version (matrix cell)", _matrix_cell, kind=CONTEXT),
+    ) * tagged
+    rows = [
+        _merge_row(row, ok)
+        for row in (*version_rows, *ROWS, *STATE_ROWS, *EMBEDDING_ROWS, *capability_rows(ok))
+    ]
     claims = [
         _verdict(claim, name, records[name])
         for claim in BOOK_CLAIMS
         for name in backends
-        if applies_to(claim, declaration(name).book_tab)
+        if applies_to(claim, declaration(column_backend(name, records[name])).book_tab)
     ]
     return {
         "backends": backends,
+        "versions": {name: version_tag(records[name]) for name in backends if tagged},
         "failed": failed,
         "legend": {**LEGEND, **CLAIMS_LEGEND},
         "rows": rows,
@@ -453,6 +497,12 @@ def merge(records: Mapping[str, Record]) -> dict[str, Any]:
         },
         "records": {name: records[name] for name in backends},
     }
+
+
+def _matrix_cell(r: Record) -> str:
+    cell = r["matrix"]
+    adapter = f"; run by the {r['adapter']} adapter" if r.get("adapter") else ""
+    return f"{cell['tag']}: {', '.join(cell.get('packages', [])) or 'the pinned lock'}{adapter}"
 
 
 def _verdict(claim, backend: str, record: Record) -> dict[str, Any]:
@@ -1033,10 +1083,27 @@ def earlier_records(out_dir: Path, keep: set[str]) -> dict[str, Record]:
     return kept
 
 
-def load_records(paths: Sequence[str | Path], warn=sys.stderr) -> dict[str, Record]:
-    """The records in saved diff.json files (or single probe records); later files win per backend."""
-    merged: dict[str, Record] = {}
+def record_files(paths: Sequence[str | Path]) -> list[Path]:
+    """``paths``, a folder standing for its ``*.json`` files (sorted, so the result is the same
+    on every machine): the records a CI matrix's jobs left, downloaded into one folder."""
+    files: list[Path] = []
     for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            if not found:
+                raise UsageError(f"--from {printable(path)}: a folder without .json records")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def load_records(paths: Sequence[str | Path], warn=sys.stderr) -> dict[str, Record]:
+    """The records in saved diff.json files (or single probe records), or folders of them; later
+    files win per backend, or per backend and version where a record names its declared version
+    (a matrix cell's): records of one backend at several versions each keep a column."""
+    merged: dict[str, Record] = {}
+    for path in record_files(paths):
         # Bounded: a regular file (a FIFO would hang), limited size and nesting, linear-time checks.
         data = read_json_file(path, max_bytes=MAX_RECORDS_BYTES, what="--from", allow_nonfinite=True)
         if isinstance(data, dict) and isinstance(data.get("records"), dict):
@@ -1052,7 +1119,10 @@ def load_records(paths: Sequence[str | Path], warn=sys.stderr) -> dict[str, Reco
             if not isinstance(record, dict):
                 raise UsageError(f"--from {printable(path)}: the record of {shown(name)} is not an object")
             try:
-                merged[canonical_backend(str(name))] = record
+                backend = canonical_backend(
+                    str(record.get("backend", name)) if version_tag(record) else str(name)
+                )
+                merged[column_name(backend, record)] = record
             except UsageError as error:
                 warning = f"paramparity: --from {printable(path)}: skipping a record: {error}"
                 print(one_line(warning), file=warn)
@@ -1181,8 +1251,9 @@ def add_parser(commands) -> None:
         dest="from_files",
         nargs="+",
         metavar="FILE",
-        help=f"render saved records ({RECORDS_FILE} files) instead of probing; no framework is needed; "
-        "several files merge, later files winning per backend",
+        help=f"render saved records ({RECORDS_FILE} files, probe records, or folders of them) instead of "
+        "probing; no framework is needed; several files merge, later files winning per backend, and per "
+        "version for the records of `make matrix`, each version a column (backend@version)",
     )
     parser.add_argument(
         "--width",
@@ -1217,7 +1288,8 @@ def run_diff(args: argparse.Namespace) -> int:
     if args.from_files:
         records = load_records(args.from_files)
         if args.backends.strip().lower() != "all":
-            records = {name: records[name] for name in parse_backend_list(args.backends) if name in records}
+            chosen = set(parse_backend_list(args.backends))
+            records = {c: r for c, r in records.items() if column_backend(c, r) in chosen}
         if not records:
             raise UsageError(f"--from {' '.join(args.from_files)}: no record of a selected backend")
     else:
