@@ -18,10 +18,11 @@ Uniform = Callable[[Any, float, float, Any, int], Any]
 
 
 class KerasInitializers(Initializers):
-    def __init__(self, keras: Any, ops: Any, uniform: Uniform) -> None:
+    def __init__(self, keras: Any, ops: Any, uniform: Uniform, to_numpy: Callable[[Any], Any]) -> None:
         self.keras = keras  # keras (3) or tf_keras (2)
         self.ops = ops  # keras.ops or tensorflow: abs and cast, by the same names
         self.uniform = uniform
+        self.to_numpy = to_numpy  # a variable's value as a numpy array
 
     @contextlib.contextmanager
     def _seeded(self, seed: int) -> Iterator[None]:
@@ -62,4 +63,4 @@ class KerasInitializers(Initializers):
                 }
             layer = self.keras.layers.Dense(fan_out, **inits)
             layer.build((None, fan_in))
-        return np.array(layer.kernel).T.copy(), np.array(layer.bias).copy()
+        return np.array(self.to_numpy(layer.kernel)).T, np.array(self.to_numpy(layer.bias))

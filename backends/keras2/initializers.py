@@ -13,4 +13,4 @@ class Keras2Initializers(KerasInitializers):
         def uniform(shape, low, high, dtype, seed):
             return tf.random.uniform(shape, low, high, dtype=dtype, seed=seed)
 
-        super().__init__(tf_keras, tf, uniform)
+        super().__init__(tf_keras, tf, uniform, lambda variable: variable.numpy())

@@ -12,4 +12,6 @@ class Keras3Initializers(KerasInitializers):
         def uniform(shape, low, high, dtype, seed):
             return keras.random.uniform(shape, low, high, dtype=dtype, seed=seed)
 
-        super().__init__(keras, keras.ops, uniform)
+        super().__init__(
+            keras, keras.ops, uniform, lambda variable: keras.ops.convert_to_numpy(variable.value)
+        )
