@@ -133,9 +133,7 @@ def _initialisation(record: Record, parameter: str) -> Record:
 
 def _law_fits(parameter: str, law: Law) -> Callable[[Record], bool]:
     def measure(record: Record) -> bool:
-        alpha = record["initialisation"]["alpha"]
-        fits = _initialisation(record, parameter)["fits"][law.text]
-        return all(f["p_value"] >= alpha and not f["outside_support"] for f in fits)
+        return all(f["passes"] for f in _initialisation(record, parameter)["fits"][law.text])
 
     return measure
 
@@ -146,13 +144,15 @@ def describe_fits(fits: list[Record], alpha: float, law_kind: str) -> str:
     sizes = "; ".join(
         f"({f['fan_in']}, {f['fan_out']}) {f['fitted']:.4g} vs {f['expected']:.4g}" for f in fits
     )
-    worst = min(fits, key=lambda f: (not f["outside_support"], f["p_value"]))
+    worst = min(fits, key=lambda f: (f["passes"], not f["outside_support"], f["p_value"], f["tail_p_value"]))
     where = f"({worst['fan_in']}, {worst['fan_out']})"
     test = f"KS p >= {worst['p_value']:.2g} at alpha {alpha:g}"
     if worst["outside_support"]:
         test = f"{worst['outside_support']} of {worst['n']} values outside its support at {where}"
     elif worst["p_value"] < alpha:
         test = f"rejected at {where}: KS p = {worst['p_value']:.2g} < alpha {alpha:g}"
+    elif not worst["passes"]:
+        test = f"rejected at {where}: too few values in its tails, p = {worst['tail_p_value']:.2g}"
     return f"fitted {name} {sizes}; {test}"
 
 

@@ -296,7 +296,8 @@ def initialisation_record(initializers: Initializers, declared: Mapping[str, Law
 def _fit_record(fit: init_fit.Fit) -> dict[str, Any]:
     record = dataclasses.asdict(fit)
     record.pop("law")
-    for key in ("statistic", "p_value", "expected", "fitted"):
+    record["passes"] = fit.passes()
+    for key in ("statistic", "p_value", "tail_p_value", "expected", "fitted"):
         record[key] = float(f"{record[key]:.4g}")
     return record
 

@@ -62,6 +62,10 @@ def test_a_sample_of_the_law_fits_it_and_its_parameter_is_recovered(law):
         (Law("normal", Scale(value=0.07 / math.sqrt(3))), MXNET),
         (Law("uniform", Scale(numerator=3.0, fan="fan_in")), LECUN),  # a uniform for lecun_normal
         (Law("normal", Scale(numerator=1.0, fan="fan_in")), LECUN),  # its tails, uncut
+        (
+            LECUN,
+            Law("normal", Scale(numerator=1.0, fan="fan_in")),
+        ),  # cut tails, as a normal: KS alone passes it
         (TORCH, GLOROT),  # the right shape, the wrong fan
         (GLOROT, TORCH),
         (TORCH, MXNET),
