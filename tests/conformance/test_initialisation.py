@@ -36,8 +36,9 @@ def assert_follows(law: Law, samples: dict[tuple[int, int], object], what: str) 
     for (fan_in, fan_out), values in samples.items():
         fit = init_fit.fit(law, values, fan_in, fan_out)
         assert fit.passes(), (
-            f"{what} at (fan_in, fan_out) = ({fan_in}, {fan_out}): KS p={fit.p_value:.3g} with "
-            f"{fit.outside_support} of {fit.n} values outside the support, fitted {law.parameter_name}="
+            f"{what} at (fan_in, fan_out) = ({fan_in}, {fan_out}): KS p={fit.p_value:.3g}, tails p="
+            f"{fit.tail_p_value:.3g}, {fit.outside_support} of {fit.n} values outside the support, "
+            f"fitted {law.parameter_name}="
             f"{fit.fitted:.4g}, but should follow {law.text} ({law.parameter_name} {fit.expected:.4g}, "
             f"p >= {init_fit.ALPHA:g})"
         )
