@@ -139,8 +139,18 @@ def _law_fits(parameter: str, law: Law) -> Callable[[Record], bool]:
 
 
 def describe_fits(fits: list[Record], alpha: float, law_kind: str) -> str:
-    """The fitted parameter beside the formula's at each size, then the worst test."""
-    name = {"uniform": "a", "zeroed_uniform": "max |w|", "constant": "value"}.get(law_kind, "std")
+    """The fitted parameter beside the formula's at each size, then the worst test; for a constant,
+    how many values are not it."""
+    if law_kind == "constant":
+        wrong = [f for f in fits if f["outside_support"]]
+        if not wrong:
+            return (
+                f"every value is {fits[0]['expected']:g} ({sum(f['n'] for f in fits)} at {len(fits)} sizes)"
+            )
+        f = wrong[0]
+        where = f"({f['fan_in']}, {f['fan_out']})"
+        return f"{f['outside_support']} of {f['n']} values are not {f['expected']:g} at {where}"
+    name = {"uniform": "a", "zeroed_uniform": "max |w|"}.get(law_kind, "std")
     sizes = "; ".join(
         f"({f['fan_in']}, {f['fan_out']}) {f['fitted']:.4g} vs {f['expected']:.4g}" for f in fits
     )

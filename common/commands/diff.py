@@ -293,8 +293,8 @@ def _declared_fits(part: Record) -> list[Record]:
 def _fitted_lines(found: Record, part: Record) -> list[str]:
     """Per size: the parameter fitted from the samples beside the declared formula's, and the test."""
     return [
-        f"({f['fan_in']}, {f['fan_out']}): {f['fitted']:.4g} vs {f['expected']:.4g}, KS p {f['p_value']:.2g}"
-        + (f", {f['outside_support']} outside" if f["outside_support"] else "")
+        f"({f['fan_in']}, {f['fan_out']}): {f['parameter']} {f['fitted']:.4g} vs {f['expected']:.4g}, "
+        f"KS p {f['p_value']:.2g}" + (f", {f['outside_support']} outside" if f["outside_support"] else "")
         for f in _declared_fits(part)
     ]
 

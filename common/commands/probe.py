@@ -286,16 +286,19 @@ def initialisation_record(initializers: Initializers, declared: Mapping[str, Law
                 "p_value": float(f"{identified.p_value:.3g}"),
             },
             "fits": {
-                text: [_fit_record(init_fit.fit(law, values, i, o)) for i, o, values in sized]
+                text: [
+                    _fit_record(init_fit.fit(law, values, i, o), law.parameter_name) for i, o, values in sized
+                ]
                 for text, law in laws.items()
             },
         }
     return result
 
 
-def _fit_record(fit: init_fit.Fit) -> dict[str, Any]:
+def _fit_record(fit: init_fit.Fit, parameter_name: str) -> dict[str, Any]:
     record = dataclasses.asdict(fit)
     record.pop("law")
+    record["parameter"] = parameter_name
     record["passes"] = fit.passes()
     for key in ("statistic", "p_value", "tail_p_value", "expected", "fitted"):
         record[key] = float(f"{record[key]:.4g}")
