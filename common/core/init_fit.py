@@ -1,13 +1,13 @@
 """Does a sample of initial values follow a law (common/core/initializers.py)? numpy only.
 
-``fit`` tests a sample at one (fan_in, fan_out) against a law with the one-sample
+``fit`` tests a sample at one (fan_in, fan_out) against a law: the one-sample
 Kolmogorov-Smirnov test (statistic and asymptotic p-value written out here: no scipy in the base
-environment) plus a support check (a uniform sample beyond its bound, a truncated normal's
-beyond its cut, a constant's other values: rejected whatever the statistic) and, for a normal
-law, a check of its tails (a truncated normal's are empty), and fits the
-law's parameter from the sample (the uniform bound as sqrt(3) * rms, a normal's std as the rms)
-to report beside the formula's. ``identify`` names the law a set of samples follows without
-being told: the kind whose fitted shape fits best, and the fan its scale follows.
+environment), a support check (a uniform sample beyond its bound, a truncated normal's beyond its
+cut, a constant's other values: rejected whatever the statistic) and, for a normal law, its tails
+(a truncated normal's are empty). It fits the law's parameter from the sample (a uniform's bound
+as sqrt(3) * rms, a normal's std as the rms) to report beside the formula's. ``identify`` names
+the law a set of samples follows without being told: the kind whose fitted shape fits best, and
+the fan its scale follows.
 """
 
 from __future__ import annotations
