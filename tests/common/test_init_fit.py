@@ -72,7 +72,7 @@ def test_a_sample_of_the_law_fits_it_and_its_parameter_is_recovered(law):
         (Law("uniform", Scale(value=10.0)), SCHEMES["custom"].weight),  # never zeroed
         (constant(1.0), ZEROS),
     ],
-    ids=lambda law: law.text,
+    ids=lambda law: law.text.replace("±", "+-"),
 )
 def test_a_sample_of_another_law_is_rejected(drawn, claimed):
     assert not passes(claimed, samples_of(drawn)), f"a sample of {drawn.text} passed as {claimed.text}"
