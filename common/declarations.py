@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from common.core.initializers import Law, law_from_table
 from common.errors import UsageError
 
 
@@ -106,6 +107,13 @@ SCHEMA: dict[str, Key] = {
     "env_check": Key(str, False, "Python run in the new environment, e.g. to insist on a CPU build"),
     "xfails": Key(dict, False, "test id = reason: strict xfails for this backend's real divergences"),
     "hostile": Key(str, False, '"module:NAME": name -> writer(backend, model, path) of hostile native files'),
+    "initializers": Key(
+        str,
+        False,
+        '"module:Class": a common.core.initializers.Initializers subclass, a fresh Dense built with the '
+        "framework's default and built-in initializers (D2L 6.3); with it, the facts in "
+        "INITIALIZER_FACTS become required",
+    ),
     "native_writer": Key(
         str,
         False,
@@ -149,6 +157,14 @@ EMBEDDING_FACTS: dict[str, tuple[str, ...] | type] = {
     "embedding_tie": ("same_parameter", "table_read"),
     "embedding_listing_entries": int,  # entries the framework's own parameter listing shows
     "embedding_saved_copies": int,  # entries of the framework's own file that hold the table
+}
+# Required where ``initializers`` is declared: the framework's default laws for a fresh Dense, as
+# tables read by common.core.initializers.law_from_table, e.g. { kind = "uniform", bound =
+# { numerator = 1.0, fan = "fan_in" } } for U(-a, a), a = sqrt(1 / fan_in), or
+# { kind = "constant", value = 0.0 }. The suite tests samples against them (D2L 6.3).
+INITIALIZER_FACTS: dict[str, tuple[str, ...] | type] = {
+    "default_weight_init": dict,
+    "default_bias_init": dict,
 }
 # Members of a family may set these in the family file; a member's own keys win, table by table.
 FAMILY_KEYS = (
@@ -197,6 +213,7 @@ class Declaration:
     xfails: Mapping[str, str] = field(default_factory=dict)
     hostile: str = ""
     native_writer: str = ""
+    initializers: str = ""
     path: str = ""
 
     @property
@@ -220,6 +237,10 @@ class Declaration:
         if key not in self.facts:
             raise DeclarationError(f"{self.path}: [facts] has no {key!r}")
         return self.facts[key]
+
+    def default_init(self, parameter: str) -> Law:
+        """The declared law of a fresh Dense's default ``parameter`` ("weight" or "bias")."""
+        return law_from_table(self.fact(f"default_{parameter}_init"))
 
 
 def _strings(data: dict[str, Any], key: str) -> dict[str, str]:
@@ -289,7 +310,8 @@ def parse_declaration(path: Path) -> Declaration:
             kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
             names = " or ".join(kind.__name__ for kind in kinds)
             raise DeclarationError(f"{where}: {key}={value!r}, but should be a {names}")
-    for key in ("adapter", "bench", *(key for key in ("hostile", "native_writer") if key in data)):
+    optional_refs = ("hostile", "native_writer", "initializers")
+    for key in ("adapter", "bench", *(key for key in optional_refs if key in data)):
         _check_callable_ref(where, key, data[key])
     if data["book_tab"] not in (*BOOK_TABS, NO_BOOK_TAB):
         raise DeclarationError(
@@ -311,6 +333,8 @@ def parse_declaration(path: Path) -> Declaration:
         required_facts.update(BATCHNORM_FACTS)
     if capabilities["embedding"].value:
         required_facts.update(EMBEDDING_FACTS)
+    if "initializers" in data:
+        required_facts.update(INITIALIZER_FACTS)
     for key, allowed in required_facts.items():
         value = data["facts"].get(key)
         wanted = f"a {allowed.__name__}" if isinstance(allowed, type) else f"one of: {', '.join(allowed)}"
@@ -323,9 +347,15 @@ def parse_declaration(path: Path) -> Declaration:
         )
         if not valid:
             raise DeclarationError(f"{where}: facts.{key}={value!r}, but should be {wanted}")
-    unknown_facts = sorted(set(data["facts"]) - set(FACTS) - set(BATCHNORM_FACTS) - set(EMBEDDING_FACTS))
+        if key in INITIALIZER_FACTS:
+            try:
+                law_from_table(value)
+            except ValueError as error:
+                raise DeclarationError(f"{where}: facts.{key}: {error}") from None
+    known_facts = {*FACTS, *BATCHNORM_FACTS, *EMBEDDING_FACTS, *INITIALIZER_FACTS}
+    unknown_facts = sorted(set(data["facts"]) - known_facts)
     if unknown_facts:
-        valid_facts = ", ".join([*FACTS, *BATCHNORM_FACTS, *EMBEDDING_FACTS])
+        valid_facts = ", ".join([*FACTS, *BATCHNORM_FACTS, *EMBEDDING_FACTS, *INITIALIZER_FACTS])
         raise DeclarationError(f"{where}: unknown fact {unknown_facts[0]!r}; valid: {valid_facts}")
     return Declaration(
         name=data["name"],
@@ -347,6 +377,7 @@ def parse_declaration(path: Path) -> Declaration:
         xfails=_strings(data, "xfails"),
         hostile=data.get("hostile", ""),
         native_writer=data.get("native_writer", ""),
+        initializers=data.get("initializers", ""),
         path=where,
     )
 
@@ -390,6 +421,7 @@ __all__ = [
     "BOOK_TABS",
     "CAPABILITIES",
     "FACTS",
+    "INITIALIZER_FACTS",
     "NO_BOOK_TAB",
     "SCHEMA",
     "Capability",

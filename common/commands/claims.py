@@ -1,4 +1,4 @@
-"""What D2L section 6.2 (and the lazy-init part of 6.4 it leans on) claims or prints, as data.
+"""What D2L sections 6.2 and 6.3 (and the lazy-init part of 6.4 they lean on) claim or print, as data.
 
 Each claim names the book tab it comes from (a backend's declaration says which tab it answers
 to, so every Keras backend is held to the TensorFlow tab's claims), quotes the book, and says
@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from common.core.initializers import FANS, ZEROS, Law, Scale
 from common.core.spec import split_param_name
 
 Record = Mapping[str, Any]
@@ -109,6 +110,152 @@ DESCRIBE: dict[str, Callable[[Any, Record], str]] = {
     ),
 }
 
+
+# -- 6.3: default initialisation, checked as a distribution ------------------------------------------
+# The probe samples a fresh Dense's default weight and bias at several (fan_in, fan_out) and records,
+# per law, a goodness-of-fit test at each size (common/core/init_fit.py): the laws are the backend's
+# declared ones and those below. A claim naming a formula holds where every size passes; a claim
+# naming only a shape and the sizes its range follows is held to the law the samples follow.
+BOOK_DEFAULT_LAWS: dict[tuple[str, str], Law] = {  # (tab, "weight" or "bias") -> the book's formula
+    ("MXNet", "weight"): Law("uniform", Scale(value=0.07)),
+    ("MXNet", "bias"): ZEROS,
+    ("TensorFlow", "bias"): ZEROS,
+    ("JAX", "weight"): Law("truncated_normal", Scale(numerator=1.0, fan="fan_in")),
+    ("JAX", "bias"): ZEROS,
+}
+_FOLLOWS = {"fixed": "a fixed range", "no rule": "no size rule", "fan_in + fan_out": "fan_in and fan_out"}
+BOTH_SIZES = f"uniform, from {_FOLLOWS[FANS[2]]}"
+
+
+def _initialisation(record: Record, parameter: str) -> Record:
+    return record["initialisation"][parameter]
+
+
+def _law_fits(parameter: str, law: Law) -> Callable[[Record], bool]:
+    def measure(record: Record) -> bool:
+        return all(f["passes"] for f in _initialisation(record, parameter)["fits"][law.text])
+
+    return measure
+
+
+def describe_fits(fits: list[Record], alpha: float, law_kind: str) -> str:
+    """The fitted parameter beside the formula's at each size, then the worst test; for a constant,
+    how many values are not it."""
+    if law_kind == "constant":
+        wrong = [f for f in fits if f["outside_support"]]
+        if not wrong:
+            return (
+                f"every value is {fits[0]['expected']:g} ({sum(f['n'] for f in fits)} at {len(fits)} sizes)"
+            )
+        f = wrong[0]
+        where = f"({f['fan_in']}, {f['fan_out']})"
+        return f"{f['outside_support']} of {f['n']} values are not {f['expected']:g} at {where}"
+    name = {"uniform": "a", "zeroed_uniform": "max |w|"}.get(law_kind, "std")
+    sizes = "; ".join(
+        f"({f['fan_in']}, {f['fan_out']}) {f['fitted']:.4g} vs {f['expected']:.4g}" for f in fits
+    )
+    worst = min(fits, key=lambda f: (f["passes"], not f["outside_support"], f["p_value"], f["tail_p_value"]))
+    where = f"({worst['fan_in']}, {worst['fan_out']})"
+    test = f"KS p >= {worst['p_value']:.2g} at alpha {alpha:g}"
+    if worst["outside_support"]:
+        test = f"{worst['outside_support']} of {worst['n']} values outside its support at {where}"
+    elif worst["p_value"] < alpha:
+        test = f"rejected at {where}: KS p = {worst['p_value']:.2g} < alpha {alpha:g}"
+    elif not worst["passes"]:
+        test = f"rejected at {where}: too few values in its tails, p = {worst['tail_p_value']:.2g}"
+    return f"fitted {name} {sizes}; {test}"
+
+
+def _shape_and_fan(parameter: str) -> Callable[[Record], str]:
+    def measure(record: Record) -> str:
+        identified = _initialisation(record, parameter)["identified"]
+        if identified["kind"] == "constant":
+            return identified["law"]
+        follows = _FOLLOWS.get(identified["follows"], identified["follows"])
+        return f"{identified['kind'].replace('_', ' ')}, from {follows}"
+
+    return measure
+
+
+def default_init_laws(parameter: str) -> list[Law]:
+    """The laws 6.3's claims test ``parameter`` ("weight", "bias") against, for the probe to record."""
+    laws = {law for (_, p), law in BOOK_DEFAULT_LAWS.items() if p == parameter}
+    return sorted(laws, key=lambda law: law.text)
+
+
+for _parameter in ("weight", "bias"):
+    for _law in default_init_laws(_parameter):
+        _key = f"default {_parameter} ~ {_law.text}"
+        MEASURES[_key] = _law_fits(_parameter, _law)
+        DESCRIBE[_key] = lambda observed, record, p=_parameter, law=_law: describe_fits(
+            _initialisation(record, p)["fits"][law.text], record["initialisation"]["alpha"], law.kind
+        )
+    _key = f"default {_parameter}: shape, and the sizes its range follows"
+    MEASURES[_key] = _shape_and_fan(_parameter)
+    DESCRIBE[_key] = lambda observed, record, p=_parameter: (
+        f"{observed}: {_initialisation(record, p)['identified']['law']}"
+    )
+
+
+INIT_CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "MXNet",
+        "6.3",
+        "by default, MXNet draws weights from a uniform distribution U(-0.07, 0.07)",
+        "default weight ~ U(-0.07, 0.07)",
+        True,
+    ),
+    Claim(
+        "MXNet", "6.3", "by default, MXNet clears bias parameters to zero", "default bias ~ constant 0", True
+    ),
+    Claim(
+        "PyTorch",
+        "6.3",
+        "by default, PyTorch draws weight matrices uniformly from a range computed from the input "
+        "and output dimension",
+        "default weight: shape, and the sizes its range follows",
+        BOTH_SIZES,
+    ),
+    Claim(
+        "PyTorch",
+        "6.3",
+        "by default, PyTorch draws bias parameters uniformly from a range computed from the input "
+        "and output dimension",
+        "default bias: shape, and the sizes its range follows",
+        BOTH_SIZES,
+    ),
+    Claim(
+        "TensorFlow",
+        "6.3",
+        "by default, Keras draws weight matrices uniformly from a range computed from the input and "
+        "output dimension",
+        "default weight: shape, and the sizes its range follows",
+        BOTH_SIZES,
+    ),
+    Claim(
+        "TensorFlow",
+        "6.3",
+        "by default, Keras sets the bias parameters all to zero",
+        "default bias ~ constant 0",
+        True,
+    ),
+    Claim(
+        "JAX",
+        "6.3",
+        "by default, Flax draws weights with lecun_normal: a truncated normal centred on 0 with std "
+        "sqrt(1 / fan_in)",
+        "default weight ~ normal truncated at ±2 sigma, std sqrt(1 / fan_in)",
+        True,
+    ),
+    Claim(
+        "JAX",
+        "6.3",
+        "by default, Flax sets the bias parameters all to zero",
+        "default bias ~ constant 0",
+        True,
+    ),
+)
+
 BOOK_CLAIMS: tuple[Claim, ...] = (
     Claim(
         "TensorFlow",
@@ -170,6 +317,7 @@ BOOK_CLAIMS: tuple[Claim, ...] = (
         "layer 2 native weight shape (mlp)",
         (8, 1),
     ),
+    *INIT_CLAIMS,
     Claim(
         "MXNet",
         "6.4",

@@ -274,6 +274,69 @@ EMBEDDING_ROWS: tuple[Row, ...] = (
     ),
 )
 
+INIT = "Default initialisation (D2L 6.3)"  # a fresh Dense, sampled (common.commands.probe)
+
+
+def _initialisation(parameter: str, show: Callable[[Record, Record], Any]) -> Callable[[Record], Any]:
+    """An initialisation row: ``show(initialisation, its parameter's part)``, or why there is none."""
+
+    def extract(r: Record) -> Any:
+        found = r.get("initialisation", {"not_built": "not probed (a record from before 6.3)"})
+        return f"not built: {found['not_built']}" if "not_built" in found else show(found, found[parameter])
+
+    return extract
+
+
+def _declared_fits(part: Record) -> list[Record]:
+    return part["fits"][part["declared"]]
+
+
+def _fitted_lines(found: Record, part: Record) -> list[str]:
+    """Per size: the parameter fitted from the samples beside the declared formula's, and the test."""
+    return [
+        f"({f['fan_in']}, {f['fan_out']}): {f['parameter']} {f['fitted']:.4g} vs {f['expected']:.4g}, "
+        f"KS p {f['p_value']:.2g}" + (f", {f['outside_support']} outside" if f["outside_support"] else "")
+        for f in _declared_fits(part)
+    ]
+
+
+def _follows_declared(found: Record, part: Record) -> str:
+    holds = all(f["passes"] for f in _declared_fits(part))
+    return f"{'yes' if holds else 'NO'} (each size at alpha {found['alpha']:g})"
+
+
+def _initialisation_rows(parameter: str) -> tuple[Row, ...]:
+    return (
+        Row(
+            INIT,
+            f"{parameter}: declared formula",
+            _initialisation(parameter, lambda _, part: part["declared"]),
+        ),
+        Row(
+            INIT,
+            f"{parameter}: the law its samples follow",
+            _initialisation(parameter, lambda _, part: part["identified"]["law"]),
+            # the shape and the fan its scale follows, not the fitted digits
+            compare=_initialisation(
+                parameter, lambda _, part: [part["identified"]["kind"], part["identified"]["follows"]]
+            ),
+        ),
+        Row(
+            INIT,
+            f"{parameter}: fitted vs the formula's, per (fan_in, fan_out)",
+            _initialisation(parameter, _fitted_lines),
+            compare=lambda r: None,  # each backend's own formula: the row below compares the outcome
+        ),
+        Row(
+            INIT,
+            f"{parameter}: samples follow the declared formula",
+            _initialisation(parameter, _follows_declared),
+        ),
+    )
+
+
+INIT_ROWS: tuple[Row, ...] = (*_initialisation_rows("weight"), *_initialisation_rows("bias"))
+
 ORACLE = "Numbers vs the numpy oracle (max |delta|)"
 ROWS: tuple[Row, ...] = (
     Row("Versions", "framework", lambda r: r["versions"]["framework"], kind=CONTEXT),
@@ -475,10 +538,8 @@ def merge(records: Mapping[str, Record]) -> dict[str, Any]:
     version_rows = (
         Row(VERSIONS_SECTION, "declared version (matrix cell)", _matrix_cell, kind=CONTEXT),
     ) * tagged
-    rows = [
-        _merge_row(row, ok)
-        for row in (*version_rows, *ROWS, *STATE_ROWS, *EMBEDDING_ROWS, *capability_rows(ok))
-    ]
+    sections = (*version_rows, *ROWS, *STATE_ROWS, *EMBEDDING_ROWS, *INIT_ROWS, *capability_rows(ok))
+    rows = [_merge_row(row, ok) for row in sections]
     claims = [
         _verdict(claim, name, records[name])
         for claim in BOOK_CLAIMS
@@ -652,7 +713,7 @@ def _section_title(section: str, rows: Sequence[Mapping[str, Any]]) -> str:
 
 # -- terminal ----------------------------------------------------------------------------------------
 TITLE = "paramparity diff: how the frameworks manage parameters"
-CLAIMS_TITLE = "The book, checked (D2L 6.2; each claim evaluated on the installed version)"
+CLAIMS_TITLE = "The book, checked (D2L 6.2 and 6.3; each claim evaluated on the installed version)"
 LABEL_FLOOR, COLUMN_FLOOR = 24, 20  # narrower than this, the stacked layout reads better
 GAP = 2  # between table columns
 LABEL_INDENT = "    "  # a wrapped label goes on under its own first word, not under the next label

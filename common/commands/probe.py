@@ -8,21 +8,25 @@ Everything but the "timing" field is deterministic, so two runs give identical r
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.commands.claims import default_init_laws
 from common.commands.fanout import child_main
-from common.core import oracle
+from common.core import init_fit, oracle
+from common.core.initializers import Initializers, Law
 from common.core.interface import Backend
 from common.core.models import BATCHNORM, BOOK_SPECS, EMBED_TIED
 from common.core.oracle import Loss
 from common.core.spec import BatchNorm, Dense, ModelSpec, param_name
-from common.declarations import declaration
+from common.declarations import Declaration, declaration
 from common.registry import load_backend
 
 RECORD_VERSION = 1
@@ -49,6 +53,7 @@ def probe(backend_name: str) -> dict[str, Any]:
         "models": {name: probe_model(backend, spec) for name, spec in BOOK_SPECS.items()},
         "state": probe_state(backend),
         "embedding": probe_embedding(backend),
+        "initialisation": probe_initialisation(backend.name),
     }
     record["timing"] = {"seconds": round(time.monotonic() - started, 2)}
     return record
@@ -242,6 +247,62 @@ def probe_native_file(backend: Backend, model) -> dict[str, Any]:
         for name in snapshot
     ) and set(values) == set(snapshot)
     return {"call": call, "entries": list(entries), "round_trip_equal": bool(same)}
+
+
+def load_initializers(entry: Declaration) -> Initializers:
+    """The backend's ``initializers`` class, made; load its backend first (its env vars)."""
+    module, _, name = entry.initializers.partition(":")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Initializers)):
+        raise TypeError(f"initializers {entry.initializers} ({entry.path}) is not an Initializers subclass")
+    return cls()
+
+
+def probe_initialisation(backend_name: str) -> dict[str, Any]:
+    """D2L 6.3 as the framework behaves: its default weight and bias of a fresh Dense. A backend
+    that declares no initializers says so."""
+    entry = declaration(backend_name)
+    if not entry.initializers:
+        return {"not_built": f"{entry.path} declares no initializers"}
+    declared = {parameter: entry.default_init(parameter) for parameter in ("weight", "bias")}
+    return initialisation_record(load_initializers(entry), declared)
+
+
+def initialisation_record(initializers: Initializers, declared: Mapping[str, Law]) -> dict[str, Any]:
+    """The default weight and bias sampled at each of init_fit.PAIRS, tested against the declared
+    laws and the book's (the claims'), and the law the samples follow, named without being told."""
+    samples = {pair: init_fit.sample_dense(initializers, *pair) for pair in init_fit.PAIRS}
+    result: dict[str, Any] = {"alpha": init_fit.ALPHA, "pairs": [list(pair) for pair in init_fit.PAIRS]}
+    for index, parameter in enumerate(("weight", "bias")):
+        sized = [(fan_in, fan_out, samples[fan_in, fan_out][index]) for fan_in, fan_out in init_fit.PAIRS]
+        laws = {law.text: law for law in (declared[parameter], *default_init_laws(parameter))}
+        identified = init_fit.identify(sized)
+        result[parameter] = {
+            "declared": declared[parameter].text,
+            "identified": {
+                "law": identified.law.text,
+                "kind": identified.law.kind,
+                "follows": identified.follows,
+                "p_value": float(f"{identified.p_value:.3g}"),
+            },
+            "fits": {
+                text: [
+                    _fit_record(init_fit.fit(law, values, i, o), law.parameter_name) for i, o, values in sized
+                ]
+                for text, law in laws.items()
+            },
+        }
+    return result
+
+
+def _fit_record(fit: init_fit.Fit, parameter_name: str) -> dict[str, Any]:
+    record = dataclasses.asdict(fit)
+    record.pop("law")
+    record["parameter"] = parameter_name
+    record["passes"] = fit.passes()
+    for key in ("statistic", "p_value", "tail_p_value", "expected", "fitted"):
+        record[key] = float(f"{record[key]:.4g}")
+    return record
 
 
 def _round(value: float) -> float:

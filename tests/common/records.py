@@ -3,9 +3,36 @@
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
+import numpy as np
+
+from common.commands.probe import initialisation_record
+from common.core import init_fit
+from common.core.initializers import SCHEMES, ZEROS, Initializers, Law
 from common.core.models import BOOK_SPECS
+
+
+class NumpyInitializers(Initializers):
+    """A framework whose Dense draws from the given laws themselves (D2L 6.3 records)."""
+
+    def __init__(self, weight: Law, bias: Law) -> None:
+        self.weight, self.bias = weight, bias
+
+    def dense(self, fan_in, fan_out, seed, scheme=None):
+        rng = np.random.default_rng(seed)
+        return (
+            init_fit.draw(self.weight, (fan_out, fan_in), fan_in, fan_out, rng),
+            init_fit.draw(self.bias, (fan_out,), fan_in, fan_out, rng),
+        )
+
+
+@functools.cache
+def _initialisation() -> dict[str, Any]:
+    """Glorot-uniform weights and zero biases, as every Keras; sampled once, copied into each record."""
+    weight = SCHEMES["xavier"].weight
+    return initialisation_record(NumpyInitializers(weight, ZEROS), {"weight": weight, "bias": ZEROS})
 
 
 def _params(spec, prefix: str) -> list[dict[str, Any]]:
@@ -79,8 +106,10 @@ def make_record(backend: str, **changes: Any) -> dict[str, Any]:
             "listing_call": "net.params()",
             "serializations": {"save()": {"entries": 15, "state": 4, "native_only_state": 1}},
         },
+        "initialisation": _initialisation(),
         "timing": {"seconds": 1.0},
     }
+    record = copy.deepcopy(record)
     for path, value in changes.items():
         *parents, leaf = path.split(".")
         target = record
