@@ -100,6 +100,8 @@ class Backend(Adapter):
                         owner = owners[path]  # owners come first in walk order
                         if path in tables:
                             made[path] = self.tied_output(made[tables[path]], layer.units)
+                        elif owner == path and layer.custom:
+                            made[path] = self.new_custom_dense(layer.units, widths[path])
                         elif owner == path:
                             made[path] = self.new_dense(layer.units, widths[path])
                         else:
