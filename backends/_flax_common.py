@@ -184,7 +184,9 @@ class FlaxBase(JaxPlacement, Backend):
             return layer, _TABLE
         if isinstance(layer, layers.tied):
             return (layer.embedding, _TABLE) if role == "weight" else (layer, "bias")
-        kinds = ", ".join(k.__qualname__ for k in (layers.dense, layers.custom, layers.norm, layers.embed, layers.tied))
+        kinds = ", ".join(
+            k.__qualname__ for k in (layers.dense, layers.custom, layers.norm, layers.embed, layers.tied)
+        )
         raise KeyError(f"{position!r}: the layer at {path} is {layer!r}, not one of {kinds}")
 
     @staticmethod

@@ -399,7 +399,9 @@ class KerasBackendBase(Backend):
         """The canonical roles of the variables a layer writes itself, as vars/0, vars/1...: its own
         variables only, not a sublayer's. A TiedProjection's own variable is its bias: the table is
         its embedding's, written where that layer is first met."""
-        if isinstance(layer, self.keras.layers.Dense | self.keras.layers.BatchNormalization | self.custom_dense):
+        if isinstance(
+            layer, self.keras.layers.Dense | self.keras.layers.BatchNormalization | self.custom_dense
+        ):
             return ROLES
         if isinstance(layer, self.keras.layers.Embedding):
             return ("weight",)

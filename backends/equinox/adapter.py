@@ -367,7 +367,8 @@ class EquinoxBackend(JaxPlacement, Backend):
         if not isinstance(layer, _PARAM_LAYERS):
             kind = type(layer).__qualname__
             raise KeyError(
-                f"{position!r}: the layer at {path} is {kind}, not eqx.nn.Linear, MyLinear, BatchNorm or Embedding"
+                f"{position!r}: the layer at {path} is {kind}, "
+                "not eqx.nn.Linear, MyLinear, BatchNorm or Embedding"
             )
         return getattr(layer, role)
 

@@ -69,7 +69,15 @@ EMBED_TIED = ModelSpec(
 CUSTOM_TIED = ModelSpec(
     "custom_tied",
     in_features=4,
-    layers=(Dense(8), ReLU(), Dense(8, custom=True), ReLU(), Dense(8, custom=True), ReLU(), Dense(1, custom=True)),
+    layers=(
+        Dense(8),
+        ReLU(),
+        Dense(8, custom=True),
+        ReLU(),
+        Dense(8, custom=True),
+        ReLU(),
+        Dense(1, custom=True),
+    ),
     ties=((2, 4),),
 )
 CUSTOM_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (CUSTOM_TIED,)}

@@ -52,7 +52,10 @@ INVALID_SPECS: dict[str, tuple[dict, str]] = {
     "custom layer reading an embedding's table": (
         {
             "in_features": 16,
-            "layers": [{"kind": "embedding", "vocab": 16, "dim": 8}, {"kind": "dense", "units": 16, "custom": True}],
+            "layers": [
+                {"kind": "embedding", "vocab": 16, "dim": 8},
+                {"kind": "dense", "units": 16, "custom": True},
+            ],
             "ties": [[0, 1]],
         },
         "layers.1 reads the Embedding's table, so the adapter builds it with the framework's tying idiom",

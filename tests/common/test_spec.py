@@ -67,7 +67,13 @@ def test_custom_flag_round_trips_and_is_written_only_when_set(tmp_path):
     path.write_text(json.dumps(CUSTOM_TIED.to_dict()))
     assert load_spec(str(path)) == CUSTOM_TIED
     assert [layer.get("custom") for layer in CUSTOM_TIED.to_dict()["layers"]] == [
-        None, None, True, None, True, None, True
+        None,
+        None,
+        True,
+        None,
+        True,
+        None,
+        True,
     ]
     assert spec_from_dict({"in_features": 4, "layers": [{"kind": "dense", "units": 8}]}).layers == (Dense(8),)
     assert Dense(8).custom is False

@@ -19,7 +19,9 @@ from tests.helpers import assert_close, assert_equal
 pytestmark = pytest.mark.usefixtures("custom_layer_declared")
 
 CUSTOM_PATHS = tuple(path for path, layer in CUSTOM_TIED.walk() if isinstance(layer, Dense) and layer.custom)
-BUILT_IN_PATHS = tuple(path for path, layer in CUSTOM_TIED.walk() if isinstance(layer, Dense) and not layer.custom)
+BUILT_IN_PATHS = tuple(
+    path for path, layer in CUSTOM_TIED.walk() if isinstance(layer, Dense) and not layer.custom
+)
 SHARED = [p for p in CUSTOM_TIED.params if len(p.positions) > 1]
 STEPS, LR = 20, 0.05
 
@@ -38,7 +40,8 @@ def test_custom_positions_hold_the_adapters_own_class(backend):
     built_in = backend.position_table(backend.build_mlp(TIED))
     for path in CUSTOM_PATHS:
         assert qualname(custom[path]) != qualname(built_in[path]), (
-            f"layer {path}: {qualname(custom[path])}, the built-in class, but should be the adapter's custom one"
+            f"layer {path}: {qualname(custom[path])}, the built-in class, "
+            "but should be the adapter's custom one"
         )
     for path in BUILT_IN_PATHS:
         assert_equal(f"layer {path} class", qualname(custom[path]), qualname(built_in[path]), "built-in")
@@ -58,7 +61,9 @@ def test_listing_holds_every_custom_parameter_as_a_framework_parameter(backend):
     built_in_class = infos["layers.0.weight"].native_class
     for param in CUSTOM_TIED.params:
         if param.owner in CUSTOM_PATHS:
-            assert_equal(f"{param.name} class", infos[param.name].native_class, built_in_class, "as the built-in's")
+            assert_equal(
+                f"{param.name} class", infos[param.name].native_class, built_in_class, "as the built-in's"
+            )
 
 
 def test_tie_is_one_parameter_object(backend):
@@ -93,7 +98,9 @@ def test_training_matches_the_oracle(backend):
     loss = Loss("mse", np.full((len(x), 1), 0.5))
     losses, _ = backend.train(model, x, loss, LR, STEPS)
     reference = oracle.train(CUSTOM_TIED, weights, x, loss, LR, STEPS)
-    assert_close("loss curve", losses, reference.losses, f"{STEPS} SGD steps at lr {LR}", rtol=1e-5, atol=1e-7)
+    assert_close(
+        "loss curve", losses, reference.losses, f"{STEPS} SGD steps at lr {LR}", rtol=1e-5, atol=1e-7
+    )
     for name, value in backend.snapshot(model).items():
         assert_close(f"{name} after training", value, reference.params[name], rtol=1e-5, atol=1e-6)
     for shared in SHARED:
@@ -109,4 +116,6 @@ def test_custom_and_built_in_layers_compute_the_same_function(backend):
     built_in = backend.build_mlp(TIED)
     backend.load_params(built_in, weights)
     x = book_input(TIED)
-    assert_close("custom net(X) against built-in net(X)", backend.forward(custom, x), backend.forward(built_in, x))
+    assert_close(
+        "custom net(X) against built-in net(X)", backend.forward(custom, x), backend.forward(built_in, x)
+    )

@@ -25,15 +25,18 @@ def _saved(backend, spec, folder):
 @pytest.mark.parametrize("model_name", sorted(CLONED))
 def test_a_clone_loaded_from_the_framework_file_gives_identical_output(backend, tmp_path, model_name):
     spec = CLONED[model_name]
-    if spec.has_custom and not backend.declaration.capability("custom_layer").value:
-        pytest.skip(f"{backend.name} declares no custom layer: {backend.declaration.capability('custom_layer').reason}")
+    capability = backend.declaration.capability("custom_layer")
+    if spec.has_custom and not capability.value:
+        pytest.skip(f"{backend.name} declares no custom layer: {capability.reason}")
     net = _saved(backend, spec, tmp_path)
     x = book_input(spec)
     y = backend.forward(net, x)
     clone = backend.build_mlp(spec)  # the architecture, again in code: its own default init
     backend.import_native_file(clone, str(tmp_path / "mlp"))
     y_clone = backend.forward(clone, x)
-    assert_equal("Y_clone == Y everywhere", bool(np.array_equal(y_clone, y)), True, f"Y={y}, Y_clone={y_clone}")
+    assert_equal(
+        "Y_clone == Y everywhere", bool(np.array_equal(y_clone, y)), True, f"Y={y}, Y_clone={y_clone}"
+    )
     for name, value in backend.snapshot(net).items():
         np.testing.assert_array_equal(backend.get_param(clone, name), value, err_msg=name)
 
