@@ -259,9 +259,9 @@ CUSTOM_STEPS, CUSTOM_LR = 20, 0.05
 
 def probe_custom_layer(backend: Backend) -> dict[str, Any]:
     """D2L 6.5 on custom_tied: the user's layer class (the book's MyLinear) beside the built-in
-    one, its parameters as the framework lists them, its tie, its numbers against the oracle
-    (forward, gradients, a short SGD run) and its round trip through the framework's own file.
-    A backend that declares no custom layer says why."""
+    one, its parameters as the framework lists them (of the built-in layer's class?), its tie, and
+    its numbers against the oracle (forward, gradients, a short SGD run). A backend that declares
+    no custom layer says why."""
     capability = declaration(backend.name).capability("custom_layer")
     if not capability.value:
         return {"not_built": f"custom_layer: {capability.reason}"}
@@ -287,8 +287,9 @@ def probe_custom_layer(backend: Backend) -> dict[str, Any]:
     target = Loss("mse", np.full((len(x), 1), 0.5))
     losses, _ = backend.train(model, x, target, CUSTOM_LR, CUSTOM_STEPS)
     trained = oracle.train(spec, weights, x, target, CUSTOM_LR, CUSTOM_STEPS)
-    built_in = {p.native_class for p in params if p.name.startswith("layers.0.")}
-    custom = {p.native_class for p in params if not p.name.startswith("layers.0.")}
+    custom_owners = {p.name for p in spec.params if _is_custom(spec, p.owner)}
+    built_in = {p.native_class for p in params if p.name not in custom_owners}
+    custom = {p.native_class for p in params if p.name in custom_owners}
     return {
         "custom_class": qualname(layers[custom_path]),
         "built_in_class": qualname(layers[spec.dense_slots[0].path]),
@@ -337,15 +338,18 @@ def probe_file_io(backend: Backend) -> dict[str, Any]:
         "model": spec.name,
         "call": call,
         "entries": list(entries),
-        "bytes": len(data),
         "custom_class": custom_class,
         "custom_class_named_in_file": custom_class.encode() in data,
         "clone_output_identical": bool(np.array_equal(y_clone, y)),
     }
 
 
+def _is_custom(spec: ModelSpec, path: tuple[int, ...]) -> bool:
+    return any(p == path and isinstance(layer, Dense) and layer.custom for p, layer in spec.walk())
+
+
 def _first_custom(spec: ModelSpec) -> tuple[int, ...]:
-    return next(path for path, layer in spec.walk() if isinstance(layer, Dense) and layer.custom)
+    return next(path for path, _ in spec.walk() if _is_custom(spec, path))
 
 
 def probe_native_file(backend: Backend, model) -> dict[str, Any]:
@@ -353,8 +357,12 @@ def probe_native_file(backend: Backend, model) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         call = backend.save_native_file(model, str(Path(scratch) / "params"))
         entries, values = backend.native_file_values(model, str(Path(scratch) / "params"))
-        clone = backend.build_mlp(model.spec)  # D2L 6.6: the architecture in code, then the file
-        backend.import_native_file(clone, str(Path(scratch) / "params"))
+    # D2L 6.6: a clone, its architecture built in code, reads the file (with the framework's own
+    # reader, here in-process: the file is the one just written; probe_file_io reads one isolated).
+    clone = backend.build_mlp(model.spec)
+    backend.load_params(
+        clone, {name: backend.canonical_of(model.spec, name, v) for name, v in values.items()}
+    )
     snapshot = backend.snapshot(model)
     same = all(
         np.array_equal(backend.canonical_of(model.spec, name, values[name]), snapshot[name])
