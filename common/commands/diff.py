@@ -318,13 +318,6 @@ CUSTOM_ROWS: tuple[Row, ...] = (
     Row(FILE_IO, "entries in the file", _part("file_io", "entries", lambda e: f"{len(e)}: {', '.join(e)}")),
     Row(FILE_IO, "file names the user's layer class", _part("file_io", "custom_class_named_in_file")),
     Row(FILE_IO, "clone loaded from it: Y_clone == Y", _part("file_io", "clone_output_identical")),
-    Row(
-        "The 4->8->1 MLP",
-        "before the first forward (D2L 6.4)",
-        lambda r: "{layer_objects_before_forward} layer objects, {params_before_forward} parameters".format(
-            **r["lazy"]
-        ),
-    ),
 )
 
 ORACLE = "Numbers vs the numpy oracle (max |delta|)"
@@ -341,6 +334,13 @@ ROWS: tuple[Row, ...] = (
     Row("The 4->8->1 MLP", "weight layout", lambda r: r["mechanisms"]["weight_layout"]),
     Row("The 4->8->1 MLP", "native shapes after first forward", _native_shapes),
     Row("The 4->8->1 MLP", "shapes before the first forward", _unbuilt),
+    Row(
+        "The 4->8->1 MLP",
+        "before the first forward (D2L 6.4)",
+        lambda r: "{layer_objects_before_forward} layer objects, {params_before_forward} parameters".format(
+            **r["lazy"]
+        ),
+    ),
     Row("The 4->8->1 MLP", "when shapes become known", lambda r: r["mechanisms"]["lazy"]),
     Row(
         "The 4->8->1 MLP",
