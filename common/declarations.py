@@ -129,6 +129,8 @@ CAPABILITIES: dict[str, str] = {
     "batchnorm": "whether the adapter builds BatchNorm layers, with their running statistics",
     "freezing": "whether the adapter freezes a layer (trainable = false) with the framework's idiom",
     "embedding": "whether the adapter builds an Embedding and an output Dense tied to its table",
+    "custom_layer": "whether the adapter builds a Dense from its own layer class through the "
+    "framework's custom-layer API (D2L 6.5's MyLinear: weight and bias created by the user's class)",
 }
 # A fact's allowed values: a tuple of words, or a type (numbers).
 FACTS: dict[str, tuple[str, ...] | type] = {

@@ -47,7 +47,7 @@ from backends._jax_common import (
 from common.core.interface import Model
 from common.core.spec import ModelSpec
 
-__all__ = ["NNXBackend", "TiedOutput"]
+__all__ = ["MyLinear", "NNXBackend", "TiedOutput"]
 
 
 class TiedOutput(nnx.Module):
@@ -63,7 +63,20 @@ class TiedOutput(nnx.Module):
         return self.embedding.attend(x) + self.bias[...]
 
 
-LAYERS = FlaxLayers(dense=nnx.Linear, norm=nnx.BatchNorm, embed=nnx.Embed, tied=TiedOutput)
+class MyLinear(nnx.Module):
+    """D2L 6.5's custom layer in NNX: ``weight`` and ``bias`` are nnx.Param attributes the class
+    creates itself, eagerly, (in, out) as nnx.Linear's; no ReLU inside (the spec's ReLU is a layer
+    of its own)."""
+
+    def __init__(self, in_units: int, units: int, rngs: nnx.Rngs) -> None:
+        self.weight = nnx.Param(jax.random.normal(rngs.params(), (in_units, units), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((units,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x @ self.weight[...] + self.bias[...]
+
+
+LAYERS = FlaxLayers(dense=nnx.Linear, norm=nnx.BatchNorm, embed=nnx.Embed, tied=TiedOutput, custom=MyLinear)
 
 
 class NNXBackend(FlaxBase):
@@ -95,6 +108,9 @@ class NNXBackend(FlaxBase):
 
     def new_dense(self, units: int, in_features: int) -> nnx.Linear:
         return nnx.Linear(in_features, units, rngs=self._rngs)
+
+    def new_custom_dense(self, units: int, in_features: int) -> MyLinear:
+        return MyLinear(in_features, units, rngs=self._rngs)
 
     def new_relu(self) -> Any:
         return nnx.relu

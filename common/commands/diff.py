@@ -287,6 +287,20 @@ def _initialisation(parameter: str, show: Callable[[Record, Record], Any]) -> Ca
     return extract
 
 
+CUSTOM = "Custom layer (D2L 6.5: custom_tied)"  # common.commands.probe.probe_custom_layer
+FILE_IO = "File I/O (D2L 6.6)"  # common.commands.probe.probe_file_io
+
+
+def _part(part: str, key: str, show: Callable[[Any], Any] = lambda value: value) -> Callable[[Record], Any]:
+    """A row of the custom-layer or file I/O part: the observed value, or why it was not built."""
+
+    def extract(r: Record) -> Any:
+        found = r.get(part, {"not_built": "not probed (a record from before this part)"})
+        return f"not built ({found['not_built']})" if "not_built" in found else show(found[key])
+
+    return extract
+
+
 def _declared_fits(part: Record) -> list[Record]:
     return part["fits"][part["declared"]]
 
@@ -336,6 +350,38 @@ def _initialisation_rows(parameter: str) -> tuple[Row, ...]:
 
 
 INIT_ROWS: tuple[Row, ...] = (*_initialisation_rows("weight"), *_initialisation_rows("bias"))
+CUSTOM_ROWS: tuple[Row, ...] = (
+    Row(
+        CUSTOM,
+        "the user's layer class (beside the built-in)",
+        lambda r: [_part("custom_layer", "custom_class")(r), _part("custom_layer", "built_in_class")(r)],
+    ),
+    Row(
+        CUSTOM,
+        "canonical <- native names",
+        _part("custom_layer", "params", lambda ps: [f"{p['name']} <- {p['native_name']}" for p in ps]),
+    ),
+    Row(
+        CUSTOM,
+        "listed by the framework as the built-in's",
+        _part("custom_layer", "parameter_class_as_built_in"),
+    ),
+    Row(
+        CUSTOM,
+        "same layer / parameter object (tie)",
+        _part("custom_layer", "tie_identity", lambda t: [f"{k}: {v}" for k, v in t.items()]),
+    ),
+    Row(
+        CUSTOM,
+        "max |delta| vs the oracle (forward, gradients, training)",
+        _part("custom_layer", "max_abs_diff", lambda d: f"{max(d.values()):.1e}"),
+        compare=_part("custom_layer", "matches_oracle"),
+    ),
+    Row(FILE_IO, "save call", _part("file_io", "call")),
+    Row(FILE_IO, "entries in the file", _part("file_io", "entries", lambda e: f"{len(e)}: {', '.join(e)}")),
+    Row(FILE_IO, "file names the user's layer class", _part("file_io", "custom_class_named_in_file")),
+    Row(FILE_IO, "clone loaded from it: Y_clone == Y", _part("file_io", "clone_output_identical")),
+)
 
 ORACLE = "Numbers vs the numpy oracle (max |delta|)"
 ROWS: tuple[Row, ...] = (
@@ -351,6 +397,13 @@ ROWS: tuple[Row, ...] = (
     Row("The 4->8->1 MLP", "weight layout", lambda r: r["mechanisms"]["weight_layout"]),
     Row("The 4->8->1 MLP", "native shapes after first forward", _native_shapes),
     Row("The 4->8->1 MLP", "shapes before the first forward", _unbuilt),
+    Row(
+        "The 4->8->1 MLP",
+        "before the first forward (D2L 6.4)",
+        lambda r: "{layer_objects_before_forward} layer objects, {params_before_forward} parameters".format(
+            **r["lazy"]
+        ),
+    ),
     Row("The 4->8->1 MLP", "when shapes become known", lambda r: r["mechanisms"]["lazy"]),
     Row(
         "The 4->8->1 MLP",
@@ -538,7 +591,15 @@ def merge(records: Mapping[str, Record]) -> dict[str, Any]:
     version_rows = (
         Row(VERSIONS_SECTION, "declared version (matrix cell)", _matrix_cell, kind=CONTEXT),
     ) * tagged
-    sections = (*version_rows, *ROWS, *STATE_ROWS, *EMBEDDING_ROWS, *INIT_ROWS, *capability_rows(ok))
+    sections = (
+        *version_rows,
+        *ROWS,
+        *STATE_ROWS,
+        *EMBEDDING_ROWS,
+        *INIT_ROWS,
+        *CUSTOM_ROWS,
+        *capability_rows(ok),
+    )
     rows = [_merge_row(row, ok) for row in sections]
     claims = [
         _verdict(claim, name, records[name])

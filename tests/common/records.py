@@ -11,7 +11,7 @@ import numpy as np
 from common.commands.probe import initialisation_record
 from common.core import init_fit
 from common.core.initializers import SCHEMES, ZEROS, Initializers, Law
-from common.core.models import BOOK_SPECS
+from common.core.models import BOOK_SPECS, CUSTOM_TIED
 
 
 class NumpyInitializers(Initializers):
@@ -76,6 +76,7 @@ def make_record(backend: str, **changes: Any) -> dict[str, Any]:
                 "call": "save()",
                 "entries": [p["native_name"] for p in params],
                 "round_trip_equal": True,
+                "clone_output_identical": True,
             },
         }
     models["tied"]["ties"] = {
@@ -107,6 +108,40 @@ def make_record(backend: str, **changes: Any) -> dict[str, Any]:
             "serializations": {"save()": {"entries": 15, "state": 4, "native_only_state": 1}},
         },
         "initialisation": _initialisation(),
+        "lazy": {
+            "layer_list_call": "net.layers",
+            "layer_objects_before_forward": 3,
+            "params_before_forward": 0,
+            "shapes_after_first_forward": {
+                name: list(shape) for name, shape in BOOK_SPECS["mlp"].param_shapes.items()
+            },
+            "all_shapes_known_after_first_forward": True,
+        },
+        "custom_layer": {
+            "custom_class": "x.MyLinear",
+            "built_in_class": "x.Linear",
+            "params": _params(CUSTOM_TIED, "x."),
+            "listing": {
+                "call": "net.params()",
+                "names": [p["native_name"] for p in _params(CUSTOM_TIED, "x.")],
+            },
+            "custom_params_listed": True,
+            "parameter_class_as_built_in": True,
+            "tie_identity": {"same parameter object": True},
+            "write_seen_at_other_position": True,
+            "matches_oracle": True,
+            "trains_as_oracle": True,
+            "max_abs_diff": {"forward": 1e-8, "grad layers.2.weight": 5e-8, "loss after 20 steps": 3e-8},
+        },
+        "file_io": {
+            "model": "custom_tied",
+            "call": "save()",
+            "entries": [p["native_name"] for p in _params(CUSTOM_TIED, "x.")],
+            "bytes": 4000,
+            "custom_class": "MyLinear",
+            "custom_class_named_in_file": False,
+            "clone_output_identical": True,
+        },
         "timing": {"seconds": 1.0},
     }
     record = copy.deepcopy(record)
