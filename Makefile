@@ -8,7 +8,7 @@ ENVS      = $(shell $(PYTHON) -m common.envs names)
 ARGS     ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venvs lock test test-common test-all diff train roundtrip import export bench fuzz lint clean distclean
+.PHONY: help venvs lock test test-common test-all diff matrix train roundtrip import export bench fuzz lint clean distclean
 .SECONDARY:
 
 help: ## list the targets
@@ -53,6 +53,9 @@ test-%: $(VENVS)/base/.stamp
 diff: $(VENVS)/base/.stamp ## side-by-side report of how the frameworks behave (ARGS="--format html")
 	@$(CLI) diff $(ARGS)
 
+matrix: $(VENVS)/base/.stamp ## the book's claims per backend and version (backends/matrix.toml): reports/matrix/
+	@$(CLI) matrix $(ARGS)
+
 train: $(VENVS)/base/.stamp ## train the tied MLP in every backend; writes reports/train.html
 	@$(CLI) train $(ARGS)
 
@@ -74,7 +77,7 @@ fuzz: $(VENVS)/base/.stamp ## seeded fuzzing: hostile files vs the reference rea
 lint: $(VENVS)/base/.stamp ## ruff check and format check
 	@$(BASE_PY) -m ruff check . && $(BASE_PY) -m ruff format --check .
 
-clean: ## remove reports and caches (keeps the environments)
+clean: ## remove reports and caches (keeps the environments, the matrix's variants too)
 	rm -rf reports .pytest_cache .ruff_cache .hypothesis build *.egg-info $(VENVS)/.jax-cache $(VENVS)/.mlx-cache
 	find . -path ./$(VENVS) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 

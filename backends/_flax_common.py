@@ -51,6 +51,7 @@ __all__ = ["FlaxBase", "FlaxLayers", "FlaxState", "batchnorm_settings", "named_l
 _DENSE_ROLE = {"weight": "kernel", "bias": "bias"}
 _NORM_ROLE = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 _TABLE = "embedding"  # where nn.Embed and nnx.Embed keep their table
+_CUSTOM_ROLE = {"weight": "weight", "bias": "bias"}  # the names D2L 6.5's MyDense gives its own
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class FlaxLayers:
     norm: type  # nn.BatchNorm, nnx.BatchNorm
     embed: type  # nn.Embed, nnx.Embed
     tied: type  # the adapter's tied output: its Embed at ``.embedding``, its own ``.bias``
+    custom: type  # the adapter's custom layer (D2L 6.5's MyDense): its own ``weight`` and ``bias``
 
 
 def slash_path(keys: tuple[Any, ...]) -> str:
@@ -174,13 +176,17 @@ class FlaxBase(JaxPlacement, Backend):
         layer = table[path]
         if isinstance(layer, layers.dense):
             return layer, _DENSE_ROLE[role]
+        if isinstance(layer, layers.custom):
+            return layer, _CUSTOM_ROLE[role]
         if isinstance(layer, layers.norm):
             return layer, _NORM_ROLE[role]
         if isinstance(layer, layers.embed):
             return layer, _TABLE
         if isinstance(layer, layers.tied):
             return (layer.embedding, _TABLE) if role == "weight" else (layer, "bias")
-        kinds = ", ".join(k.__qualname__ for k in (layers.dense, layers.norm, layers.embed, layers.tied))
+        kinds = ", ".join(
+            k.__qualname__ for k in (layers.dense, layers.custom, layers.norm, layers.embed, layers.tied)
+        )
         raise KeyError(f"{position!r}: the layer at {path} is {layer!r}, not one of {kinds}")
 
     @staticmethod

@@ -98,6 +98,32 @@ def tied_projection_class(keras: Any, project: Callable[[Any, Any], Any]) -> typ
     return TiedProjection
 
 
+@functools.cache
+def custom_dense_class(keras: Any, matmul: Callable[[Any, Any], Any]) -> type:
+    """D2L 6.5's custom layer, one class per Keras module: ``weight`` and ``bias`` created with
+    ``self.add_weight`` in ``build`` (so, as the book's MyDense, it infers its input width on the
+    first call), the book's names and initializers. Unlike the book's, it subclasses
+    keras.layers.Layer rather than keras.Model, and applies no ReLU (the spec's ReLU is a layer
+    of its own). The kernel is (in, out), as Dense's."""
+
+    class MyDense(keras.layers.Layer):
+        def __init__(self, units: int, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.units = units
+
+        def build(self, input_shape: Any) -> None:
+            self.weight = self.add_weight(
+                name="weight", shape=(input_shape[-1], self.units), initializer="random_normal"
+            )
+            self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+
+        def call(self, x: Any) -> Any:
+            return matmul(x, self.weight) + self.bias
+
+    MyDense.__qualname__ = "MyDense"  # as reports name it, not "<locals>"
+    return MyDense
+
+
 def zero_input(spec: ModelSpec) -> np.ndarray:
     """One sample of the spec's input kind, for the build-on-call: an id, or a row of features."""
     if spec.input_kind == "ids":
@@ -131,12 +157,15 @@ class KerasBackendBase(Backend):
     # How a TiedProjection reads its embedding's table, transposed (a module-level function: one
     # layer class per Keras module and function).
     project_transposed = staticmethod(reverse_call)
+    # The custom layer's x @ weight: None is keras.ops.matmul (tf-keras has no keras.ops).
+    custom_matmul: Callable[[Any, Any], Any] | None = None
 
     def __init__(self, keras: Any, runtime: Any) -> None:
         self.keras = keras  # the Keras module: keras (3), or tf_keras (2)
         self.runtime = runtime  # the framework it runs on: tensorflow, jax or torch
         self._init_seed = _INIT_SEED
         self.tied_projection = tied_projection_class(keras, type(self).project_transposed)
+        self.custom_dense = custom_dense_class(keras, type(self).custom_matmul or keras.ops.matmul)
 
     def new_adapter_state(self) -> KerasState:
         return KerasState()
@@ -184,6 +213,9 @@ class KerasBackendBase(Backend):
 
     def new_dense(self, units: int, in_features: int) -> Any:
         return self.keras.layers.Dense(units)
+
+    def new_custom_dense(self, units: int, in_features: int) -> Any:
+        return self.custom_dense(units)  # as the book's MyDense(units): built on the first call
 
     def new_relu(self) -> Any:
         return self.keras.layers.ReLU()
@@ -266,6 +298,8 @@ class KerasBackendBase(Backend):
             return layer.embeddings  # its only role (owner_of refused any other)
         if isinstance(layer, self.tied_projection):  # the weight is the embedding's very table
             return layer.embedding.embeddings if role == "weight" else layer.bias
+        if isinstance(layer, self.custom_dense):
+            return getattr(layer, role)  # the book's names: weight, bias
         if not isinstance(layer, self.keras.layers.Dense):
             raise KeyError(f"{position!r}: the layer at {path} is {qualname(layer)}, not Dense")
         return getattr(layer, _ATTR[role])
@@ -365,7 +399,9 @@ class KerasBackendBase(Backend):
         """The canonical roles of the variables a layer writes itself, as vars/0, vars/1...: its own
         variables only, not a sublayer's. A TiedProjection's own variable is its bias: the table is
         its embedding's, written where that layer is first met."""
-        if isinstance(layer, self.keras.layers.Dense | self.keras.layers.BatchNormalization):
+        if isinstance(
+            layer, self.keras.layers.Dense | self.keras.layers.BatchNormalization | self.custom_dense
+        ):
             return ROLES
         if isinstance(layer, self.keras.layers.Embedding):
             return ("weight",)

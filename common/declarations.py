@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from common.core.initializers import Law, law_from_table
 from common.errors import UsageError
 
 
@@ -38,19 +39,25 @@ def _is_project(folder: Path) -> bool:
 def find_root() -> Path:
     """The checkout, found from the project files: this package's parent when it lives in one (a
     checkout or an editable install), else the working directory or one above it (an installed
-    copy run from a checkout), else PARITY_ROOT. The environments and reports live there."""
+    copy run from a checkout), else PARITY_ROOT. The environments and reports live there. An
+    installed copy run outside any checkout gets the working directory: its reports go there,
+    never into site-packages, and commands that need environments refuse (``in_checkout``)."""
     override = os.environ.get("PARITY_ROOT")
     if override:
         return Path(override).resolve()
-    here = Path(__file__).resolve().parent.parent
-    for folder in (here, Path.cwd(), *Path.cwd().parents):
+    for folder in (PACKAGE_ROOT, Path.cwd(), *Path.cwd().parents):
         if _is_project(folder):
             return folder
-    return here
+    return Path.cwd()
 
 
+def in_checkout() -> bool:
+    return _is_project(ROOT)
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # holds common/ and backends/, wherever installed
 ROOT = find_root()
-BACKENDS_DIR = ROOT / "backends"
+BACKENDS_DIR = PACKAGE_ROOT / "backends"  # the declarations travel with the code that reads them
 DECLARATION_FILE = "backend.toml"
 
 BOOK_TABS = ("PyTorch", "MXNet", "JAX", "TensorFlow")  # the D2L tabs that claims name
@@ -100,6 +107,13 @@ SCHEMA: dict[str, Key] = {
     "env_check": Key(str, False, "Python run in the new environment, e.g. to insist on a CPU build"),
     "xfails": Key(dict, False, "test id = reason: strict xfails for this backend's real divergences"),
     "hostile": Key(str, False, '"module:NAME": name -> writer(backend, model, path) of hostile native files'),
+    "initializers": Key(
+        str,
+        False,
+        '"module:Class": a common.core.initializers.Initializers subclass, a fresh Dense built with the '
+        "framework's default and built-in initializers (D2L 6.3); with it, the facts in "
+        "INITIALIZER_FACTS become required",
+    ),
     "native_writer": Key(
         str,
         False,
@@ -115,6 +129,8 @@ CAPABILITIES: dict[str, str] = {
     "batchnorm": "whether the adapter builds BatchNorm layers, with their running statistics",
     "freezing": "whether the adapter freezes a layer (trainable = false) with the framework's idiom",
     "embedding": "whether the adapter builds an Embedding and an output Dense tied to its table",
+    "custom_layer": "whether the adapter builds a Dense from its own layer class through the "
+    "framework's custom-layer API (D2L 6.5's MyLinear: weight and bias created by the user's class)",
 }
 # A fact's allowed values: a tuple of words, or a type (numbers).
 FACTS: dict[str, tuple[str, ...] | type] = {
@@ -143,6 +159,14 @@ EMBEDDING_FACTS: dict[str, tuple[str, ...] | type] = {
     "embedding_tie": ("same_parameter", "table_read"),
     "embedding_listing_entries": int,  # entries the framework's own parameter listing shows
     "embedding_saved_copies": int,  # entries of the framework's own file that hold the table
+}
+# Required where ``initializers`` is declared: the framework's default laws for a fresh Dense, as
+# tables read by common.core.initializers.law_from_table, e.g. { kind = "uniform", bound =
+# { numerator = 1.0, fan = "fan_in" } } for U(-a, a), a = sqrt(1 / fan_in), or
+# { kind = "constant", value = 0.0 }. The suite tests samples against them (D2L 6.3).
+INITIALIZER_FACTS: dict[str, tuple[str, ...] | type] = {
+    "default_weight_init": dict,
+    "default_bias_init": dict,
 }
 # Members of a family may set these in the family file; a member's own keys win, table by table.
 FAMILY_KEYS = (
@@ -191,6 +215,7 @@ class Declaration:
     xfails: Mapping[str, str] = field(default_factory=dict)
     hostile: str = ""
     native_writer: str = ""
+    initializers: str = ""
     path: str = ""
 
     @property
@@ -214,6 +239,10 @@ class Declaration:
         if key not in self.facts:
             raise DeclarationError(f"{self.path}: [facts] has no {key!r}")
         return self.facts[key]
+
+    def default_init(self, parameter: str) -> Law:
+        """The declared law of a fresh Dense's default ``parameter`` ("weight" or "bias")."""
+        return law_from_table(self.fact(f"default_{parameter}_init"))
 
 
 def _strings(data: dict[str, Any], key: str) -> dict[str, str]:
@@ -283,7 +312,8 @@ def parse_declaration(path: Path) -> Declaration:
             kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
             names = " or ".join(kind.__name__ for kind in kinds)
             raise DeclarationError(f"{where}: {key}={value!r}, but should be a {names}")
-    for key in ("adapter", "bench", *(key for key in ("hostile", "native_writer") if key in data)):
+    optional_refs = ("hostile", "native_writer", "initializers")
+    for key in ("adapter", "bench", *(key for key in optional_refs if key in data)):
         _check_callable_ref(where, key, data[key])
     if data["book_tab"] not in (*BOOK_TABS, NO_BOOK_TAB):
         raise DeclarationError(
@@ -305,6 +335,8 @@ def parse_declaration(path: Path) -> Declaration:
         required_facts.update(BATCHNORM_FACTS)
     if capabilities["embedding"].value:
         required_facts.update(EMBEDDING_FACTS)
+    if "initializers" in data:
+        required_facts.update(INITIALIZER_FACTS)
     for key, allowed in required_facts.items():
         value = data["facts"].get(key)
         wanted = f"a {allowed.__name__}" if isinstance(allowed, type) else f"one of: {', '.join(allowed)}"
@@ -317,9 +349,15 @@ def parse_declaration(path: Path) -> Declaration:
         )
         if not valid:
             raise DeclarationError(f"{where}: facts.{key}={value!r}, but should be {wanted}")
-    unknown_facts = sorted(set(data["facts"]) - set(FACTS) - set(BATCHNORM_FACTS) - set(EMBEDDING_FACTS))
+        if key in INITIALIZER_FACTS:
+            try:
+                law_from_table(value)
+            except ValueError as error:
+                raise DeclarationError(f"{where}: facts.{key}: {error}") from None
+    known_facts = {*FACTS, *BATCHNORM_FACTS, *EMBEDDING_FACTS, *INITIALIZER_FACTS}
+    unknown_facts = sorted(set(data["facts"]) - known_facts)
     if unknown_facts:
-        valid_facts = ", ".join([*FACTS, *BATCHNORM_FACTS, *EMBEDDING_FACTS])
+        valid_facts = ", ".join([*FACTS, *BATCHNORM_FACTS, *EMBEDDING_FACTS, *INITIALIZER_FACTS])
         raise DeclarationError(f"{where}: unknown fact {unknown_facts[0]!r}; valid: {valid_facts}")
     return Declaration(
         name=data["name"],
@@ -341,6 +379,7 @@ def parse_declaration(path: Path) -> Declaration:
         xfails=_strings(data, "xfails"),
         hostile=data.get("hostile", ""),
         native_writer=data.get("native_writer", ""),
+        initializers=data.get("initializers", ""),
         path=where,
     )
 
@@ -384,6 +423,7 @@ __all__ = [
     "BOOK_TABS",
     "CAPABILITIES",
     "FACTS",
+    "INITIALIZER_FACTS",
     "NO_BOOK_TAB",
     "SCHEMA",
     "Capability",

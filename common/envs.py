@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,9 @@ LOCKS = ROOT / "locks"
 LOCK_PYTHON, LOCK_PLATFORM = "3.11", "x86_64-manylinux_2_35"  # CPython 3.11, glibc >= 2.35 (MLX's floor)
 EXTRA_LINE = "# extra: "  # the lock's record of the extra it was resolved from
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# make matrix builds variants from the base env's Python: a new env is made from the interpreter
+# behind it, not from another venv.
+BASE_INTERPRETER = getattr(sys, "_base_executable", sys.executable)
 
 
 def venv_python(name: str) -> Path:
@@ -107,8 +111,8 @@ def write_requirements(env: str) -> Path:
 def pip_config() -> dict[str, list[str]]:
     """pip's configured find-links, indexes and constraints, as pip itself reads them (files and
     PIP_* variables alike)."""
-    result = children.run(
-        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
+    result = children.run(  # the base interpreter's pip: a venv's (make matrix runs in base) may lack pip
+        [BASE_INTERPRETER, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
     )
     found: dict[str, list[str]] = {}
     for line in result.stdout.splitlines():
@@ -172,12 +176,25 @@ def torch_cpu_index(config: dict[str, list[str]], requirements: str) -> list[str
     return ["--extra-index-url", TORCH_CPU_INDEX]
 
 
-def install_steps(uv: str | None, target: Path, requirements: Path) -> list[list[str]]:
+def install_steps(uv: str | None, target: Path, requirements: Path, locked: bool = True) -> list[list[str]]:
     """The commands that make ``target`` exactly as ``requirements`` (a lock) says, every hash
-    checked: with uv when given, else pip."""
+    checked: with uv when given, else pip. ``locked=False``: a variant's plain requirements,
+    resolved at install under this machine's pip configuration (its caps included)."""
     python = target / "bin" / "python"
     config = pip_config()
     index = torch_cpu_index(config, requirements.read_text() if requirements.exists() else "")
+    if not locked:
+        if uv:
+            return [
+                [uv, "venv", "-q", "--python", BASE_INTERPRETER, str(target)],
+                [uv, "pip", "install", "-r", str(requirements), "--python", str(python),
+                 "--link-mode", "copy", "--compile-bytecode", *uv_flags(config), *index],
+            ]  # fmt: skip
+        return [
+            [BASE_INTERPRETER, "-m", "venv", str(target)],
+            [str(python), "-m", "pip", "install", "--disable-pip-version-check",
+             "-r", str(requirements), *index],
+        ]  # fmt: skip
     if uv:
         return [
             [uv, "venv", "-q", "--python", sys.executable, str(target)],
@@ -245,14 +262,18 @@ def create(env: str) -> float:
     return seconds
 
 
-def build(env: str, target: Path, requirements: Path, log_path: Path) -> str:
-    """Install ``requirements`` into ``target`` and run the declarations' checks; the installer."""
+def build(env: str, target: Path, requirements: Path, log_path: Path, base_env: str | None = None) -> str:
+    """Install ``requirements`` into ``target`` and run the declarations' checks; the installer.
+    A variant env (``base_env`` given) installs plain requirements and runs ``base_env``'s checks."""
     with open(log_path, "w") as log:
         uv = find_uv(log)
         installer = "uv" if uv else "pip"
         print(f"==> creating .venvs/{env} with {installer} (log: .venvs/{env}.log)", flush=True)
         python = target / "bin" / "python"
-        steps = install_steps(uv, target, requirements)
+        if base_env is None:
+            steps = install_steps(uv, target, requirements)
+        else:
+            steps = install_steps(uv, target, requirements, locked=False)
         environ = dict(os.environ, UV_NO_PROGRESS="1")
         for step in steps:
             log.write(f"$ {' '.join(step)}\n")
@@ -260,7 +281,7 @@ def build(env: str, target: Path, requirements: Path, log_path: Path) -> str:
             if children.run(step, stdout=log, stderr=subprocess.STDOUT, env=environ).returncode != 0:
                 _fail(env, log_path, f"{installer} failed")
         for entry in declarations():
-            if entry.env == env and entry.env_check:
+            if entry.env == (base_env or env) and entry.env_check:
                 check = children.run([str(python), "-c", entry.env_check], capture_output=True, text=True)
                 log.write(check.stdout + check.stderr)
                 if check.returncode != 0:
@@ -308,6 +329,62 @@ def _fail(env: str, log_path: Path, cause: str) -> None:
     tail = log_path.read_text(errors="replace").splitlines()[-20:]
     sys.stderr.write("\n".join(tail) + "\n")
     raise UsageError(f"cannot create .venvs/{env}: {cause}; full log: {log_path.relative_to(ROOT)}")
+
+
+# -- variant environments (make matrix): another version of an env's frameworks -----------------
+VARIANT_SEPARATOR = "@"  # .venvs/tensorflow@tf2.15
+
+
+def variant_env(env: str, tag: str) -> str:
+    return f"{env}{VARIANT_SEPARATOR}{tag}"
+
+
+def _requirement_name(line: str) -> str:
+    """The distribution a requirement line names, normalized: "tf_keras==2.15" -> "tf-keras"."""
+    name = re.split(r"[\s<>=!~;\[(]", line.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def variant_requirements(env: str, packages: Iterable[str]) -> list[str]:
+    """The env's extra with ``packages`` in place of the entries they name (and added where the
+    extra has none): what a variant installs. Not a lock: resolved when installed."""
+    pins = {_requirement_name(p): p for p in packages}
+    kept = [line for line in extra_requirements(env) if _requirement_name(line) not in pins]
+    return [*kept, *pins.values()]
+
+
+def write_variant_requirements(env: str, tag: str, packages: Iterable[str]) -> Path:
+    """.venvs/<env>@<tag>.requirements, left alone when unchanged (so the stamp stays current)."""
+    path = requirements_path(variant_env(env, tag))
+    lines = variant_requirements(env, packages)
+    text = (
+        f"{INSTALL_RECIPE}\n# variant {tag} of [{env}]: resolved at install, no lock\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+    if not path.exists() or path.read_text() != text:
+        write_atomically(path, text)
+    return path
+
+
+def create_variant(env: str, tag: str, packages: Iterable[str]) -> Path:
+    """.venvs/<env>@<tag>, (re)built only when its requirements changed; its interpreter. One
+    command builds it at a time, and a failed or interrupted build leaves nothing behind."""
+    name = variant_env(env, tag)
+    with env_lock(name):
+        requirements = write_variant_requirements(env, tag, packages)
+        if not is_current(name):
+            started = time.monotonic()
+            target = VENVS / name
+            discard(target)
+            try:
+                installer = build(name, target, requirements, VENVS / f"{name}.log", base_env=env)
+            except BaseException:
+                discard(target)
+                raise
+            (target / ".stamp").touch()
+            print(f"==> .venvs/{name} ready ({installer}, {time.monotonic() - started:.1f}s)", flush=True)
+    return VENVS / name / "bin" / "python"
 
 
 def ensure_venv(name: str, *, quiet: bool = False) -> Path:

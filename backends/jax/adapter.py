@@ -61,7 +61,7 @@ from backends._jax_common import (
 from common.core.interface import Model
 from common.core.spec import LayerPath
 
-__all__ = ["FlaxBackend", "TiedOutput"]
+__all__ = ["FlaxBackend", "MyDense", "TiedOutput"]
 
 
 class TiedOutput(nn.Module):
@@ -78,7 +78,23 @@ class TiedOutput(nn.Module):
         return self.embedding.attend(x) + bias
 
 
-LAYERS = FlaxLayers(dense=nn.Dense, norm=nn.BatchNorm, embed=nn.Embed, tied=TiedOutput)
+class MyDense(nn.Module):
+    """D2L 6.5's custom layer: ``weight`` and ``bias`` created with ``self.param`` in ``setup``,
+    the book's names and initializers. Unlike the book's, no ReLU inside (the spec's ReLU is a
+    layer of its own); its kernel is (in_units, units), as the book's and nn.Dense's."""
+
+    in_units: int
+    units: int
+
+    def setup(self) -> None:
+        self.weight = self.param("weight", nn.initializers.normal(stddev=1), (self.in_units, self.units))
+        self.bias = self.param("bias", nn.initializers.zeros, (self.units,))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.matmul(x, self.weight) + self.bias
+
+
+LAYERS = FlaxLayers(dense=nn.Dense, norm=nn.BatchNorm, embed=nn.Embed, tied=TiedOutput, custom=MyDense)
 
 
 def _replace(tree: Tree, keys: tuple[str, ...], leaf: Any) -> Tree:
@@ -145,6 +161,9 @@ class FlaxBackend(FlaxBase):
     # -- building ---------------------------------------------------------------------------------
     def new_dense(self, units: int, in_features: int) -> nn.Dense:
         return nn.Dense(units)
+
+    def new_custom_dense(self, units: int, in_features: int) -> MyDense:
+        return MyDense(in_features, units)  # the book's MyDense(in_units, units)
 
     def new_relu(self) -> Any:
         return nn.relu

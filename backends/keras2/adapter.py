@@ -37,6 +37,7 @@ class Keras2Backend(TensorFlowKerasBase):
     )
 
     project_transposed = staticmethod(_read_table_transposed)
+    custom_matmul = staticmethod(tf.matmul)  # tf-keras has no keras.ops
     saved_layers_take_a_name = False
 
     def __init__(self) -> None:

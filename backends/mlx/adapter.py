@@ -106,7 +106,21 @@ class TiedOutput(nn.Module):
         return self.embedding.as_linear(x) + self.bias
 
 
-_LAYERS = (nn.Embedding, nn.Linear, nn.BatchNorm, TiedOutput)  # the layers that hold parameters
+class MyLinear(nn.Module):
+    """D2L 6.5's custom layer in MLX: ``weight`` and ``bias`` are plain array attributes, which
+    nn.Module.parameters() finds by walking the module's dict. (out, in), as nn.Linear's; eager;
+    no ReLU inside (the spec's ReLU is a layer of its own)."""
+
+    def __init__(self, in_units: int, units: int) -> None:
+        super().__init__()
+        self.weight = mx.random.normal(shape=(units, in_units))
+        self.bias = mx.zeros((units,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x @ self.weight.T + self.bias
+
+
+_LAYERS = (nn.Embedding, nn.Linear, MyLinear, nn.BatchNorm, TiedOutput)  # the layers that hold parameters
 
 
 @dataclass
@@ -210,6 +224,9 @@ class MlxBackend(Backend):
     # -- building --------------------------------------------------------------------------------
     def new_dense(self, units: int, in_features: int) -> nn.Linear:
         return nn.Linear(in_features, units)
+
+    def new_custom_dense(self, units: int, in_features: int) -> MyLinear:
+        return MyLinear(in_features, units)
 
     def new_relu(self) -> nn.Module:
         return nn.ReLU()

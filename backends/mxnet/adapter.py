@@ -52,9 +52,27 @@ from common.core.spec import LayerPath, ModelSpec
 __all__ = ["MXNetBackend"]
 
 
+class MyDense(gluon.HybridBlock):
+    """D2L 6.5's custom layer: weight and bias created with ``self.params.get``, Gluon's housekeeping
+    (initialization, sharing by ``params=``, saving). Unlike the book's MyDense: a HybridBlock, so
+    the hybridized net can hold it; nn.Dense's (units, in_units) layout, the declared one; and no
+    ReLU inside (the spec's ReLU is a layer of its own)."""
+
+    def __init__(self, units: int, in_units: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units = units
+        with self.name_scope():
+            self.weight = self.params.get("weight", shape=(units, in_units))
+            self.bias = self.params.get("bias", shape=(units,))
+
+    def hybrid_forward(self, F: Any, x: Any, weight: Any, bias: Any) -> Any:
+        return F.np.dot(x, weight.T) + bias
+
+
 # The Parameter attribute behind each canonical role: a BatchNorm's scale and shift are gamma, beta.
 _ATTRIBUTES: dict[type, dict[str, str]] = {
     nn.Dense: {"weight": "weight", "bias": "bias"},
+    MyDense: {"weight": "weight", "bias": "bias"},
     nn.BatchNorm: {"weight": "gamma", "bias": "beta"},
     nn.Embedding: {"weight": "weight"},
 }
@@ -130,8 +148,13 @@ class MXNetBackend(Backend):
     def new_dense(self, units: int, in_features: int) -> nn.Dense:
         return nn.Dense(units)  # no in_units: deferred init, like the book
 
-    def share_dense(self, owner: nn.Dense, units: int) -> nn.Dense:
+    def new_custom_dense(self, units: int, in_units: int) -> MyDense:
+        return MyDense(units, in_units)  # in_units given, as the book's: initialized by initialize()
+
+    def share_dense(self, owner: nn.Dense | MyDense, units: int) -> nn.Dense | MyDense:
         # Gluon shares Parameters, not blocks: the new Dense finds weight/bias in owner's dict.
+        if isinstance(owner, MyDense):
+            return MyDense(units, owner.weight.shape[1], params=owner.params)
         return nn.Dense(units, params=owner.params)
 
     def new_relu(self) -> nn.HybridBlock:

@@ -44,6 +44,24 @@ def _seeded() -> Iterator[None]:
         yield
 
 
+class MyLinear(nn.Module):
+    """D2L 6.5's custom layer: its weight and bias are nn.Parameters the class creates itself.
+    Unlike the book's, it keeps nn.Linear's (out, in) layout (the declared one), uses the
+    Parameters themselves (the book's ``self.weight.data`` would cut them off from autograd), and
+    applies no ReLU: the spec's ReLU is a layer of its own."""
+
+    def __init__(self, in_units: int, units: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(units, in_units))
+        self.bias = nn.Parameter(torch.randn(units))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(x, self.weight.T) + self.bias
+
+
+_DENSE = (nn.Linear, MyLinear)  # the layers a Dense position may hold
+
+
 @dataclass
 class TorchState:
     native_names: dict[int, str] | None = None  # id(Parameter) -> its named_parameters() name
@@ -73,6 +91,10 @@ class TorchBackend(Backend):
     # -- building --------------------------------------------------------------------------------
     def new_dense(self, units: int, in_features: int) -> nn.Module:
         return nn.LazyLinear(units)
+
+    def new_custom_dense(self, units: int, in_features: int) -> MyLinear:
+        with _seeded():  # eager, like the book's MyLinear(in_units, units): drawn here
+            return MyLinear(in_features, units)
 
     def new_relu(self) -> nn.Module:
         return nn.ReLU()
@@ -146,7 +168,7 @@ class TorchBackend(Backend):
     # -- access by position ----------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> nn.Parameter:
         # A tied head's weight is the embedding's Parameter itself: the same object at both.
-        layer, role = self.dense_layer(model, position, (nn.Embedding, nn.Linear, nn.BatchNorm1d))
+        layer, role = self.dense_layer(model, position, (nn.Embedding, *_DENSE, nn.BatchNorm1d))
         return getattr(layer, role)
 
     # -- state: BatchNorm's running statistics are buffers ----------------------------------------

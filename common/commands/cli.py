@@ -62,11 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         facts,
         fuzz,
         inspect,
+        matrix,
         roundtrip,
         train_report,
     )  # subcommands register themselves
 
     diff.add_parser(commands)
+    matrix.add_parser(commands)
     bench.add_parser(commands)
     train_report.add_parser(commands)
     roundtrip.add_parser(commands)
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    """The installed distribution's version, or the checkout's pyproject.toml's when run from it."""
+    """The installed distribution's version, or, run from a checkout, its pyproject.toml's."""
     from importlib import metadata
 
     try:
@@ -86,9 +88,22 @@ def _version() -> str:
     except metadata.PackageNotFoundError:
         import tomllib
 
-        from common.envs import ROOT
+        from common.declarations import PACKAGE_ROOT
 
-        return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+        return tomllib.loads((PACKAGE_ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def _need_checkout(command: str) -> None:
+    """A command that runs frameworks needs the environments, which make builds in a checkout;
+    an installed copy run elsewhere says so, instead of pointing at a Makefile that is not there."""
+    from common.declarations import ROOT, in_checkout
+
+    if not in_checkout():
+        raise UsageError(
+            f"`paramparity {command}` runs the frameworks in a paramparity checkout's environments, and "
+            f"{ROOT} is not in one: run it inside the checkout, or set PARITY_ROOT=/path/to/checkout "
+            "(`paramparity diff --from FILE`, spec, inspect, export and facts need no checkout)"
+        )
 
 
 def backends_to_run(args: argparse.Namespace) -> tuple[str, ...] | None:
@@ -96,6 +111,8 @@ def backends_to_run(args: argparse.Namespace) -> tuple[str, ...] | None:
     if args.command == "test":
         return (args.test_backend or selected_backend(),)
     if args.command in ("spec", "inspect", "export", "facts") or getattr(args, "from_files", None):
+        return None
+    if args.command == "matrix" and (args.workflow or args.list):
         return None
     if args.command == "fuzz" and not args.examples:
         return ()
@@ -130,6 +147,7 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         subcommands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     backends = backends_to_run(args)
     if backends is not None:
+        _need_checkout(args.command)
         check_settings(backends)
     if args.command == "test":
         from common.commands.testing import test_one

@@ -2,8 +2,9 @@
 the records into one table (a row per behaviour, a column per backend) and check the book.
 
 One probe run serves every format: the records are saved once, to reports/diff.json, and
-``--from`` renders any format from saved records (several files merge, later files winning per
-backend), so a CI matrix's records can be shown together without installing any framework.
+``--from`` renders any format from saved records (several files or folders merge, later files
+winning per backend; a matrix cell's record keeps a column per version, ``backend@version``), so a
+CI matrix's records can be shown together without installing any framework.
 
 This process imports no framework: the probes are subprocesses (common.commands.probe).
 """
@@ -273,6 +274,115 @@ EMBEDDING_ROWS: tuple[Row, ...] = (
     ),
 )
 
+INIT = "Default initialisation (D2L 6.3)"  # a fresh Dense, sampled (common.commands.probe)
+
+
+def _initialisation(parameter: str, show: Callable[[Record, Record], Any]) -> Callable[[Record], Any]:
+    """An initialisation row: ``show(initialisation, its parameter's part)``, or why there is none."""
+
+    def extract(r: Record) -> Any:
+        found = r.get("initialisation", {"not_built": "not probed (a record from before 6.3)"})
+        return f"not built: {found['not_built']}" if "not_built" in found else show(found, found[parameter])
+
+    return extract
+
+
+CUSTOM = "Custom layer (D2L 6.5: custom_tied)"  # common.commands.probe.probe_custom_layer
+FILE_IO = "File I/O (D2L 6.6)"  # common.commands.probe.probe_file_io
+
+
+def _part(part: str, key: str, show: Callable[[Any], Any] = lambda value: value) -> Callable[[Record], Any]:
+    """A row of the custom-layer or file I/O part: the observed value, or why it was not built."""
+
+    def extract(r: Record) -> Any:
+        found = r.get(part, {"not_built": "not probed (a record from before this part)"})
+        return f"not built ({found['not_built']})" if "not_built" in found else show(found[key])
+
+    return extract
+
+
+def _declared_fits(part: Record) -> list[Record]:
+    return part["fits"][part["declared"]]
+
+
+def _fitted_lines(found: Record, part: Record) -> list[str]:
+    """Per size: the parameter fitted from the samples beside the declared formula's, and the test."""
+    return [
+        f"({f['fan_in']}, {f['fan_out']}): {f['parameter']} {f['fitted']:.4g} vs {f['expected']:.4g}, "
+        f"KS p {f['p_value']:.2g}" + (f", {f['outside_support']} outside" if f["outside_support"] else "")
+        for f in _declared_fits(part)
+    ]
+
+
+def _follows_declared(found: Record, part: Record) -> str:
+    holds = all(f["passes"] for f in _declared_fits(part))
+    return f"{'yes' if holds else 'NO'} (each size at alpha {found['alpha']:g})"
+
+
+def _initialisation_rows(parameter: str) -> tuple[Row, ...]:
+    return (
+        Row(
+            INIT,
+            f"{parameter}: declared formula",
+            _initialisation(parameter, lambda _, part: part["declared"]),
+        ),
+        Row(
+            INIT,
+            f"{parameter}: the law its samples follow",
+            _initialisation(parameter, lambda _, part: part["identified"]["law"]),
+            # the shape and the fan its scale follows, not the fitted digits
+            compare=_initialisation(
+                parameter, lambda _, part: [part["identified"]["kind"], part["identified"]["follows"]]
+            ),
+        ),
+        Row(
+            INIT,
+            f"{parameter}: fitted vs the formula's, per (fan_in, fan_out)",
+            _initialisation(parameter, _fitted_lines),
+            compare=lambda r: None,  # each backend's own formula: the row below compares the outcome
+        ),
+        Row(
+            INIT,
+            f"{parameter}: samples follow the declared formula",
+            _initialisation(parameter, _follows_declared),
+        ),
+    )
+
+
+INIT_ROWS: tuple[Row, ...] = (*_initialisation_rows("weight"), *_initialisation_rows("bias"))
+CUSTOM_ROWS: tuple[Row, ...] = (
+    Row(
+        CUSTOM,
+        "the user's layer class (beside the built-in)",
+        lambda r: [_part("custom_layer", "custom_class")(r), _part("custom_layer", "built_in_class")(r)],
+    ),
+    Row(
+        CUSTOM,
+        "canonical <- native names",
+        _part("custom_layer", "params", lambda ps: [f"{p['name']} <- {p['native_name']}" for p in ps]),
+    ),
+    Row(
+        CUSTOM,
+        "listed by the framework as the built-in's",
+        _part("custom_layer", "parameter_class_as_built_in"),
+    ),
+    Row(
+        CUSTOM,
+        "same layer / parameter object (tie)",
+        _part("custom_layer", "tie_identity", lambda t: [f"{k}: {v}" for k, v in t.items()]),
+    ),
+    Row(
+        CUSTOM,
+        "max |delta| vs the oracle (forward, gradients, training)",
+        _part("custom_layer", "max_abs_diff", lambda d: f"{max(d.values()):.1e}"),
+        compare=_part("custom_layer", "matches_oracle"),
+    ),
+    Row(FILE_IO, "save call", _part("file_io", "call")),
+    Row(FILE_IO, "entries in the file", _part("file_io", "entries", lambda e: f"{len(e)}: {', '.join(e)}")),
+    Row(FILE_IO, "file names the user's layer class", _part("file_io", "custom_class_named_in_file")),
+    Row(FILE_IO, "clone loaded from it: Y_clone == Y", _part("file_io", "clone_output_identical")),
+)
+
 ORACLE = "Numbers vs the numpy oracle (max |delta|)"
 ROWS: tuple[Row, ...] = (
     Row("Versions", "framework", lambda r: r["versions"]["framework"], kind=CONTEXT),
@@ -287,6 +397,13 @@ ROWS: tuple[Row, ...] = (
     Row("The 4->8->1 MLP", "weight layout", lambda r: r["mechanisms"]["weight_layout"]),
     Row("The 4->8->1 MLP", "native shapes after first forward", _native_shapes),
     Row("The 4->8->1 MLP", "shapes before the first forward", _unbuilt),
+    Row(
+        "The 4->8->1 MLP",
+        "before the first forward (D2L 6.4)",
+        lambda r: "{layer_objects_before_forward} layer objects, {params_before_forward} parameters".format(
+            **r["lazy"]
+        ),
+    ),
     Row("The 4->8->1 MLP", "when shapes become known", lambda r: r["mechanisms"]["lazy"]),
     Row(
         "The 4->8->1 MLP",
@@ -381,7 +498,7 @@ def capability_rows(records: Mapping[str, Record]) -> tuple[Row, ...]:
     for name, record in records.items():
         keys |= set(record.get("capabilities", {}))
         try:
-            keys |= set(declaration(name).capabilities)
+            keys |= set(declaration(record.get("backend", name)).capabilities)
         except DeclarationError:
             pass
     return tuple(_capability_row(key) for key in sorted(keys))
@@ -427,23 +544,72 @@ def _merge_row(row: Row, records: Mapping[str, Record]) -> dict[str, Any]:
     }
 
 
+# -- versions: a matrix cell's record says which declared version it ran (common.commands.matrix) --
+def version_tag(record: Record) -> str | None:
+    """The declared version a record was made at ("tf2.15", "pinned"), or None for a plain probe."""
+    cell = record.get("matrix")
+    return str(cell["tag"]) if isinstance(cell, Mapping) and "tag" in cell else None
+
+
+def column_name(backend: str, record: Record) -> str:
+    """A backend's column; with a version tag, one column per version: ``tensorflow@tf2.15``."""
+    tag = version_tag(record)
+    return backend if tag is None else f"{backend}@{tag}"
+
+
+def column_backend(column: str, record: Record) -> str:
+    """The declared backend a column's record is about (a column may be ``backend@tag``)."""
+    return column.partition("@")[0] if version_tag(record) is not None else column
+
+
+def _column_order(column: str, record: Record) -> tuple[int, int]:
+    """Report order: by backend, then by declared version (oldest first, the pinned one last)."""
+    names = backend_names()
+    backend = column_backend(column, record)
+    order = record.get("matrix", {}).get("order", 0) if version_tag(record) is not None else 0
+    return (names.index(backend) if backend in names else len(names), int(order))
+
+
+VERSIONS_SECTION = "Versions"
+
+
 def merge(records: Mapping[str, Record]) -> dict[str, Any]:
-    """One document from per-backend records. A failed backend keeps its column, empty: it has no
-    cell in any row, and its error is in ``failed``."""
-    backends = [name for name in backend_names() if name in records]
+    """One document from per-backend records (keys: backends, or ``backend@tag`` columns of a
+    version matrix). A failed backend keeps its column, empty: it has no cell in any row, and its
+    error is in ``failed``."""
+    known = set(backend_names())
+    backends = sorted(
+        (c for c in records if column_backend(c, records[c]) in known),
+        key=lambda c: _column_order(c, records[c]),
+    )
     failed = {
         name: str(records[name].get("error", "no record")) for name in backends if not records[name].get("ok")
     }
-    ok = {name: {**records[name], "backend": name} for name in backends if name not in failed}
-    rows = [_merge_row(row, ok) for row in (*ROWS, *STATE_ROWS, *EMBEDDING_ROWS, *capability_rows(ok))]
+    ok = {name: {**records[name], "backend": column_backend(name, records[name])} for name in backends
+          if name not in failed}  # fmt: skip
+    tagged = any(version_tag(records[name]) is not None for name in backends)
+    version_rows = (
+        Row(VERSIONS_SECTION, "declared version (matrix cell)", _matrix_cell, kind=CONTEXT),
+    ) * tagged
+    sections = (
+        *version_rows,
+        *ROWS,
+        *STATE_ROWS,
+        *EMBEDDING_ROWS,
+        *INIT_ROWS,
+        *CUSTOM_ROWS,
+        *capability_rows(ok),
+    )
+    rows = [_merge_row(row, ok) for row in sections]
     claims = [
         _verdict(claim, name, records[name])
         for claim in BOOK_CLAIMS
         for name in backends
-        if applies_to(claim, declaration(name).book_tab)
+        if applies_to(claim, declaration(column_backend(name, records[name])).book_tab)
     ]
     return {
         "backends": backends,
+        "versions": {name: version_tag(records[name]) for name in backends if tagged},
         "failed": failed,
         "legend": {**LEGEND, **CLAIMS_LEGEND},
         "rows": rows,
@@ -453,6 +619,12 @@ def merge(records: Mapping[str, Record]) -> dict[str, Any]:
         },
         "records": {name: records[name] for name in backends},
     }
+
+
+def _matrix_cell(r: Record) -> str:
+    cell = r["matrix"]
+    adapter = f"; run by the {r['adapter']} adapter" if r.get("adapter") else ""
+    return f"{cell['tag']}: {', '.join(cell.get('packages', [])) or 'the pinned lock'}{adapter}"
 
 
 def _verdict(claim, backend: str, record: Record) -> dict[str, Any]:
@@ -602,7 +774,7 @@ def _section_title(section: str, rows: Sequence[Mapping[str, Any]]) -> str:
 
 # -- terminal ----------------------------------------------------------------------------------------
 TITLE = "paramparity diff: how the frameworks manage parameters"
-CLAIMS_TITLE = "The book, checked (D2L 6.2; each claim evaluated on the installed version)"
+CLAIMS_TITLE = "The book, checked (D2L 6.2 and 6.3; each claim evaluated on the installed version)"
 LABEL_FLOOR, COLUMN_FLOOR = 24, 20  # narrower than this, the stacked layout reads better
 GAP = 2  # between table columns
 LABEL_INDENT = "    "  # a wrapped label goes on under its own first word, not under the next label
@@ -1033,10 +1205,27 @@ def earlier_records(out_dir: Path, keep: set[str]) -> dict[str, Record]:
     return kept
 
 
-def load_records(paths: Sequence[str | Path], warn=sys.stderr) -> dict[str, Record]:
-    """The records in saved diff.json files (or single probe records); later files win per backend."""
-    merged: dict[str, Record] = {}
+def record_files(paths: Sequence[str | Path]) -> list[Path]:
+    """``paths``, a folder standing for its ``*.json`` files (sorted, so the result is the same
+    on every machine): the records a CI matrix's jobs left, downloaded into one folder."""
+    files: list[Path] = []
     for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            if not found:
+                raise UsageError(f"--from {printable(path)}: a folder without .json records")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def load_records(paths: Sequence[str | Path], warn=sys.stderr) -> dict[str, Record]:
+    """The records in saved diff.json files (or single probe records), or folders of them; later
+    files win per backend, or per backend and version where a record names its declared version
+    (a matrix cell's): records of one backend at several versions each keep a column."""
+    merged: dict[str, Record] = {}
+    for path in record_files(paths):
         # Bounded: a regular file (a FIFO would hang), limited size and nesting, linear-time checks.
         data = read_json_file(path, max_bytes=MAX_RECORDS_BYTES, what="--from", allow_nonfinite=True)
         if isinstance(data, dict) and isinstance(data.get("records"), dict):
@@ -1052,7 +1241,10 @@ def load_records(paths: Sequence[str | Path], warn=sys.stderr) -> dict[str, Reco
             if not isinstance(record, dict):
                 raise UsageError(f"--from {printable(path)}: the record of {shown(name)} is not an object")
             try:
-                merged[canonical_backend(str(name))] = record
+                backend = canonical_backend(
+                    str(record.get("backend", name)) if version_tag(record) else str(name)
+                )
+                merged[column_name(backend, record)] = record
             except UsageError as error:
                 warning = f"paramparity: --from {printable(path)}: skipping a record: {error}"
                 print(one_line(warning), file=warn)
@@ -1181,8 +1373,9 @@ def add_parser(commands) -> None:
         dest="from_files",
         nargs="+",
         metavar="FILE",
-        help=f"render saved records ({RECORDS_FILE} files) instead of probing; no framework is needed; "
-        "several files merge, later files winning per backend",
+        help=f"render saved records ({RECORDS_FILE} files, probe records, or folders of them) instead of "
+        "probing; no framework is needed; several files merge, later files winning per backend, and per "
+        "version for the records of `make matrix`, each version a column (backend@version)",
     )
     parser.add_argument(
         "--width",
@@ -1217,7 +1410,8 @@ def run_diff(args: argparse.Namespace) -> int:
     if args.from_files:
         records = load_records(args.from_files)
         if args.backends.strip().lower() != "all":
-            records = {name: records[name] for name in parse_backend_list(args.backends) if name in records}
+            chosen = set(parse_backend_list(args.backends))
+            records = {c: r for c, r in records.items() if column_backend(c, r) in chosen}
         if not records:
             raise UsageError(f"--from {' '.join(args.from_files)}: no record of a selected backend")
     else:

@@ -8,21 +8,26 @@ Everything but the "timing" field is deterministic, so two runs give identical r
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.commands.claims import default_init_laws
 from common.commands.fanout import child_main
-from common.core import oracle
-from common.core.interface import Backend
-from common.core.models import BATCHNORM, BOOK_SPECS, EMBED_TIED
+from common.core import init_fit, oracle
+from common.core.expectations import ATOL, RTOL
+from common.core.initializers import Initializers, Law
+from common.core.interface import Backend, qualname
+from common.core.models import BATCHNORM, BOOK_SPECS, CUSTOM_TIED, EMBED_TIED, MLP
 from common.core.oracle import Loss
 from common.core.spec import BatchNorm, Dense, ModelSpec, param_name
-from common.declarations import declaration
+from common.declarations import Declaration, declaration
 from common.registry import load_backend
 
 RECORD_VERSION = 1
@@ -49,6 +54,10 @@ def probe(backend_name: str) -> dict[str, Any]:
         "models": {name: probe_model(backend, spec) for name, spec in BOOK_SPECS.items()},
         "state": probe_state(backend),
         "embedding": probe_embedding(backend),
+        "initialisation": probe_initialisation(backend.name),
+        "lazy": probe_lazy(backend),
+        "custom_layer": probe_custom_layer(backend),
+        "file_io": probe_file_io(backend),
     }
     record["timing"] = {"seconds": round(time.monotonic() - started, 2)}
     return record
@@ -232,16 +241,200 @@ def probe_embedding(backend: Backend) -> dict[str, Any]:
     }
 
 
+def probe_lazy(backend: Backend) -> dict[str, Any]:
+    """D2L 6.4 on the book's MLP: what exists before the first forward (layer objects, parameters),
+    and whether one forward makes every parameter's shape known, as the spec derives it."""
+    spec = MLP
+    model = backend.build_mlp(spec)
+    layer_call, layers = backend.layer_list(model)
+    unbuilt = backend.unbuilt_params(model)
+    backend.forward(model, oracle.sample_input(spec))
+    shapes = {p.name: p.shape for p in backend.list_params(model)}
+    return {
+        "layer_list_call": layer_call,
+        "layer_objects_before_forward": len(layers),
+        "params_before_forward": len(unbuilt),
+        "shapes_after_first_forward": {name: list(shape) for name, shape in shapes.items()},
+        "all_shapes_known_after_first_forward": shapes == dict(spec.param_shapes),
+    }
+
+
+CUSTOM_STEPS, CUSTOM_LR = 20, 0.05
+
+
+def probe_custom_layer(backend: Backend) -> dict[str, Any]:
+    """D2L 6.5 on custom_tied: the user's layer class (the book's MyLinear) beside the built-in
+    one, its parameters as the framework lists them (of the built-in layer's class?), its tie, and
+    its numbers against the oracle (forward, gradients, a short SGD run). A backend that declares
+    no custom layer says why."""
+    capability = declaration(backend.name).capability("custom_layer")
+    if not capability.value:
+        return {"not_built": f"custom_layer: {capability.reason}"}
+    spec = CUSTOM_TIED
+    backend.seed(SEED)
+    model = backend.build_mlp(spec)
+    layers = backend.position_table(model)
+    custom_path = _first_custom(spec)
+    weights = oracle.initial_weights(spec, SEED)
+    backend.load_params(model, weights)
+    params = backend.list_params(model)
+    listing_call, listing_names = backend.listing(model)
+    x = oracle.sample_input(spec)
+    reference = oracle.backward(spec, weights, x, Loss())
+    grads = backend.backward(model, x, Loss())
+    output = backend.forward(model, x)
+    owner, user = next(p.positions[:2] for p in spec.params if len(p.positions) > 1)
+    value = backend.get_param(model, owner).copy()
+    value.flat[0] = 100.0
+    backend.set_param(model, owner, value)
+    seen = float(backend.get_param(model, user).flat[0]) == 100.0
+    backend.load_params(model, weights)
+    target = Loss("mse", np.full((len(x), 1), 0.5))
+    losses, _ = backend.train(model, x, target, CUSTOM_LR, CUSTOM_STEPS)
+    trained = oracle.train(spec, weights, x, target, CUSTOM_LR, CUSTOM_STEPS)
+    custom_owners = {p.name for p in spec.params if _is_custom(spec, p.owner)}
+    built_in = {p.native_class for p in params if p.name not in custom_owners}
+    custom = {p.native_class for p in params if p.name in custom_owners}
+    return {
+        "custom_class": qualname(layers[custom_path]),
+        "built_in_class": qualname(layers[spec.dense_slots[0].path]),
+        "params": [dataclasses.asdict(p) for p in params],
+        "listing": {"call": listing_call, "names": list(listing_names)},
+        "custom_params_listed": all(p.native_name in listing_names for p in params),
+        "parameter_class_as_built_in": custom == built_in,
+        "tie_identity": backend.tie_identity(model),
+        "write_seen_at_other_position": seen,
+        "matches_oracle": bool(
+            np.allclose(output, reference.output, rtol=RTOL, atol=ATOL)
+            and all(np.allclose(grads[n], reference.grads[n], rtol=RTOL, atol=ATOL) for n in reference.grads)
+        ),
+        "trains_as_oracle": bool(np.allclose(losses, trained.losses, rtol=1e-5, atol=1e-7)),
+        "max_abs_diff": {
+            "forward": _max_abs(output, reference.output),
+            **{f"grad {name}": _max_abs(grads[name], reference.grads[name]) for name in reference.grads},
+            f"loss after {CUSTOM_STEPS} steps": _max_abs(losses, trained.losses),
+        },
+    }
+
+
+def probe_file_io(backend: Backend) -> dict[str, Any]:
+    """D2L 6.6 on custom_tied: the framework's own save of the parameters, then a clone built in
+    code that loads the file (``Y_clone == Y``, exactly), and whether the file names the user's
+    layer class, which it would if it held the architecture (the class name is distinctive: the
+    book's MyLinear / MyDense). A backend that declares no custom layer says why."""
+    capability = declaration(backend.name).capability("custom_layer")
+    if not capability.value:
+        return {"not_built": f"custom_layer: {capability.reason}"}
+    spec = CUSTOM_TIED
+    model = backend.build_mlp(spec)
+    backend.load_params(model, oracle.initial_weights(spec, SEED))
+    x = oracle.sample_input(spec)
+    y = backend.forward(model, x)
+    custom_class = type(backend.position_table(model)[_first_custom(spec)]).__name__
+    with tempfile.TemporaryDirectory() as scratch:
+        path = str(Path(scratch) / "mlp")
+        call = backend.save_native_file(model, path)
+        data = Path(path + backend.native_file_suffix).read_bytes()
+        entries, _ = backend.native_file_values(model, path)
+        clone = backend.build_mlp(spec)  # the architecture, again in code
+        backend.import_native_file(clone, path)
+    y_clone = backend.forward(clone, x)
+    return {
+        "model": spec.name,
+        "call": call,
+        "entries": list(entries),
+        "custom_class": custom_class,
+        "custom_class_named_in_file": custom_class.encode() in data,
+        "clone_output_identical": bool(np.array_equal(y_clone, y)),
+    }
+
+
+def _is_custom(spec: ModelSpec, path: tuple[int, ...]) -> bool:
+    return any(p == path and isinstance(layer, Dense) and layer.custom for p, layer in spec.walk())
+
+
+def _first_custom(spec: ModelSpec) -> tuple[int, ...]:
+    return next(path for path, _ in spec.walk() if _is_custom(spec, path))
+
+
 def probe_native_file(backend: Backend, model) -> dict[str, Any]:
+    x = oracle.sample_input(model.spec)
     with tempfile.TemporaryDirectory() as scratch:
         call = backend.save_native_file(model, str(Path(scratch) / "params"))
         entries, values = backend.native_file_values(model, str(Path(scratch) / "params"))
+    # D2L 6.6: a clone, its architecture built in code, reads the file (with the framework's own
+    # reader, here in-process: the file is the one just written; probe_file_io reads one isolated).
+    clone = backend.build_mlp(model.spec)
+    backend.load_params(
+        clone, {name: backend.canonical_of(model.spec, name, v) for name, v in values.items()}
+    )
     snapshot = backend.snapshot(model)
     same = all(
         np.array_equal(backend.canonical_of(model.spec, name, values[name]), snapshot[name])
         for name in snapshot
     ) and set(values) == set(snapshot)
-    return {"call": call, "entries": list(entries), "round_trip_equal": bool(same)}
+    return {
+        "call": call,
+        "entries": list(entries),
+        "round_trip_equal": bool(same),
+        "clone_output_identical": bool(np.array_equal(backend.forward(clone, x), backend.forward(model, x))),
+    }
+
+
+def load_initializers(entry: Declaration) -> Initializers:
+    """The backend's ``initializers`` class, made; load its backend first (its env vars)."""
+    module, _, name = entry.initializers.partition(":")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Initializers)):
+        raise TypeError(f"initializers {entry.initializers} ({entry.path}) is not an Initializers subclass")
+    return cls()
+
+
+def probe_initialisation(backend_name: str) -> dict[str, Any]:
+    """D2L 6.3 as the framework behaves: its default weight and bias of a fresh Dense. A backend
+    that declares no initializers says so."""
+    entry = declaration(backend_name)
+    if not entry.initializers:
+        return {"not_built": f"{entry.path} declares no initializers"}
+    declared = {parameter: entry.default_init(parameter) for parameter in ("weight", "bias")}
+    return initialisation_record(load_initializers(entry), declared)
+
+
+def initialisation_record(initializers: Initializers, declared: Mapping[str, Law]) -> dict[str, Any]:
+    """The default weight and bias sampled at each of init_fit.PAIRS, tested against the declared
+    laws and the book's (the claims'), and the law the samples follow, named without being told."""
+    samples = {pair: init_fit.sample_dense(initializers, *pair) for pair in init_fit.PAIRS}
+    result: dict[str, Any] = {"alpha": init_fit.ALPHA, "pairs": [list(pair) for pair in init_fit.PAIRS]}
+    for index, parameter in enumerate(("weight", "bias")):
+        sized = [(fan_in, fan_out, samples[fan_in, fan_out][index]) for fan_in, fan_out in init_fit.PAIRS]
+        laws = {law.text: law for law in (declared[parameter], *default_init_laws(parameter))}
+        identified = init_fit.identify(sized)
+        result[parameter] = {
+            "declared": declared[parameter].text,
+            "identified": {
+                "law": identified.law.text,
+                "kind": identified.law.kind,
+                "follows": identified.follows,
+                "p_value": float(f"{identified.p_value:.3g}"),
+            },
+            "fits": {
+                text: [
+                    _fit_record(init_fit.fit(law, values, i, o), law.parameter_name) for i, o, values in sized
+                ]
+                for text, law in laws.items()
+            },
+        }
+    return result
+
+
+def _fit_record(fit: init_fit.Fit, parameter_name: str) -> dict[str, Any]:
+    record = dataclasses.asdict(fit)
+    record.pop("law")
+    record["parameter"] = parameter_name
+    record["passes"] = fit.passes()
+    for key in ("statistic", "p_value", "tail_p_value", "expected", "fitted"):
+        record[key] = float(f"{record[key]:.4g}")
+    return record
 
 
 def _round(value: float) -> float:

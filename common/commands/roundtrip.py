@@ -21,7 +21,7 @@ from common.commands.textable import format_table
 from common.config import add_backends_option, add_timeout_option, parse_backend_list
 from common.core import oracle, portable
 from common.core.expectations import ATOL, RTOL, STATE_ATOL, STATE_RTOL
-from common.core.models import BOOK_SPECS, EMBED_SPECS, STATE_SPECS
+from common.core.models import BOOK_SPECS, CUSTOM_SPECS, EMBED_SPECS, STATE_SPECS
 from common.core.oracle import Loss
 from common.core.spec import ModelSpec, spec_from_dict
 from common.declarations import declaration
@@ -42,6 +42,7 @@ MODELS: dict[str, ModelSpec] = {
     **BOOK_SPECS,
     **{name: _explicit(spec) for name, spec in STATE_SPECS.items()},
     **EMBED_SPECS,
+    **CUSTOM_SPECS,  # D2L 6.5: canonical names as a built-in Dense's, so any backend reads its file
 }
 
 

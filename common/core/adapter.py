@@ -333,6 +333,14 @@ class Adapter(abc.ABC):
         It never copies values; ``param_object`` of its weight position returns the table."""
         raise self._lacks("embedding")
 
+    # -- custom layers (D2L 6.5): declared by the custom_layer capability -------------------------
+    def new_custom_dense(self, units: int, in_features: int) -> Any:
+        """A Dense built from a layer class the adapter defines with the framework's custom-layer
+        API (its own weight and bias, as the book's ``MyLinear``), computing what ``new_dense``'s
+        does, in the declared weight layout, so every read path, tie and step treats it alike.
+        ``share_dense`` receives it as the owner of a tie."""
+        raise self._lacks("custom_layer")
+
     # -- state and freezing: declared by the batchnorm and freezing capabilities ------------------
     def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> Any:
         """A BatchNorm of the framework's own kind over ``features``. ``momentum`` is canonical

@@ -74,8 +74,9 @@ class Backend(Adapter):
     # == machinery written once ==================================================================
     def build_mlp(self, spec: ModelSpec | Mapping[str, Any]) -> Model:
         """Walk the spec (or spec data, validated here before any adapter call): a Block becomes
-        a nested sequential, a tied position gets ``share_dense(owner)``. The position table is
-        then read back through ``child``, so it holds what the framework really holds."""
+        a nested sequential, a tied position gets ``share_dense(owner)``, a ``Dense(custom=True)``
+        ``new_custom_dense``. The position table is then read back through ``child``, so it holds
+        what the framework really holds."""
         if not isinstance(spec, ModelSpec):
             spec = spec_from_dict(spec)
         self._check_capabilities(spec)
@@ -100,6 +101,8 @@ class Backend(Adapter):
                         owner = owners[path]  # owners come first in walk order
                         if path in tables:
                             made[path] = self.tied_output(made[tables[path]], layer.units)
+                        elif owner == path and layer.custom:
+                            made[path] = self.new_custom_dense(layer.units, widths[path])
                         elif owner == path:
                             made[path] = self.new_dense(layer.units, widths[path])
                         else:

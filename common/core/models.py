@@ -1,5 +1,6 @@
 """Named specs: the book's three models (D2L section 6.2 and the NestMLP of 6.3), the state
-models (BatchNorm and freezing) and the embedding tied to the output projection."""
+models (BatchNorm and freezing), the embedding tied to the output projection, and the tied MLP
+built partly from each framework's custom layer class (D2L 6.5)."""
 
 from __future__ import annotations
 
@@ -63,8 +64,25 @@ EMBED_TIED = ModelSpec(
     layers=(Embedding(16, 8), Dense(8), ReLU(), Dense(16)),
     ties=((0, 3),),
 )
+# D2L 6.5: the tied MLP with its shared layer and its output built from the adapter's own
+# custom layer class (the book's MyLinear, with no ReLU inside), beside a built-in first layer.
+CUSTOM_TIED = ModelSpec(
+    "custom_tied",
+    in_features=4,
+    layers=(
+        Dense(8),
+        ReLU(),
+        Dense(8, custom=True),
+        ReLU(),
+        Dense(8, custom=True),
+        ReLU(),
+        Dense(1, custom=True),
+    ),
+    ties=((2, 4),),
+)
+CUSTOM_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (CUSTOM_TIED,)}
 EMBED_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (EMBED_TIED,)}
-NAMED_SPECS: dict[str, ModelSpec] = {**BOOK_SPECS, **STATE_SPECS, **EMBED_SPECS}
+NAMED_SPECS: dict[str, ModelSpec] = {**BOOK_SPECS, **STATE_SPECS, **EMBED_SPECS, **CUSTOM_SPECS}
 
 
 def load_spec(name_or_path: str) -> ModelSpec:

@@ -53,8 +53,14 @@ MAX_LISTED = 10  # valid choices listed in one error; the rest are counted
 
 @dataclass(frozen=True)
 class Dense:
+    """A fully connected layer. ``custom=True`` builds it from a layer class the adapter defines
+    with the framework's custom-layer API (D2L 6.5's ``MyLinear``: its own weight and bias), not
+    the framework's built-in Dense; the math, canonical names and layout are the same, and, unlike
+    the book's ``MyLinear``, no ReLU is baked in: a ReLU stays a layer of its own in the spec."""
+
     units: int
     trainable: bool = True
+    custom: bool = False
 
 
 @dataclass(frozen=True)
@@ -318,8 +324,14 @@ class ModelSpec:
             "batchnorm": self.has_batchnorm,
             "freezing": self.has_frozen,
             "embedding": self.embed_slot is not None,
+            "custom_layer": self.has_custom,
         }
         return tuple(capability for capability, needed in wanted.items() if needed)
+
+    @property
+    def has_custom(self) -> bool:
+        """Whether any Dense is built from the adapter's own custom layer class."""
+        return any(isinstance(layer, Dense) and layer.custom for _, layer in self.walk())
 
     @property
     def has_batchnorm(self) -> bool:
@@ -447,8 +459,8 @@ def _layer_from_dict(item: Any, path: LayerPath, counter: Iterator[int]) -> Laye
         raise SpecError(f"layer {layer_name(path)}: expected an object with a 'kind', got {shown(item)}")
     kind = item["kind"]
     if kind == "dense":
-        _check_fields(path, item, {"kind", "units", "trainable"})
-        return Dense(item.get("units"), item.get("trainable", True))
+        _check_fields(path, item, {"kind", "units", "trainable", "custom"})
+        return Dense(item.get("units"), item.get("trainable", True), item.get("custom", False))
     if kind == "relu":
         return ReLU()
     if kind == "embedding":
@@ -478,7 +490,12 @@ def _check_fields(path: LayerPath, item: Mapping[str, Any], valid: set[str]) -> 
 
 def _layer_to_dict(layer: Layer) -> dict[str, Any]:
     if isinstance(layer, Dense):
-        return {"kind": "dense", "units": layer.units, **({} if layer.trainable else {"trainable": False})}
+        return {
+            "kind": "dense",
+            "units": layer.units,
+            **({} if layer.trainable else {"trainable": False}),
+            **({"custom": True} if layer.custom else {}),
+        }
     if isinstance(layer, ReLU):
         return {"kind": "relu"}
     if isinstance(layer, Embedding):
@@ -555,6 +572,7 @@ def _validate(spec: ModelSpec) -> None:
             width = layer.units
         elif isinstance(layer, BatchNorm):
             shapes[path] = ("BatchNorm", (width,), (layer.momentum, layer.eps, layer.trainable))
+    custom = {path: layer.custom for path, layer in spec.walk() if isinstance(layer, Dense)}
     seen: set[LayerPath] = set()
     for group in spec.ties:
         if len(group) < 2:
@@ -586,6 +604,11 @@ def _validate(spec: ModelSpec) -> None:
                 )
             if kind == "Embedding":
                 _check_transposed_tie(where, owner, shape, settings, path, shapes[path])
+                if custom[path]:
+                    raise SpecError(
+                        f"{where}: {layer_name(path)} reads the Embedding's table, so the adapter builds "
+                        "it with the framework's tying idiom: it cannot be custom"
+                    )
                 continue
             if other_kind != kind:
                 raise SpecError(
@@ -603,6 +626,11 @@ def _validate(spec: ModelSpec) -> None:
                 raise SpecError(
                     f"{where}: cannot tie {layer_name(path)} to {layer_name(owner)}: one layer has one "
                     f"setting, but they differ ({other_settings} against {settings})"
+                )
+            if custom.get(path) != custom.get(owner):
+                raise SpecError(
+                    f"{where}: cannot tie {layer_name(path)} to {layer_name(owner)}: one is a custom "
+                    "layer and the other a built-in one, but a tie is one layer"
                 )
 
 
@@ -668,6 +696,10 @@ def _validate_layers(where: str, layers: tuple[Any, ...], prefix: LayerPath, cou
                     "but should be a positive int"
                 )
             _check_trainable(where, path, layer.trainable)
+            if not isinstance(layer.custom, bool):
+                raise SpecError(
+                    f"{where}: {layer_name(path)} custom={layer.custom!r}, but should be true or false"
+                )
         elif isinstance(layer, Embedding):
             for field_name in ("vocab", "dim"):
                 value = getattr(layer, field_name)

@@ -3,9 +3,36 @@
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
-from common.core.models import BOOK_SPECS
+import numpy as np
+
+from common.commands.probe import initialisation_record
+from common.core import init_fit
+from common.core.initializers import SCHEMES, ZEROS, Initializers, Law
+from common.core.models import BOOK_SPECS, CUSTOM_TIED
+
+
+class NumpyInitializers(Initializers):
+    """A framework whose Dense draws from the given laws themselves (D2L 6.3 records)."""
+
+    def __init__(self, weight: Law, bias: Law) -> None:
+        self.weight, self.bias = weight, bias
+
+    def dense(self, fan_in, fan_out, seed, scheme=None):
+        rng = np.random.default_rng(seed)
+        return (
+            init_fit.draw(self.weight, (fan_out, fan_in), fan_in, fan_out, rng),
+            init_fit.draw(self.bias, (fan_out,), fan_in, fan_out, rng),
+        )
+
+
+@functools.cache
+def _initialisation() -> dict[str, Any]:
+    """Glorot-uniform weights and zero biases, as every Keras; sampled once, copied into each record."""
+    weight = SCHEMES["xavier"].weight
+    return initialisation_record(NumpyInitializers(weight, ZEROS), {"weight": weight, "bias": ZEROS})
 
 
 def _params(spec, prefix: str) -> list[dict[str, Any]]:
@@ -49,6 +76,7 @@ def make_record(backend: str, **changes: Any) -> dict[str, Any]:
                 "call": "save()",
                 "entries": [p["native_name"] for p in params],
                 "round_trip_equal": True,
+                "clone_output_identical": True,
             },
         }
     models["tied"]["ties"] = {
@@ -79,8 +107,44 @@ def make_record(backend: str, **changes: Any) -> dict[str, Any]:
             "listing_call": "net.params()",
             "serializations": {"save()": {"entries": 15, "state": 4, "native_only_state": 1}},
         },
+        "initialisation": _initialisation(),
+        "lazy": {
+            "layer_list_call": "net.layers",
+            "layer_objects_before_forward": 3,
+            "params_before_forward": 0,
+            "shapes_after_first_forward": {
+                name: list(shape) for name, shape in BOOK_SPECS["mlp"].param_shapes.items()
+            },
+            "all_shapes_known_after_first_forward": True,
+        },
+        "custom_layer": {
+            "custom_class": "x.MyLinear",
+            "built_in_class": "x.Linear",
+            "params": _params(CUSTOM_TIED, "x."),
+            "listing": {
+                "call": "net.params()",
+                "names": [p["native_name"] for p in _params(CUSTOM_TIED, "x.")],
+            },
+            "custom_params_listed": True,
+            "parameter_class_as_built_in": True,
+            "tie_identity": {"same parameter object": True},
+            "write_seen_at_other_position": True,
+            "matches_oracle": True,
+            "trains_as_oracle": True,
+            "max_abs_diff": {"forward": 1e-8, "grad layers.2.weight": 5e-8, "loss after 20 steps": 3e-8},
+        },
+        "file_io": {
+            "model": "custom_tied",
+            "call": "save()",
+            "entries": [p["native_name"] for p in _params(CUSTOM_TIED, "x.")],
+            "bytes": 4000,
+            "custom_class": "MyLinear",
+            "custom_class_named_in_file": False,
+            "clone_output_identical": True,
+        },
         "timing": {"seconds": 1.0},
     }
+    record = copy.deepcopy(record)
     for path, value in changes.items():
         *parents, leaf = path.split(".")
         target = record

@@ -37,4 +37,27 @@ INVALID_SPECS: dict[str, tuple[dict, str]] = {
         {"in_features": 8, "layers": [DENSE8, DENSE8, DENSE8], "ties": [[0, 1], [1, 2]]},
         "appears in more than one tie",
     ),
+    "custom flag not a bool": (
+        {"in_features": 4, "layers": [{"kind": "dense", "units": 8, "custom": "yes"}]},
+        "layers.0 custom='yes', but should be true or false",
+    ),
+    "tie of a custom layer to a built-in one": (
+        {
+            "in_features": 4,
+            "layers": [DENSE8, RELU, {"kind": "dense", "units": 8, "custom": True}, RELU, DENSE8],
+            "ties": [[2, 4]],
+        },
+        "cannot tie layers.4 to layers.2: one is a custom layer and the other a built-in one",
+    ),
+    "custom layer reading an embedding's table": (
+        {
+            "in_features": 16,
+            "layers": [
+                {"kind": "embedding", "vocab": 16, "dim": 8},
+                {"kind": "dense", "units": 16, "custom": True},
+            ],
+            "ties": [[0, 1]],
+        },
+        "layers.1 reads the Embedding's table, so the adapter builds it with the framework's tying idiom",
+    ),
 }

@@ -75,6 +75,7 @@ device_placement = { value = false, reason = "demo" }
 batchnorm = { value = false, reason = "demo" }
 freezing = { value = false, reason = "demo" }
 embedding = { value = false, reason = "demo" }
+custom_layer = { value = false, reason = "demo" }
 
 [facts]
 weight_layout = "(out, in)"

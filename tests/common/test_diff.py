@@ -156,6 +156,44 @@ def test_claims_are_evaluated_not_assumed():
     assert evaluate(keras_claim, breaks).status == "does not hold"
 
 
+# D2L 6.4 to 6.6: per claim (by a word of its quote), a record change under which it holds and one
+# under which it does not; each must decide the verdict, so no claim holds by construction.
+CHAPTER_CLAIM_CASES = {
+    "identifies every layer's shape": (
+        {"lazy.all_shapes_known_after_first_forward": True},
+        {"lazy.all_shapes_known_after_first_forward": False},
+    ),
+    "dense1_weight stays (1, -1)": (
+        {"models.mlp.unbuilt": {"x.layers.2.weight": "(1, -1)"}},
+        {"models.mlp.unbuilt": {"x.layers.2.weight": "(1, 8)"}},
+    ),
+    "each nn.LazyLinear waits": (
+        {"models.mlp.unbuilt": {"x.layers.2.weight": "<UninitializedParameter>"}},
+        {"models.mlp.unbuilt": {}},
+    ),
+    "net[0].weight.shape": ({}, {"models.mlp.params": []}),
+    "starts with the kernel (in, out)": (
+        {"models.mlp.params": [{"name": "layers.0.weight", "native_name": "k", "native_shape": [4, 8]}]},
+        {},
+    ),
+    "each layer object exists": ({}, {"lazy.params_before_forward": 2}),
+    "listed like a built-in layer's": ({}, {"custom_layer.parameter_class_as_built_in": False}),
+    "tied like a built-in one": ({}, {"custom_layer.write_seen_at_other_position": False}),
+    "used just like the built-in": ({}, {"custom_layer.trains_as_oracle": False}),
+    "no custom serialization routine": ({}, {"file_io.clone_output_identical": False}),
+    "Y_clone == Y: a clone": ({}, {"models.mlp.native_file.clone_output_identical": False}),
+    "not the entire model": ({}, {"file_io.custom_class_named_in_file": True}),
+}
+
+
+@pytest.mark.parametrize("word", sorted(CHAPTER_CLAIM_CASES))
+def test_each_chapter_claim_is_decided_by_its_measurement(word):
+    (claim,) = [c for c in BOOK_CLAIMS if word in c.quote]
+    holds, breaks = CHAPTER_CLAIM_CASES[word]
+    assert evaluate(claim, make_record(FIRST, **holds)).status == "holds", claim
+    assert evaluate(claim, make_record(FIRST, **breaks)).status != "holds", claim
+
+
 def test_every_claim_names_a_known_measure_a_description_and_a_book_tab():
     for claim in BOOK_CLAIMS:
         assert claim.measure in MEASURES and claim.measure in DESCRIBE, claim

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from common.core.expectations import BOOK_PARAM_SHAPES, NEST_LEVELS, TIED_POSITIONS
-from common.core.models import BOOK_SPECS, TIED, load_spec
+from common.core.models import BOOK_SPECS, CUSTOM_TIED, TIED, load_spec
 from common.core.spec import Dense, ModelSpec, ReLU, spec_from_dict
 from common.errors import SpecError
 from tests.common.spec_cases import INVALID_SPECS
@@ -60,3 +60,32 @@ def test_load_spec_errors(tmp_path):
     bad.write_text(json.dumps({"in_features": 4, "layers": [], "extra": 1}))
     with pytest.raises(SpecError, match="unknown spec field"):
         load_spec(str(bad))
+
+
+def test_custom_flag_round_trips_and_is_written_only_when_set(tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(CUSTOM_TIED.to_dict()))
+    assert load_spec(str(path)) == CUSTOM_TIED
+    assert [layer.get("custom") for layer in CUSTOM_TIED.to_dict()["layers"]] == [
+        None,
+        None,
+        True,
+        None,
+        True,
+        None,
+        True,
+    ]
+    assert spec_from_dict({"in_features": 4, "layers": [{"kind": "dense", "units": 8}]}).layers == (Dense(8),)
+    assert Dense(8).custom is False
+
+
+def test_custom_flag_changes_no_canonical_name_or_shape():
+    """The portable format and the oracle see a custom Dense as a Dense: same names, shapes, ties."""
+    assert [(p.name, p.shape, p.positions) for p in CUSTOM_TIED.params] == [
+        (p.name, p.shape, p.positions) for p in TIED.params
+    ]
+
+
+def test_a_custom_layer_needs_the_custom_layer_capability():
+    assert "custom_layer" in CUSTOM_TIED.needs
+    assert "custom_layer" not in TIED.needs

@@ -1,0 +1,17 @@
+"""D2L 6.3 in Keras 3 on JAX: backends/_keras_initializers.py with keras.ops and keras.random."""
+
+from __future__ import annotations
+
+from backends._keras_initializers import KerasInitializers
+
+
+class Keras3Initializers(KerasInitializers):
+    def __init__(self) -> None:
+        import keras
+
+        def uniform(shape, low, high, dtype, seed):
+            return keras.random.uniform(shape, low, high, dtype=dtype, seed=seed)
+
+        super().__init__(
+            keras, keras.ops, uniform, lambda variable: keras.ops.convert_to_numpy(variable.value)
+        )
