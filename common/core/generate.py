@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -37,11 +37,12 @@ from hypothesis import strategies as st
 from common.config import DEFAULT_EXAMPLES, EXAMPLES_ENV, SEED_ENV, Budget, budget
 from common.core import oracle
 from common.core.hostile_native import KINDS, LONG_NAME, RETYPED, NativeChange
-from common.core.oracle import Loss
+from common.core.oracle import Conventions, Loss
 from common.core.spec import (
     LAYER_KINDS,
     MAX_LAYERS,
     MAX_NESTING,
+    BatchNorm,
     Block,
     Dense,
     Layer,
@@ -122,29 +123,56 @@ class _Sets:
         self.parent[max(a, b)] = min(a, b)  # the root is the smallest variable: 0 if in_features
 
 
-@st.composite
-def valid_specs(draw, min_dense: int = 1, min_ties: int = 0) -> ModelSpec:
-    """A valid spec; ``min_ties`` > 0 needs ``min_dense`` >= 2 per group."""
-    count = draw(st.integers(min_dense, MAX_DENSE))
-    items: list[int | None] = []  # execution order: a Dense index, or None for a ReLU
-    for index in range(count):
-        items += [None] * draw(st.integers(0, 2)) + [index]
-    items += [None] * draw(st.integers(0, 2))
+@dataclass(frozen=True)
+class _Norm:
+    """A BatchNorm in the execution order, right after Dense ``dense`` (it normalizes its output)."""
 
-    order = draw(st.permutations(range(count)))
-    groups: list[list[int]] = []
+    dense: int
+
+
+MOMENTA = st.none() | st.floats(0.05, 1.0)  # canonical: the weight of the new batch
+EPSILONS = st.none() | st.floats(1e-5, 0.1)
+
+
+def _groups(draw, order: list, count: int, minimum: int) -> list[list]:
+    """Up to ``count`` groups of 2 or 3 items taken from ``order`` in turn (at least ``minimum``)."""
+    groups: list[list] = []
     used = 0
-    for _ in range(draw(st.integers(min_ties, MAX_TIE_GROUPS))):
-        if count - used < 2:
+    for _ in range(draw(st.integers(min(minimum, count), count))):
+        if len(order) - used < 2:
             break
-        size = draw(st.integers(2, min(3, count - used)))
+        size = draw(st.integers(2, min(3, len(order) - used)))
         groups.append(sorted(order[used : used + size]))
         used += size
+    return groups
+
+
+@st.composite
+def valid_specs(
+    draw, min_dense: int = 1, min_ties: int = 0, batchnorm: bool = True, freezing: bool = True
+) -> ModelSpec:
+    """A valid spec; ``min_ties`` > 0 needs ``min_dense`` >= 2 per group. ``batchnorm`` and
+    ``freezing`` say whether the backend builds them (its declared capabilities): without one,
+    no spec uses it."""
+    count = draw(st.integers(min_dense, MAX_DENSE))
+    items: list[int | _Norm | None] = []  # execution order: a Dense index, a BatchNorm, or None (ReLU)
+    for index in range(count):
+        items += [None] * draw(st.integers(0, 2)) + [index]
+        if batchnorm and draw(st.booleans()):
+            items.append(_Norm(index))
+    items += [None] * draw(st.integers(0, 2))
+
+    groups = _groups(draw, draw(st.permutations(range(count))), MAX_TIE_GROUPS, min_ties)
+    norms = [item.dense for item in items if isinstance(item, _Norm)]
+    norm_groups = _groups(draw, draw(st.permutations(norms)), MAX_TIE_GROUPS - len(groups), 0)
 
     sets = _Sets(count + 1)
-    for group in groups:
+    for group in groups:  # tied Dense layers: the same (in, out)
         for other in group[1:]:
             sets.union(group[0], other)
+            sets.union(group[0] + 1, other + 1)
+    for group in norm_groups:  # tied BatchNorms: the same features, the outputs of their Dense
+        for other in group[1:]:
             sets.union(group[0] + 1, other + 1)
     values: dict[int, int] = {}
     for variable in range(count + 1):
@@ -153,11 +181,33 @@ def valid_specs(draw, min_dense: int = 1, min_ties: int = 0) -> ModelSpec:
             values[root] = draw(st.integers(1, MAX_INPUT if root == 0 else MAX_WIDTH))
     widths = [values[sets.find(v)] for v in range(count + 1)]
 
+    # One layer per tie group, so one setting: drawn for its first member, shared by the others.
+    dense_units, norm_units = _units(groups, range(count)), _units(norm_groups, norms)
+    frozen = {}
+    for kind, units in (("dense", dense_units), ("batchnorm", norm_units)):
+        for unit in units:
+            flag = freezing and draw(st.booleans())
+            frozen.update({(kind, k): flag for k in unit})
+    if frozen and all(frozen.values()):  # something must train: the first Dense's layer does
+        frozen.update({("dense", k): False for k in next(u for u in dense_units if 0 in u)})
+    norm_layers = {}
+    for unit in norm_units:
+        layer = BatchNorm(draw(MOMENTA), draw(EPSILONS), not frozen[("batchnorm", unit[0])])
+        norm_layers.update({k: layer for k in unit})
+    dense_layers = {k: Dense(widths[k + 1], not frozen[("dense", k)]) for k in range(count)}
+
     tree = _nest(draw, items, 0)
-    paths: dict[int, LayerPath] = {}
-    layers = _layers(tree, (), widths, paths)
+    paths: dict[int | _Norm, LayerPath] = {}
+    layers = _layers(tree, (), dense_layers, norm_layers, paths)
     ties = tuple(tuple(paths[index] for index in group) for group in groups)
+    ties += tuple(tuple(paths[_Norm(index)] for index in group) for group in norm_groups)
     return ModelSpec("generated", widths[0], layers, ties)
+
+
+def _units(groups: list[list[int]], members) -> list[list[int]]:
+    """The layers behind ``members``: each tie group is one, each untied member another."""
+    tied = {k for group in groups for k in group}
+    return [*groups, *([k] for k in members if k not in tied)]
 
 
 def _nest(draw, items: list, depth: int) -> list:
@@ -174,34 +224,52 @@ def _nest(draw, items: list, depth: int) -> list:
     return result
 
 
-def _layers(tree: list, prefix: LayerPath, widths: list[int], paths: dict[int, LayerPath]) -> tuple:
+def _layers(
+    tree: list,
+    prefix: LayerPath,
+    dense: dict[int, Dense],
+    norms: dict[int, BatchNorm],
+    paths: dict[int | _Norm, LayerPath],
+) -> tuple:
     layers: list[Layer] = []
     for index, node in enumerate(tree):
         path = prefix + (index,)
         if isinstance(node, list):
-            layers.append(Block(_layers(node, path, widths, paths)))
+            layers.append(Block(_layers(node, path, dense, norms, paths)))
         elif node is None:
             layers.append(ReLU())
+        elif isinstance(node, _Norm):
+            paths[node] = path
+            layers.append(norms[node.dense])
         else:
             paths[node] = path
-            layers.append(Dense(widths[node + 1]))
+            layers.append(dense[node])
     return tuple(layers)
 
 
 INPUT_SEEDS = range(1, 17)  # input seeds tried, in order, for one whose ReLU inputs are clear of 0
+DEFAULT_CONVENTIONS = Conventions()  # torch's, the oracle's default
+STATE_SEED = 0  # a BatchNorm's running statistics start seeded (not 0 and 1), so inference means something
 
 
 class Materials(NamedTuple):
     weights: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]  # running statistics, empty without a BatchNorm
     x: np.ndarray
     loss: Loss
-    bounds: Bounds
+    training: Bounds  # a training pass from ``state``: output, gradients, statistics after it
+    inference: Bounds  # an inference pass on ``state``
+
+    @property
+    def risky(self) -> int:
+        """ReLU inputs and BatchNorm variances float32 cannot pin down, in either pass."""
+        return sum(b.risky_kinks + b.near_constant for b in (self.training, self.inference))
 
 
 class Case(NamedTuple):
-    """One generated example: a spec, a batch size and a loss kind. Weights, input and target
-    follow from these deterministically (``materials``), so the JSON of ``to_dict`` reproduces
-    it: ``case_from_dict(json.loads(TEXT))``."""
+    """One generated example: a spec, a batch size and a loss kind. Weights, state, input and
+    target follow from these deterministically (``materials``), so the JSON of ``to_dict``
+    reproduces it: ``case_from_dict(json.loads(TEXT))``."""
 
     spec: ModelSpec
     batch: int
@@ -213,13 +281,18 @@ class Case(NamedTuple):
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
-    def materials(self) -> Materials:
-        """The oracle's seeded float32 weights (seed 0), a float32 input, the loss and its bounds.
+    def materials(self, conventions: Conventions = DEFAULT_CONVENTIONS) -> Materials:
+        """The oracle's seeded float32 weights (seed 0) and running statistics (STATE_SEED), a
+        float32 input, the loss, and the bounds of a training and an inference pass under a
+        backend's BatchNorm ``conventions``.
 
         The input is the first of INPUT_SEEDS whose ReLU inputs all sit farther from 0 than
-        their own tolerance, so float32 rounding cannot flip a ReLU (the gradient jumps there);
-        the first seed almost always is. If none is, ``bounds.risky_kinks`` says so."""
+        their own tolerance, in both passes, so float32 rounding cannot flip a ReLU (the gradient
+        jumps there), and whose BatchNorm features all vary enough across the batch for float32
+        to pin their variance down (``Bounds.near_constant``); the first seed almost always is.
+        If none is, ``risky`` says so."""
         weights = oracle.initial_weights(self.spec, seed=0)
+        state = oracle.initial_state(self.spec, seed=STATE_SEED)
         loss = Loss()
         if self.loss == "mse":
             target = np.random.default_rng(7).normal(size=(self.batch, self.spec.out_features))
@@ -227,8 +300,12 @@ class Case(NamedTuple):
         first = None
         for seed in INPUT_SEEDS:
             x = oracle.sample_input(self.spec, batch=self.batch, seed=seed)
-            found = Materials(weights, x, loss, bounds(self.spec, weights, x, loss))
-            if not found.bounds.risky_kinks:
+            passes = {
+                mode: bounds(self.spec, weights, x, loss, state=state, mode=mode, conventions=conventions)
+                for mode in ("training", "inference")
+            }
+            found = Materials(weights, state, x, loss, **passes)
+            if not found.risky:
                 return found
             if first is None:
                 first = found
@@ -239,13 +316,13 @@ def case_from_dict(data: Mapping[str, Any]) -> Case:
     return Case(spec_from_dict(data["spec"]), int(data["batch"]), str(data.get("loss", "sum")))
 
 
-def cases(min_ties: int = 0) -> st.SearchStrategy[Case]:
-    return st.builds(
-        Case,
-        valid_specs(min_dense=2 * min_ties or 1, min_ties=min_ties),
-        st.integers(1, MAX_BATCH),
-        st.sampled_from(LOSS_KINDS),
-    )
+@st.composite
+def cases(draw, min_ties: int = 0, batchnorm: bool = True, freezing: bool = True) -> Case:
+    """A spec, a batch and a loss. A spec with a BatchNorm gets a batch of 2 or more: one row
+    has no variance to normalize by (torch refuses it in training mode)."""
+    spec = draw(valid_specs(2 * min_ties or 1, min_ties, batchnorm, freezing))
+    batch = draw(st.integers(2 if spec.has_batchnorm else 1, MAX_BATCH))
+    return Case(spec, batch, draw(st.sampled_from(LOSS_KINDS)))
 
 
 # == invalid specs ================================================================================
@@ -548,8 +625,9 @@ class InvalidInput(NamedTuple):
 
 
 @st.composite
-def invalid_inputs(draw) -> InvalidInput:
-    spec = draw(valid_specs())
+def invalid_inputs(draw, batchnorm: bool = True, freezing: bool = True) -> InvalidInput:
+    """A wrong input for a valid spec (one the backend can build: ``batchnorm``, ``freezing``)."""
+    spec = draw(valid_specs(batchnorm=batchnorm, freezing=freezing))
     width, batch = spec.in_features, draw(st.integers(1, MAX_BATCH))
     wrong_width = draw(st.integers(1, MAX_INPUT + 1).filter(lambda w: w != width))
     reason, shape, dtype = draw(
@@ -578,6 +656,9 @@ def invalid_inputs(draw) -> InvalidInput:
 
 # == the error bound ==============================================================================
 SIGMAS = 16.0  # tolerance = SIGMAS * sigma; see tests/conformance/test_properties.py
+# A training-mode BatchNorm feature whose normalized values (of order 1) float32 pins down only
+# to within this is near-constant across the batch, its statistics ill-conditioned: next input seed.
+NEAR_CONSTANT = 0.5
 
 
 @dataclass(frozen=True)
@@ -589,6 +670,8 @@ class Bounds:
     loss: float
     grads: dict[str, np.ndarray]  # per unique parameter, the summed gradient
     risky_kinks: int  # nonzero ReLU inputs within their own tolerance of 0
+    near_constant: int = 0  # training-mode BatchNorm features float32 cannot normalize to NEAR_CONSTANT
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # running statistics after the pass
 
     def step(self, weights: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float):
         """Tolerances of ``w - lr * g`` per unique parameter, for one framework-SGD step."""
@@ -599,34 +682,64 @@ class Bounds:
         }
 
 
-def bounds(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray, loss: Loss) -> Bounds:
-    """Propagate the float32 error scale sigma through the forward and backward pass (float64,
-    with the oracle's activations); the rule is written out in tests/conformance/test_properties.py.
+class _Norm64(NamedTuple):
+    """What the backward pass needs of one BatchNorm use's forward errors."""
+
+    var_normalized: np.ndarray  # per element, of (h - mean) / sqrt(var + eps)
+    inv_std_error: np.ndarray  # per feature, relative
+
+
+def bounds(
+    spec: ModelSpec,
+    weights: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    loss: Loss,
+    *,
+    state: Mapping[str, np.ndarray] | None = None,
+    mode: str = "training",
+    conventions: Conventions = DEFAULT_CONVENTIONS,
+    uses: Mapping[str, int] | None = None,
+) -> Bounds:
+    """Propagate the float32 error scale sigma through the oracle's own pass in ``mode`` (float64,
+    its activations, its BatchNorm statistics and updates); the rule is written out in
+    tests/conformance/test_properties.py.
 
     A sum of n terms p_i rounds with an error of at most u (n + 1) sum|p_i| (u = 2**-24): that is
     each value's own sigma. An error already in an input leaves a linear map W with the variance
     (W * W) @ var: rounding errors have independent signs, so they add like a random walk, not
-    through |W| (which would grow like (sqrt(n) / 2) ** depth and make the bound vacuous)."""
+    through |W| (which would grow like (sqrt(n) / 2) ** depth and make the bound vacuous). A
+    BatchNorm in training mode is a linear map too, to first order, but one that mixes the
+    batch: its Jacobian per feature, (inv_std / n) (n I - 1 - z z^T) with z the normalized
+    values, is (n, n), and batches are small."""
     u = UNIT_ROUNDOFF
     x = np.asarray(x, np.float64)
-    owners = {slot.path: slot.owner for slot in spec.dense_slots}
+    done = oracle.run(spec, weights, x, state, mode, conventions, uses)
+    owners = {slot.path: slot.owner for slot in spec.layer_slots}
 
     def param(path: LayerPath, role: str) -> np.ndarray:
         return np.asarray(weights[f"{layer_name(owners[path])}.{role}"], np.float64)
 
-    h, var_h, risky = x, np.zeros_like(x), 0
-    tape = []
-    for path, layer in spec.walk():
+    var_h, risky, near_constant = np.zeros_like(x), 0, 0
+    tape, errors, batch_errors = [], {}, {}
+    for path, layer, h, saved in done.tape:
         tape.append((path, layer, h, var_h))
         if isinstance(layer, Dense):
             w, b = param(path, "weight"), param(path, "bias")
             local = u * (w.shape[1] + 1) * (np.abs(h) @ np.abs(w).T + np.abs(b))
-            h, var_h = h @ w.T + b, var_h @ (w * w).T + local**2
+            var_h = var_h @ (w * w).T + local**2
+        elif isinstance(layer, BatchNorm):
+            gamma, beta = param(path, "weight"), param(path, "bias")
+            eps = conventions.settings(layer)[1]
+            var_h, errors[path], batch_errors[path] = _batchnorm_forward(h, var_h, saved, gamma, beta, eps)
+            if saved.batch_stats:
+                sigma_normalized = np.sqrt(errors[path].var_normalized)
+                near_constant += int(
+                    np.count_nonzero((SIGMAS * sigma_normalized > NEAR_CONSTANT).any(axis=0))
+                )
         else:
             risky += int(np.count_nonzero((h != 0) & (np.abs(h) <= SIGMAS * np.sqrt(var_h))))
-            mask = h > 0
-            h, var_h = h * mask, var_h * mask
-    y, var_y = h, var_h
+            var_h = var_h * (h > 0)
+    y, var_y = done.output, var_h
 
     if loss.kind == "sum":
         g, var_g = np.ones_like(y), np.zeros_like(y)
@@ -638,20 +751,33 @@ def bounds(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray, lo
         var_loss = np.sum(g**2 * var_y) + (u * (y.size + 1) * np.mean(residual**2)) ** 2
 
     parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    saved_by_path = {path: saved for path, _, _, saved in done.tape}
     for path, layer, h_in, var_in in reversed(tape):
+        batch = len(h_in)
+        owner = layer_name(owners[path]) if path in owners else ""
         if isinstance(layer, Dense):
             w = param(path, "weight")
-            batch = len(h_in)
             grad_w = g.T @ h_in
             rounding = u * (batch + 1) * (np.abs(g).T @ np.abs(h_in))
-            var_w = var_g.T @ h_in**2 + (g**2).T @ var_in + rounding**2
+            # The last term is second order, the product of the two errors: it is what is left
+            # where both factors are zero plus rounding (a BatchNorm of a constant feature).
+            var_w = var_g.T @ h_in**2 + (g**2).T @ var_in + var_g.T @ var_in + rounding**2
             grad_b = g.sum(axis=0)
             var_b = var_g.sum(axis=0) + (u * (batch + 1) * np.abs(g).sum(axis=0)) ** 2
-            owner = layer_name(owners[path])
             parts.setdefault(f"{owner}.weight", []).append((grad_w, var_w))
             parts.setdefault(f"{owner}.bias", []).append((grad_b, var_b))
             local = u * (w.shape[0] + 1) * (np.abs(g) @ np.abs(w))
             g, var_g = g @ w, var_g @ (w * w) + local**2
+        elif isinstance(layer, BatchNorm):
+            saved, error = saved_by_path[path], errors[path]
+            z = saved.normalized
+            grad_gamma, grad_beta = (g * z).sum(axis=0), g.sum(axis=0)
+            var_gamma = (var_g * z**2 + (g**2 + var_g) * error.var_normalized).sum(axis=0)
+            var_gamma += (u * (batch + 1) * np.abs(g * z).sum(axis=0)) ** 2
+            var_beta = var_g.sum(axis=0) + (u * (batch + 1) * np.abs(g).sum(axis=0)) ** 2
+            parts.setdefault(f"{owner}.weight", []).append((grad_gamma, var_gamma))
+            parts.setdefault(f"{owner}.bias", []).append((grad_beta, var_beta))
+            g, var_g = _batchnorm_backward(g, var_g, saved, error, param(path, "weight"))
         else:
             mask = h_in > 0
             g, var_g = g * mask, var_g * mask
@@ -666,4 +792,110 @@ def bounds(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray, lo
         loss=float(SIGMAS * np.sqrt(var_loss)),
         grads=grads,
         risky_kinks=risky,
+        near_constant=near_constant,
+        state=_state_bounds(spec, done, state, conventions, batch_errors),
     )
+
+
+def _jacobian(saved) -> np.ndarray:
+    """d normalized / d h of a training-mode BatchNorm: (features, batch, batch), symmetric."""
+    z, n = saved.normalized, saved.normalized.shape[0]
+    eye = np.eye(n)[None]
+    return (saved.inv_std[:, None, None] / n) * (n * eye - 1.0 - z.T[:, :, None] * z.T[:, None, :])
+
+
+def _batchnorm_forward(h, var_h, saved, gamma, beta, eps):
+    """A BatchNorm use's output variance, what its backward needs, and (training mode) the sigma
+    of the batch mean and variance it hands to the running statistics.
+
+    Local roundings, per feature: the batch mean u (n + 1) mean|h|; the batch variance
+    u (n + 3) (mean(h**2) + eps), which covers the one-pass E[h**2] - mean**2 (Flax's fast
+    variance) and a variance rebuilt from 1 / sqrt(var + eps) (MXNet's backward); each moves the
+    normalized value by inv_std sigma_mean and |z| sigma_var / (2 (var + eps)). The output, as
+    h * scale + shift or any other order, rounds by u 4 (|gamma| inv_std (|h| + |mean|) + |beta|).
+    Debiased running statistics (use_count) carry the relative error of 1 - (1 - m) ** uses."""
+    u = UNIT_ROUNDOFF
+    z, inv, mean, var, n = saved.normalized, saved.inv_std, saved.mean, saved.var, h.shape[0]
+    if saved.batch_stats:
+        jacobian = _jacobian(saved)
+        propagated = np.einsum("fij,jf->if", jacobian**2, var_h)
+        sigma_mean = u * (n + 1) * np.abs(h).mean(axis=0)
+        sigma_var = u * (n + 3) * ((h**2).mean(axis=0) + eps)
+        relative_var = sigma_var / (var + eps)
+        # The statistics' rounding moves every row of a feature alike, so a later sum over the
+        # batch adds it coherently (n times, not sqrt(n)): counted sqrt(n) times here.
+        shared = np.sqrt(n * ((inv * sigma_mean) ** 2 + (0.5 * z * relative_var) ** 2))
+        local = shared + 3 * u * np.abs(z)
+        centered = h - mean
+        batch_error = (
+            np.sqrt(var_h.sum(axis=0) / n**2 + sigma_mean**2),
+            np.sqrt(((2.0 / n * centered) ** 2 * var_h).sum(axis=0) + sigma_var**2),
+        )
+    else:
+        propagated = inv**2 * var_h
+        relative_var = np.zeros_like(inv)
+        if saved.uses:
+            kept = 1.0 - saved.debias  # (1 - m) ** uses
+            relative_var = relative_var + u * (saved.uses + 3) * kept / saved.debias + 2 * u
+        shifted = np.sqrt((inv * mean) ** 2 + (0.5 * z * var / (var + eps)) ** 2)
+        local = relative_var * shifted + 3 * u * np.abs(z)
+        batch_error = None
+    var_normalized = propagated + local**2
+    rounding = 4 * u * (np.abs(gamma) * inv * (np.abs(h) + np.abs(mean)) + np.abs(beta))
+    if saved.batch_stats:  # the variance's whole sigma, propagated and local
+        inv_std_error = 0.5 * batch_error[1] / (var + eps) + 2 * u
+    else:
+        inv_std_error = 0.5 * relative_var * var / (var + eps) + 2 * u
+    return gamma**2 * var_normalized + rounding**2, _Norm64(var_normalized, inv_std_error), batch_error
+
+
+def _batchnorm_backward(g, var_g, saved, error: _Norm64, gamma):
+    """The upstream gradient through one BatchNorm use and its variance: the Jacobian's (the
+    same map, transposed, and it is symmetric), the forward errors of z and inv_std it reads,
+    and the rounding of its three sums."""
+    u = UNIT_ROUNDOFF
+    z, inv, n = saved.normalized, saved.inv_std, g.shape[0]
+    d, var_d = g * gamma, var_g * gamma**2 + (u * g * gamma) ** 2
+    if not saved.batch_stats:
+        out = d * inv
+        return out, inv**2 * var_d + (np.abs(out) * (error.inv_std_error + u)) ** 2
+    out = np.einsum("fij,jf->if", _jacobian(saved), d)
+    propagated = np.einsum("fij,jf->if", _jacobian(saved) ** 2, var_d)
+    projection = (d * z).sum(axis=0)
+    sigma_z = np.sqrt(error.var_normalized)  # z's errors share their cause: summed, not walked
+    sigma_d = np.abs(d) + np.sqrt(var_d)  # second order: d's own error times z's
+    through_z = (inv / n) * (
+        (np.abs(projection) + (sigma_d * np.abs(z)).sum(axis=0)) * sigma_z
+        + (np.abs(z) + sigma_z) * (sigma_d * sigma_z).sum(axis=0)
+    )
+    terms = n * np.abs(d) + np.abs(d).sum(axis=0) + np.abs(z) * np.abs(d * z).sum(axis=0)
+    rounding = u * (n + 2) * (inv / n) * terms
+    var_out = propagated + through_z**2 + (np.abs(out) * error.inv_std_error) ** 2 + rounding**2
+    return out, var_out
+
+
+def _state_bounds(spec, done, state, conventions, batch_errors) -> dict[str, np.ndarray]:
+    """Running statistics after the pass: each update r <- (1 - m) r + m s, in the order the
+    oracle applied them, carries (1 - m) of r's sigma, m of the batch statistic's, and its own
+    rounding u 4 (|r| + |s|): not ((1 - m)|r| + m|s|), since a framework that keeps the old
+    value's weight 1 - m rounds it to float32, which moves r' by u |r - s| whatever m is. A
+    statistic no update touched must come back exactly."""
+    u = UNIT_ROUNDOFF
+    running = {
+        name: np.asarray(value, np.float64)
+        for name, value in (oracle.initial_state(spec) if state is None else state).items()
+    }
+    sigma = {name: np.zeros_like(value) for name, value in running.items()}
+    for update in done.updates:
+        mean_error, var_error = batch_errors[update.path]
+        n = update.batch
+        unbiased = n / (n - 1) if conventions.unbiased_running_var and n > 1 else 1.0
+        for role, value, error in (
+            ("running_mean", update.mean, mean_error),
+            ("running_var", update.stored_var, unbiased * var_error + u * np.abs(update.stored_var)),
+        ):
+            name, m = f"{update.owner}.{role}", update.momentum
+            rounding = 4 * u * (np.abs(running[name]) + np.abs(value))
+            sigma[name] = np.sqrt(((1 - m) * sigma[name]) ** 2 + (m * error) ** 2 + rounding**2)
+            running[name] = (1 - m) * running[name] + m * value
+    return {name: SIGMAS * value for name, value in sigma.items()}
