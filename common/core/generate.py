@@ -2,10 +2,14 @@
 float32 error bound every backend is held to.
 
 - ``valid_specs()``: 1 to 8 Dense layers of widths 1 to 64 on inputs of 1 to 32 features, ReLUs
-  anywhere (leading, trailing, repeated), blocks nested up to 3 deep, and 0 to 3 tie groups of 2
-  or 3 positions each, their (in, out) shapes made equal by construction, free to cross block
-  boundaries. ``cases()`` adds a batch size (1 to 16) and a loss; every draw shrinks towards one
-  Dense layer of width 1, no ReLU, no block, no tie, batch 1 and the sum loss.
+  anywhere (leading, trailing, repeated), a BatchNorm right after any Dense (momentum and eps each
+  unset, the framework's default, or set canonically), any Dense or BatchNorm frozen (at least
+  one layer trains), blocks nested up to 3 deep, and 0 to 3 tie groups of 2 or 3 positions each,
+  Dense with Dense or BatchNorm with BatchNorm, their shapes made equal by construction, free to
+  cross block boundaries. BatchNorm and freezing are drawn only where the backend declares the
+  capability (``batchnorm``, ``freezing`` arguments). ``cases()`` adds a batch size (1 to 16, 2
+  or more with a BatchNorm) and a loss; every draw shrinks towards one Dense layer of width 1,
+  no ReLU, no BatchNorm, nothing frozen, no block, no tie, batch 1 and the sum loss.
 - ``invalid_specs()``: JSON-like dicts that ``spec_from_dict`` must refuse, each with the reason
   and a regular expression its SpecError message must match.
 - ``native_changes()``: changes to a model's own native file that every backend's reader must
@@ -14,8 +18,9 @@ float32 error bound every backend is held to.
 - ``budget()`` (from ``common.config``, the one reader of PARITY_EXAMPLES and PARITY_SEED):
   examples per property (default 10) and the seed (unset: derandomized, the same examples every
   run); ``configured`` applies them to a test.
-- ``bounds()``: per-element tolerances for a float32 computation against the float64 oracle (the
-  rule is written out in tests/conformance/test_properties.py).
+- ``bounds()``: per-element tolerances for a float32 computation against the float64 oracle, in
+  training or inference mode, for the output, the loss, the gradients and the running statistics
+  after the pass (the rule is written out in tests/conformance/test_properties.py).
 
 Hypothesis is imported here and nowhere else in ``common/``; the base environment and every
 backend's environment have it (pyproject's extras).
@@ -135,13 +140,15 @@ EPSILONS = st.none() | st.floats(1e-5, 0.1)
 
 
 def _groups(draw, order: list, count: int, minimum: int) -> list[list]:
-    """Up to ``count`` groups of 2 or 3 items taken from ``order`` in turn (at least ``minimum``)."""
+    """Up to ``count`` groups of 2 or 3 items taken from ``order`` in turn (at least ``minimum``);
+    their sizes are one list, so that a shrink deletes a group with its own draw."""
+    sizes = draw(st.lists(st.integers(2, 3), min_size=min(minimum, count), max_size=count))
     groups: list[list] = []
     used = 0
-    for _ in range(draw(st.integers(min(minimum, count), count))):
+    for size in sizes:
         if len(order) - used < 2:
             break
-        size = draw(st.integers(2, min(3, len(order) - used)))
+        size = min(size, len(order) - used)
         groups.append(sorted(order[used : used + size]))
         used += size
     return groups
@@ -154,17 +161,24 @@ def valid_specs(
     """A valid spec; ``min_ties`` > 0 needs ``min_dense`` >= 2 per group. ``batchnorm`` and
     ``freezing`` say whether the backend builds them (its declared capabilities): without one,
     no spec uses it."""
-    count = draw(st.integers(min_dense, MAX_DENSE))
+    # Per Dense, one element of one list (so that a shrink deletes a Dense with all its draws):
+    # the ReLUs before it, whether it is frozen, and the BatchNorm after it, if any.
+    flags = st.booleans() if freezing else st.just(False)
+    norm = st.tuples(flags, MOMENTA, EPSILONS) if batchnorm else st.just(None)
+    dense = draw(
+        st.lists(
+            st.tuples(st.integers(0, 2), flags, st.none() | norm), min_size=min_dense, max_size=MAX_DENSE
+        )
+    )
+    count = len(dense)
     items: list[int | _Norm | None] = []  # execution order: a Dense index, a BatchNorm, or None (ReLU)
-    for index in range(count):
-        items += [None] * draw(st.integers(0, 2)) + [index]
-        if batchnorm and draw(st.booleans()):
-            items.append(_Norm(index))
+    for index, (relus, _, after) in enumerate(dense):
+        items += [None] * relus + [index] + ([] if after is None else [_Norm(index)])
     items += [None] * draw(st.integers(0, 2))
 
-    groups = _groups(draw, draw(st.permutations(range(count))), MAX_TIE_GROUPS, min_ties)
     norms = [item.dense for item in items if isinstance(item, _Norm)]
-    norm_groups = _groups(draw, draw(st.permutations(norms)), MAX_TIE_GROUPS - len(groups), 0)
+    norm_groups = _groups(draw, draw(st.permutations(norms)), MAX_TIE_GROUPS - min_ties, 0)
+    groups = _groups(draw, draw(st.permutations(range(count))), MAX_TIE_GROUPS - len(norm_groups), min_ties)
 
     sets = _Sets(count + 1)
     for group in groups:  # tied Dense layers: the same (in, out)
@@ -181,18 +195,16 @@ def valid_specs(
             values[root] = draw(st.integers(1, MAX_INPUT if root == 0 else MAX_WIDTH))
     widths = [values[sets.find(v)] for v in range(count + 1)]
 
-    # One layer per tie group, so one setting: drawn for its first member, shared by the others.
+    # One layer per tie group, so one setting: its first member's, shared by the others.
     dense_units, norm_units = _units(groups, range(count)), _units(norm_groups, norms)
-    frozen = {}
-    for kind, units in (("dense", dense_units), ("batchnorm", norm_units)):
-        for unit in units:
-            flag = freezing and draw(st.booleans())
-            frozen.update({(kind, k): flag for k in unit})
-    if frozen and all(frozen.values()):  # something must train: the first Dense's layer does
+    frozen = {("dense", k): dense[unit[0]][1] for unit in dense_units for k in unit}
+    frozen |= {("batchnorm", k): dense[unit[0]][2][0] for unit in norm_units for k in unit}
+    if all(frozen.values()):  # something must train: the first Dense's layer does
         frozen.update({("dense", k): False for k in next(u for u in dense_units if 0 in u)})
     norm_layers = {}
     for unit in norm_units:
-        layer = BatchNorm(draw(MOMENTA), draw(EPSILONS), not frozen[("batchnorm", unit[0])])
+        _, momentum, eps = dense[unit[0]][2]
+        layer = BatchNorm(momentum, eps, not frozen[("batchnorm", unit[0])])
         norm_layers.update({k: layer for k in unit})
     dense_layers = {k: Dense(widths[k + 1], not frozen[("dense", k)]) for k in range(count)}
 

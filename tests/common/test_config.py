@@ -173,7 +173,8 @@ GOOD_BATCHNORM = GOOD.replace(
 ).replace(
     'grad_state_before_backward = "none"\n',
     'grad_state_before_backward = "none"\nbatchnorm_momentum = 0.1\nbatchnorm_eps = 1e-5\n'
-    'batchnorm_running_var = "unbiased"\nfrozen_batchnorm = "training"\n',
+    'batchnorm_running_var = "unbiased"\nfrozen_batchnorm = "training"\n'
+    'batchnorm_statistics_update = "forward"\nbatchnorm_inference_debias = "none"\n',
 )
 
 
