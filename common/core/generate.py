@@ -208,7 +208,7 @@ def valid_specs(
         norm_layers.update({k: layer for k in unit})
     dense_layers = {k: Dense(widths[k + 1], not frozen[("dense", k)]) for k in range(count)}
 
-    tree = _nest(draw, items, 0)
+    tree = _nest(draw, items)
     paths: dict[int | _Norm, LayerPath] = {}
     layers = _layers(tree, (), dense_layers, norm_layers, paths)
     ties = tuple(tuple(paths[index] for index in group) for group in groups)
@@ -222,18 +222,26 @@ def _units(groups: list[list[int]], members) -> list[list[int]]:
     return [*groups, *([k] for k in members if k not in tied)]
 
 
-def _nest(draw, items: list, depth: int) -> list:
-    """Cut ``items`` into consecutive runs, each kept inline or wrapped in a block (recursively)."""
-    result, start = [], 0
-    while start < len(items):
-        if depth < MAX_BLOCK_DEPTH and draw(st.booleans()):
-            size = draw(st.integers(1, len(items) - start))
-            result.append(_nest(draw, items[start : start + size], depth + 1))
-            start += size
-        else:
-            result.append(items[start])
-            start += 1
-    return result
+def _nest(draw, items: list) -> list:
+    """Wrap ``items`` in blocks. Each item draws how many blocks deep it sits (0 to
+    MAX_BLOCK_DEPTH) and how many of its innermost blocks are new rather than shared with the
+    item before it. Both come from fixed ranges and shrink to 0 (flat): a draw whose range
+    followed the items left would give later choices another meaning when a shrink deletes an
+    item, and a block could not be flattened without deleting a choice."""
+    root: list = []
+    stack = [root]  # the innermost open block at each level; level 0 is the model itself
+    previous = 0
+    for item in items:
+        depth = draw(st.integers(0, MAX_BLOCK_DEPTH))
+        shared = max(0, min(previous, depth) - draw(st.integers(0, MAX_BLOCK_DEPTH)))
+        del stack[shared + 1 :]
+        for _ in range(depth - shared):
+            block: list = []
+            stack[-1].append(block)
+            stack.append(block)
+        stack[-1].append(item)
+        previous = depth
+    return root
 
 
 def _layers(
