@@ -8,7 +8,7 @@ ENVS      = $(shell $(PYTHON) -m common.envs names)
 ARGS     ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venvs lock test test-common test-all diff train roundtrip bench fuzz lint clean distclean
+.PHONY: help venvs lock test test-common test-all diff train roundtrip import export bench fuzz lint clean distclean
 .SECONDARY:
 
 help: ## list the targets
@@ -59,6 +59,12 @@ train: $(VENVS)/base/.stamp ## train the tied MLP in every backend; writes repor
 roundtrip: $(VENVS)/base/.stamp ## export from each backend, import into every other: one matrix per model
 	@$(CLI) roundtrip $(ARGS)
 
+import: $(VENVS)/base/.stamp ## load a parameter file into every backend: ARGS="FILE --model tied"
+	@$(CLI) import $(ARGS)
+
+export: $(VENVS)/base/.stamp ## write a parameter file, no framework: ARGS="--model tied --format save_model OUT"
+	@$(CLI) export $(ARGS)
+
 bench: $(VENVS)/base/.stamp ## ratios: adapter vs hand-written training, suites vs imports, per-layer scaling
 	@$(CLI) bench $(ARGS)
 
@@ -69,7 +75,7 @@ lint: $(VENVS)/base/.stamp ## ruff check and format check
 	@$(BASE_PY) -m ruff check . && $(BASE_PY) -m ruff format --check .
 
 clean: ## remove reports and caches (keeps the environments)
-	rm -rf reports .pytest_cache .ruff_cache $(VENVS)/.jax-cache
+	rm -rf reports .pytest_cache .ruff_cache .hypothesis build *.egg-info $(VENVS)/.jax-cache $(VENVS)/.mlx-cache
 	find . -path ./$(VENVS) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean ## also remove the environments

@@ -8,6 +8,12 @@ one of native name -> BatchNorm statistic): description, lookup by native name, 
 listing, the native file, gradients by owner, freezing, and the fast training path. Each adapter
 supplies those tables, one pure gradient and one pure SGD step.
 
+Both tie an output projection to an embedding the same way, Flax's own (its lm1b and wmt
+examples): the output is a small module holding the very ``Embed`` (attribute ``embedding``) and
+a bias of its own, and computes ``embedding.attend(x) + bias``: the table, (vocab, dim), applied
+transposed. So the table is one parameter, under the Embed's path only; its gradient is summed
+by jax over the lookup and the attend.
+
 Both keep BatchNorm statistics apart from parameters (linen's ``batch_stats`` collection, NNX's
 ``BatchStat`` variables), and neither has a trainable flag: a frozen parameter is left out of
 the gradients and of the optimizer by its native name (an optax partition in linen, an
@@ -32,18 +38,29 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
-from backends._jax_common import JaxPlacement, Step, Tree, stacked, target_array, to_numpy
+from backends._jax_common import JaxPlacement, Step, Tree, model_input, stacked, target_array, to_numpy
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
-from common.core.spec import ROLES, STATE_ROLES, LayerPath, param_name, split_param_name
+from common.core.spec import STATE_ROLES, LayerPath, param_name, split_param_name
 from common.core.untrusted import shown
 from common.errors import ParamFileError
 
-__all__ = ["FlaxBase", "FlaxState", "batchnorm_settings", "named_leaves", "slash_path"]
+__all__ = ["FlaxBase", "FlaxLayers", "FlaxState", "batchnorm_settings", "named_leaves", "slash_path"]
 
 # Canonical role -> the attribute (and key) Flax gives it, in nn.Dense/nnx.Linear and BatchNorm.
 _DENSE_ROLE = {"weight": "kernel", "bias": "bias"}
 _NORM_ROLE = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+_TABLE = "embedding"  # where nn.Embed and nnx.Embed keep their table
+
+
+@dataclass(frozen=True)
+class FlaxLayers:
+    """The layer classes an adapter builds, by the part they play, for ``param_at``."""
+
+    dense: type  # nn.Dense, nnx.Linear
+    norm: type  # nn.BatchNorm, nnx.BatchNorm
+    embed: type  # nn.Embed, nnx.Embed
+    tied: type  # the adapter's tied output: its Embed at ``.embedding``, its own ``.bias``
 
 
 def slash_path(keys: tuple[Any, ...]) -> str:
@@ -146,20 +163,25 @@ class FlaxBase(JaxPlacement, Backend):
     # -- built once on the table ------------------------------------------------------------------
     @staticmethod
     def param_at(
-        model: Model, position: str, table: dict[LayerPath, Any], dense: type, norm: type
+        model: Model, position: str, table: dict[LayerPath, Any], layers: FlaxLayers
     ) -> tuple[Any, str]:
-        """The layer that ``table`` (a position table) holds at a parameter position, a ``dense``
-        or a ``norm`` (BatchNorm), and the native name of the role (``kernel``, ``scale``,
-        ``bias``); KeyError naming ``position`` when it is no such position."""
+        """The module holding the parameter at a position, reached through the layer that
+        ``table`` (a position table) holds there, and the parameter's native name (``kernel``,
+        ``scale``, ``embedding``, ``bias``): a tied output's weight is held by its Embed.
+        KeyError naming ``position`` when it is no such position."""
         model.spec.owner_of(position)
         path, role = split_param_name(position)
         layer = table[path]
-        if isinstance(layer, dense):
+        if isinstance(layer, layers.dense):
             return layer, _DENSE_ROLE[role]
-        if isinstance(layer, norm):
+        if isinstance(layer, layers.norm):
             return layer, _NORM_ROLE[role]
-        kinds = f"{dense.__qualname__} or {norm.__qualname__}"
-        raise KeyError(f"{position!r}: the layer at {path} is {layer!r}, not a {kinds}")
+        if isinstance(layer, layers.embed):
+            return layer, _TABLE
+        if isinstance(layer, layers.tied):
+            return (layer.embedding, _TABLE) if role == "weight" else (layer, "bias")
+        kinds = ", ".join(k.__qualname__ for k in (layers.dense, layers.norm, layers.embed, layers.tied))
+        raise KeyError(f"{position!r}: the layer at {path} is {layer!r}, not one of {kinds}")
 
     @staticmethod
     def state_at(model: Model, position: str, table: dict[LayerPath, Any], norm: type) -> tuple[Any, str]:
@@ -207,7 +229,7 @@ class FlaxBase(JaxPlacement, Backend):
     # -- freezing: the frozen parameters' native names, left out of gradients and updates --------
     def freeze(self, model: Model, path: LayerPath) -> None:
         state: FlaxState = model.adapter_state
-        names = {self.native_param_name(model, param_name(path, role)) for role in ROLES}
+        names = {self.native_param_name(model, param_name(path, role)) for role in model.spec.roles_at(path)}
         state.frozen = state.frozen | names
         model.compiled.clear()  # compiled steps and optimizers hold the trainable set they saw
 
@@ -242,7 +264,7 @@ class FlaxBase(JaxPlacement, Backend):
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         # Jitted once per model: eager autodiff re-runs Python for every layer on every call.
         grads = self.compiled(model, ("grad", loss.kind), lambda: self._jit_grad(model, loss.kind))
-        leaves, state = grads(self.grad_input(model), jnp.asarray(x), target_array(loss))
+        leaves, state = grads(self.grad_input(model), model_input(model.spec, x), target_array(loss))
         self.keep_state(model, state)  # a training forward updates the running statistics
         # A shared parameter is one leaf, so jax already summed the gradient over its uses.
         return {owner: to_numpy(leaves[native]) for native, owner in self.trainable_owners(model).items()}
@@ -261,7 +283,7 @@ class FlaxBase(JaxPlacement, Backend):
         self, model: Model, x: np.ndarray, loss: Loss, lr: float, steps: int, watch: bool
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         step = self.compiled(model, ("sgd", loss.kind), lambda: self._jit(model, loss.kind))
-        inputs, target = jnp.asarray(x), target_array(loss)
+        inputs, target = model_input(model.spec, x), target_array(loss)
         carry, losses, grads = self.train_carry(model, lr), [], []
         for _ in range(steps):
             carry, value, applied = step(carry, inputs, target, watch=watch)

@@ -24,6 +24,7 @@ __all__ = [
     "Tree",
     "checked_value",
     "compiles_build",
+    "model_input",
     "objective",
     "stacked",
     "target_array",
@@ -70,6 +71,12 @@ def stacked(arrays: list[jax.Array]) -> np.ndarray:
     # Each array is already computed by the time the last step is; numpy stacks them in well under
     # a millisecond, where jnp.stack's dtype promotion over hundreds of arguments takes several.
     return np.stack([np.asarray(a) for a in arrays])
+
+
+def model_input(spec: ModelSpec, x: Any) -> jax.Array:
+    """``x`` (already checked) as the jax array the net takes: float32 features, or int32 ids for
+    a model that starts with an Embedding (jax is 32-bit by default, and a lookup refuses floats)."""
+    return jnp.asarray(x, jnp.int32 if spec.input_kind == "ids" else jnp.float32)
 
 
 def objective(y: jax.Array, kind: str, target: jax.Array | None) -> jax.Array:

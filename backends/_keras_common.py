@@ -6,6 +6,10 @@ Design requirements:
   backend's package imports only the roots its declaration names;
 - a net is a ``Sequential`` of ``Dense`` / ``ReLU`` / ``BatchNormalization``; a tie is the same
   layer object added twice; a nested block is a nested ``Sequential``; shapes come from build-on-call;
+- an Embedding is the flavour's own embedding layer (Keras 3: ``ReversibleEmbedding``); a Dense
+  tied to its table is a ``TiedProjection``, a small layer that holds the embedding layer and reads
+  its table transposed at every call (Keras 3: ``embedding(x, reverse=True)``), plus a bias of its
+  own: one variable, never copied;
 - a BatchNormalization keeps ``moving_mean`` / ``moving_variance`` as non-trainable variables,
   which a call with ``training=True`` updates (Keras' momentum is the weight of the OLD value:
   1 - the canonical one); freezing is ``layer.trainable = False``, which takes a layer's variables
@@ -22,6 +26,7 @@ whatever its Keras does differently (tf-keras names variables ``dense/kernel:0``
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import re
 import warnings
@@ -37,7 +42,15 @@ from common.core.spec import ROLES, Dense, LayerPath, ModelSpec, ReLU, param_nam
 from common.core.untrusted import printable
 from common.errors import ParamFileError
 
-__all__ = ["KerasBackendBase", "TensorFlowKerasBase", "bench_net", "tf_make_handwritten"]
+__all__ = [
+    "KerasBackendBase",
+    "TensorFlowKerasBase",
+    "bench_net",
+    "bench_running_stats",
+    "reverse_call",
+    "tf_make_handwritten",
+    "tied_projection_class",
+]
 
 _INIT_SEED = 0
 _ATTR = {"weight": "kernel", "bias": "bias"}  # canonical role -> Dense attribute
@@ -54,6 +67,42 @@ def _snake_case(name: str) -> str:
     # The rule Keras' saving_lib uses for a layer's group name in a .weights.h5 file.
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", re.sub(r"\W+", "", name))
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def reverse_call(embedding: Any, x: Any) -> Any:
+    """Keras 3's idiom for the tied output projection: ReversibleEmbedding's reverse call,
+    ``x @ transpose(embeddings)``."""
+    return embedding(x, reverse=True)
+
+
+@functools.cache
+def tied_projection_class(keras: Any, project: Callable[[Any, Any], Any]) -> type:
+    """The layer class (one per Keras module and reading function) of a Dense tied to an embedding's table:
+    ``project(embedding, x) + bias``, ``project`` reading the table transposed at every call. The
+    embedding layer is an attribute, so Keras tracks it as a sublayer: its table is listed and saved
+    once (where the embedding itself is), and freezing the projection freezes the embedding too."""
+
+    class TiedProjection(keras.layers.Layer):
+        def __init__(self, embedding: Any, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.embedding = embedding
+
+        def build(self, input_shape: Any) -> None:
+            # Dense's default bias initializer; its only own variable, so .weights.h5 saves it as vars/0.
+            self.bias = self.add_weight(shape=(self.embedding.input_dim,), initializer="zeros", name="bias")
+
+        def call(self, x: Any) -> Any:
+            return project(self.embedding, x) + self.bias
+
+    TiedProjection.__qualname__ = "TiedProjection"  # as reports name it, not "<locals>"
+    return TiedProjection
+
+
+def zero_input(spec: ModelSpec) -> np.ndarray:
+    """One sample of the spec's input kind, for the build-on-call: an id, or a row of features."""
+    if spec.input_kind == "ids":
+        return np.zeros((1,), np.int64)
+    return np.zeros((1, spec.in_features), np.float32)
 
 
 @dataclass
@@ -79,10 +128,15 @@ class KerasBackendBase(Backend):
     # (a tie seen in another Sequential), tf-keras skips it before counting.
     saved_layers_take_a_name = True
 
+    # How a TiedProjection reads its embedding's table, transposed (a module-level function: one
+    # layer class per Keras module and function).
+    project_transposed = staticmethod(reverse_call)
+
     def __init__(self, keras: Any, runtime: Any) -> None:
         self.keras = keras  # the Keras module: keras (3), or tf_keras (2)
         self.runtime = runtime  # the framework it runs on: tensorflow, jax or torch
         self._init_seed = _INIT_SEED
+        self.tied_projection = tied_projection_class(keras, type(self).project_transposed)
 
     def new_adapter_state(self) -> KerasState:
         return KerasState()
@@ -134,6 +188,12 @@ class KerasBackendBase(Backend):
     def new_relu(self) -> Any:
         return self.keras.layers.ReLU()
 
+    def new_embedding(self, vocab: int, dim: int) -> Any:
+        return self.keras.layers.ReversibleEmbedding(vocab, dim)  # tie_weights=True: reverse reads the table
+
+    def tied_output(self, embedding: Any, units: int) -> Any:
+        return self.tied_projection(embedding)  # units == the embedding's vocab (the spec checks it)
+
     def new_sequential(self, spec: ModelSpec, path: LayerPath) -> Any:
         return self.keras.Sequential()  # created before its children, so names read outer to inner
 
@@ -152,15 +212,16 @@ class KerasBackendBase(Backend):
     def materialize(self, model: Model) -> None:
         if not all(layer.built for layer in self.position_table(model).values()):
             with self._seeded():
-                model.native(np.zeros((1, model.spec.in_features), np.float32))
+                model.native(zero_input(model.spec))
 
+    # ``x`` is checked already: float32 features, or int64 ids for a model with an Embedding.
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         self.materialize(model)  # inference: a BatchNormalization uses its moving statistics
-        return self.to_numpy(model.native(np.asarray(x, dtype=np.float32), training=False))
+        return self.to_numpy(model.native(x, training=False))
 
     def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
         self.materialize(model)  # batch statistics; each BatchNormalization assigns its moving ones
-        return self.to_numpy(model.native(np.asarray(x, dtype=np.float32), training=True))
+        return self.to_numpy(model.native(x, training=True))
 
     # -- BatchNorm and freezing ----------------------------------------------------------------------
     def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> Any:
@@ -201,6 +262,10 @@ class KerasBackendBase(Backend):
         layer = self.position_table(model)[path]
         if isinstance(layer, self.keras.layers.BatchNormalization):
             return getattr(layer, _NORM_ATTR[role])
+        if isinstance(layer, self.keras.layers.Embedding):
+            return layer.embeddings  # its only role (owner_of refused any other)
+        if isinstance(layer, self.tied_projection):  # the weight is the embedding's very table
+            return layer.embedding.embeddings if role == "weight" else layer.bias
         if not isinstance(layer, self.keras.layers.Dense):
             raise KeyError(f"{position!r}: the layer at {path} is {qualname(layer)}, not Dense")
         return getattr(layer, _ATTR[role])
@@ -296,12 +361,24 @@ class KerasBackendBase(Backend):
             model.native.save_weights(file)
         return f"net.save_weights(path + '{self.native_file_suffix}')"
 
+    def saved_roles(self, layer: Any) -> tuple[str, ...]:
+        """The canonical roles of the variables a layer writes itself, as vars/0, vars/1...: its own
+        variables only, not a sublayer's. A TiedProjection's own variable is its bias: the table is
+        its embedding's, written where that layer is first met."""
+        if isinstance(layer, self.keras.layers.Dense | self.keras.layers.BatchNormalization):
+            return ROLES
+        if isinstance(layer, self.keras.layers.Embedding):
+            return ("weight",)
+        if isinstance(layer, self.tied_projection):
+            return ("bias",)
+        return ()
+
     def native_file_keys(self, model: Model) -> dict[str, str]:
         """Dataset path in a .weights.h5 file -> canonical owner, following Keras' saving_lib: a
         layer's group is named after its class (``dense``, ``dense_1``, ... counted over
         ``net.layers``, see saved_layers_take_a_name), a layer already written is skipped, so a
-        tie is stored once, and Dense
-        writes kernel then bias as vars/0, vars/1. By layer object, so no build is needed.
+        tie is stored once, and each layer writes its own variables (``saved_roles``): Dense its
+        kernel then bias as vars/0, vars/1. By layer object, so no build is needed.
         A BatchNormalization writes gamma, beta as vars/0, vars/1, then its moving statistics as
         vars/2, vars/3: those are state, which this map of parameters leaves out."""
         owner: dict[int, LayerPath] = {}
@@ -323,9 +400,9 @@ class KerasBackendBase(Backend):
                 visited.add(id(layer))
                 if isinstance(layer, self.keras.Sequential):
                     walk(layer, group + "/layers/")
-                elif isinstance(layer, self.keras.layers.Dense | self.keras.layers.BatchNormalization):
-                    for index, role in enumerate(ROLES):
-                        entries[f"{group}/vars/{index}"] = param_name(owner[id(layer)], role)
+                    continue
+                for index, role in enumerate(self.saved_roles(layer)):
+                    entries[f"{group}/vars/{index}"] = param_name(owner[id(layer)], role)
 
         walk(model.native, "layers/")
         return entries
@@ -359,7 +436,7 @@ class KerasBackendBase(Backend):
 
     def _native_shape(self, model: Model, owner: str) -> tuple[int, ...]:
         shape = model.spec.param_shapes[owner]
-        return shape[::-1] if owner.endswith(".weight") else shape
+        return shape[::-1] if self.transposes(model.spec, owner) else shape
 
     @staticmethod
     def _checked_dataset(path: str, dataset: Any, shapes: dict[str, tuple[int, ...]]) -> np.ndarray:
@@ -450,10 +527,13 @@ class TensorFlowKerasBase(KerasBackendBase):
 
 
 # == hand-written loops and nets for the benches (not the adapters) ==================================
-def bench_net(keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input_layer: bool = False) -> Any:
+def bench_net(
+    keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input_layer: bool = False
+) -> tuple[Any, dict[LayerPath, Any]]:
     """The spec's flat net (Dense, ReLU, BatchNorm) as a practitioner writes it: a tie is one layer
     added twice, a frozen layer has ``trainable = False``; loaded with ``weights`` (canonical
-    (out, in)), moving statistics at Keras' initial values."""
+    (out, in)), moving statistics at Keras' initial values. Returns the net and its layers by
+    owner position."""
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
     made: dict[LayerPath, Any] = {}
     layers = []
@@ -480,14 +560,35 @@ def bench_net(keras: Any, spec: ModelSpec, weights: dict[str, np.ndarray], input
             layer.gamma.assign(weight)
             layer.beta.assign(bias)
         layer.trainable = spec.trainable_at(owner)
-    return net
+    return net, made
+
+
+def bench_running_stats(
+    spec: ModelSpec, made: dict[LayerPath, Any], read: Callable[[Any], Any]
+) -> Callable[[], dict[str, np.ndarray]]:
+    """The bench loop's running statistics by canonical name: ``read(variable)`` gives the value
+    a BatchNormalization's moving_mean or moving_variance holds now."""
+    return lambda: {
+        p.name: np.array(read(getattr(made[p.owner], _NORM_ATTR[p.role])), dtype=np.float32)
+        for p in spec.state
+    }
 
 
 def tf_make_handwritten(
-    keras: Any, tf: Any, net: Any, x: np.ndarray, y: np.ndarray, lr: float
-) -> Callable[[int], np.ndarray]:
-    """The hand-written Keras-on-TensorFlow loop, set up once: one tf.function step (GradientTape,
-    Keras SGD); ``run(steps)`` trains further and returns the losses."""
+    keras: Any,
+    tf: Any,
+    spec: ModelSpec,
+    weights: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    lr: float,
+    input_layer: bool = False,
+) -> Any:
+    """The hand-written Keras-on-TensorFlow loop for ``spec``, set up once: one tf.function step
+    (GradientTape, Keras SGD, the net called with training=True); a HandwrittenLoop."""
+    from common.commands.bench import HandwrittenLoop  # bench code only: adapters never load it
+
+    net, made = bench_net(keras, spec, weights, input_layer=input_layer)
     optimizer = keras.optimizers.SGD(learning_rate=lr)
     variables = net.trainable_variables
 
@@ -503,4 +604,4 @@ def tf_make_handwritten(
     def run(steps: int) -> np.ndarray:
         return tf.stack([step(inputs, targets) for _ in range(steps)]).numpy()
 
-    return run
+    return HandwrittenLoop(run, bench_running_stats(spec, made, lambda variable: variable.numpy()))

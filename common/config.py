@@ -5,6 +5,7 @@ from the declarations (``backends/<name>/backend.toml``); nothing here lists a b
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -42,8 +43,14 @@ def canonical_backend(name: str) -> str:
     key = name.strip().lower()
     key = synonyms().get(key, key)
     if key not in backend_names():
-        raise UsageError(f"unknown backend {name!r}; valid names: {valid_names()}")
+        raise UsageError(f"unknown backend {name!r}{did_you_mean(key)}; valid names: {valid_names()}")
     return key
+
+
+def did_you_mean(key: str) -> str:
+    """``; did you mean 'torch'?`` for the closest name or synonym, or nothing when none is close."""
+    close = difflib.get_close_matches(key, [*backend_names(), *synonyms()], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def parse_backend_list(text: str) -> tuple[str, ...]:

@@ -81,8 +81,9 @@ SCHEMA: dict[str, Key] = {
     "bench": Key(
         str,
         True,
-        '"module:function": make_handwritten(spec, weights, x, y, lr) -> run(steps) '
-        "-> losses, the hand-written loop on the framework's fast path that make bench compares",
+        '"module:function": make_handwritten(spec, weights, x, y, lr) -> HandwrittenLoop (run(steps) '
+        "-> losses, running_stats()), the hand-written loop on the framework's fast path that make "
+        "bench compares, for the tied MLP and the BatchNorm model",
     ),
     "capabilities": Key(dict, True, "each a table with a boolean value and a reason; see CAPABILITIES"),
     "facts": Key(dict, True, "expected values the suite checks against the behaviour; see FACTS"),
@@ -113,6 +114,7 @@ CAPABILITIES: dict[str, str] = {
     "device_placement": "whether parameter buffers can be located (device, address) to prove a tie",
     "batchnorm": "whether the adapter builds BatchNorm layers, with their running statistics",
     "freezing": "whether the adapter freezes a layer (trainable = false) with the framework's idiom",
+    "embedding": "whether the adapter builds an Embedding and an output Dense tied to its table",
 }
 # A fact's allowed values: a tuple of words, or a type (numbers).
 FACTS: dict[str, tuple[str, ...] | type] = {
@@ -132,6 +134,15 @@ BATCHNORM_FACTS: dict[str, tuple[str, ...] | type] = {
     # how inference reads the running statistics: as they are, or divided by
     # 1 - (1 - momentum) ** (training-mode uses since the layer was built)
     "batchnorm_inference_debias": ("none", "use_count"),
+}
+# Facts of a backend that declares the embedding capability, measured on the embed_tied model.
+EMBEDDING_FACTS: dict[str, tuple[str, ...] | type] = {
+    # "same_parameter": the output layer is the framework's own Dense, holding the embedding's
+    # Parameter as its weight (torch, MXNet); "table_read": it reads the table through a call
+    # (Embed.attend, ReversibleEmbedding, as_linear...), applied transposed where kernels are (in, out)
+    "embedding_tie": ("same_parameter", "table_read"),
+    "embedding_listing_entries": int,  # entries the framework's own parameter listing shows
+    "embedding_saved_copies": int,  # entries of the framework's own file that hold the table
 }
 # Members of a family may set these in the family file; a member's own keys win, table by table.
 FAMILY_KEYS = (
@@ -292,6 +303,8 @@ def parse_declaration(path: Path) -> Declaration:
     required_facts = dict(FACTS)
     if capabilities["batchnorm"].value:
         required_facts.update(BATCHNORM_FACTS)
+    if capabilities["embedding"].value:
+        required_facts.update(EMBEDDING_FACTS)
     for key, allowed in required_facts.items():
         value = data["facts"].get(key)
         wanted = f"a {allowed.__name__}" if isinstance(allowed, type) else f"one of: {', '.join(allowed)}"
@@ -304,9 +317,9 @@ def parse_declaration(path: Path) -> Declaration:
         )
         if not valid:
             raise DeclarationError(f"{where}: facts.{key}={value!r}, but should be {wanted}")
-    unknown_facts = sorted(set(data["facts"]) - set(FACTS) - set(BATCHNORM_FACTS))
+    unknown_facts = sorted(set(data["facts"]) - set(FACTS) - set(BATCHNORM_FACTS) - set(EMBEDDING_FACTS))
     if unknown_facts:
-        valid_facts = ", ".join([*FACTS, *BATCHNORM_FACTS])
+        valid_facts = ", ".join([*FACTS, *BATCHNORM_FACTS, *EMBEDDING_FACTS])
         raise DeclarationError(f"{where}: unknown fact {unknown_facts[0]!r}; valid: {valid_facts}")
     return Declaration(
         name=data["name"],

@@ -38,6 +38,7 @@ from common.declarations import ROOT, declaration, declarations, envs
 from common.errors import USAGE_EXIT_CODE, UsageError, one_line
 
 VENVS = ROOT / ".venvs"
+REPORTS = ROOT / "reports"  # what commands write for people and machines to read
 UV_HOME = VENVS / ".uv"  # uv bootstrapped from PyPI when it is not on PATH
 # Bytecode is compiled at install: uv leaves it out by default, and where PYTHONDONTWRITEBYTECODE
 # is set (as on this machine) every process would compile the frameworks from source again,

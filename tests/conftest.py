@@ -12,9 +12,10 @@ import pytest
 SUMMARY_ENV = "PARITY_SUMMARY_FILE"
 BACKEND_ENV = "PARITY_BACKEND"  # only tested for presence here; common.config reads its value
 CONFORMANCE = os.path.join(os.path.dirname(__file__), "conformance")
+# The conformance folder is named: a backend's environment lacks tests/common's dependencies.
 HINT = (
     "conformance suite not collected: set PARITY_BACKEND to run it here, e.g. "
-    "`PARITY_BACKEND=torch .venvs/torch/bin/python -m pytest`, or run `make test-all`"
+    "`PARITY_BACKEND=torch .venvs/torch/bin/python -m pytest tests/conformance`, or run `make test-all`"
 )
 
 
@@ -50,11 +51,27 @@ def pytest_report_header(config):
 OUTCOMES = ("passed", "failed", "error", "xfailed", "xpassed", "skipped")
 
 
+def _reason(report) -> str:
+    """Why a test was skipped or xfailed, as pytest's -rsx line would say."""
+    if getattr(report, "wasxfail", ""):
+        return str(report.wasxfail)
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (file, line, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     path = os.environ.get(SUMMARY_ENV)
     if not path:
         return
     counts = {outcome: len(terminalreporter.stats.get(outcome, [])) for outcome in OUTCOMES}
     counts["exitstatus"] = int(exitstatus)
+    reasons: dict[str, dict[str, int]] = {}
+    for outcome in ("skipped", "xfailed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            by_reason = reasons.setdefault(outcome, {})
+            by_reason[_reason(report)] = by_reason.get(_reason(report), 0) + 1
+    counts["reasons"] = reasons
     with open(path, "w") as handle:
         json.dump(counts, handle)

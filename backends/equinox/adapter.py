@@ -1,5 +1,6 @@
-"""Equinox adapter: ``eqx.nn.Sequential`` of ``eqx.nn.Linear`` and ``eqx.nn.Lambda(jax.nn.relu)``;
-a tie is ``eqx.nn.Shared`` around the whole net.
+"""Equinox adapter: ``eqx.nn.Sequential`` of ``eqx.nn.Embedding``, ``eqx.nn.Linear`` and
+``eqx.nn.Lambda(jax.nn.relu)``; a tie is ``eqx.nn.Shared`` around the whole net, a layer tie and
+an output tied to the embedding alike.
 
 Equinox quirks this adapter is built around:
 - a model is an immutable PyTree: a write (``eqx.tree_at``) or an SGD step returns a new tree, so
@@ -10,6 +11,10 @@ Equinox quirks this adapter is built around:
   placeholder, and ``shared()`` puts the owner's layer back there with its very arrays: a tie is
   one jax array at both positions (observed by ``is``), and jax sums its gradient over the uses.
   The two layer objects are not one (``shared()`` rebuilds the PyTree nodes around the arrays);
+- an output tied to the embedding is Equinox's own example of ``eqx.nn.Shared``: an
+  ``eqx.nn.Linear(dim, vocab)`` whose ``weight`` is a ``SharedNode``, filled with the
+  ``eqx.nn.Embedding``'s weight. Both are ``(vocab, dim)`` (a Linear's weight is ``(out, in)``), so
+  the Linear holds the very table array, untransposed, and keeps its own bias;
 - ``eqx.nn.Linear(in, out, key=...)`` is eager, weight ``(out, in)``, and maps one example: a
   batch goes through ``jax.vmap``;
 - a parameter has no name of its own: it is named by its key path in the stored tree
@@ -49,6 +54,7 @@ from backends._jax_common import (
     JaxPlacement,
     checked_value,
     compiles_build,
+    model_input,
     objective,
     target_array,
     to_numpy,
@@ -91,16 +97,23 @@ def _apply(net: Any, x: jax.Array, state: eqx.nn.State | None = None) -> tuple[j
 
 def _tie(spec: ModelSpec, net: eqx.nn.Sequential) -> Any:
     """Equinox's sharing mechanism: each tied position (a Linear or a BatchNorm) becomes a
-    SharedNode in the stored tree and is filled with its owner's layer on ``shared()``."""
+    SharedNode in the stored tree and is filled with its owner's layer on ``shared()``; the weight
+    of each Linear reading the embedding's table becomes one, filled with the table."""
     users = tuple(slot.path for slot in spec.layer_slots if slot.tied)
-    if not users:
-        return net
     owners = tuple(slot.owner for slot in spec.layer_slots if slot.tied)
-    return eqx.nn.Shared(
-        net,
-        where=lambda tree: tuple(_walk(tree, path) for path in users),
-        get=lambda tree: tuple(_walk(tree, path) for path in owners),
-    )
+    embed = spec.embed_slot
+    readers = () if embed is None else embed.readers
+    if not users and not readers:
+        return net
+
+    def where(tree: Any) -> tuple[Any, ...]:
+        return (*(_walk(tree, path) for path in users), *(_walk(tree, path).weight for path in readers))
+
+    def get(tree: Any) -> tuple[Any, ...]:
+        layers = tuple(_walk(tree, path) for path in owners)
+        return (*layers, *(_walk(tree, embed.path).weight for _ in readers))
+
+    return eqx.nn.Shared(net, where=where, get=get)
 
 
 @dataclass(frozen=True)
@@ -244,6 +257,16 @@ class EquinoxBackend(JaxPlacement, Backend):
     def new_relu(self) -> eqx.nn.Lambda:
         return eqx.nn.Lambda(jax.nn.relu)
 
+    def new_embedding(self, vocab: int, dim: int) -> eqx.nn.Embedding:
+        self._key, key = jax.random.split(self._key)
+        return eqx.nn.Embedding(vocab, dim, key=key)
+
+    def tied_output(self, embedding: eqx.nn.Embedding, units: int) -> eqx.nn.Linear:
+        # Its own weight is a placeholder, as in Equinox's example: _tie makes it a SharedNode,
+        # filled with the embedding's very weight whenever the net runs.
+        self._key, key = jax.random.split(self._key)
+        return eqx.nn.Linear(embedding.embedding_size, units, key=key)
+
     def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> eqx.nn.BatchNorm:
         # Equinox's momentum is the weight of the running value: 1 - the canonical one. mode="batch"
         # normalizes by the batch in training, as the oracle does ("ema" by the updated average).
@@ -266,11 +289,13 @@ class EquinoxBackend(JaxPlacement, Backend):
         state, net = _state(model), self.net(model)
         spec = jax.tree_util.tree_map(eqx.is_array, net) if state.filter_spec is None else state.filter_spec
 
-        def arrays(tree: Any) -> tuple[Any, Any]:
-            layer = _walk(tree.pytree if isinstance(tree, eqx.nn.Shared) else tree, path)
-            return layer.weight, layer.bias
+        roles = model.spec.roles_at(path)  # an embedding has its weight only
 
-        state.filter_spec = eqx.tree_at(arrays, spec, replace=(False, False))
+        def arrays(tree: Any) -> tuple[Any, ...]:
+            layer = _walk(tree.pytree if isinstance(tree, eqx.nn.Shared) else tree, path)
+            return tuple(getattr(layer, role) for role in roles)
+
+        state.filter_spec = eqx.tree_at(arrays, spec, replace=(False,) * len(roles))
         state.split = None
         model.compiled.clear()  # compiled over the previous split
 
@@ -315,9 +340,11 @@ class EquinoxBackend(JaxPlacement, Backend):
     def _param_in(tables: Tables, position: str) -> jax.Array:
         path, role = split_param_name(position)
         layer = tables.layers[path]
-        if not isinstance(layer, eqx.nn.Linear | eqx.nn.BatchNorm):
+        if not isinstance(layer, eqx.nn.Linear | eqx.nn.BatchNorm | eqx.nn.Embedding):
             kind = type(layer).__qualname__
-            raise KeyError(f"{position!r}: the layer at {path} is {kind}, not eqx.nn.Linear or BatchNorm")
+            raise KeyError(
+                f"{position!r}: the layer at {path} is {kind}, not eqx.nn.Linear, BatchNorm or Embedding"
+            )
         return getattr(layer, role)
 
     # -- shapes and forward -----------------------------------------------------------------------
@@ -334,19 +361,19 @@ class EquinoxBackend(JaxPlacement, Backend):
         net, state = self.net(model), _state(model).state
         if state is not None:
             net = eqx.nn.inference_mode(net)
-        return to_numpy(_apply(net, jnp.asarray(x, jnp.float32), state)[0])
+        return to_numpy(_apply(net, model_input(model.spec, x), state)[0])
 
     def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
         """Training mode (every BatchNorm's ``inference`` is False, as built): normalized by the
         batch, and the new ``eqx.nn.State`` kept."""
         run = self.compiled(model, "forward", lambda: jax.jit(self._program(model)))
         trainable, frozen = self._split(model).parts(self._tables(model))
-        y, _state(model).state = run(trainable, frozen, _state(model).state, jnp.asarray(x, jnp.float32))
+        y, _state(model).state = run(trainable, frozen, _state(model).state, model_input(model.spec, x))
         return to_numpy(y)
 
     # -- parameters by position -------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> jax.Array:
-        model.spec.owner_of(position)  # KeyError naming it unless it is a Dense position
+        model.spec.owner_of(position)  # KeyError naming it unless it is a parameter position
         return self._param_in(self._tables(model), position)
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
@@ -471,7 +498,8 @@ class EquinoxBackend(JaxPlacement, Backend):
         trainable, frozen = self._split(model).parts(self._tables(model))
         state = _state(model)
         # A shared parameter is one array, so jax already summed the gradient over its uses.
-        grads, state.state = grad(trainable, frozen, state.state, jnp.asarray(x), target_array(loss))
+        inputs = model_input(model.spec, x)
+        grads, state.state = grad(trainable, frozen, state.state, inputs, target_array(loss))
         return {owner: to_numpy(grads[j]) for owner, j in self._trained_owners(model).items()}
 
     def _sgd(self, model: Model, kind: str) -> Callable[..., Any]:
@@ -506,7 +534,7 @@ class EquinoxBackend(JaxPlacement, Backend):
         tables, split, adapter_state = self._tables(model), self._split(model), _state(model)
         (trainable, frozen), state = split.parts(tables), adapter_state.state
         rate = jnp.asarray(lr, jnp.float32)  # traced, never static
-        inputs, target, records = jnp.asarray(x), target_array(loss), []
+        inputs, target, records = model_input(model.spec, x), target_array(loss), []
         for _ in range(steps):
             trainable, state, record = step(trainable, frozen, state, rate, inputs, target, watch=watch)
             records.append(record)  # device arrays until the last step

@@ -12,22 +12,21 @@ as its freezing example does (they stay in the static half, constants of the com
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.core.spec import BatchNorm, Dense
+from common.commands.bench import HandwrittenLoop
+from common.core.spec import STATE_ROLES, BatchNorm, Dense
 
 
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
-) -> Callable[[int], np.ndarray]:
+) -> HandwrittenLoop:
     """The book's tied MLP (or any flat Dense/BatchNorm/ReLU spec with ties and frozen layers),
-    set up (and compiled) once; the returned ``run(steps)`` trains it further with plain SGD from
-    the framework's initial running statistics and returns the losses."""
+    set up (and compiled) once, from the framework's initial running statistics; the loop's
+    ``run(steps)`` trains it further with plain SGD and returns the losses."""
     keys = iter(jax.random.split(jax.random.PRNGKey(0), len(spec.dense_slots)))
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
     layers: list[eqx.Module] = []
@@ -104,4 +103,13 @@ def make_handwritten(
         carry["flat_params"], carry["state"] = flat_params, state
         return np.asarray(jnp.stack(losses))
 
-    return run
+    # A BatchNorm's (mean, var) pair sits in the State under its StateIndex.
+    stored = {
+        p.name: (model.pytree.layers[p.owner[0]].batch_state_index, STATE_ROLES.index(p.role))
+        for p in spec.state
+    }
+
+    def running_stats() -> dict[str, np.ndarray]:
+        return {name: np.asarray(carry["state"].get(index)[which]) for name, (index, which) in stored.items()}
+
+    return HandwrittenLoop(run, running_stats)

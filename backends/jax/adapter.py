@@ -1,5 +1,7 @@
-"""JAX/Flax linen adapter: ``nn.Sequential`` of ``nn.Dense``, ``nn.BatchNorm`` and ``nn.relu``;
-a tie is one ``nn.Dense`` (or ``nn.BatchNorm``) instance placed at two positions.
+"""JAX/Flax linen adapter: ``nn.Sequential`` of ``nn.Embed``, ``nn.Dense``, ``nn.BatchNorm`` and
+``nn.relu``; a tie is one ``nn.Dense`` (or ``nn.BatchNorm``) instance placed at two positions, and
+an output tied to the embedding is a ``TiedOutput`` holding the very ``nn.Embed``, through
+``Embed.attend``.
 
 Flax quirks this adapter is built around:
 - a linen module holds no arrays; ``net.init(key, x)`` returns the variables as a nested dict, so
@@ -8,7 +10,8 @@ Flax quirks this adapter is built around:
   adopted once, by its first position, so ``layers_4`` never appears: position 4 reads
   ``params/layers_2``. Positions are mapped to parameter paths through the adopted (bound) module
   objects, so a tie is observed, never taken from ``spec.ties``: both positions resolve to the
-  very same leaf of the variables dict.
+  very same leaf of the variables dict. The ``nn.Embed`` a ``TiedOutput`` holds is adopted by its
+  first position too, so its table is ``params/layers_0/embedding`` at both uses;
 - a BatchNorm's running statistics are the ``batch_stats`` collection beside ``params``; its mode
   is the module attribute ``use_running_average``, which ``nn.Sequential`` cannot pass down at
   call time. So the net is built in inference mode (``use_running_average=True``: ``apply``
@@ -37,20 +40,45 @@ import numpy as np
 import optax
 from flax import serialization, traverse_util
 
-from backends._flax_common import FlaxBase, FlaxState, batchnorm_settings, named_leaves, slash_path
+from backends._flax_common import (
+    FlaxBase,
+    FlaxLayers,
+    FlaxState,
+    batchnorm_settings,
+    named_leaves,
+    slash_path,
+)
 from backends._jax_common import (
     CompiledPerSpec,
     Step,
     Tree,
     checked_value,
     compiles_build,
+    model_input,
     objective,
     to_numpy,
 )
 from common.core.interface import Model
-from common.core.spec import ROLES, LayerPath, param_name
+from common.core.spec import LayerPath
 
-__all__ = ["FlaxBackend"]
+__all__ = ["FlaxBackend", "TiedOutput"]
+
+
+class TiedOutput(nn.Module):
+    """A Dense whose kernel is ``embedding``'s table, through Flax's ``Embed.attend`` (as its lm1b
+    and wmt examples tie their logits): ``x @ table.T`` plus a bias of its own, zeros at init as
+    ``nn.Dense``'s. The Embed is the very instance the net looks ids up with."""
+
+    embedding: nn.Embed
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return self.embedding.attend(x) + bias
+
+
+LAYERS = FlaxLayers(dense=nn.Dense, norm=nn.BatchNorm, embed=nn.Embed, tied=TiedOutput)
 
 
 def _replace(tree: Tree, keys: tuple[str, ...], leaf: Any) -> Tree:
@@ -121,6 +149,12 @@ class FlaxBackend(FlaxBase):
     def new_relu(self) -> Any:
         return nn.relu
 
+    def new_embedding(self, vocab: int, dim: int) -> nn.Embed:
+        return nn.Embed(num_embeddings=vocab, features=dim)
+
+    def tied_output(self, embedding: nn.Embed, units: int) -> TiedOutput:
+        return TiedOutput(embedding, units)
+
     def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> nn.BatchNorm:
         # Built in inference mode; training applies the twin (_training_net). Its features come
         # from the input, as nn.Dense's do.
@@ -141,7 +175,7 @@ class FlaxBackend(FlaxBase):
 
     def _leaf_keys(self, model: Model, position: str) -> tuple[str, ...]:
         """The leaf's path in the variables dict, e.g. ("params", "layers_2", "kernel")."""
-        module, role = self.param_at(model, position, _state(model).adopted, nn.Dense, nn.BatchNorm)
+        module, role = self.param_at(model, position, _state(model).adopted, LAYERS)
         return ("params", *module.path, role)
 
     def _state_keys(self, model: Model, position: str) -> tuple[str, ...]:
@@ -177,7 +211,8 @@ class FlaxBackend(FlaxBase):
 
     def materialize(self, model: Model) -> None:
         if _state(model).variables is None:
-            x = jnp.zeros((1, model.spec.in_features), jnp.float32)
+            ids = model.spec.input_kind == "ids"
+            x = model_input(model.spec, np.zeros((1,) if ids else (1, model.spec.in_features)))
             _state(model).variables = self._init(model)(jax.random.PRNGKey(0), x)
 
     def _init(self, model: Model) -> Callable[..., Tree]:
@@ -190,12 +225,12 @@ class FlaxBackend(FlaxBase):
 
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         self.materialize(model)  # the net's BatchNorms are in inference mode: batch_stats stay
-        return to_numpy(model.native.apply(_state(model).variables, jnp.asarray(x, jnp.float32)))
+        return to_numpy(model.native.apply(_state(model).variables, model_input(model.spec, x)))
 
     def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
         self.materialize(model)
         y, updated = self._training_net(model).apply(
-            _state(model).variables, jnp.asarray(x, jnp.float32), mutable=["batch_stats"]
+            _state(model).variables, model_input(model.spec, x), mutable=["batch_stats"]
         )
         self.keep_state(model, updated)
         return to_numpy(y)
@@ -316,9 +351,12 @@ class FlaxBackend(FlaxBase):
         return _state(model).variables
 
     def native_file_keys(self, model: Model) -> dict[str, str]:
-        # From the adopted modules alone: naming needs no init, so the model is left as it was.
-        keys: dict[str, str] = {}
-        for slot in model.spec.dense_slots:
-            for position in (param_name(slot.path, role) for role in ROLES):
-                keys.setdefault(slash_path(self._leaf_keys(model, position)), position)  # first use owns
-        return keys
+        # From the adopted modules alone: naming needs no init, so the model is left as it was. Each
+        # position is looked up, so a tie stored twice would show as two keys. Dense and Embedding
+        # parameters only, as before: a BatchNorm's entries (and batch_stats) are not mapped here.
+        return {
+            slash_path(self._leaf_keys(model, position)): param.name
+            for param in model.spec.params
+            if param.kind != "batchnorm"
+            for position in param.positions
+        }

@@ -6,6 +6,10 @@ shape builds its graph from that list: the shared Dense then runs once (the book
 ``Sequential([Flatten(), shared, shared, Dense(1)])`` only works because of it). So a spec with a
 tie gets an explicit ``keras.Input`` in every Sequential, which calls each added layer in turn; the
 layer at a position is read off that call graph. Untied specs stay lazy, as the book's are.
+
+tf-keras has no ReversibleEmbedding: an Embedding's transposed tie is a TiedProjection (a small
+layer, see backends._keras_common) that reads ``embedding.embeddings`` with ``tf.matmul(...,
+transpose_b=True)`` at every call.
 """
 
 from __future__ import annotations
@@ -17,7 +21,12 @@ import tf_keras as keras
 
 from backends._keras_common import TensorFlowKerasBase
 from common.core.interface import Model
-from common.core.spec import Dense, LayerPath, ModelSpec
+from common.core.spec import Dense, Embedding, LayerPath, ModelSpec
+
+
+def _read_table_transposed(embedding: Any, x: Any) -> Any:
+    """x @ table.T, reading the embedding's one variable (tf-keras has no reverse call)."""
+    return tf.matmul(x, embedding.embeddings, transpose_b=True)
 
 
 class Keras2Backend(TensorFlowKerasBase):
@@ -27,10 +36,11 @@ class Keras2Backend(TensorFlowKerasBase):
         "since a deferred Sequential runs a layer added twice once"
     )
 
+    project_transposed = staticmethod(_read_table_transposed)
+    saved_layers_take_a_name = False
+
     def __init__(self) -> None:
         super().__init__(keras, tf)
-
-    saved_layers_take_a_name = False
 
     def reset_names(self) -> None:
         keras.backend.clear_session()
@@ -38,10 +48,16 @@ class Keras2Backend(TensorFlowKerasBase):
     def native_name(self, variable: Any) -> str:
         return variable.name  # "dense/kernel:0": tf-keras variables have no .path
 
+    def new_embedding(self, vocab: int, dim: int) -> Any:
+        return keras.layers.Embedding(vocab, dim)
+
     def new_sequential(self, spec: ModelSpec, path: LayerPath) -> Any:
         if not spec.ties:
             return keras.Sequential()
-        return keras.Sequential([keras.Input(shape=(_input_width(spec, path),))])
+        width = _input_width(spec, path)
+        if width is None:  # the block that starts with the Embedding takes the ids
+            return keras.Sequential([keras.Input(shape=(), dtype="int64")])
+        return keras.Sequential([keras.Input(shape=(width,))])
 
     def child(self, container: Any, index: int) -> Any:
         if container.outputs is None:  # deferred and not called yet: no graph, no duplicates
@@ -59,12 +75,15 @@ class Keras2Backend(TensorFlowKerasBase):
             return {}
 
 
-def _input_width(spec: ModelSpec, path: LayerPath) -> int:
-    """The width flowing into the block at ``path``: the output of the last Dense before it."""
-    width = spec.in_features
+def _input_width(spec: ModelSpec, path: LayerPath) -> int | None:
+    """The width flowing into the block at ``path``: the output of the last Dense (or Embedding)
+    before it; None where the block takes the model's ids (nothing runs before its Embedding)."""
+    width = None if spec.input_kind == "ids" else spec.in_features
     for position, layer in spec.walk():
         if position[: len(path)] == path:
             break
         if isinstance(layer, Dense):
             width = layer.units
+        elif isinstance(layer, Embedding):
+            width = layer.dim
     return width

@@ -4,20 +4,18 @@ net has an explicit keras.Input: without one, tf-keras runs a layer added twice 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from backends._keras_common import bench_net, tf_make_handwritten
+from backends._keras_common import tf_make_handwritten
+from common.commands.bench import HandwrittenLoop
 
 
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
-) -> Callable[[int], np.ndarray]:
+) -> HandwrittenLoop:
     """The book's tied MLP (or any flat spec of Dense, ReLU and BatchNorm, frozen layers too), set
-    up (and compiled) once; the returned ``run(steps)`` trains it further with plain SGD, the net
+    up (and compiled) once; the loop's ``run(steps)`` trains it further with plain SGD, the net
     in training mode, and returns the losses."""
-    net = bench_net(keras, spec, weights, input_layer=True)
-    return tf_make_handwritten(keras, tf, net, x, y, lr)
+    return tf_make_handwritten(keras, tf, spec, weights, x, y, lr, input_layer=True)

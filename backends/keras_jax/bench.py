@@ -3,23 +3,22 @@ own custom-JAX-training-loop pattern (jax.jit around stateless_call and stateles
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
 
-from backends._keras_common import bench_net
+from backends._keras_common import bench_net, bench_running_stats
+from common.commands.bench import HandwrittenLoop
 
 
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
-) -> Callable[[int], np.ndarray]:
+) -> HandwrittenLoop:
     """The book's tied MLP (or any flat spec of Dense, ReLU and BatchNorm, frozen layers too), set
-    up (and compiled) once; the returned ``run(steps)`` trains it further with plain SGD, the net
+    up (and compiled) once; the loop's ``run(steps)`` trains it further with plain SGD, the net
     in training mode, and returns the losses."""
-    net = bench_net(keras, spec, weights)
+    net, made = bench_net(keras, spec, weights)
     optimizer = keras.optimizers.SGD(learning_rate=lr)
     optimizer.build(net.trainable_variables)
 
@@ -53,4 +52,6 @@ def make_handwritten(
         held["state"] = state
         return np.asarray(jnp.stack(losses))
 
-    return run
+    # The moving statistics stay on JAX's side, in the state's non-trainable values.
+    place = {id(v): i for i, v in enumerate(net.non_trainable_variables)}
+    return HandwrittenLoop(run, bench_running_stats(spec, made, lambda v: held["state"][1][place[id(v)]]))

@@ -3,22 +3,21 @@ own custom-torch-training-loop pattern (eager autograd, optimizer.apply under no
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import keras
 import numpy as np
 import torch
 
-from backends._keras_common import bench_net
+from backends._keras_common import bench_net, bench_running_stats
+from common.commands.bench import HandwrittenLoop
 
 
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
-) -> Callable[[int], np.ndarray]:
+) -> HandwrittenLoop:
     """The book's tied MLP (or any flat spec of Dense, ReLU and BatchNorm, frozen layers too), set
-    up once; the returned ``run(steps)`` trains it further with plain SGD, a net with a BatchNorm
+    up once; the loop's ``run(steps)`` trains it further with plain SGD, a net with a BatchNorm
     called with training=True, and returns the losses."""
-    net = bench_net(keras, spec, weights)
+    net, made = bench_net(keras, spec, weights)
     optimizer = keras.optimizers.SGD(learning_rate=lr)
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
     training = {"training": True} if spec.has_batchnorm else {}  # eager: the argument has a cost
@@ -36,4 +35,4 @@ def make_handwritten(
             losses.append(loss.detach())
         return torch.stack(losses).numpy()
 
-    return run
+    return HandwrittenLoop(run, bench_running_stats(spec, made, lambda v: v.value.detach().numpy()))

@@ -19,6 +19,15 @@ each shared parameter once: ``Module.filter_and_map`` (MLX's own filter, which `
 others ``{}``, as MLX leaves a frozen module; ``Module.update`` and ``Optimizer.update`` take such a
 partial tree as documented. So a tied parameter has one gradient leaf, the sum over its uses, and
 one SGD step updates it once with that sum.
+An Embedding is ``nn.Embedding(vocab, dims)``, its table the (vocab, dim) array ``weight``. A Dense
+tied to it is ``TiedOutput``: a module that holds the embedding itself and calls
+``embedding.as_linear(x)`` (MLX's own call for "input embedding and output projection weights are
+tied") plus a bias of its own. Its weight is the embedding's array wherever it is read, since it
+reads through the one module; sharing the array instead (``head.weight = emb.weight``) would be
+untied by the first update, which replaces the array in one module's dict only (measured). The
+embedding is a child of both positions, so MLX's tree lists and saves its table at each
+(``layers.3.embedding.weight``), as it does a shared ``nn.Linear``'s arrays, and the gradient
+tree keeps it at its first position only, as above.
 BatchNorm is ``nn.BatchNorm(num_features, eps, momentum)``, whose momentum is the canonical one
 (the weight of the new batch); ``net.train()`` / ``net.eval()`` pick batch or running statistics.
 Its running_mean and running_var are arrays in the module like its weight and bias, frozen from
@@ -36,6 +45,8 @@ The training flag is read when the step is traced: ``net.train()`` is set before
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -50,17 +61,52 @@ from mlx.utils import tree_flatten
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
 from common.core.params import listed
-from common.core.spec import ROLES, LayerPath, param_name, split_param_name
+from common.core.spec import LayerPath, param_name, split_param_name
 from common.core.untrusted import shown
 from common.errors import ParamFileError
 
 __all__ = ["MlxBackend"]
 
+
+def _keep_compiled_kernels() -> None:
+    """MLX keeps the C++ kernels it compiles under $TMPDIR (std::filesystem::temp_directory_path),
+    which paramparity's guard makes fresh for every command: point the process's TMPDIR at the
+    folder PARITY_MLX_KERNEL_CACHE names (the declaration's run_env_vars), after pinning Python's
+    own temporary folder, so tempfile still writes where the guard cleans up."""
+    folder = os.environ.get("PARITY_MLX_KERNEL_CACHE")
+    if not folder:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:  # a cache: without it, MLX compiles as usual
+        return
+    tempfile.tempdir = tempfile.gettempdir()
+    os.environ["TMPDIR"] = folder
+
+
+_keep_compiled_kernels()  # before anything is compiled
+
 # A native file holds float32 values and safetensors framing: allow the values' bytes plus this
 # much header per entry (and once), so a file cannot make the reader allocate on its own word.
 _HEADER_BYTES_PER_ENTRY = 512
 _HEADER_BYTES = 64 * 1024
-_LAYERS = (nn.Linear, nn.BatchNorm)  # the layers that hold parameters
+
+
+class TiedOutput(nn.Module):
+    """A Dense of ``units`` (= vocab) outputs reading ``embedding``'s table as its weight, through
+    ``as_linear``, with a bias of its own (drawn as ``nn.Linear`` draws one)."""
+
+    def __init__(self, embedding: nn.Embedding, units: int) -> None:
+        super().__init__()
+        self.embedding = embedding  # the very module: a child here too, so MLX's tree holds it
+        scale = math.sqrt(1.0 / embedding.weight.shape[1])
+        self.bias = mx.random.uniform(low=-scale, high=scale, shape=(units,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.embedding.as_linear(x) + self.bias
+
+
+_LAYERS = (nn.Embedding, nn.Linear, nn.BatchNorm, TiedOutput)  # the layers that hold parameters
 
 
 @dataclass
@@ -80,10 +126,19 @@ def _to_numpy(array: mx.array) -> np.ndarray:
     return np.array(array, dtype=np.float32, copy=True)
 
 
-def _native_key(path: LayerPath, role: str) -> str:
+def _native_key(path: LayerPath, role: str, *, reads_table: bool = False) -> str:
     """The key ``tree_flatten(net.parameters())`` gives a position: nn.Sequential keeps its
-    children in the list ``layers``, so (0, 1) is ``layers.0.layers.1``."""
-    return ".".join(f"layers.{index}" for index in path) + f".{role}"
+    children in the list ``layers``, so (0, 1) is ``layers.0.layers.1``; a TiedOutput's weight is
+    its embedding's (``layers.3.embedding.weight``)."""
+    return ".".join(f"layers.{index}" for index in path) + (".embedding" if reads_table else "") + f".{role}"
+
+
+def _holder(layer: nn.Module, role: str) -> tuple[nn.Module, str]:
+    """The module whose dict holds the array of ``role`` at ``layer``, and its key there: a
+    TiedOutput's weight is held by its embedding."""
+    if isinstance(layer, TiedOutput) and role == "weight":
+        return layer.embedding, "weight"
+    return layer, role
 
 
 def _unique_trainable(net: nn.Module) -> dict:
@@ -159,13 +214,21 @@ class MlxBackend(Backend):
     def new_relu(self) -> nn.Module:
         return nn.ReLU()
 
+    def new_embedding(self, vocab: int, dim: int) -> nn.Embedding:
+        return nn.Embedding(vocab, dim)
+
+    def tied_output(self, embedding: nn.Embedding, units: int) -> TiedOutput:
+        return TiedOutput(embedding, units)
+
     def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> nn.BatchNorm:
         # MLX's momentum is the canonical one: the weight of the new batch.
         settings = {k: v for k, v in {"momentum": momentum, "eps": eps}.items() if v is not None}
         return nn.BatchNorm(features, **settings)
 
     def freeze(self, model: Model, path: LayerPath) -> None:
-        self.position_table(model)[path].freeze()  # every array of the module leaves trainable_parameters()
+        # Every array of the module leaves trainable_parameters(); a TiedOutput's embedding too,
+        # which the spec freezes with it.
+        self.position_table(model)[path].freeze()
 
     def finish_sequential(self, container: Any, children: list[Any]) -> nn.Sequential:
         return nn.Sequential(*children)
@@ -191,8 +254,8 @@ class MlxBackend(Backend):
 
     # -- access by position ----------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> mx.array:
-        layer, role = self.dense_layer(model, position, _LAYERS)
-        return layer[role]
+        module, key = _holder(*self.dense_layer(model, position, _LAYERS))
+        return module[key]
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
         # One table for parameters and running statistics: net.parameters() holds both.
@@ -209,7 +272,7 @@ class MlxBackend(Backend):
         return _to_numpy(self.param_object(model, position))
 
     def write_native_value(self, model: Model, position: str, value: np.ndarray) -> None:
-        _write(*self.dense_layer(model, position, _LAYERS), position, value)
+        _write(*_holder(*self.dense_layer(model, position, _LAYERS)), position, value)
 
     # -- state: BatchNorm's running statistics are frozen arrays of the module ---------------------
     def state_object(self, model: Model, position: str) -> mx.array:
@@ -337,17 +400,20 @@ class MlxBackend(Backend):
 
     def native_file_keys(self, model: Model) -> dict[str, str]:
         # save_weights writes tree_flatten(net.parameters()): every position of a tie, by its key,
-        # in position order. A BatchNorm's running statistics are saved too, after its weight and
-        # bias: not parameters, so not listed here (a file holding them is refused by name, as
-        # torch's state_dict with its buffers is).
+        # in position order (an embedding's table also as a TiedOutput's embedding.weight). A
+        # BatchNorm's running statistics are saved too, after its weight and bias: not
+        # parameters, so not listed here (a file holding them is refused by name, as torch's
+        # state_dict with its buffers is).
         owner = {
             position: name for name, _, positions in self.observed_params(model) for position in positions
         }
-        return {
-            _native_key(slot.path, role): owner[param_name(slot.path, role)]
-            for slot in model.spec.layer_slots
-            for role in ROLES
-        }
+        readers = {slot.path for slot in model.spec.dense_slots if slot.table is not None}
+        keys = {}
+        for slot in model.spec.layer_slots:
+            for role in model.spec.roles_at(slot.path):
+                key = _native_key(slot.path, role, reads_table=role == "weight" and slot.path in readers)
+                keys[key] = owner[param_name(slot.path, role)]
+        return keys
 
     def native_file_budget(self, model: Model) -> int:
         # float32 values and safetensors framing: the values' bytes plus a header allowance.

@@ -4,6 +4,11 @@ A BatchNorm is nn.BatchNorm(momentum, epsilon): gamma and beta are its weight an
 running_mean and running_var are Parameters with grad_req 'null' that collect_params() lists
 beside the others; a tied BatchNorm is the same block at both positions. Freezing is Gluon's
 ``grad_req = 'null'``: no gradient is kept, so neither autograd nor the Trainer touches it.
+An Embedding is nn.Embedding(vocab, dim), its table the Parameter ``weight`` of shape (vocab,
+dim); a Dense tied to it is ``nn.Dense(vocab, in_units=dim, params=emb.params)``, as GluonNLP ties
+a language model's decoder: the new Dense finds ``weight`` in the embedding's ParameterDict, so
+it holds the table's very Parameter ((vocab, dim) is Dense's (out, in)), and creates its own
+bias there, which Gluon therefore names after the embedding (``embedding0_bias``).
 
 Like the book we run Gluon in numpy mode (``npx.set_np()``) and feed it ``mxnet.np`` arrays.
 Consequence: an unknown dimension shows as -1 (the legacy ``mx.nd`` mode shows 0).
@@ -25,6 +30,7 @@ import contextlib
 import os
 import tempfile
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +47,7 @@ with warnings.catch_warnings():
 
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
-from common.core.spec import ROLES, LayerPath, ModelSpec
+from common.core.spec import LayerPath, ModelSpec
 
 __all__ = ["MXNetBackend"]
 
@@ -50,6 +56,7 @@ __all__ = ["MXNetBackend"]
 _ATTRIBUTES: dict[type, dict[str, str]] = {
     nn.Dense: {"weight": "weight", "bias": "bias"},
     nn.BatchNorm: {"weight": "gamma", "bias": "beta"},
+    nn.Embedding: {"weight": "weight"},
 }
 
 
@@ -88,6 +95,8 @@ class MXNetBackend(Backend):
     def __init__(self) -> None:
         # set_np() is per-thread global state: models must be built and run on this thread.
         npx.set_np()
+        # How many Dense layers already read each embedding's table (see tied_output).
+        self._table_readers: weakref.WeakKeyDictionary[nn.Embedding, int] = weakref.WeakKeyDictionary()
 
     def framework_version(self) -> str:
         return mx.__version__
@@ -128,6 +137,25 @@ class MXNetBackend(Backend):
     def new_relu(self) -> nn.HybridBlock:
         return nn.Activation("relu")
 
+    def new_embedding(self, vocab: int, dim: int) -> nn.Embedding:
+        return nn.Embedding(vocab, dim)  # shapes known: initialized by net.initialize(), not deferred
+
+    def tied_output(self, embedding: nn.Embedding, units: int) -> nn.Dense:
+        # Gluon shares Parameters by name through a ParameterDict: built on the embedding's, the
+        # Dense finds the table as its "weight" and makes its own "bias" under the embedding's
+        # prefix. A second reader would make a second "<embedding>bias", which collect_params()
+        # refuses (two Parameters, one name), so it gets a dict of its own prefix holding the
+        # table under that prefix's "weight": one more name for the same Parameter. Gluon warns
+        # about that name, harmlessly: initialize() that it is "already initialized", hybridize
+        # that it "is not used by any computation" (its graph uses the Parameter's own name).
+        readers = self._table_readers.get(embedding, 0)
+        self._table_readers[embedding] = readers + 1
+        params = embedding.params
+        if readers:
+            params = gluon.ParameterDict(f"{embedding.prefix}tied{readers}_")
+            params.update({f"{params.prefix}weight": embedding.weight})
+        return nn.Dense(units, in_units=embedding.weight.shape[1], params=params)
+
     def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> nn.BatchNorm:
         # Gluon's momentum is the weight of the old running value: canonical m is 1 - m here.
         settings = {"momentum": None if momentum is None else 1.0 - momentum, "epsilon": eps}
@@ -143,7 +171,7 @@ class MXNetBackend(Backend):
         # Before the first forward (deferred init) this only records the request: no grad
         # buffer is ever allocated, and the cached graph is built without one.
         layer = self.position_table(model)[path]
-        for role in ROLES:
+        for role in model.spec.roles_at(path):
             getattr(layer, _ATTRIBUTES[type(layer)][role]).grad_req = "null"
 
     def finish_sequential(self, container: nn.HybridSequential, children: list[Any]) -> nn.HybridSequential:
@@ -160,14 +188,17 @@ class MXNetBackend(Backend):
 
     # -- observing -------------------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> gluon.Parameter:
-        layer, role = self.dense_layer(model, position, (nn.Dense, nn.BatchNorm))
+        layer, role = self.dense_layer(model, position, tuple(_ATTRIBUTES))
         return getattr(layer, _ATTRIBUTES[type(layer)][role])
 
     def describe_param(self, model: Model, param: Any) -> tuple[str, tuple[int, ...], str]:
         # Parameter objects keep their identity through deferred init, so one table serves.
         state: MXNetState = model.adapter_state
         if state.native_names is None:
-            state.native_names = {id(p): key for key, p in model.native.collect_params().items()}
+            # A table read by several Dense layers has one name per reader after the first: its first.
+            state.native_names = {}
+            for key, p in model.native.collect_params().items():
+                state.native_names.setdefault(id(p), key)
         return state.native_names[id(param)], tuple(param.shape), np.dtype(param.dtype).name
 
     # -- state: BatchNorm's running statistics are Parameters with grad_req 'null' ---------------
@@ -179,6 +210,11 @@ class MXNetBackend(Backend):
         return self.describe_param(model, state)  # listed by collect_params(), as parameters are
 
     def native_state_value(self, model: Model, position: str) -> np.ndarray:
+        # BatchNorm's backward writes the running statistics, and MXNet's engine does not order a
+        # read of them after that write: read at once, running_mean after two training steps of a
+        # process's first model was still the value after one (found by make bench's check). So
+        # every pending operation ends first.
+        npx.waitall()
         return _numpy(self.state_object(model, position).data())
 
     def write_native_state_value(self, model: Model, position: str, value: np.ndarray) -> None:
@@ -195,16 +231,17 @@ class MXNetBackend(Backend):
     def materialize(self, model: Model) -> None:
         # Before the first forward, deferred shapes hold a -1 for the unknown input size.
         if any(-1 in param.shape for _, param, _ in self.observed_params(model)):
-            model.native(mnp.zeros((1, model.spec.in_features), dtype="float32"))
+            ids = model.spec.input_kind == "ids"
+            model.native(self._array(model, np.zeros(1 if ids else (1, model.spec.in_features))))
 
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         # Outside autograd.record(), Gluon predicts: BatchNorm uses its running statistics.
-        return _numpy(model.native(mnp.array(x, dtype="float32")))
+        return _numpy(model.native(self._array(model, x)))
 
     def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
         trainable = [param.data() for _, param in self._trainable(model)]
         with autograd.record():  # train_mode: batch statistics
-            y = model.native(mnp.array(x, dtype="float32"))
+            y = model.native(self._array(model, x))
         if trainable:
             # The running statistics move in BatchNorm's backward: run the one a training step
             # would, with zero head gradients, returning the gradients rather than writing .grad.
@@ -278,16 +315,20 @@ class MXNetBackend(Backend):
         return value
 
     @staticmethod
-    def _inputs(x: np.ndarray, loss: Loss) -> tuple[mnp.ndarray, tuple]:
+    def _array(model: Model, x: np.ndarray) -> mnp.ndarray:
+        """The model's input as MXNet takes it: int64 ids for an embedding (its index type), else float32."""
+        return mnp.array(x, dtype="int64" if model.spec.input_kind == "ids" else "float32")
+
+    def _inputs(self, model: Model, x: np.ndarray, loss: Loss) -> tuple[mnp.ndarray, tuple]:
         target = () if loss.kind == "sum" else (mnp.array(loss.target, dtype="float32"),)
-        return mnp.array(x, dtype="float32"), target
+        return self._array(model, x), target
 
     def _trainable(self, model: Model) -> list[tuple[str, gluon.Parameter]]:
         """Unique Parameters that keep a gradient: a frozen one has grad_req 'null'."""
         return [(name, param) for name, param, _ in self.observed_params(model) if param.grad_req != "null"]
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
-        inputs, target = self._inputs(x, loss)
+        inputs, target = self._inputs(model, x, loss)
         self._record_loss(model, inputs, loss, target)
         # A shared Parameter is one autograd variable, so its grad is already the sum over uses;
         # a frozen one (grad_req 'null') keeps none.
@@ -304,7 +345,7 @@ class MXNetBackend(Backend):
             lambda: gluon.Trainer([p for _, p in unique], "sgd", {"learning_rate": lr}),
         )
         trainer.set_learning_rate(lr)
-        inputs, target = self._inputs(x, loss)
+        inputs, target = self._inputs(model, x, loss)
         losses, grads = [], {name: [] for name, _ in unique}
         for _ in range(steps):
             losses.append(self._record_loss(model, inputs, loss, target))

@@ -1,5 +1,7 @@
-"""Flax NNX adapter: ``nnx.Sequential`` of ``nnx.Linear``, ``nnx.BatchNorm`` and ``nnx.relu``; a
-tie is one ``nnx.Linear`` (or ``nnx.BatchNorm``) object placed at two positions.
+"""Flax NNX adapter: ``nnx.Sequential`` of ``nnx.Embed``, ``nnx.Linear``, ``nnx.BatchNorm`` and
+``nnx.relu``; a tie is one ``nnx.Linear`` (or ``nnx.BatchNorm``) object placed at two positions,
+and an output tied to the embedding is a ``TiedOutput`` holding the very ``nnx.Embed``, through
+``Embed.attend``.
 
 NNX quirks this adapter is built around:
 - NNX is eager: ``nnx.Linear(in, out, rngs=...)`` creates its kernel at construction, so every
@@ -7,7 +9,8 @@ NNX quirks this adapter is built around:
 - a parameter is an ``nnx.Param`` object held by its layer and mutated in place
   (``param[...] = value``); a shared layer holds one Param, so a tie is one object, observed;
 - ``nnx.state(net)`` walks the object graph and visits a shared layer once, at its first path
-  (``layers/2``): the listing and the msgpack file hold a tied parameter once.
+  (``layers/2``): the listing and the msgpack file hold a tied parameter once; an embedding's
+  table once too, at ``layers/0/embedding``, though the ``TiedOutput`` holds its Embed as well;
 - a BatchNorm's running statistics are ``nnx.BatchStat`` variables beside its ``nnx.Param``s,
   updated in place by a forward in training mode; the mode is the module attribute
   ``use_running_average``, set over the whole net by ``net.eval()`` / ``net.train()``;
@@ -32,20 +35,37 @@ import numpy as np
 import optax
 from flax import nnx
 
-from backends._flax_common import FlaxBase, batchnorm_settings, slash_path
+from backends._flax_common import FlaxBase, FlaxLayers, batchnorm_settings, slash_path
 from backends._jax_common import (
     CompiledPerSpec,
     Step,
     Tree,
     checked_value,
     compiles_build,
+    model_input,
     objective,
     to_numpy,
 )
 from common.core.interface import Model
 from common.core.spec import ModelSpec
 
-__all__ = ["NNXBackend"]
+__all__ = ["NNXBackend", "TiedOutput"]
+
+
+class TiedOutput(nnx.Module):
+    """A Linear whose kernel is ``embedding``'s table, through Flax's ``Embed.attend``: ``x @
+    table.T`` plus a bias of its own, zeros at init as ``nnx.Linear``'s. The Embed is the very
+    object the net looks ids up with, so the graph holds its table once."""
+
+    def __init__(self, embedding: nnx.Embed, features: int) -> None:
+        self.embedding = embedding
+        self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.embedding.attend(x) + self.bias[...]
+
+
+LAYERS = FlaxLayers(dense=nnx.Linear, norm=nnx.BatchNorm, embed=nnx.Embed, tied=TiedOutput)
 
 
 class NNXBackend(FlaxBase):
@@ -88,6 +108,12 @@ class NNXBackend(FlaxBase):
     def new_relu(self) -> Any:
         return nnx.relu
 
+    def new_embedding(self, vocab: int, dim: int) -> nnx.Embed:
+        return nnx.Embed(vocab, dim, rngs=self._rngs)
+
+    def tied_output(self, embedding: nnx.Embed, units: int) -> TiedOutput:
+        return TiedOutput(embedding, units)
+
     def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> nnx.BatchNorm:
         # Training mode by default (use_running_average=False); each forward sets the mode.
         return nnx.BatchNorm(features, rngs=self._rngs, **batchnorm_settings(momentum, eps))
@@ -114,15 +140,15 @@ class NNXBackend(FlaxBase):
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         if model.spec.has_batchnorm:  # a walk over every module: only where a mode matters
             model.native.eval()  # BatchNorm normalizes by its running statistics, keeps them
-        return to_numpy(model.native(jnp.asarray(x, jnp.float32)))
+        return to_numpy(model.native(model_input(model.spec, x)))
 
     def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
         model.native.train()  # batch statistics; the BatchStat variables are updated in place
-        return to_numpy(model.native(jnp.asarray(x, jnp.float32)))
+        return to_numpy(model.native(model_input(model.spec, x)))
 
     # -- parameters by position -------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> nnx.Param:
-        layer, role = self.param_at(model, position, self.position_table(model), nnx.Linear, nnx.BatchNorm)
+        layer, role = self.param_at(model, position, self.position_table(model), LAYERS)
         return getattr(layer, role)
 
     def native_param_name(self, model: Model, position: str) -> str:

@@ -1,10 +1,12 @@
 """The hand-written Flax NNX training loop ``make bench`` holds the adapter against: the
 "functional training loop" of Flax's performance guide (nnx.split once, jax.jit over the state,
-nnx.merge inside), NNX's fastest documented form of ``@nnx.jit train_step(model, optimizer, ...)``."""
+nnx.merge inside), NNX's fastest documented form of ``@nnx.jit train_step(model, optimizer, ...)``.
+A BatchNorm is ``nnx.BatchNorm`` (Flax's momentum is the weight of the old value: 1 - the
+canonical one), the model in ``model.train()`` mode, its ``BatchStat`` variables carried in the
+split state; freezing is the filter of NNX's transfer-learning guide, given to
+``nnx.Optimizer(wrt=...)`` and to the gradient (``nnx.DiffState``)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -12,28 +14,53 @@ import numpy as np
 import optax
 from flax import nnx
 
+from common.commands.bench import HandwrittenLoop
+from common.core.spec import Dense, param_name
+
+_STATS = {"running_mean": "mean", "running_var": "var"}
+
 
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
-) -> Callable[[int], np.ndarray]:
-    """The book's tied MLP (or any flat Dense/ReLU spec), set up (and compiled) once; the returned
-    ``run(steps)`` trains it further with plain SGD and returns the losses."""
-    rngs, shared, layers = nnx.Rngs(0), {}, []
-    for slot in spec.dense_slots:
-        if slot.owner not in shared:
-            linear = nnx.Linear(slot.in_features, slot.units, rngs=rngs)
-            linear.kernel[...] = jnp.asarray(weights[f"layers.{slot.path[0]}.weight"].T)
-            linear.bias[...] = jnp.asarray(weights[f"layers.{slot.path[0]}.bias"])
-            shared[slot.owner] = linear
-        layers += [shared[slot.owner], nnx.relu]
-    model = nnx.Sequential(*layers[:-1])
-    optimizer = nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
+) -> HandwrittenLoop:
+    """Any flat spec of Dense, BatchNorm and ReLU, ties and frozen layers included, set up (and
+    compiled) once; ``run(steps)`` trains it further with plain SGD and returns the losses."""
+    rngs, made, layers = nnx.Rngs(0), {}, []
+    owners = {slot.path: slot.owner for slot in spec.layer_slots}
+    widths = {slot.path: slot.in_features for slot in spec.dense_slots}
+    features = {slot.path: slot.features for slot in spec.norm_slots}
+    for path, layer in spec.walk():
+        owner = owners.get(path)
+        if owner is None:
+            layers.append(nnx.relu)
+            continue
+        if owner not in made:
+            weight, bias = weights[param_name(owner, "weight")], weights[param_name(owner, "bias")]
+            if isinstance(layer, Dense):
+                made[owner] = module = nnx.Linear(widths[path], layer.units, rngs=rngs)
+                module.kernel[...], module.bias[...] = jnp.asarray(weight.T), jnp.asarray(bias)
+            else:
+                settings = {
+                    "momentum": None if layer.momentum is None else 1 - layer.momentum,
+                    "epsilon": layer.eps,
+                }
+                chosen = {k: v for k, v in settings.items() if v is not None}
+                made[owner] = module = nnx.BatchNorm(features[path], rngs=rngs, **chosen)
+                module.scale[...], module.bias[...] = jnp.asarray(weight), jnp.asarray(bias)
+        layers.append(made[owner])
+    model = nnx.Sequential(*layers)
+    model.train()  # every BatchNorm normalizes by the batch and updates its statistics
+    # A layer's parameters sit at ("layers", its first index, name): the frozen ones by that index.
+    frozen = [nnx.PathContains(owner[0]) for owner in made if not spec.trainable_at(owner)]
+    trainable = nnx.All(nnx.Param, nnx.Not(nnx.Any(*frozen))) if frozen else nnx.Param
+    optimizer = nnx.Optimizer(model, optax.sgd(lr), wrt=trainable)
     graphdef, state = nnx.split((model, optimizer))
 
     @jax.jit
     def train_step(graphdef, state, x, y):
         model, optimizer = nnx.merge(graphdef, state)
-        loss, grads = nnx.value_and_grad(lambda model: jnp.mean((model(x) - y) ** 2))(model)
+        loss_fn = lambda model: jnp.mean((model(x) - y) ** 2)  # noqa: E731
+        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable))(model)
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss
 
@@ -49,4 +76,7 @@ def make_handwritten(
         nnx.update((model, optimizer), state)
         return np.asarray(jnp.stack(losses))
 
-    return run
+    def running_stats() -> dict[str, np.ndarray]:
+        return {p.name: np.asarray(getattr(made[p.owner], _STATS[p.role])[...]) for p in spec.state}
+
+    return HandwrittenLoop(run, running_stats)

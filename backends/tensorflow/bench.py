@@ -3,19 +3,18 @@ what a practitioner writes, on TensorFlow's natural fast path (one tf.function s
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import keras
 import numpy as np
 import tensorflow as tf
 
-from backends._keras_common import bench_net, tf_make_handwritten
+from backends._keras_common import tf_make_handwritten
+from common.commands.bench import HandwrittenLoop
 
 
 def make_handwritten(
     spec, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
-) -> Callable[[int], np.ndarray]:
+) -> HandwrittenLoop:
     """The book's tied MLP (or any flat spec of Dense, ReLU and BatchNorm, frozen layers too), set
-    up (and compiled) once; the returned ``run(steps)`` trains it further with plain SGD, the net
+    up (and compiled) once; the loop's ``run(steps)`` trains it further with plain SGD, the net
     in training mode, and returns the losses."""
-    return tf_make_handwritten(keras, tf, bench_net(keras, spec, weights), x, y, lr)
+    return tf_make_handwritten(keras, tf, spec, weights, x, y, lr)

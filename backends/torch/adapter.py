@@ -1,4 +1,8 @@
 """PyTorch adapter: nn.Sequential of nn.LazyLinear / nn.ReLU, ties by reusing one module object.
+An Embedding is nn.Embedding(vocab, dim); a Dense tied to its table is an nn.Linear(dim, vocab)
+whose weight is set to the embedding's Parameter (``head.weight = emb.weight``, as language
+models tie their output head): both layers hold one Parameter, so autograd sums both uses into
+its one .grad, and the optimizer updates it once.
 
 Every position is read through the module found at that position, and sharing is decided by
 object identity (common.core.interface), so a tie is observed, never assumed from the spec.
@@ -8,6 +12,8 @@ gradients stay tensors until the last step.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +34,14 @@ _INIT_SEED = 0
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     # .numpy() shares memory with the tensor; copy so later in-place updates don't leak out.
     return tensor.detach().cpu().numpy().astype(np.float32, copy=True)
+
+
+@contextlib.contextmanager
+def _seeded() -> Iterator[None]:
+    """Default initial values drawn from a fixed seed, without touching the global generator."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_INIT_SEED)
+        yield
 
 
 @dataclass
@@ -63,6 +77,17 @@ class TorchBackend(Backend):
     def new_relu(self) -> nn.Module:
         return nn.ReLU()
 
+    def new_embedding(self, vocab: int, dim: int) -> nn.Embedding:
+        with _seeded():  # eager: the table is drawn here, not at the first forward
+            return nn.Embedding(vocab, dim)
+
+    def tied_output(self, embedding: nn.Embedding, units: int) -> nn.Linear:
+        with _seeded():
+            head = nn.Linear(embedding.embedding_dim, units)
+        # The idiom: the head's weight IS the table's Parameter, (vocab, dim) = Linear's (out, in).
+        head.weight = embedding.weight
+        return head
+
     def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> nn.Module:
         # torch's momentum is the canonical one: the weight of the new batch.
         settings = {k: v for k, v in {"momentum": momentum, "eps": eps}.items() if v is not None}
@@ -85,13 +110,23 @@ class TorchBackend(Backend):
             for name, p in model.native.named_parameters()
         }
 
+    def finish_model(self, model: Model) -> None:
+        # A model with no lazy layer (an embedding and its tied head only) is complete now.
+        if not self._lazy(model):
+            model.native.to(self.device)
+
+    @staticmethod
+    def _lazy(model: Model) -> bool:
+        return any(isinstance(p, UninitializedParameter) for p in model.native.parameters())
+
     def materialize(self, model: Model) -> None:
-        if any(isinstance(p, UninitializedParameter) for p in model.native.parameters()):
+        if self._lazy(model):
             # LazyLinear draws its default init at the first forward; seed it, locally.
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
-                torch.manual_seed(_INIT_SEED)
+            with _seeded(), torch.no_grad():
                 model.native.eval()  # a BatchNorm keeps its statistics (and takes a batch of one)
-                model.native(torch.zeros(1, model.spec.in_features))
+                ids = model.spec.input_kind == "ids"
+                zeros = torch.zeros(1, dtype=torch.long) if ids else torch.zeros(1, model.spec.in_features)
+                model.native(zeros)
             # Initialised on the CPU, so every device starts from the same values; .to() keeps
             # each Parameter object (it swaps .data), so ties and the identity tables survive.
             model.native.to(self.device)
@@ -100,17 +135,18 @@ class TorchBackend(Backend):
         self.materialize(model)
         model.native.eval()  # inference: BatchNorm uses its running statistics
         with torch.no_grad():
-            return _to_numpy(model.native(self._tensor(x)))
+            return _to_numpy(model.native(self._native_input(model, x)))
 
     def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
         self.materialize(model)
         model.native.train()  # batch statistics, running statistics updated
         with torch.no_grad():
-            return _to_numpy(model.native(self._tensor(x)))
+            return _to_numpy(model.native(self._native_input(model, x)))
 
     # -- access by position ----------------------------------------------------------------------
     def param_object(self, model: Model, position: str) -> nn.Parameter:
-        layer, role = self.dense_layer(model, position, (nn.Linear, nn.BatchNorm1d))
+        # A tied head's weight is the embedding's Parameter itself: the same object at both.
+        layer, role = self.dense_layer(model, position, (nn.Embedding, nn.Linear, nn.BatchNorm1d))
         return getattr(layer, role)
 
     # -- state: BatchNorm's running statistics are buffers ----------------------------------------
@@ -187,6 +223,12 @@ class TorchBackend(Backend):
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
 
+    def _native_input(self, model: Model, x: np.ndarray) -> torch.Tensor:
+        """The model's input on its device: ids as int64 (nn.Embedding's index type), else float32."""
+        if model.spec.input_kind == "ids":
+            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(self.device)
+        return self._tensor(x)
+
     def _loss(self, model: Model, x: torch.Tensor, loss: Loss) -> torch.Tensor:
         y = model.native(x)
         if loss.kind == "sum":
@@ -196,7 +238,7 @@ class TorchBackend(Backend):
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         model.native.zero_grad(set_to_none=True)  # .grad accumulates across backward calls
         model.native.train()
-        self._loss(model, self._tensor(x), loss).backward()
+        self._loss(model, self._native_input(model, x), loss).backward()
         # A shared Parameter has one .grad, into which autograd already summed every use; a
         # frozen one (requires_grad False) has none.
         return {name: _to_numpy(p.grad) for name, p, _ in self.observed_params(model) if p.requires_grad}
@@ -210,7 +252,7 @@ class TorchBackend(Backend):
             group["lr"] = lr
         model.native.train()
         unique = [(name, p) for name, p, _ in self.observed_params(model) if p.requires_grad]
-        inputs = self._tensor(x)
+        inputs = self._native_input(model, x)
         losses, grads = [], {name: [] for name, _ in unique}
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)

@@ -3,7 +3,9 @@ so no figure is an absolute time on its own; each is a median of repeats or a ra
 
 1. training: the adapter's ``train`` (with and without per-step watching) against the backend's
    hand-written loop on its natural fast path (``bench`` in its declaration), same run, taking
-   turns, one backend at a time;
+   turns, one backend at a time, on each model of BENCH_MODELS: the tied MLP and the BatchNorm
+   model (a BatchNorm, a frozen Dense, a frozen BatchNorm). The two sides' first runs are checked
+   against each other first: the same losses and running statistics, or the ratio means nothing;
 2. suites: each suite's wall time against the bare import of its framework, and test-all's total
    against the summed floor;
 3. scaling: per-layer cost of spec construction, list_params, backward and export/import at 10 to
@@ -25,6 +27,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +47,43 @@ from common.commands.fanout import (
 from common.commands.textable import format_table
 from common.config import add_backends_option, add_timeout_option, parse_backend_list
 from common.core import oracle, portable
-from common.core.models import TIED
+from common.core.expectations import STATE_ATOL, STATE_RTOL
+from common.core.models import BATCHNORM, TIED
 from common.core.oracle import Loss
 from common.core.spec import Dense, ModelSpec, ReLU
-from common.declarations import declaration, envs
+from common.declarations import Declaration, declaration, envs
 from common.envs import ROOT, VENVS, backend_env, venv_python
 
 REPORTS = ROOT / "reports"
 STEPS = 200
 REPEATS = 5
 TRAINING_REPEATS = 15  # 200 compiled steps take milliseconds: a median of 5 still moved by 0.1
+LR = 0.05
+BENCH_MODELS = (TIED, BATCHNORM)
+# What a BatchNorm model needs a backend to declare; a backend without them is benched on the
+# tied MLP alone, and its record says why.
+NEEDS = {BATCHNORM.name: ("batchnorm", "freezing")}
+# The hand-written loop and the adapter run one framework on one float32 input, so their losses
+# and running statistics agree to rounding (measured after 200 steps: bit for bit in nine
+# backends, within 4e-7 relative in MLX); they are held to the suite's tolerance for state after
+# training. A loop that forgets the statistics, a freeze or a tie is off by orders more.
+AGREEMENT_RTOL, AGREEMENT_ATOL = STATE_RTOL, STATE_ATOL
+
+
+@dataclass(frozen=True)
+class HandwrittenLoop:
+    """What ``backends/<name>/bench.py: make_handwritten(spec, weights, x, y, lr)`` returns: the
+    framework's fast-path training loop for ``spec`` as a practitioner writes it, set up (and
+    compiled) once, from ``weights`` (canonical names and layout) and the framework's own initial
+    running statistics, the net in training mode, frozen layers frozen with the framework's own
+    idiom."""
+
+    run: Callable[[int], np.ndarray]  # that many more plain-SGD steps of MSE; their losses
+    # Canonical state name (spec.state: layers.1.running_mean) -> its value now, as the framework
+    # stores it (the adapter's get_state reads the same); {} for a spec without BatchNorm.
+    running_stats: Callable[[], dict[str, np.ndarray]]
+
+
 SIZES = (10, 100, 1000, 10000)
 BACKEND_SIZES = (10, 100, 1000)  # by default: 10,000 framework layers take ~5 min per backend here
 
@@ -99,34 +130,101 @@ def deep_spec(layers: int) -> ModelSpec:
 
 
 # -- in the backend's environment ------------------------------------------------------------------
+def bench_models(entry: Declaration) -> dict[str, ModelSpec | str]:
+    """Each model of BENCH_MODELS by name: the spec, or why this backend cannot train it (a
+    capability it declares false)."""
+    chosen: dict[str, ModelSpec | str] = {}
+    for spec in BENCH_MODELS:
+        lacking = [c for c in NEEDS.get(spec.name, ()) if not entry.capability(c).value]
+        chosen[spec.name] = (
+            f"{lacking[0]} is declared false: {entry.capability(lacking[0]).reason}" if lacking else spec
+        )
+    return chosen
+
+
+def disagreement(
+    hand: tuple[np.ndarray, dict[str, np.ndarray]], adapter: tuple[np.ndarray, dict[str, np.ndarray]]
+) -> str | None:
+    """Where the hand-written loop's (losses, running statistics) and the adapter's differ beyond
+    AGREEMENT_RTOL/ATOL, in one line; None where they agree."""
+    pairs = [("losses", np.asarray(hand[0], np.float64), np.asarray(adapter[0], np.float64))]
+    if sorted(hand[1]) != sorted(adapter[1]):
+        return f"running statistics {sorted(hand[1])}, but should be {sorted(adapter[1])}"
+    pairs += [
+        (name, np.asarray(hand[1][name], np.float64), np.asarray(adapter[1][name], np.float64))
+        for name in sorted(hand[1])
+    ]
+    for name, got, expected in pairs:
+        if got.shape != expected.shape:
+            return f"{name}: shape={got.shape}, but should be {expected.shape}"
+        off = np.abs(got - expected) > AGREEMENT_ATOL + AGREEMENT_RTOL * np.abs(expected)
+        if off.any():
+            where = tuple(int(i) for i in np.argwhere(off)[0])
+            return (
+                f"{name}{list(where)}={got[where]:.7g}, but should be {expected[where]:.7g} (the adapter's; "
+                f"{int(off.sum())} of {off.size} elements differ)"
+            )
+    return None
+
+
+def checked_pair(backend, make_handwritten, spec: ModelSpec, steps: int) -> tuple[Any, Callable[..., Any]]:
+    """The hand-written loop and the adapter's model, set up from the same weights and data, and
+    their first runs of ``steps`` (which compile them) checked against each other: a
+    RuntimeError names the difference. Returns the loop and ``train(steps, watch)``, more of the
+    adapter's training of that model."""
+    from common.commands.training import regression_data
+
+    x, y = regression_data(spec)
+    loss = Loss("mse", y)
+    weights = oracle.initial_weights(spec)
+    loop = make_handwritten(spec, weights, x, y, LR)
+    model = backend.build_mlp(spec)
+    backend.load_params(model, weights)
+    # Each side's statistics are read right after its own run, as a user reads them.
+    adapter_losses = backend.train(model, x, loss, LR, steps)[0]
+    running = {p.name: backend.get_state(model, p.name) for p in spec.state}
+    hand_losses = loop.run(steps)
+    problem = disagreement((hand_losses, loop.running_stats()), (adapter_losses, running))
+    if problem is not None:
+        raise RuntimeError(
+            f"{spec.name}: the hand-written loop does not compute what the adapter does after "
+            f"{steps} steps, so no ratio is measured: {problem}"
+        )
+    return loop, lambda steps, watch: backend.train(model, x, loss, LR, steps, watch=watch)
+
+
+def measure_training(backend, make_handwritten, spec: ModelSpec) -> dict[str, float]:
+    """The adapter's train against the hand-written loop on ``spec``, once checked_pair agrees."""
+    loop, train = checked_pair(backend, make_handwritten, spec, STEPS)
+    return median_ratios(
+        {
+            "hand": lambda: loop.run(STEPS),
+            "unwatched": lambda: train(STEPS, watch=False),
+            "watched": lambda: train(STEPS, watch=True),
+        },
+        baseline="hand",
+        repeats=TRAINING_REPEATS,
+    )
+
+
 def measure_backend(name: str, sizes: tuple[int, ...]) -> dict[str, Any]:
     from common.commands.fanout import report_progress
-    from common.commands.training import regression_data
     from common.registry import load_backend
 
     backend = load_backend(name)
     entry = declaration(name)
-    x, y = regression_data(TIED)
-    loss = Loss("mse", y)
-    weights = oracle.initial_weights(TIED)
     result: dict[str, Any] = {"steps": STEPS, "repeats": TRAINING_REPEATS}
     if entry.bench:
         module, _, function = entry.bench.partition(":")
         make_handwritten = getattr(importlib.import_module(module), function)
-        report_progress(f"training {STEPS} steps x {TRAINING_REPEATS} repeats")
-        # Both sides are set up and compiled once, then timed on steady-state steps.
-        handwritten = make_handwritten(TIED, weights, x, y, 0.05)
-        model = backend.build_mlp(TIED)
-        backend.load_params(model, weights)
-        result["training"] = median_ratios(
-            {
-                "hand": lambda: handwritten(STEPS),
-                "unwatched": lambda: backend.train(model, x, loss, 0.05, STEPS, watch=False),
-                "watched": lambda: backend.train(model, x, loss, 0.05, STEPS, watch=True),
-            },
-            baseline="hand",
-            repeats=TRAINING_REPEATS,
-        )
+        training: dict[str, Any] = {}
+        for model_name, spec in bench_models(entry).items():
+            if isinstance(spec, str):
+                training[model_name] = {"skipped": spec}
+                continue
+            report_progress(f"training {model_name}: {STEPS} steps x {TRAINING_REPEATS} repeats")
+            training[model_name] = measure_training(backend, make_handwritten, spec)
+        result["training"] = training
     scaling: dict[str, dict[str, float]] = {}
     for size in sizes:
         report_progress(f"scaling at {size} layers")
@@ -284,26 +382,29 @@ def _fmt(value: float | None, unit: str = "x") -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    rows = []
+    rows, skipped = [], []
     for name, record in report["backends"].items():
         if not record.get("ok"):
-            rows.append([name, f"FAILED: {record.get('error')}", "", "", ""])
+            rows.append([name, "", f"FAILED: {record.get('error')}", "", "", ""])
             continue
-        training = record.get("training", {})
         suite = report.get("suites", {}).get("per_suite", {}).get(name, {})
-        rows.append(
-            [
-                name,
-                _fmt(training.get("unwatched")),
-                _fmt(training.get("watched")),
-                _fmt(suite.get("ratio")),
-                _fmt(record.get("bare_import_s"), "s"),
-            ]
-        )
+        backend_columns = [name, _fmt(suite.get("ratio")), _fmt(record.get("bare_import_s"), "s")]
+        training = record.get("training") or {"-": {}}
+        known = [spec.name for spec in BENCH_MODELS]  # in this order: the record's JSON sorted them
+        for model in [m for m in known if m in training] + sorted(set(training) - set(known)):
+            ratios = training[model]
+            if "skipped" in ratios:
+                skipped.append(f"{name}: {model} not benched: {ratios['skipped']}")
+            shown_ratios = [_fmt(ratios.get("unwatched")), _fmt(ratios.get("watched"))]
+            rows.append([backend_columns[0], model, *shown_ratios, *backend_columns[1:]])
+            backend_columns = ["", "", ""]  # once, on the backend's first row
     lines = [
         "paramparity bench (ratios from one run; medians of repeats)",
         "",
-        format_table(["backend", "train vs hand", "watched vs hand", "suite vs import", "bare import"], rows),
+        format_table(
+            ["backend", "model", "train vs hand", "watched vs hand", "suite vs import", "bare import"], rows
+        ),
+        *skipped,
     ]
     if "suites" in report:
         suites = report["suites"]

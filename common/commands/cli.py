@@ -8,6 +8,7 @@ checked before a command starts anything. The children a command starts die with
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from common import children
 from common.config import (
     add_backends_option,
     add_timeout_option,
+    canonical_backend,
     check_settings,
     parse_backend_list,
     selected_backend,
@@ -25,13 +27,16 @@ from common.errors import USAGE_EXIT_CODE, UsageError, one_line
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paramparity", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser(
         "test",
-        help="run the conformance suite for PARITY_BACKEND",
-        description="Run tests/conformance in .venvs/<PARITY_BACKEND>, creating it if needed. "
-        "Any other argument goes to pytest (e.g. -k ties).",
+        help="run the conformance suite for a backend: paramparity test [BACKEND] [pytest args]",
+        usage="paramparity test [BACKEND] [pytest arguments]",
+        description="Run tests/conformance in the backend's environment, creating it if needed. The "
+        "backend is the first argument (paramparity test torch) or PARITY_BACKEND. Any other argument "
+        "goes to pytest (e.g. -k ties).",
     )
 
     test_all = commands.add_parser(
@@ -52,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from common.commands import (
         bench,
+        checkpoints,
         diff,
         facts,
         fuzz,
@@ -65,16 +71,31 @@ def build_parser() -> argparse.ArgumentParser:
     train_report.add_parser(commands)
     roundtrip.add_parser(commands)
     inspect.add_parsers(commands)
+    checkpoints.add_parsers(commands)
     fuzz.add_parser(commands)
     facts.add_parser(commands)
     return parser
 
 
+def _version() -> str:
+    """The installed distribution's version, or the checkout's pyproject.toml's when run from it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("paramparity")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        from common.envs import ROOT
+
+        return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
 def backends_to_run(args: argparse.Namespace) -> tuple[str, ...] | None:
     """The backends whose children the command starts; None for a command that starts none."""
     if args.command == "test":
-        return (selected_backend(),)
-    if args.command in ("spec", "inspect", "facts") or getattr(args, "from_files", None):
+        return (args.test_backend or selected_backend(),)
+    if args.command in ("spec", "inspect", "export", "facts") or getattr(args, "from_files", None):
         return None
     if args.command == "fuzz" and not args.examples:
         return ()
@@ -100,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args, unknown = parser.parse_known_args(argv)
+    if args.command == "test":  # `paramparity test torch -k ties`: a first word that is no option or path
+        named = bool(unknown) and not unknown[0].startswith("-") and not os.path.exists(unknown[0])
+        args.test_backend = canonical_backend(unknown.pop(0)) if named else None
     if unknown and args.command not in ("test", "test-all"):
         # The command's own usage, not the top-level one: it says what that command takes.
         subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -110,7 +134,7 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     if args.command == "test":
         from common.commands.testing import test_one
 
-        return test_one(unknown)  # pytest's own flags pass through
+        return test_one(unknown, backends[0])  # pytest's own flags pass through
     if args.command == "test-all":
         from common.commands.testing import test_all
 

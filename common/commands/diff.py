@@ -215,6 +215,64 @@ STATE_ROWS: tuple[Row, ...] = (
     Row(STATE, "serializations hold", _state("serializations", _serialized_state)),
 )
 
+EMBED = "Embedding tied to the output projection"  # embed_tied (common.commands.probe)
+
+
+def _embedding(key: str, show: Callable[[Any], Any] = lambda value: value) -> Callable[[Record], Any]:
+    """An embedding row: the observed value, or why the backend built no embedding."""
+
+    def extract(r: Record) -> Any:
+        embedding = r.get("embedding", {"not_built": "not probed (a record from before embeddings)"})
+        return (
+            "not built (see its declared capabilities)" if "not_built" in embedding else show(embedding[key])
+        )
+
+    return extract
+
+
+EMBEDDING_ROWS: tuple[Row, ...] = (
+    Row(
+        EMBED,
+        "mechanism",
+        _embedding(
+            "mechanism",
+            lambda m: {
+                "same_parameter": "the output Dense holds the embedding's Parameter",
+                "table_read": "the output layer reads the embedding's table",
+            }.get(m, m),
+        ),
+    ),
+    Row(EMBED, "output layer class", _embedding("projection_class")),
+    Row(
+        EMBED,
+        "table applied",
+        _embedding(
+            "transposed", lambda t: "transposed (kernels are (in, out))" if t else "as the (out, in) weight"
+        ),
+    ),
+    Row(EMBED, "one object at both uses", _embedding("one_object")),
+    Row(EMBED, "unique parameters (of 4)", _embedding("unique_params")),
+    Row(
+        EMBED,
+        "the framework's listing",
+        _embedding("listing", lambda c: f"{c['call']}: {c['entries']} entries"),
+    ),
+    Row(
+        EMBED,
+        "its own file",
+        _embedding(
+            "native_file",
+            lambda f: f"{f['call']}: {f['entries']} entries, the table {f['table_copies']}x",
+        ),
+    ),
+    Row(EMBED, "tie kept when its file is loaded", _embedding("tie_kept_on_native_load")),
+    Row(
+        EMBED,
+        "max |delta| vs the oracle (forward, gradients)",
+        _embedding("max_abs_diff", lambda d: f"{max(d.values()):.1e}"),
+    ),
+)
+
 ORACLE = "Numbers vs the numpy oracle (max |delta|)"
 ROWS: tuple[Row, ...] = (
     Row("Versions", "framework", lambda r: r["versions"]["framework"], kind=CONTEXT),
@@ -377,7 +435,7 @@ def merge(records: Mapping[str, Record]) -> dict[str, Any]:
         name: str(records[name].get("error", "no record")) for name in backends if not records[name].get("ok")
     }
     ok = {name: {**records[name], "backend": name} for name in backends if name not in failed}
-    rows = [_merge_row(row, ok) for row in (*ROWS, *STATE_ROWS, *capability_rows(ok))]
+    rows = [_merge_row(row, ok) for row in (*ROWS, *STATE_ROWS, *EMBEDDING_ROWS, *capability_rows(ok))]
     claims = [
         _verdict(claim, name, records[name])
         for claim in BOOK_CLAIMS
@@ -490,6 +548,40 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def verdict_lines(doc: Mapping[str, Any]) -> list[str]:
+    """The answer first: which backends ran, what the book's claims came to, and how many
+    behaviours differ (each of them then follows in one line: ``differing_lines``)."""
+    backends, failed = doc["backends"], doc["failed"]
+    compared = [r for r in doc["rows"] if r["kind"] == BEHAVIOUR]
+    differing = sum(r["differs"] for r in compared)
+    ran = f"Backends: {len(backends) - len(failed)} of {len(backends)} ran"
+    return [
+        ran + (f"; failed: {', '.join(failed)} (causes below)." if failed else "."),
+        *summary_lines({**doc, "failed": {}}),
+        f"Behaviours: {differing} of {len(compared)} differ between the backends"
+        + (", each in one line:" if differing else "."),
+    ]
+
+
+def differing_lines(doc: Mapping[str, Any]) -> list[str]:
+    """Each behaviour that differs, in one line: where it is, then each distinct value with the
+    backends that show it (the table below has the details)."""
+    lines = []
+    for row in doc["rows"]:
+        if not row["differs"]:
+            continue
+        groups: dict[str, list[str]] = {}
+        for name, cell in row["cells"].items():
+            groups.setdefault("; ".join(cell_lines(cell)), []).append(name)
+        values = " | ".join(f"{value} ({', '.join(names)})" for value, names in groups.items())
+        lines.append(f"{DIFFERS} {row['section']} / {row['label']}: {values}")
+    return lines
+
+
+def _clipped(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: max(1, width - 1)] + "…"
+
+
 def failed_lines(doc: Mapping[str, Any]) -> list[str]:
     """One line per failed backend with its cause, bounded: a saved record is input too."""
     return [one_line(f"{name} failed: {error}") for name, error in doc["failed"].items()]
@@ -599,32 +691,31 @@ def _fit(columns: Sequence[Sequence[str]], width: int, floors: Sequence[int]) ->
 
 
 def _behaviour_block(doc: Mapping[str, Any], width: int) -> RenderableType:
+    """Section by section: side by side wherever the section's table fits ``width`` (short values
+    such as counts and verdicts fit long before native names do), else stacked, one
+    ``backends: value`` line per distinct value."""
     backends = doc["backends"]
     headers = ["behaviour", *(f"{b}\n(failed)" if b in doc["failed"] else b for b in backends)]
-    body: list[tuple[str, list[str], list[str]]] = []
+    blocks: list[RenderableType] = []
     for section, rows in _sections(doc["rows"]):
-        body.append(
-            (
-                "",
-                [f"[{_section_title(section, rows)}]", *[""] * len(backends)],
-                ["bold"] * (len(backends) + 1),
-            )
-        )
+        title = f"[{_section_title(section, rows)}]"
+        body: list[tuple[str, list[str], list[str]]] = [
+            ("", [title, *[""] * len(backends)], ["bold"] * (len(backends) + 1))
+        ]
         for row in rows:
             cells = [row["cells"].get(b) for b in backends]
             texts = ["\n".join(cell_lines(cell)) for cell in cells]
             styles = ["magenta" if cell and "error" in cell else "" for cell in cells]
             body.append((row["mark"], [f"{row['mark'] or ' '} {row['label']}", *texts], ["", *styles]))
-    columns = [[headers[k], *(cells[k] for _, cells, _ in body)] for k in range(len(headers))]
-    widths = _fit(columns, width, [LABEL_FLOOR, *[COLUMN_FLOOR] * len(backends)])
-    if widths is not None:
-        return _table(headers, body, widths)
-    blocks = []
-    for section, rows in _sections(doc["rows"]):
+        columns = [[headers[k], *(cells[k] for _, cells, _ in body)] for k in range(len(headers))]
+        widths = _fit(columns, width, [LABEL_FLOOR, *[COLUMN_FLOOR] * len(backends)])
+        if widths is not None:
+            blocks.append(_table(headers, body, widths))
+            continue
         stacked = [
             (row["mark"], row["label"], {b: cell_lines(c) for b, c in row["cells"].items()}) for row in rows
         ]
-        blocks.append(_stacked(f"[{_section_title(section, rows)}]", stacked, width, {}))
+        blocks.append(_stacked(title, stacked, width, {}))
     return Group(*blocks)
 
 
@@ -648,14 +739,24 @@ def _claims_block(doc: Mapping[str, Any], width: int) -> RenderableType:
         for row in rows
         for text, s in zip(row.cells.values(), row.statuses.values(), strict=True)
     }
+    # Stacked, a claim lists the backends it applies to: "n/a" lines would say only that it is
+    # about another tab, which the legend says once.
     stacked = [
-        (row.mark, f"{row.section} {row.quote}", {b: [t] for b, t in row.cells.items()}) for row in rows
+        (
+            row.mark,
+            f"{row.section} {row.quote}",
+            {b: [t] for b, t in row.cells.items() if row.statuses[b] != NOT_APPLICABLE},
+        )
+        for row in rows
     ]
     return _stacked("", stacked, width, styles)
 
 
 def terminal_renderables(doc: Mapping[str, Any], width: int) -> list[RenderableType]:
     parts: list[RenderableType] = [_paragraph(TITLE, width, "bold")]
+    parts += [_paragraph(line, width, "bold", indent="") for line in verdict_lines(doc)]
+    parts += [Text(_clipped(line, width), STYLES[DIFFERS], no_wrap=True) for line in differing_lines(doc)]
+    parts += [Text("")]
     parts += _legend(LEGEND, width)
     parts += [_paragraph(CONTEXT_NOTE, width, "dim")]
     if doc["failed"]:
@@ -713,6 +814,8 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str
 def render_markdown(doc: Mapping[str, Any]) -> str:
     backends = doc["backends"]
     out = ["# paramparity diff", ""]
+    out += [md(line) + "  " for line in verdict_lines(doc)] + [""]
+    out += [f"- {md(line)}" for line in differing_lines(doc)] + ([""] if differing_lines(doc) else [])
     out += [f"- **{md(mark)}** = {md(meaning)}" for mark, meaning in LEGEND.items()]
     out += [f"- {md(CONTEXT_NOTE)}", ""]
     if doc["failed"]:
@@ -757,11 +860,16 @@ tr.m-lacks td.mark{color:#86198f}td.error .v{color:#86198f}
 td.absent{background:repeating-linear-gradient(45deg,#fafafa,#fafafa 6px,#f0f0f0 6px,#f0f0f0 12px)}
 td.holds{background:#e7f7ec}td.fails{background:#fde8e8;font-weight:600}td.na{color:#8c959f}
 td.notev{background:#f5e8fb}tr.m-fails td.mark{color:#b42318}
+nav.contents{position:sticky;top:0;z-index:1;background:#fff;border-bottom:1px solid #d0d7de;padding:.4rem 0;
+display:flex;flex-wrap:wrap;gap:.3rem .9rem;font-size:13px}nav.contents a{color:#0969da;text-decoration:none}
+.verdict p{margin:.15rem 0;font-weight:600}ul.differs{margin:.3rem 0 .8rem;padding-left:1.2rem;color:#8a4b00}
+ul.differs li{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+tr.section,h2{scroll-margin-top:4.5rem}
 @media (max-width:900px){
  table,thead,tbody,tr,th,td{display:block;width:auto}colgroup,thead{display:none}
  tr{border:1px solid #d0d7de;border-top:none;padding:4px 6px}tr.section{border:none;margin-top:1rem}
  th,td{border:none;padding:2px 0}td.mark{display:inline;padding-right:.4rem}td.mark:empty{display:none}
- th.label,td.label{display:inline;font-weight:600}
+ th.label,td.label{display:inline;font-weight:600}td.label+td.label{margin-left:.5rem}
  td[data-backend]{display:flex;gap:.6rem}td[data-backend]>div{flex:1;min-width:0}
  td[data-backend]::before{content:attr(data-backend);flex:0 0 6.5rem;font-size:12px;font-weight:600;
   color:#57606a}
@@ -820,6 +928,14 @@ def render_html(doc: Mapping[str, Any]) -> str:
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>paramparity diff</title><style>{HTML_STYLE}</style></head><body>",
         "<h1>paramparity diff</h1>",
+        _html_contents(doc),
+        "<div id='verdict' class='verdict'>" + "".join(f"<p>{_h(line)}</p>" for line in verdict_lines(doc)),
+        "<ul class='differs'>"
+        + "".join(
+            f"<li title='{html.escape(line, quote=True)}'>{html.escape(line)}</li>"
+            for line in differing_lines(doc)
+        )
+        + "</ul></div>",
         _html_legend(LEGEND, [CONTEXT_NOTE] + ([FAILED_NOTE] if doc["failed"] else [])),
     ]
     if doc["failed"]:
@@ -831,14 +947,16 @@ def render_html(doc: Mapping[str, Any]) -> str:
     parts.append(_html_table("diff", ["", "behaviour", *heads], ["mark", "label"], columns))
     for section, rows in _sections(doc["rows"]):
         title = html.escape(_section_title(section, rows))
-        parts.append(f"<tr class='section'><th colspan='{len(backends) + 2}'>{title}</th></tr>")
+        parts.append(
+            f"<tr class='section' id='{_anchor(section)}'><th colspan='{len(backends) + 2}'>{title}</th></tr>"
+        )
         for row in rows:
             cells = [
                 (b, _cell_class(row["cells"].get(b)), _h_cell(cell_lines(row["cells"].get(b))))
                 for b in backends
             ]
             parts.append(_html_row(row["mark"], [_h(row["label"])], cells))
-    parts.append("</tbody></table><h2>The book, checked</h2>" + _html_legend(CLAIMS_LEGEND))
+    parts.append("</tbody></table><h2 id='claims'>The book, checked</h2>" + _html_legend(CLAIMS_LEGEND))
     heads = ["", "section", "claim", *(html.escape(b) for b in backends)]
     parts.append(_html_table("claims", heads, ["mark", "sec", "claim"], ["backend"] * len(backends)))
     for row in claim_rows(doc):
@@ -848,6 +966,22 @@ def render_html(doc: Mapping[str, Any]) -> str:
     parts += [f"<p>{html.escape(line)}</p>" for line in summary_lines(doc)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _anchor(section: str) -> str:
+    return "s-" + re.sub(r"[^a-z0-9]+", "-", section.lower()).strip("-")
+
+
+def _html_contents(doc: Mapping[str, Any]) -> str:
+    """A contents bar that stays at the top: the verdict, every section, the book's claims."""
+    links = [("verdict", "Verdict")]
+    links += [(_anchor(section), section) for section, _ in _sections(doc["rows"])]
+    links += [("claims", "The book, checked")]
+    return (
+        "<nav class='contents'>"
+        + "".join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, t in links)
+        + "</nav>"
+    )
 
 
 def _cell_class(cell: Mapping[str, Any] | None) -> str:
@@ -879,6 +1013,24 @@ def write_report(doc: Mapping[str, Any], fmt: str, out_dir: Path = REPORTS) -> P
         return write_atomic(path, RENDERERS[fmt](doc))
     except OSError as error:  # a full disk: one line, and the previous report stays whole
         raise unwritable(path, error, "--out-dir") from None
+
+
+def earlier_records(out_dir: Path, keep: set[str]) -> dict[str, Record]:
+    """The saved records of the backends in ``keep`` (those a partial run did not probe), so that
+    ``--backends torch`` after a full run updates torch's record and loses no other. A saved file
+    that cannot be read is left out with a warning: the run's own records still count."""
+    path = out_dir / RECORDS_FILE
+    if not keep or not path.exists():
+        return {}
+    try:
+        saved = load_records([path])
+    except UsageError as error:
+        print(f"paramparity: warning: not keeping earlier records: {error}", file=sys.stderr)
+        return {}
+    kept = {name: saved[name] for name in backend_names() if name in keep and name in saved}
+    if kept:
+        print(f"kept the earlier records of {', '.join(kept)} from {_shown(path)}", file=sys.stderr)
+    return kept
 
 
 def load_records(paths: Sequence[str | Path], warn=sys.stderr) -> dict[str, Record]:
@@ -1069,19 +1221,30 @@ def run_diff(args: argparse.Namespace) -> int:
         if not records:
             raise UsageError(f"--from {' '.join(args.from_files)}: no record of a selected backend")
     else:
-        records = run_probes(parse_backend_list(args.backends), timeout=args.timeout)
+        selected = parse_backend_list(args.backends)
+        records = run_probes(selected, timeout=args.timeout)
+        records = {**earlier_records(args.out_dir, keep=set(backend_names()) - set(selected)), **records}
+        records = {name: records[name] for name in backend_names() if name in records}  # report order
     doc = merge(records)
     formats = FORMATS if args.format == "all" else (args.format,)
     files = [
         fmt
         for fmt in FORMATS
-        if fmt in EXTENSIONS and (fmt in formats or fmt == "json" and not args.from_files)
+        if fmt in EXTENSIONS
+        and (
+            fmt in formats
+            or fmt == "json"
+            and not args.from_files
+            # a format written earlier is written again: no stale diff.html beside a newer diff.json
+            or not args.from_files
+            and (args.out_dir / f"diff.{EXTENSIONS[fmt]}").exists()
+        )
     ]
     written = [write_report(doc, fmt, args.out_dir) for fmt in files]
     if "terminal" in formats:
         print_terminal(doc, args.width)
     else:
-        print("\n".join(failed_lines(doc) + summary_lines(doc)))
+        print("\n".join(verdict_lines(doc) + differing_lines(doc) + failed_lines(doc)))
     for path in written:
         print(f"wrote {_shown(path)}")
     return 1 if doc["failed"] else 0

@@ -19,9 +19,9 @@ import numpy as np
 from common.commands.fanout import child_main
 from common.core import oracle
 from common.core.interface import Backend
-from common.core.models import BATCHNORM, BOOK_SPECS
+from common.core.models import BATCHNORM, BOOK_SPECS, EMBED_TIED
 from common.core.oracle import Loss
-from common.core.spec import BatchNorm, Dense, ModelSpec
+from common.core.spec import BatchNorm, Dense, ModelSpec, param_name
 from common.declarations import declaration
 from common.registry import load_backend
 
@@ -48,6 +48,7 @@ def probe(backend_name: str) -> dict[str, Any]:
         },
         "models": {name: probe_model(backend, spec) for name, spec in BOOK_SPECS.items()},
         "state": probe_state(backend),
+        "embedding": probe_embedding(backend),
     }
     record["timing"] = {"seconds": round(time.monotonic() - started, 2)}
     return record
@@ -180,13 +181,64 @@ def probe_state(backend: Backend) -> dict[str, Any]:
     }
 
 
+# Repeated ids on purpose: the lookup's gradient is a scatter-add.
+EMBED_IDS = np.array([3, 0, 3, 7, 0, 3, 12, 15])
+
+
+def probe_embedding(backend: Backend) -> dict[str, Any]:
+    """The embedding tied to the output projection (embed_tied), as the framework holds it: the
+    mechanism (the output layer's own class, against the untied Dense's), how listings and the
+    framework's own file hold the table, whether its file keeps the tie on load, and the numbers
+    against the oracle. A backend that declares no embedding says why."""
+    capability = declaration(backend.name).capability("embedding")
+    if not capability.value:
+        return {"not_built": f"embedding: {capability.reason}"}
+    spec = EMBED_TIED
+    model = backend.build_mlp(spec)
+    weights = oracle.initial_weights(spec, SEED)
+    backend.load_params(model, weights)
+    table, reader = spec.params[0].positions
+    layers = backend.position_table(model)
+    projection, dense = layers[spec.embed_slot.readers[0]], layers[spec.dense_slots[0].path]
+    listing_call, listing_names = backend.listing(model)
+    keys = backend.native_file_keys(model)
+    reference = oracle.backward(spec, weights, EMBED_IDS, Loss())
+    grads = backend.backward(model, EMBED_IDS, Loss())
+    with tempfile.TemporaryDirectory() as scratch:
+        call = backend.save_native_file(model, str(Path(scratch) / "params"))
+        loaded = backend.build_mlp(spec)
+        backend.import_native_file(loaded, str(Path(scratch) / "params"))
+    value = backend.get_param(loaded, table).copy()
+    value.flat[0] = 100.0
+    backend.set_param(loaded, table, value)
+    return {
+        "mechanism": "same_parameter" if type(projection) is type(dense) else "table_read",
+        "projection_class": type(projection).__qualname__,
+        # where the framework's own Dense kernel is (in, out), reading the table means transposing it
+        "transposed": backend.transposes(spec, param_name(spec.dense_slots[0].path, "weight")),
+        "one_object": backend.param_object(model, reader) is backend.param_object(model, table),
+        "unique_params": len(backend.list_params(model)),
+        "listing": {"call": listing_call, "entries": len(listing_names)},
+        "native_file": {
+            "call": call,
+            "entries": len(keys),
+            "table_copies": sum(owner == table for owner in keys.values()),
+        },
+        "tie_kept_on_native_load": float(backend.get_param(loaded, reader).flat[0]) == 100.0,
+        "max_abs_diff": {
+            "forward": _max_abs(backend.forward(model, EMBED_IDS), reference.output),
+            **{f"grad {name}": _max_abs(grads[name], reference.grads[name]) for name in reference.grads},
+        },
+    }
+
+
 def probe_native_file(backend: Backend, model) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         call = backend.save_native_file(model, str(Path(scratch) / "params"))
         entries, values = backend.native_file_values(model, str(Path(scratch) / "params"))
     snapshot = backend.snapshot(model)
     same = all(
-        np.array_equal(backend.to_canonical(name.rsplit(".", 1)[1], values[name]), snapshot[name])
+        np.array_equal(backend.canonical_of(model.spec, name, values[name]), snapshot[name])
         for name in snapshot
     ) and set(values) == set(snapshot)
     return {"call": call, "entries": list(entries), "round_trip_equal": bool(same)}

@@ -21,7 +21,7 @@ from common.commands.textable import format_table
 from common.config import add_backends_option, add_timeout_option, parse_backend_list
 from common.core import oracle, portable
 from common.core.expectations import ATOL, RTOL, STATE_ATOL, STATE_RTOL
-from common.core.models import BOOK_SPECS, STATE_SPECS
+from common.core.models import BOOK_SPECS, EMBED_SPECS, STATE_SPECS
 from common.core.oracle import Loss
 from common.core.spec import ModelSpec, spec_from_dict
 from common.declarations import declaration
@@ -38,14 +38,17 @@ def _explicit(spec: ModelSpec) -> ModelSpec:
     return spec_from_dict(data)
 
 
-MODELS: dict[str, ModelSpec] = {**BOOK_SPECS, **{name: _explicit(spec) for name, spec in STATE_SPECS.items()}}
+MODELS: dict[str, ModelSpec] = {
+    **BOOK_SPECS,
+    **{name: _explicit(spec) for name, spec in STATE_SPECS.items()},
+    **EMBED_SPECS,
+}
 
 
 def _not_built(backend_name: str, spec: ModelSpec) -> str:
     """Why ``backend_name`` builds no ``spec`` (a capability it declares it lacks), or ""."""
     entry = declaration(backend_name)
-    needs = {"batchnorm": spec.has_batchnorm, "freezing": spec.has_frozen}
-    lacking = [c for c, needed in needs.items() if needed and not entry.capability(c).value]
+    lacking = [c for c in spec.needs if not entry.capability(c).value]
     return f"{backend_name} declares no {' or '.join(lacking)}" if lacking else ""
 
 

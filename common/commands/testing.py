@@ -10,20 +10,22 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from common import children
 from common.commands.fanout import child_environment, shown, writable_folder, write_atomically
 from common.commands.textable import format_table
 from common.config import DEFAULT_TIMEOUT, ENV_VAR, selected_backend, selected_device
-from common.envs import ROOT, backend_env, ensure_backend_env, ensure_venv
+from common.envs import REPORTS, ROOT, backend_env, ensure_backend_env, ensure_venv
 from common.errors import UsageError
 
 COUNT_COLUMNS = ("passed", "failed", "error", "xfailed", "xpassed", "skipped")
@@ -32,6 +34,7 @@ BASE_SUITE = "base (common)"  # common/'s own tests, in the base env
 CACHE_ROOT = ROOT / ".pytest_cache"  # pytest's caches (one per suite) and test-all's record
 SECONDS_FILE = "test-all-seconds.json"
 SECONDS_RECORD = CACHE_ROOT / SECONDS_FILE  # each suite's last wall time
+TEST_RECORD = "test-all.json"  # in reports/: the machine-readable summary
 
 
 @dataclass
@@ -42,6 +45,7 @@ class SuiteResult:
     seconds: float
     problem: str = ""
     output: str = ""
+    reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # outcome -> reason -> count
 
     @property
     def ok(self) -> bool:
@@ -54,13 +58,17 @@ class SuiteResult:
         )
 
 
+SUITE = "tests/conformance"
+
+
 def pytest_command(
-    python: str, suite: str, extra: list[str], cache: str = "base", cache_root: Path | None = None
+    python: str, suite: str | None, extra: list[str], cache: str = "base", cache_root: Path | None = None
 ) -> list[str]:
     """Default verbosity keeps the backend header. Each suite keeps its own pytest cache, so
-    --lf and --ff of one backend are not confused by another's run of the same test ids."""
+    --lf and --ff of one backend are not confused by another's run of the same test ids. ``suite``
+    None: the test paths in ``extra`` say what runs."""
     cache_dir = f"{cache_root}/{cache}" if cache_root else f".pytest_cache/{cache}"
-    return [python, "-m", "pytest", suite, "-o", f"cache_dir={cache_dir}", *extra]
+    return [python, "-m", "pytest", *([suite] if suite else []), "-o", f"cache_dir={cache_dir}", *extra]
 
 
 def run_suite(
@@ -117,8 +125,11 @@ def run_suite(
             problem = problem or f"pytest exited {status} before reporting"
             return SuiteResult(name, {}, status, seconds, problem, output)
     counts.pop("exitstatus", None)
+    reasons = counts.pop("reasons", {})
     problem = "no test ran" if status == 5 or not counts.get("passed") else ""
-    return SuiteResult(name, counts, status, seconds, problem, output)
+    return SuiteResult(
+        name, counts, status, seconds, problem, output, reasons if isinstance(reasons, dict) else {}
+    )
 
 
 def tail_text(path: str, limit: int = OUTPUT_LIMIT) -> str:
@@ -145,9 +156,8 @@ def run_backend(
         interpreter = env_ready.result() if env_ready else ensure_backend_env(backend, quiet=True)
     except UsageError as error:
         return SuiteResult(backend, {}, 2, 0.0, f"environment: {error}")
-    suite = "tests/conformance"
     return run_suite(
-        backend, str(interpreter), suite, extra, backend, timeout=timeout, capture=True, cache_root=cache_root
+        backend, str(interpreter), SUITE, extra, backend, timeout=timeout, capture=True, cache_root=cache_root
     )
 
 
@@ -179,6 +189,105 @@ def summary_table(results: list[SuiteResult]) -> str:
         rows.append([result.name, *counts, f"{result.seconds:.0f}s", status])
         marks.append("" if result.ok else "!")
     return format_table(["suite", *COUNT_COLUMNS, "time", "status"], rows, marks)
+
+
+def reasons_summary(results: list[SuiteResult]) -> str:
+    """Every skip and xfail reason once, with the suites it came from and how many tests:
+    what -rsx would print, merged across suites."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for result in results:
+        for outcome, by_reason in result.reasons.items():
+            for reason, count in by_reason.items():
+                grouped.setdefault((outcome, reason), []).append(
+                    f"{result.name} ({count})" if count > 1 else result.name
+                )
+    lines = []
+    for outcome in ("skipped", "xfailed"):
+        entries = sorted((reason, suites) for (kind, reason), suites in grouped.items() if kind == outcome)
+        if entries:
+            lines.append(f"{outcome}, by reason:")
+            lines += [f"  - {reason}\n    in: {', '.join(suites)}" for reason, suites in entries]
+    return "\n".join(lines)
+
+
+JUNIT_OPTIONS = ("--junitxml", "--junit-xml")
+
+
+def split_junit(extra: list[str]) -> tuple[list[str], Path | None]:
+    """pytest's --junitxml=PATH, taken as a folder for test-all: every suite writes its own
+    PATH/<suite>.xml (pytest's one file would be overwritten by each suite in turn)."""
+    rest, folder, arguments = [], None, iter(extra)
+    for argument in arguments:
+        name, equals, value = argument.partition("=")
+        if name in JUNIT_OPTIONS:
+            value = value if equals else next(arguments, "")
+            if not value:
+                raise UsageError(f"{name} needs a folder: test-all writes one JUnit file per suite there")
+            folder = Path(value)
+        else:
+            rest.append(argument)
+    if folder is not None:
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(
+                f"--junitxml={shown(str(folder))} is a file; test-all writes one JUnit file per suite, so "
+                "give it a folder"
+            )
+        writable_folder(folder, "--junitxml")
+    return rest, folder
+
+
+def junit_file(folder: Path, suite: str) -> str:
+    """The suite's JUnit file in ``folder``: ``base.xml``, ``torch.xml``..."""
+    return str(folder / f"{suite.split()[0]}.xml")
+
+
+def write_record(results: list[SuiteResult], wall: float, path: Path) -> None:
+    """test-all's machine-readable summary: every suite's counts, reasons, time and verdict."""
+    record: dict[str, Any] = {
+        "ok": all(r.ok for r in results),
+        "wall_seconds": round(wall, 1),
+        "suites": [
+            {
+                **{k: v for k, v in asdict(r).items() if k != "output"},
+                "ok": r.ok,
+                "seconds": round(r.seconds, 1),
+            }
+            for r in results
+        ],
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, json.dumps(record, indent=1) + "\n")
+    except OSError as error:  # the printed summary stands without it
+        print(f"paramparity: warning: cannot write {shown(str(path))}: {error.strerror}")
+
+
+class StatusLine:
+    """One line saying which suites are running, and for how long: rewritten in place on a
+    terminal; elsewhere (a CI log) printed at most once a minute, so a long suite is not silence."""
+
+    def __init__(self, stream=None, every: float = 60.0) -> None:
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty()
+        self.every, self.last, self.shown = every, time.monotonic(), False
+
+    def update(self, running: dict[str, float], done: int, total: int) -> None:
+        now = time.monotonic()
+        names = ", ".join(f"{name} {now - since:.0f}s" for name, since in running.items())
+        text = f"... {done}/{total} suites done; running: {names or 'none'}"
+        if self.live:
+            self.stream.write("\r\033[K" + text[: shutil.get_terminal_size().columns - 1])
+            self.stream.flush()
+            self.shown = True
+        elif now - self.last >= self.every:
+            print(text, file=self.stream, flush=True)
+            self.last = now
+
+    def clear(self) -> None:
+        if self.live and self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
 
 
 def recorded_seconds(record: Path) -> dict[str, float]:
@@ -218,13 +327,16 @@ def record_seconds(results: list[SuiteResult], record: Path | None = None) -> No
         print(f"paramparity: warning: cannot keep the suite times in {shown(record)}: {error.strerror}")
 
 
-def test_one(extra: list[str]) -> int:
-    backend = selected_backend()
+def test_one(extra: list[str], backend: str | None = None) -> int:
+    backend = backend or selected_backend()
     selected_device()  # a bad PARITY_DEVICE is the user's error: one line, exit 2, before pytest
     python = ensure_backend_env(backend)
     env = dict(os.environ, **{ENV_VAR: backend})
+    # Test paths of the suite (tests/conformance/test_ties.py::test_x) narrow the run; without any,
+    # the whole suite runs.
+    named = any(arg.startswith(SUITE + "/") for arg in extra if not arg.startswith("-"))
     with children.Child(
-        pytest_command(str(python), "tests/conformance", extra, backend), cwd=ROOT, env=env
+        pytest_command(str(python), None if named else SUITE, extra, backend), cwd=ROOT, env=env
     ) as run:
         return run.wait()
 
@@ -241,30 +353,36 @@ def test_all(
     while a suite whose env is ready could run. ``cache_dir``: pytest's caches and the record of
     suite times, instead of .pytest_cache."""
     selected_device()  # checked once here rather than failing in every suite
+    extra, junit = split_junit(extra)
     record = cache_dir / SECONDS_FILE if cache_dir else SECONDS_RECORD
     writable_folder(record.parent, "--cache-dir")
     started = time.monotonic()
     order = longest_first([BASE_SUITE, *backends], record)
     env_ready = build_envs_in_order(list(dict.fromkeys(backend_env(b) for b in order if b in backends)))
     env_of = {b: env_ready[backend_env(b)] for b in backends}
+
+    def arguments(suite: str) -> list[str]:
+        return [*extra, f"--junitxml={junit_file(junit, suite)}"] if junit else extra
+
     jobs = {
         BASE_SUITE: lambda: run_suite(
             BASE_SUITE,
             sys.executable,
             "tests/common",
-            extra,
+            arguments(BASE_SUITE),
             None,
             timeout=timeout,
             capture=True,
             cache_root=cache_dir,
         ),  # fmt: skip
-        **{b: (lambda b=b: run_backend(b, extra, timeout, env_of[b], cache_dir)) for b in backends},
+        **{b: (lambda b=b: run_backend(b, arguments(b), timeout, env_of[b], cache_dir)) for b in backends},
     }
     workers = max(1, min(len(jobs), os.cpu_count() or 1))
     os.environ.update(child_environment(workers))  # suites share the cores: one share of threads each
     print(f"==> {len(jobs)} suites, {workers} at a time (timeout {timeout:g}s each)", flush=True)
     results: dict[str, SuiteResult] = {}
-    waiting, running = list(order), {}
+    waiting, running, since = list(order), {}, {}
+    status = StatusLine()
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         while waiting or running:
             for name in [n for n in waiting if n not in env_of or env_of[n].done()]:  # a failed env too
@@ -272,18 +390,30 @@ def test_all(
                     break
                 waiting.remove(name)
                 running[pool.submit(jobs[name])] = name
+                since[name] = time.monotonic()
             unbuilt = {env_of[n] for n in waiting if n in env_of and not env_of[n].done()}
-            done, _ = wait({*running, *unbuilt}, return_when=FIRST_COMPLETED)
+            done, _ = wait({*running, *unbuilt}, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in done & running.keys():
+                status.clear()
                 result = results[running.pop(future)] = future.result()
                 state = "ok" if result.ok else f"FAILED ({result.problem or 'tests failed'})"
                 print(f"\n==> {result.name}: {state} in {result.seconds:.0f}s", flush=True)
                 if result.output:
                     print(result.output.rstrip(), flush=True)
+            status.update({name: since[name] for name in running.values()}, len(results), len(jobs))
+    status.clear()
     ordered = [results[name] for name in jobs]
     record_seconds(ordered, record)
-    print(f"\n== paramparity test-all summary ({time.monotonic() - started:.0f}s wall)")
+    wall = time.monotonic() - started
+    write_record(ordered, wall, REPORTS / TEST_RECORD)
+    print(f"\n== paramparity test-all summary ({wall:.0f}s wall)")
     print(summary_table(ordered))
+    reasons = reasons_summary(ordered)
+    if reasons:
+        print("\n" + reasons)
+    if junit:
+        print(f"\nJUnit files: {', '.join(junit_file(junit, r.name) for r in ordered)}")
+    print(f"record: {REPORTS / TEST_RECORD}")
     failed = [r.name for r in ordered if not r.ok]
     if failed:
         print(f"\nFAILED: {', '.join(failed)}")

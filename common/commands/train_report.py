@@ -1,25 +1,24 @@
-"""`make train`: every backend trains the tied MLP (and its untied baseline) in its own env, in
-parallel; this process, in the base env, compares each run with the numpy oracle, draws the
-pictures and answers "why is sharing a good idea?" with numbers measured in this run.
+"""`make train`: every backend trains a model (the tied MLP by default; ``--model`` picks another,
+such as one with BatchNorm) in its own env, in parallel. This process, in the base env, compares
+each run with the numpy oracle under that backend's declared BatchNorm conventions, draws every
+layer of every backend beside the oracle's, and, for a model with a tie, answers "why is sharing
+a good idea?" over several seeds, with an interval.
 
-It imports no framework; matplotlib draws the PNGs, embedded in one self-contained HTML page.
-Every table comes with a legend for each of its columns, and the conclusion is written by code
-from the measured losses, so it says whatever this run found, including that tying lost.
+It imports no framework. This module computes the numbers, the tables (each column with its
+explanation), the charts as data and the words: the conclusion is written by code from the
+measured numbers, with their uncertainty, so it says whatever this run found. ``train_page``
+renders them as HTML, ``render_text`` for the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import io
 import math
 import shutil
-import statistics
 import sys
 import textwrap
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,33 +33,102 @@ from common.commands.fanout import (
     writable_folder,
     write_output,
 )
+from common.commands.svgplot import (
+    Panel,
+    Series,
+)
 from common.commands.textable import format_table
 from common.commands.training import (
     DEFAULT_LR,
+    DEFAULT_MODEL,
+    DEFAULT_SEEDS,
     DEFAULT_STEPS,
     HELD_OUT_SAMPLES,
+    MODELS,
     N_SAMPLES,
+    NO_CONVENTIONS,
+    SeedRun,
     Step,
     TrainRun,
     baseline_start,
-    layer_of,
+    model_spec,
     mse,
     oracle_run,
     parameter_budget,
     regression_data,
 )
 from common.config import add_backends_option, add_timeout_option, parse_backend_list
-from common.core.models import TIED
+from common.core.oracle import Conventions
+from common.core.spec import ModelSpec, NormSlot, layer_name, param_name
 from common.envs import ROOT
+from common.errors import UsageError
 
 REPORTS = ROOT / "reports"
 Record = Mapping[str, Any]
 LOSS_PARITY_STEPS = 50  # the conformance suite holds these steps to the oracle
 LOSS_PARITY_RTOL = 1e-5
-SAME = 1e-3  # relative differences smaller than this read as "about the same"
+SAME = 1e-3  # relative differences within this read as "about the same"
 ORACLE = "numpy oracle"
-SHARED = "layers.2 = layers.4"
-WINNER = {"tied": "the tied model", "untied": "the untied model", "neither": "neither"}
+CONFIDENCE = "95%"
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (any statistics table).
+T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def t_quantile(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with ``df`` degrees of freedom; past the table,
+    the normal quantile with the first Cornish-Fisher term (within 0.001 of the exact value)."""
+    if df < 1:
+        raise ValueError(f"df={df}, but should be >= 1")
+    return T_95[df - 1] if df <= len(T_95) else 1.96 + (1.96**3 + 1.96) / (4 * df)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The mean of per-seed values and its 95% t-interval: seeds are independent draws of the
+    initial weights, the same for both models, so the paired differences are what varies."""
+
+    mean: float
+    low: float
+    high: float
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Interval:
+        values = tuple(float(v) for v in values)
+        if len(values) < 2:
+            raise ValueError(f"{len(values)} values, but an interval needs at least 2")
+        mean = float(np.mean(values))
+        half = t_quantile(len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+        return cls(mean, mean - half, mean + half, values)
+
+    @classmethod
+    def of_ratios(cls, ratios: Sequence[float]) -> Interval:
+        """For per-seed ratios tied / untied, as relative changes (ratio - 1): the t-interval of
+        their logarithms, mapped back. A loss ratio is multiplicative, so this interval never
+        reaches below -100%, and for small changes it is the plain t-interval."""
+        logs = cls.of([math.log(r) if r > 0 else math.nan for r in ratios])
+        return cls(
+            math.expm1(logs.mean),
+            math.expm1(logs.low),
+            math.expm1(logs.high),
+            tuple(float(r) - 1.0 for r in ratios),
+        )
+
+    @property
+    def verdict(self) -> str:
+        """For (tied - untied) / untied: "same" if the whole interval is within +-SAME, "tied" if it
+        is below 0 (tied better), "untied" if above, else "unclear" (it holds 0, or a run diverged)."""
+        if not all(math.isfinite(v) for v in (self.low, self.high)):
+            return "unclear"
+        if -SAME <= self.low and self.high <= SAME:
+            return "same"
+        if self.high < 0:
+            return "tied"
+        if self.low > 0:
+            return "untied"
+        return "unclear"
 
 
 # -- tables: every column carries its explanation ----------------------------------------------------
@@ -83,7 +151,8 @@ class Table:
 
 @dataclass(frozen=True)
 class Fit:
-    """Losses of the final parameters, evaluated by the float64 numpy oracle."""
+    """Losses of one seed's final parameters (and running statistics), evaluated by the float64
+    numpy oracle in inference mode."""
 
     train_tied: float
     train_untied: float
@@ -100,62 +169,147 @@ class Fit:
         """Tied relative to untied on held-out data: > 0 means tied is worse."""
         return self.held_out_tied / self.held_out_untied - 1.0
 
+
+@dataclass(frozen=True)
+class Sharing:
+    """One run's answer to "why share", over every seed: a Fit per seed, and the intervals of the
+    relative differences (tied - untied) / untied (``Interval.of_ratios``)."""
+
+    fits: tuple[Fit, ...]
+
     @property
-    def held_out_winner(self) -> str:
-        change = self.held_out_change
-        return "tied" if change < -SAME else "untied" if change > SAME else "neither"
+    def held_out(self) -> Interval:
+        return Interval.of_ratios([fit.held_out_tied / fit.held_out_untied for fit in self.fits])
+
+    @property
+    def train(self) -> Interval:
+        return Interval.of_ratios([fit.train_tied / fit.train_untied for fit in self.fits])
 
 
 @dataclass
-class Figure:
-    file: str  # written beside the page, reports/<file>
-    title: str  # the heading, in words
-    caption: str
-    png: bytes = b""
+class Data:
+    """The training set and the held-out set of a spec."""
 
-
-@dataclass
-class Reference:
-    """The numpy oracle's runs of both models, with the held-out loss measured every step."""
-
-    tied: TrainRun
-    untied: TrainRun
-    data: tuple[np.ndarray, ...]  # x, y, held-out x, held-out y
+    x: np.ndarray
+    y: np.ndarray
+    held_x: np.ndarray
+    held_y: np.ndarray
 
     @classmethod
-    def compute(cls, steps: int, lr: float) -> Reference:
-        x, y = regression_data(TIED)
-        held_x, held_y = regression_data(TIED, held_out=HELD_OUT_SAMPLES)
-        tied_start, untied_start = baseline_start(TIED)
-        tied = oracle_run(TIED, tied_start, steps, lr, held_out=(held_x, held_y))
-        untied = oracle_run(TIED.untied(), untied_start, steps, lr, watch=False, held_out=(held_x, held_y))
-        return cls(tied, untied, (x, y, held_x, held_y))
+    def of(cls, spec: ModelSpec) -> Data:
+        return cls(*regression_data(spec), *regression_data(spec, held_out=HELD_OUT_SAMPLES))
 
-    def fit(self, tied_params: Mapping[str, Any], untied_params: Mapping[str, Any]) -> Fit:
-        x, y, held_x, held_y = self.data
+    def fit(self, spec: ModelSpec, tied: Mapping[str, Any], untied: Mapping[str, Any], conventions) -> Fit:
+        """``tied`` and ``untied``: final_params and final_state of a run of each."""
+
+        def loss(model: ModelSpec, run: Mapping[str, Any], x, y) -> float:
+            return mse(model, run["final_params"], x, y, run.get("final_state") or None, conventions)
+
+        untied_spec = spec.untied()
         return Fit(
-            mse(TIED, tied_params, x, y),
-            mse(TIED.untied(), untied_params, x, y),
-            mse(TIED, tied_params, held_x, held_y),
-            mse(TIED.untied(), untied_params, held_x, held_y),
+            loss(spec, tied, self.x, self.y),
+            loss(untied_spec, untied, self.x, self.y),
+            loss(spec, tied, self.held_x, self.held_y),
+            loss(untied_spec, untied, self.held_x, self.held_y),
         )
 
 
 @dataclass
+class Reference:
+    """The numpy oracle's runs under one set of BatchNorm conventions: the watched run (seed 0)
+    and, for a model with a tie, every seed of tied against untied, with the held-out loss
+    measured at every step."""
+
+    conventions: Conventions
+    watched: TrainRun
+    seeds: list[SeedRun]
+    sharing: Sharing | None
+
+    @classmethod
+    def compute(
+        cls, spec: ModelSpec, steps: int, lr: float, seeds: int, conventions: Conventions
+    ) -> Reference:
+        data = Data.of(spec)
+        watched = oracle_run(spec, baseline_start(spec)[0], steps, lr, conventions=conventions)
+        runs = []
+        for seed in range(seeds if spec.ties else 0):
+            starts = baseline_start(spec, seed)
+            tied, untied = (
+                oracle_run(
+                    kind,
+                    start,
+                    steps,
+                    lr,
+                    watch=False,
+                    held_out=(data.held_x, data.held_y),
+                    conventions=conventions,
+                )
+                for kind, start in zip((spec, spec.untied()), starts, strict=True)
+            )
+            runs.append(SeedRun(seed, tied, untied))
+        sharing = None
+        if runs:
+            fits = [data.fit(spec, _as_record(run.tied), _as_record(run.untied), conventions) for run in runs]
+            sharing = Sharing(tuple(fits))
+        return cls(conventions, watched, runs, sharing)
+
+
+def _as_record(run: TrainRun) -> dict[str, Any]:
+    return {"final_params": run.final_params, "final_state": run.final_state}
+
+
+def conventions_for(spec: ModelSpec, backend: str) -> Conventions:
+    """The BatchNorm conventions ``backend`` declares, which the oracle follows for it; a spec
+    without BatchNorm does not depend on them, so every backend shares one reference."""
+    if not spec.has_batchnorm:
+        return NO_CONVENTIONS
+    from common.core.expectations import conventions_of
+    from common.declarations import declaration
+
+    return conventions_of(declaration(backend).facts)
+
+
+def describe_conventions(conventions: Conventions) -> str:
+    variance = "unbiased" if conventions.unbiased_running_var else "biased"
+    return (
+        f"momentum {conventions.momentum:g}, eps {conventions.eps:g}, {variance} running variance, "
+        f"a frozen BatchNorm in {conventions.frozen_batchnorm} mode"
+    )
+
+
+@dataclass
 class Report:
+    """What `make train` found; ``build_report`` fills the derived fields in order."""
+
+    spec: ModelSpec
     steps: int
     lr: float
+    seeds: int
     records: Mapping[str, Record]
-    reference: Reference
-    fits: dict[str, Fit]  # the oracle first, then each backend with final parameters
-    parity: Table
-    budget: Table
-    sharing: Table
-    conclusion: str
-    figures: dict[str, Figure] = field(default_factory=dict)
+    references: dict[Conventions, Reference]
+    conventions: dict[str, Conventions]  # each finished backend's
+    cards: dict[str, tuple[list[Panel], float]] = field(default_factory=dict)  # layer panels, worst
+    deviations: dict[str, Deviations] = field(default_factory=dict)  # each finished backend's
+    sharing: dict[str, Sharing] = field(default_factory=dict)  # each reference (by label), each backend
+    parity: Table = field(default_factory=lambda: Table((), []))
+    budget: Table | None = None  # these four: a model with a tie only
+    sharing_table: Table | None = None
+    seeds_table: Table | None = None
+    conclusion: str = ""
+    summary: list[str] = field(default_factory=list)
+
+    def reference_of(self, backend: str) -> Reference:
+        return self.references[self.conventions[backend]]
+
+    def reference_label(self, reference: Reference) -> str:
+        """ "numpy oracle", or with several sets of conventions, whose they are."""
+        if len(self.references) == 1:
+            return ORACLE
+        users = [name for name, c in self.conventions.items() if c == reference.conventions]
+        return f"{ORACLE} ({', '.join(users)})"
 
 
-def _ok(records: Mapping[str, Record]) -> dict[str, Record]:
+def finished(records: Mapping[str, Record]) -> dict[str, Record]:
     return {name: record for name, record in records.items() if record.get("ok")}
 
 
@@ -171,27 +325,17 @@ def deviation(losses: Sequence[float], reference: Sequence[float]) -> list[float
     return [abs(a - b) / abs(b) if b else math.nan for a, b in zip(losses, reference, strict=False)]
 
 
-def grad_norm_deviation(history: Sequence[Mapping[str, Any]], reference: Sequence[Step]) -> float:
-    """The largest relative difference of any watched position's weight-gradient norm from the
-    oracle's. Biases are left out: the output bias's gradient shrinks toward 0 as it fits, and
-    float32 cancellation then makes its relative error large and meaningless."""
-    worst = []
-    for step, oracle_step in zip(history, reference, strict=False):
-        for position, expected in oracle_step.grad_norms.items():
-            if not position.endswith(".weight"):
-                continue
-            seen = step.get("grad_norms", {}).get(position, math.nan)
-            worst.append(abs(seen - expected) / expected if expected else abs(seen))
-    return _worst(worst)
-
-
-def record_fit(record: Record, reference: Reference) -> Fit | None:
-    """The record's final parameters evaluated on the training and held-out data; None if the
-    record carries none (or unusable ones)."""
-    try:
-        return reference.fit(record["tied"]["final_params"], record["untied"]["final_params"])
-    except (KeyError, TypeError, ValueError):
-        return None
+def curve_deviation(curve: Sequence[float], reference: Sequence[float], scale: float) -> float:
+    """max |curve - reference| over the steps, relative to ``scale``, the largest value of its
+    chart: how far apart two drawn curves are at the chart's scale. A gradient that is exactly 0 in
+    theory (a Dense bias before a BatchNorm), or one that shrinks toward 0 as a layer fits, is
+    rounding noise in both runs, and relative to itself its error would be meaningless."""
+    pairs = list(zip(curve, reference, strict=False))
+    if not pairs:
+        return math.nan
+    if any(math.isnan(a) for a, _ in pairs):
+        return math.nan
+    return max(abs(a - b) for a, b in pairs) / (scale or 1.0)
 
 
 def _f(value: float, digits: int = 4) -> str:
@@ -210,77 +354,286 @@ def percent(fraction: float) -> str:
     return f"{value:.0f}%" if value >= 10 else f"{value:.2g}%"
 
 
-# -- the three tables ----------------------------------------------------------------------------------
-def parity_table(records: Mapping[str, Record], reference: Reference, steps: int) -> Table:
-    columns = (
+def signed(fraction: float) -> str:
+    """-0.0071 -> "-0.71%", 0.018 -> "+1.8%"."""
+    if math.isnan(fraction):
+        return "nan%"
+    return ("-" if fraction < 0 else "+") + percent(fraction)
+
+
+def interval_text(interval: Interval) -> str:
+    return (
+        f"{signed(interval.mean)} ({CONFIDENCE} interval {signed(interval.low)} to {signed(interval.high)})"
+    )
+
+
+# -- what every watched curve of a record is ---------------------------------------------------------
+def _series(history: Sequence[Mapping[str, Any]] | Sequence[Step], key: str, name: str) -> list[float]:
+    """One watched quantity over the steps: ``key`` (param_norms, grad_norms...) at ``name``."""
+    out = []
+    for step in history:
+        values = step.get(key, {}) if isinstance(step, Mapping) else getattr(step, key)
+        out.append(float(values.get(name, math.nan)))
+    return out
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One watched quantity of one layer: what a chart draws, with the oracle's beneath it."""
+
+    key: str  # param_norms, grad_norms, contribution_norms or state_norms
+    name: str  # the position read: layers.2.weight, layers.1.running_mean
+    label: str
+    style: str
+
+
+@dataclass(frozen=True)
+class LayerChart:
+    title: str
+    note: str
+    curves: tuple[Curve, ...]
+    log: bool = False
+
+
+def layer_charts(spec: ModelSpec, conventions: Conventions) -> list[LayerChart]:
+    """Every layer with parameters, in execution order: its parameter norms, its applied
+    gradient's norms (unless frozen), each use's gradient (where shared) and, for a BatchNorm,
+    its running statistics read through each position."""
+    charts = []
+    for slot in spec.layer_slots:
+        if slot.tied:
+            continue
+        owner = slot.path
+        users = [s.path for s in spec.layer_slots if s.owner == owner]
+        name = " = ".join(layer_name(path) for path in users)
+        is_norm = isinstance(slot, NormSlot)
+        kind = "BatchNorm" if is_norm else f"Dense({slot.units})"
+        trainable = spec.trainable_at(owner)
+        frozen = "" if trainable else ", frozen"
+        roles = (
+            ("weight", "scale \u03b3" if is_norm else "weight", "w"),
+            ("bias", "shift \u03b2" if is_norm else "bias", "b"),
+        )
+        title = f"{name} {kind}{frozen}"
+        charts.append(
+            LayerChart(
+                f"{title}: parameter norm",
+                "no update while frozen" if not trainable else "",
+                tuple(
+                    Curve("param_norms", param_name(owner, role), label, style)
+                    for role, label, style in roles
+                ),
+            )
+        )
+        if trainable:
+            charts.append(
+                LayerChart(
+                    f"{title}: gradient norm",
+                    "",
+                    tuple(
+                        Curve("grad_norms", param_name(owner, role), label, style)
+                        for role, label, style in roles
+                    ),
+                    log=True,
+                )
+            )
+        if trainable and len(users) > 1:
+            uses = tuple(
+                Curve(
+                    "contribution_norms", param_name(path, "weight"), f"use at {layer_name(path)}", f"use{k}"
+                )
+                for k, path in enumerate(users, 1)
+            )
+            charts.append(
+                LayerChart(
+                    f"{name}: each use's {'scale' if is_norm else 'weight'} gradient",
+                    "the applied one is their sum",
+                    (Curve("grad_norms", param_name(owner, "weight"), "applied (sum)", "sum"), *uses),
+                    log=True,
+                )
+            )
+        if is_norm:
+            statistics = conventions.frozen_batchnorm == "training" or trainable
+            note = "" if trainable else f"frozen: {'updated' if statistics else 'not updated'}, as declared"
+            curves = tuple(
+                Curve(
+                    "state_norms",
+                    param_name(path, role),
+                    f"{label} at {layer_name(path)}" if len(users) > 1 else label,
+                    style,
+                )
+                for path in users[:1]
+                for role, label, style in (
+                    ("running_mean", "running mean", "rmean"),
+                    ("running_var", "running variance", "rvar"),
+                )
+            )
+            charts.append(LayerChart(f"{title}: running statistics (norm)", note, curves))
+    return charts
+
+
+def chart_panels(
+    charts: Sequence[LayerChart], history: Sequence[Mapping[str, Any]], reference: Sequence[Step]
+) -> tuple[list[Panel], float]:
+    """The panels of one backend's card, each curve over the oracle's, and the largest
+    deviation of any curve from the oracle's (``curve_deviation``)."""
+    panels, worst = [], []
+    for chart in charts:
+        pairs = [(_series(history, c.key, c.name), _series(reference, c.key, c.name)) for c in chart.curves]
+        scale = max((abs(v) for _, theirs in pairs for v in theirs if math.isfinite(v)), default=0.0)
+        series, gaps = [], []
+        for curve, (mine, theirs) in zip(chart.curves, pairs, strict=True):
+            series.insert(0, Series(f"{ORACLE}: {curve.label}", theirs, "ref"))  # beneath
+            series.append(Series(curve.label, mine, curve.style))
+            gaps.append(curve_deviation(mine, theirs, scale))
+        worst.extend(gaps)
+        note = f"max deviation {_e(_worst(gaps))}"
+        panels.append(
+            Panel(chart.title, tuple(series), chart.log, "; ".join(filter(None, (chart.note, note))))
+        )
+    return panels, _worst(worst)
+
+
+def layer_cards(report: Report) -> dict[str, tuple[list[Panel], float]]:
+    """Every finished backend's panels, one per chart of ``layer_charts``, and its worst deviation."""
+    cards = {}
+    for name, record in finished(report.records).items():
+        reference = report.reference_of(name)
+        charts = layer_charts(report.spec, reference.conventions)
+        cards[name] = chart_panels(charts, record["watched"]["history"], reference.watched.steps)
+    return cards
+
+
+# -- the tables ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Deviations:
+    """How far one backend's runs are from the oracle's (nan: a run diverged, or none was made)."""
+
+    loss: float  # the watched run's loss, relative, worst step
+    seeds: float  # every seed run's loss, relative, worst step of any
+    curves: float  # every watched curve, relative to its largest value (``curve_deviation``)
+
+
+def deviations(record: Record, reference: Reference, curves: float) -> Deviations:
+    seeds = [
+        value
+        for mine, theirs in zip(record.get("seed_runs", []), reference.seeds, strict=False)
+        for kind in ("tied", "untied")
+        for value in deviation(mine[kind]["losses"], getattr(theirs, kind).losses)
+    ]
+    return Deviations(
+        _worst(deviation(record["watched"]["losses"], reference.watched.losses)), _worst(seeds), curves
+    )
+
+
+def parity_table(report: Report) -> Table:
+    spec, steps = report.spec, report.steps
+    tie, state = bool(spec.ties), bool(spec.state)
+    columns = [
         Column(
             "backend", "the backend's name (backends/<name>/backend.toml); a failed backend shows its error"
         ),
         Column("framework", "the framework version the backend ran"),
         Column(
-            "loss deviation, tied",
-            f"the largest |loss_backend - loss_oracle| / loss_oracle over all {steps} SGD steps of the tied "
-            "model. The oracle is float64 numpy, the backends float32, so about 1e-7 is rounding; the "
-            f"conformance suite holds the first {LOSS_PARITY_STEPS} steps to {LOSS_PARITY_RTOL:g}",
+            "loss deviation",
+            f"the largest |loss_backend - loss_oracle| / loss_oracle over all {steps} SGD steps of the "
+            "watched run (seed 0). The oracle is float64 numpy under this backend's declared BatchNorm "
+            "conventions, the backend float32, so about 1e-7 is rounding; the conformance suite holds "
+            f"the first {LOSS_PARITY_STEPS} steps of the tied MLP to {LOSS_PARITY_RTOL:g}",
             numeric=True,
         ),
-        Column("loss deviation, untied", "the same for the untied baseline", numeric=True),
+    ]
+    if tie:
+        columns.append(
+            Column(
+                "seed runs' loss deviation",
+                f"the same over every step of all {report.seeds} seeds, tied and untied, trained on the "
+                "framework's fast path (its compiled training loop), against the oracle's same seeds",
+                numeric=True,
+            )
+        )
+    columns.append(
         Column(
-            "weight-grad deviation",
-            "the largest relative difference between the backend's and the oracle's weight-gradient norm "
-            "(the figure below), over every layer position and step of the tied model. Biases are left "
-            "out: the output bias's gradient shrinks toward 0, where float32 cancellation makes a "
-            "relative error meaningless",
+            "watched-curve deviation",
+            "the largest distance of any curve in 'Watching every layer' from the oracle's curve beneath it, "
+            "relative to the largest value in its panel: parameter and gradient norms"
+            + (", each use's gradient" if tie else "")
+            + (", running statistics" if state else ""),
             numeric=True,
-        ),
-        Column(
-            "sum of uses - applied",
-            "the largest |g(layers.2) + g(layers.4) - g(applied)| over every step and element: the "
-            "gradient the optimizer applied to the shared layer against the sum of its two uses, each "
-            "computed separately by the same framework. 0 means the framework sums the two uses exactly",
-            numeric=True,
-        ),
-        Column(
-            "tie held",
-            "yes if layers.2 and layers.4 held identical values after every step (the tie survived training)",
-        ),
+        )
+    )
+    if tie:
+        columns += [
+            Column(
+                "sum of uses - applied",
+                "the largest |g(first use) + g(second use) - g(applied)| over every step and element: the "
+                "gradient the optimizer applied to the shared layer against the sum of its uses, each "
+                "computed separately by the same framework. 0 means the framework sums the uses exactly",
+                numeric=True,
+            ),
+            Column(
+                "tie held",
+                "yes if every tied position read the same values (parameters and running statistics) "
+                "after every step: the tie survived training",
+            ),
+        ]
+    columns.append(
         Column(
             "tensors listed",
-            "parameter tensors the framework's own listing shows, tied / untied: 6 / 8 means it lists the "
-            "shared layer once",
-        ),
-        Column("time", "the child's wall time for both runs, after importing the framework", numeric=True),
+            "parameter tensors the framework's own listing shows"
+            + (
+                ", tied / untied: fewer for the tied model means it lists the shared layer once"
+                if tie
+                else ""
+            ),
+        )
+    )
+    if state:
+        columns.append(
+            Column(
+                "state listed",
+                "running-statistics tensors the framework's state listing shows, apart from them",
+            )
+        )
+    columns.append(
+        Column("time", "the child's wall time for all its runs, after importing the framework", numeric=True)
     )
     rows = []
-    for name, record in records.items():
+    for name, record in report.records.items():
         if not record.get("ok"):
             rows.append([name, f"FAILED: {record.get('error', 'no error message')}"])
             continue
-        tied, untied = record["tied"], record["untied"]
-        seconds = record.get("timing", {}).get("seconds")
-        rows.append(
-            [
-                name,
-                str(record.get("versions", {}).get("framework", "?")),
-                _e(_worst(deviation(tied["losses"], reference.tied.losses))),
-                _e(_worst(deviation(untied["losses"], reference.untied.losses))),
-                _e(grad_norm_deviation(tied.get("history", []), reference.tied.steps)),
-                _e(record["checks"]["max_sum_minus_applied"]),
-                "yes" if record["checks"]["tied_positions_equal_every_step"] else "NO",
-                f"{tied.get('listed_params', '?')} / {untied.get('listed_params', '?')}",
-                "?" if seconds is None else f"{seconds:.1f}s",
+        numbers, listed = report.deviations[name], record.get("listed", {})
+        row = [name, str(record.get("versions", {}).get("framework", "?")), _e(numbers.loss)]
+        if tie:
+            row.append(_e(numbers.seeds))
+        row.append(_e(numbers.curves))
+        if tie:
+            checks = record["checks"]
+            row += [
+                _e(checks["max_sum_minus_applied"]),
+                "yes" if checks["tied_positions_equal_every_step"] else "NO",
             ]
+        row.append(
+            " / ".join(
+                str(listed.get(kind, {}).get("params", "?")) for kind in ("model", "untied")[: 1 + tie]
+            )
         )
+        if state:
+            row.append(str(listed.get("model", {}).get("state", "?")))
+        seconds = record.get("timing", {}).get("seconds")
+        row.append("?" if seconds is None else f"{seconds:.1f}s")
+        rows.append(row)
     return Table(columns, rows)
 
 
-def budget_table() -> Table:
-    tied, untied = parameter_budget(TIED), parameter_budget(TIED.untied())
+def budget_table(spec: ModelSpec) -> Table:
+    tied, untied = parameter_budget(spec), parameter_budget(spec.untied())
     columns = (
         Column(
             "model",
-            "tied: the D2L model, one Dense(8) used at layers.2 and layers.4; untied: the same "
-            "network with its own Dense(8) at each position",
+            f"tied: {spec.name}, one layer used at {_tie_text(spec)}; untied: the same network with its own "
+            "layer at each position",
         ),
         Column("tensors", "unique parameter tensors (weights and biases)", numeric=True),
         Column("scalars", "unique parameter values: what training has to fit", numeric=True),
@@ -298,431 +651,287 @@ def budget_table() -> Table:
     )
 
 
-def sharing_table(fits: Mapping[str, Fit]) -> Table:
+def _tie_text(spec: ModelSpec) -> str:
+    return "; ".join(" and ".join(layer_name(path) for path in group) for group in spec.ties)
+
+
+VERDICT_WORDS = {
+    "tied": "tied better",
+    "untied": "untied better",
+    "same": f"the same (within {percent(SAME)})",
+    "unclear": "cannot tell",
+}
+
+
+def sharing_table(report: Report) -> Table:
+    n = report.seeds
     columns = (
-        Column("run", f"whose final parameters: the {ORACLE} (float64) or a backend's own SGD run"),
         Column(
-            "training loss, tied",
-            f"MSE of the final tied parameters on the {N_SAMPLES} training samples (evaluated by the oracle)",
-            numeric=True,
+            "run",
+            f"whose final parameters: the {ORACLE} (float64), or a backend's own SGD on its fast path, "
+            f"seeds 0 to {n - 1} each",
         ),
-        Column("training loss, untied", "the same for the untied model", numeric=True),
-        Column(
-            "held-out loss, tied",
-            f"MSE on {HELD_OUT_SAMPLES} held-out samples: new inputs, never trained on, labelled by the "
-            "same hidden function as the training set",
-            numeric=True,
-        ),
-        Column("held-out loss, untied", "the same for the untied model", numeric=True),
         Column(
             "held-out, tied vs untied",
-            f"(held-out tied - held-out untied) / held-out untied: negative means the tied model predicts "
-            f"unseen data better; within {percent(SAME)} reads as a draw",
+            f"(held-out loss tied - untied) / untied, the mean over {n} seeds: negative means the tied model "
+            f"predicts the {HELD_OUT_SAMPLES} unseen inputs better",
+            numeric=True,
+        ),
+        Column(
+            f"{CONFIDENCE} interval",
+            f"where the mean lies with {CONFIDENCE} confidence: Student's t over the {n} per-seed "
+            "differences (each seed starts both models from the same weights)",
+            numeric=True,
+        ),
+        Column("training, tied vs untied", f"the same on the {N_SAMPLES} training samples", numeric=True),
+        Column(f"{CONFIDENCE} interval, training", "its interval", numeric=True),
+        Column(
+            "held-out verdict",
+            f"tied or untied better when the whole interval lies on one side of 0; the same when it lies "
+            f"within +-{percent(SAME)}; else cannot tell",
+        ),
+        Column(
+            "largest seed difference from the oracle",
+            "the largest |per-seed held-out difference - the oracle's for that seed|, in percentage points: "
+            "how closely the framework's SGD reproduces the oracle's answer",
             numeric=True,
         ),
     )
     rows = []
-    for name, fit in fits.items():
-        change = fit.held_out_change
-        sign = "-" if change < 0 else "+"
-        better = {"tied": "tied better", "untied": "untied better", "neither": "a draw"}[fit.held_out_winner]
+    for name, sharing in report.sharing.items():
+        held, train = sharing.held_out, sharing.train
+        if name in report.conventions:
+            theirs = report.reference_of(name).sharing.held_out.values
+            gap = max(abs(a - b) for a, b in zip(held.values, theirs, strict=False)) * 100
+            gap_text = f"{gap:.1e}"
+        else:
+            gap_text = "(reference)"
         rows.append(
             [
                 name,
-                _f(fit.train_tied),
-                _f(fit.train_untied),
-                _f(fit.held_out_tied),
-                _f(fit.held_out_untied),
-                f"{sign}{percent(change)} ({better})",
+                signed(held.mean),
+                f"{signed(held.low)} to {signed(held.high)}",
+                signed(train.mean),
+                f"{signed(train.low)} to {signed(train.high)}",
+                VERDICT_WORDS[held.verdict],
+                gap_text,
             ]
         )
     return Table(columns, rows)
 
 
-# -- the conclusion, from the numbers ---------------------------------------------------------------------
-def _compared(change: float, what: str, tied: float, untied: float) -> str:
-    numbers = f"({_f(tied)} vs {_f(untied)})"
-    if abs(change) < SAME:
-        return f"the same {what} (within {percent(SAME)}: {_f(tied)} vs {_f(untied)})"
-    return f"a {percent(change)} {'higher' if change > 0 else 'lower'} {what} {numbers}"
-
-
-def conclusion(fits: Mapping[str, Fit], records: Mapping[str, Record]) -> str:
-    """The answer to "why is sharing a good idea?", in words, from this run's numbers.
-
-    ``fits`` holds the oracle's fit under ORACLE and each finished backend's under its name; the
-    backends' median is what the text quotes (the oracle's when no backend finished)."""
-    tied, untied = parameter_budget(TIED), parameter_budget(TIED.untied())
-    backends = {name: fit for name, fit in fits.items() if name != ORACLE}
-    if backends:
-        measures = [each.name for each in fields(Fit)]
-        fit = Fit(*(statistics.median(getattr(each, k) for each in backends.values()) for k in measures))
-        source = (
-            f"The numbers come from {next(iter(backends))}'s final parameters"
-            if len(backends) == 1
-            else f"The numbers are the median over the final parameters of {', '.join(backends)}"
-        )
-    else:
-        fit, source = fits[ORACLE], "No backend finished, so these are the numpy oracle's numbers"
-    saved = 1 - tied["scalars"] / untied["scalars"]
-    text = [
-        f"Tying saves {percent(saved)} of the parameters ({tied['scalars']} vs {untied['scalars']} scalars, "
-        f"{tied['bytes']} vs {untied['bytes']} bytes as float32) for "
-        f"{_compared(fit.train_change, 'training loss', fit.train_tied, fit.train_untied)} and "
-        f"{_compared(fit.held_out_change, 'held-out loss', fit.held_out_tied, fit.held_out_untied)} "
-        f"on {HELD_OUT_SAMPLES} inputs the training never saw. {source}."
+def seeds_table(report: Report, reference: Reference) -> Table:
+    columns = (
+        Column(
+            "seed", "the seed of the initial weights (the same values in both positions of the untied model)"
+        ),
+        Column(
+            "training, tied",
+            f"MSE of the final tied parameters on the {N_SAMPLES} training samples",
+            numeric=True,
+        ),
+        Column("training, untied", "the same for the untied model", numeric=True),
+        Column(
+            "held-out, tied",
+            f"MSE on {HELD_OUT_SAMPLES} held-out samples: new inputs, never trained on, labelled by the same "
+            "hidden function as the training set",
+            numeric=True,
+        ),
+        Column("held-out, untied", "the same for the untied model", numeric=True),
+        Column(
+            "held-out, tied vs untied",
+            "(tied - untied) / untied: negative means tied is better",
+            numeric=True,
+        ),
+    )
+    rows = [
+        [
+            str(run.seed),
+            _f(fit.train_tied),
+            _f(fit.train_untied),
+            _f(fit.held_out_tied),
+            _f(fit.held_out_untied),
+            signed(fit.held_out_change),
+        ]
+        for run, fit in zip(reference.seeds, reference.sharing.fits, strict=True)
     ]
-    extra = untied["scalars"] - tied["scalars"]
-    if fit.held_out_winner == "tied":
-        cost = (
-            f"costs {percent(fit.train_change)} on the training data and pays it back on unseen data"
-            if fit.train_change > SAME
-            else "fits the training data no worse and predicts unseen data better"
+    return Table(columns, rows)
+
+
+# -- the words: a summary first, a conclusion from the numbers ----------------------------------------------
+def verdict_sentence(interval: Interval, seeds: int, saved_scalars: int) -> str:
+    """What the held-out interval says, and how sure it is."""
+    verdict = interval.verdict
+    if verdict == "same":
+        return (
+            f"The whole interval lies within +-{percent(SAME)}, so on unseen data the tie costs nothing "
+            f"that matters, and the {saved_scalars} saved scalars come free."
         )
-        text.append(
-            f"So here sharing is a good idea on both counts: forcing {SHARED} is a constraint that "
-            f"{cost}, with {percent(saved)} fewer parameters to store and train."
+    if verdict == "tied":
+        return (
+            "The whole interval lies below 0, so sharing generalizes better here: the tie is a constraint "
+            f"that pays on unseen data, on top of {saved_scalars} fewer scalars to store and train."
         )
-    elif fit.held_out_winner == "untied":
-        text.append(
-            f"So here sharing pays off in size only: the untied model's {extra} extra scalars buy a "
-            f"{percent(fit.held_out_change)} lower held-out loss, and the tie did not generalize better. "
-            "Sharing is worth it where that saving matters more than this difference, or where both "
-            "positions should compute the same function."
+    if verdict == "untied":
+        return (
+            f"The whole interval lies above 0, so the untied model's {saved_scalars} extra scalars buy a "
+            "lower held-out loss: here sharing pays off in size only, which is worth it where memory matters "
+            "more than that difference, or where both positions should compute the same function."
         )
-    else:
+    spread = max(abs(interval.low - interval.mean), abs(interval.high - interval.mean))
+    return (
+        f"The interval holds 0, so {seeds} seeds cannot tell which model predicts unseen data better: any "
+        f"difference is within the spread between seeds (the interval reaches {percent(spread)} from the "
+        f"mean). What sharing surely buys here is size, {saved_scalars} fewer scalars; what it costs or "
+        "gains on unseen data, these seeds cannot say."
+    )
+
+
+def conclusion(report: Report) -> str:
+    """The answer to "why is sharing a good idea?", in words, from this run's numbers."""
+    spec = report.spec
+    tied, untied = parameter_budget(spec), parameter_budget(spec.untied())
+    saved = untied["scalars"] - tied["scalars"]
+    text = [
+        f"Tying saves {percent(saved / untied['scalars'])} of the parameters ({tied['scalars']} vs "
+        f"{untied['scalars']} scalars, {tied['bytes']} vs {untied['bytes']} bytes as float32)."
+    ]
+    intro = (
+        f"Over {report.seeds} seeds of the initial weights ({report.steps} SGD steps each, the {ORACLE} in "
+        f"float64), the tied model's held-out loss on {HELD_OUT_SAMPLES} unseen inputs, relative to the "
+        "untied model's, is"
+    )
+    references = list(report.references.values())
+    if len(references) == 1:
+        held, train = references[0].sharing.held_out, references[0].sharing.train
+        per_seed = ", ".join(signed(v) for v in held.values)
         text.append(
-            f"So on unseen data the tie costs nothing that matters (under {percent(SAME)}), and the "
-            f"{extra} saved scalars come free."
+            f"{intro} {interval_text(held)} on average (a geometric mean; per seed: {per_seed}); its "
+            f"training loss {interval_text(train)}."
         )
-    winners: dict[str, list[str]] = {}
-    for name, each in backends.items():
-        winners.setdefault(each.held_out_winner, []).append(name)
-    if len(winners) > 1:
+        text.append(verdict_sentence(held, report.seeds, saved))
+    else:  # a BatchNorm: the answer depends on each framework's conventions
+        parts = [
+            f"by the {report.reference_label(r)} with {describe_conventions(r.conventions)}, "
+            f"{interval_text(r.sharing.held_out)}: {VERDICT_WORDS[r.sharing.held_out.verdict]}"
+            for r in references
+        ]
         text.append(
-            "The backends disagree on which model predicts unseen data better: "
-            + "; ".join(f"{WINNER[winner]} in {', '.join(names)}" for winner, names in winners.items())
-            + "."
+            f"{intro} on average, under each backend's BatchNorm conventions: " + "; ".join(parts) + "."
         )
-    finished = _ok(records)
-    if finished:
-        worst = _worst([r["checks"]["max_sum_minus_applied"] for r in finished.values()])
+        said = set()
+        for r in references:
+            if (verdict := r.sharing.held_out.verdict) not in said:
+                said.add(verdict)
+                sentence = verdict_sentence(r.sharing.held_out, report.seeds, saved)
+                text.append(f"By the {report.reference_label(r)}: {sentence[0].lower()}{sentence[1:]}")
+    backends = {name: s for name, s in report.sharing.items() if name in report.conventions}
+    if backends:
+        differ = {
+            name: VERDICT_WORDS[s.held_out.verdict]
+            for name, s in backends.items()
+            if s.held_out.verdict != report.reference_of(name).sharing.held_out.verdict
+        }
+        if differ:
+            text.append(
+                "The backends' own seeds disagree with the oracle on: "
+                + "; ".join(f"{name} ({word})" for name, word in differ.items())
+                + "."
+            )
+        else:
+            text.append(
+                f"Every backend's own {report.seeds} seeds, trained with its framework's SGD, give the "
+                f"same verdict ({', '.join(backends)})."
+            )
+        worst = _worst([r["checks"]["max_sum_minus_applied"] for r in finished(report.records).values()])
         text.append(
-            f"Both positions train the one shared layer: its applied gradient is the sum of the two uses' "
+            "Both positions train the one shared layer: its applied gradient is the sum of the uses' "
             f"gradients (largest difference over every step and backend: {_e(worst)})."
         )
+    else:
+        text.append("No backend finished, so these are the numpy oracle's numbers alone.")
     return " ".join(text)
 
 
-# -- figures ----------------------------------------------------------------------------------------------
-LINESTYLES = ("-", "--", "-.", ":")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-
-
-def backend_style(index: int, count: int, steps: int) -> dict[str, Any]:
-    """A distinct colour, line style and marker per backend; markers staggered so none hides another."""
-    from matplotlib import colormaps
-
-    every = max(1, steps // 10)
-    return {
-        "color": colormaps["tab10"].colors[index % 10],
-        "linestyle": LINESTYLES[index % len(LINESTYLES)],
-        "marker": MARKERS[index % len(MARKERS)],
-        "markevery": (index * every // max(count, 1), every),
-        "markersize": 5,
-        "linewidth": 1.3,
-    }
-
-
-def deviation_curves(records: Mapping[str, Record], reference: Reference) -> dict[str, list[float]]:
-    """What the loss figure draws per backend: the tied run's relative deviation from the oracle,
-    nan where it is exactly 0 (a log scale has no 0)."""
-    return {
-        name: [v if v > 0 else math.nan for v in deviation(record["tied"]["losses"], reference.tied.losses)]
-        for name, record in _ok(records).items()
-    }
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def loss_figure(records: Mapping[str, Record], reference: Reference):
-    plt = _pyplot()
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(9, 7.4), sharex=True, gridspec_kw={"height_ratios": [1, 1.5]}, layout="constrained"
-    )
-    top.plot(reference.tied.losses, color="black", linewidth=1.8, label="tied (the D2L model)")
-    top.plot(reference.untied.losses, color="0.55", linestyle="--", linewidth=1.8, label="untied baseline")
-    top.set(ylabel="training MSE", title=f"The loss, computed by the {ORACLE} (float64)")
-    top.legend(fontsize=9)
-    curves = deviation_curves(records, reference)
-    steps = len(reference.tied.losses)
-    drawn = False
-    for index, (name, values) in enumerate(curves.items()):
-        worst = _worst([v for v in values if not math.isnan(v)] or [0.0])
-        label = f"{name} (max {_e(worst)})" if worst > 0 else f"{name} (identical at every step: not drawn)"
-        bottom.plot(values, label=label, **backend_style(index, len(curves), steps))
-        drawn |= worst > 0
-    if drawn:
-        bottom.set_yscale("log")
-    if not curves:
-        bottom.text(0.5, 0.5, "no backend finished", ha="center", va="center", transform=bottom.transAxes)
-    bottom.set(
-        xlabel="SGD step",
-        ylabel="|loss - oracle| / oracle",
-        title="Each backend's relative deviation from that loss (tied model)",
-    )
-    if curves:
-        bottom.legend(fontsize=8, ncol=min(4, len(curves)), loc="upper center", bbox_to_anchor=(0.5, -0.16))
-    return fig
-
-
-def grad_figure(records: Mapping[str, Record], reference: Reference):
-    """The oracle's norms: every backend's agree with them (the parity table says how closely)."""
-    plt = _pyplot()
-    history = reference.tied.steps
-    fig, ax = plt.subplots(figsize=(9, 4.6), layout="constrained")
-    positions = [p for p in history[0].grad_norms if p.endswith(".weight")] if history else []
-    shared = [p for p in positions if p in history[0].contribution_norms] if history else []
-    for position in positions:
-        if position not in shared:
-            ax.plot([h.grad_norms[position] for h in history], linewidth=1.5, label=f"{layer_of(position)}")
-    if shared:
-        ax.plot(
-            [h.grad_norms[shared[0]] for h in history],
-            color="black",
-            linewidth=2.4,
-            label=f"shared {SHARED}: applied gradient (sum of both uses)",
-        )
-        for position, style in zip(shared, (":", "--"), strict=False):
-            ax.plot(
-                [h.contribution_norms[position] for h in history],
-                color="black",
-                linestyle=style,
-                linewidth=1.3,
-                label=f"its use at {layer_of(position)}",
-            )
-    ax.set(xlabel="SGD step", ylabel="weight-gradient norm", yscale="log")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
-    return fig
-
-
-def sharing_figure(records: Mapping[str, Record], reference: Reference):
-    """The oracle's runs: the backends' final losses are in the sharing table."""
-    plt = _pyplot()
-    tied, untied = reference.tied, reference.untied
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, layout="constrained")
-    train_colour, held_colour = "tab:blue", "tab:orange"
-    top.plot(tied.losses, color=train_colour, label="training, tied")
-    top.plot(untied.losses, color=train_colour, linestyle="--", label="training, untied")
-    top.plot(tied.held_out_losses, color=held_colour, label="held-out, tied")
-    top.plot(untied.held_out_losses, color=held_colour, linestyle="--", label="held-out, untied")
-    top.set(ylabel="MSE", title=f"Training and held-out loss ({ORACLE})")
-    top.legend(fontsize=9, ncol=2)
-
-    def relative(a: Sequence[float], b: Sequence[float]) -> list[float]:
-        return [100 * (x / y - 1) for x, y in zip(a, b, strict=False)]
-
-    bottom.axhline(0, color="0.6", linewidth=0.8)
-    bottom.plot(relative(tied.losses, untied.losses), color=train_colour, label="training")
-    bottom.plot(relative(tied.held_out_losses, untied.held_out_losses), color=held_colour, label="held-out")
-    bottom.set(
-        xlabel="SGD step",
-        ylabel="tied vs untied (%)",
-        title="(tied - untied) / untied: below 0 the tied model is better",
-    )
-    bottom.legend(fontsize=9)
-    return fig
-
-
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(figure)
-    return buffer.getvalue()
-
-
-def draw(report: Report) -> dict[str, Figure]:
-    failed = [name for name, record in report.records.items() if not record.get("ok")]
-    missing = f" Not drawn, because they failed: {', '.join(failed)}." if failed else ""
-    grad_worst = {
-        name: _e(grad_norm_deviation(record["tied"].get("history", []), report.reference.tied.steps))
-        for name, record in _ok(report.records).items()
-    }
-    agree = (
-        " Each backend's own norms, watched at every position and step, differ from these by at most: "
-        + ", ".join(f"{name} {value}" for name, value in grad_worst.items())
-        + " (relative)."
-        if grad_worst
-        else ""
-    )
-    figures = [
-        (
-            loss_figure,
-            Figure(
-                "train_loss.png",
-                "The loss, and how far each backend is from the oracle",
-                "Top: the training loss itself, tied and untied, from the numpy oracle; every "
-                "backend's curve would lie on top of it. Bottom: each backend's relative deviation "
-                "from it at every step, on a log scale (a gap is a step where the two are exactly "
-                "equal)." + missing,
-            ),
-        ),
-        (
-            grad_figure,
-            Figure(
-                "train_grad_norms.png",
-                "Weight-gradient norms per layer of the tied model",
-                f"The numpy oracle's weight-gradient norm per layer of the tied model. The shared layer "
-                f"({SHARED}) is updated with the sum of its two uses (thick line); the thin black lines are "
-                f"each use's own gradient." + agree,
-            ),
-        ),
-        (
-            sharing_figure,
-            Figure(
-                "train_sharing.png",
-                "Tied against untied, on training and held-out data",
-                f"Top: the loss on the {N_SAMPLES} training samples and on {HELD_OUT_SAMPLES} held-out "
-                "samples (numpy oracle; both models start as the same function). Bottom: the tied "
-                "model's loss relative to the untied one's.",
-            ),
-        ),
+def summary(report: Report) -> list[str]:
+    """The verdict first: who trained, how close to the oracle, and the answer over seeds."""
+    ok = finished(report.records)
+    failed = [name for name in report.records if name not in ok]
+    lines = [
+        f"{len(ok)} of {len(report.records)} backends trained {report.spec.name}"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+        + "."
     ]
-    for make, figure in figures:
-        figure.png = _png(make(report.records, report.reference))
-    return {figure.file: figure for _, figure in figures}
+    if ok:
+        loss = _worst([report.deviations[name].loss for name in ok])
+        curves = _worst([report.deviations[name].curves for name in ok])
+        watched = "parameters, gradients" + (" and running statistics" if report.spec.state else "")
+        lines.append(
+            f"Against the {ORACLE}: largest loss deviation {_e(loss)}, largest deviation of any watched "
+            f"curve (every layer's {watched}) {_e(curves)}."
+        )
+    if report.spec.ties:
+        for reference in report.references.values():
+            held = reference.sharing.held_out
+            whose = "" if len(report.references) == 1 else f" ({report.reference_label(reference)})"
+            lines.append(
+                f"Why share{whose}: held-out loss, tied vs untied, {interval_text(held)} over {report.seeds} "
+                f"seeds: {VERDICT_WORDS[held.verdict]}."
+            )
+    return lines
 
 
 # -- the report -------------------------------------------------------------------------------------------
-def build_report(records: Mapping[str, Record], steps: int, lr: float, pictures: bool = True) -> Report:
-    reference = Reference.compute(steps, lr)
-    fits = {ORACLE: reference.fit(reference.tied.final_params, reference.untied.final_params)}
-    for name, record in _ok(records).items():
-        if (fit := record_fit(record, reference)) is not None:
-            fits[name] = fit
-    report = Report(
-        steps=steps,
-        lr=lr,
-        records=records,
-        reference=reference,
-        fits=fits,
-        parity=parity_table(records, reference, steps),
-        budget=budget_table(),
-        sharing=sharing_table(fits),
-        conclusion=conclusion(fits, records),
-    )
-    if pictures:
-        report.figures = draw(report)
+def build_report(
+    records: Mapping[str, Record],
+    steps: int,
+    lr: float,
+    spec: ModelSpec | None = None,
+    seeds: int = DEFAULT_SEEDS,
+) -> Report:
+    spec = spec or MODELS[DEFAULT_MODEL]
+    records = {name: _checked(record, spec) for name, record in records.items()}
+    conventions = {name: conventions_for(spec, name) for name in finished(records)}
+    references = {}
+    for each in dict.fromkeys(conventions.values()) or [NO_CONVENTIONS]:
+        references[each] = Reference.compute(spec, steps, lr, seeds, each)
+    report = Report(spec, steps, lr, seeds, records, references, conventions)
+    report.cards = layer_cards(report)
+    report.deviations = {
+        name: deviations(record, report.reference_of(name), report.cards[name][1])
+        for name, record in finished(records).items()
+    }
+    report.parity = parity_table(report)
+    if spec.ties:
+        data = Data.of(spec)
+        report.sharing = {report.reference_label(r): r.sharing for r in references.values()}
+        for name, record in finished(records).items():
+            fits = [
+                data.fit(spec, run["tied"], run["untied"], conventions[name]) for run in record["seed_runs"]
+            ]
+            report.sharing[name] = Sharing(tuple(fits))
+        report.budget = budget_table(spec)
+        report.sharing_table = sharing_table(report)
+        report.seeds_table = seeds_table(report, next(iter(references.values())))
+        report.conclusion = conclusion(report)
+    report.summary = summary(report)
     return report
 
 
-STYLE = """
-body{font-family:system-ui,sans-serif;line-height:1.45;max-width:1100px;margin:0 auto;padding:1em 2em;
-  color:#1a1a1a}
-h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}h3{margin-bottom:.3em}
-table{border-collapse:collapse;margin:.6em 0 .3em}
-td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;overflow-wrap:break-word}
-td.error{overflow-wrap:anywhere}
-th{background:#f0f0f0;font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.failed td{color:#a40000}
-dl.legend{display:grid;grid-template-columns:fit-content(30%) 1fr;gap:.15em 1em;font-size:.88em;
-  color:#333;margin:.2em 0 1.6em}
-dl.legend dt{font-weight:600;overflow-wrap:anywhere}dl.legend dd{margin:0}
-figure{margin:1em 0 2em}img{max-width:100%;height:auto;display:block}
-figcaption{font-size:.9em;color:#333;margin-top:.4em}
-p.conclusion{background:#f3f7ff;border-left:4px solid #3465a4;padding:.7em 1em}
-@media (max-width:700px){
-  body{padding:.5em 1em}
-  dl.legend{grid-template-columns:1fr}dl.legend dd{margin:0 0 .4em 1em}
-  table.data thead{display:none}
-  table.data,table.data tbody,table.data tr,table.data td{display:block;width:auto}
-  table.data tr{border:1px solid #bbb;margin:0 0 .6em}
-  table.data td{border:none;border-bottom:1px solid #eee;text-align:left;white-space:normal}
-  table.data td::before{content:attr(data-label) ": ";font-weight:600}
-}
-"""
-
-
-def _table_html(table: Table) -> str:
-    esc = html.escape
-    head = "".join(f"<th scope='col'>{esc(c.header)}</th>" for c in table.columns)
-    body = []
-    for row in table.rows:
-        cells = []
-        for index, cell in enumerate(row):
-            column = table.columns[index]
-            span = len(table.columns) - index if index == len(row) - 1 else 1
-            if span > 1:
-                cells.append(f"<td class='error' colspan='{span}' data-label='error'>{esc(cell)}</td>")
-            else:
-                kind = " class='num'" if column.numeric else ""
-                cells.append(f"<td{kind} data-label='{esc(column.header)}'>{esc(cell)}</td>")
-        failed = " class='failed'" if len(row) < len(table.columns) else ""
-        body.append(f"<tr{failed}>{''.join(cells)}</tr>")
-    legend = "".join(f"<dt>{esc(c.header)}</dt><dd>{esc(c.explanation)}</dd>" for c in table.columns)
-    return (
-        f"<table class='data'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>\n"
-        f"<dl class='legend'>{legend}</dl>"
-    )
-
-
-def _figure_html(figure: Figure) -> str:
-    esc = html.escape
-    data = base64.b64encode(figure.png).decode()
-    return (
-        f"<h3>{esc(figure.title)}</h3>\n<figure><img alt='{esc(figure.title)}' "
-        f"src='data:image/png;base64,{data}'><figcaption>{esc(figure.caption)}</figcaption></figure>"
-    )
-
-
-def render_html(report: Report) -> str:
-    esc = html.escape
-    figures = {name: _figure_html(figure) for name, figure in report.figures.items()}
-    failed = [name for name, record in report.records.items() if not record.get("ok")]
-    failed_note = (
-        f" <strong>{len(failed)} of {len(report.records)} backends failed</strong> "
-        f"({esc(', '.join(failed))}): their rows show the error."
-        if failed
-        else ""
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<title>paramparity: training the tied MLP</title>
-<style>{STYLE}</style>
-</head><body>
-<h1>Training the tied MLP (D2L 6.2 exercises)</h1>
-<p>Every backend trains the book's tied MLP ({esc(SHARED)}: one Dense(8) used twice) with its own
-framework's SGD: learning rate {report.lr:g}, {report.steps} full-batch steps on {N_SAMPLES} samples of a
-seeded synthetic regression task. All start from the same seeded weights; the untied baseline starts from
-the same values copied into both positions, so both models begin as the same function. The float64 numpy
-oracle runs the same training as the reference.{failed_note}</p>
-
-<h2>Does every backend train like the numpy oracle?</h2>
-<p>One row per backend; the legend under the table explains each column.</p>
-{_table_html(report.parity)}
-{figures.get("train_loss.png", "")}
-
-<h2>Watching every layer</h2>
-{figures.get("train_grad_norms.png", "")}
-
-<h2>Why is sharing a good idea?</h2>
-<p>What the tie saves:</p>
-{_table_html(report.budget)}
-<p>What it costs or gains in fit, for each run's final parameters:</p>
-{_table_html(report.sharing)}
-{figures.get("train_sharing.png", "")}
-<p class="conclusion"><strong>Conclusion.</strong> {esc(report.conclusion)}</p>
-</body></html>
-"""
+def _checked(record: Record, spec: ModelSpec) -> Record:
+    """A finished record of another model, or one missing its seeds, cannot be compared: it
+    becomes a failed one that says why."""
+    if not record.get("ok"):
+        return record
+    if record.get("model") != spec.name:
+        return {
+            **record,
+            "ok": False,
+            "error": f"the record trained {record.get('model')!r}, not {spec.name!r}",
+        }
+    if spec.ties and len(record.get("seed_runs", [])) < 2:
+        return {**record, "ok": False, "error": "the record holds fewer than 2 seed runs"}
+    return record
 
 
 def render_text(report: Report, width: int = 100) -> str:
@@ -735,43 +944,79 @@ def render_text(report: Report, width: int = 100) -> str:
         for row in report.parity.rows
         if len(row) < len(report.parity.columns)
     ]
-    return "\n".join(
-        [
-            f"Tied MLP, SGD lr={report.lr:g}, {report.steps} steps: every backend against the numpy oracle",
-            table(report.parity),
-            *failed,
+    lines = [textwrap.fill(line, width, subsequent_indent="  ") for line in report.summary]
+    lines += [
+        "",
+        f"{report.spec.name}, SGD lr={report.lr:g}, {report.steps} steps: every backend against the {ORACLE}",
+        table(report.parity),
+        *failed,
+    ]
+    if report.spec.ties:
+        lines += [
             "",
             "Why is sharing a good idea?",
             table(report.budget),
             "",
-            table(report.sharing),
+            table(report.sharing_table),
             "",
             textwrap.fill("Conclusion. " + report.conclusion, width),
         ]
-    )
+    return "\n".join(lines)
 
 
 # -- the command -------------------------------------------------------------------------------------------
+def positive_int(flag: str, minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, else one line, exit 2."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise UsageError(f"{flag}={text}, but should be a whole number >= {minimum}")
+        return value
+
+    return parse
+
+
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "train",
-        help="train the tied MLP in every backend; write reports/train.html",
-        description="Train the tied MLP and its untied baseline with each framework's "
-        "SGD, from identical seeded weights; compare with the numpy oracle, plot and summarize.",
+        help="train a model (the tied MLP) in every backend; write reports/train.html",
+        description="Train a model with each framework's SGD, from identical seeded weights, watching "
+        "every layer; with a tie, against its untied baseline over several seeds. Compare with the "
+        "numpy oracle, plot and summarize.",
     )
     add_backends_option(parser)
     add_timeout_option(parser)
     parser.add_argument(
-        "--steps", type=int, default=DEFAULT_STEPS, help=f"SGD steps (default {DEFAULT_STEPS})"
+        "--model",
+        type=model_spec,
+        default=MODELS[DEFAULT_MODEL],
+        metavar="NAME",
+        help=f"what to train: {', '.join(MODELS)} (default {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int("--steps"),
+        default=DEFAULT_STEPS,
+        help=f"SGD steps (default {DEFAULT_STEPS})",
     )
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"learning rate (default {DEFAULT_LR})")
+    parser.add_argument(
+        "--seeds",
+        type=positive_int("--seeds", minimum=2),
+        default=DEFAULT_SEEDS,
+        help=f"seeds of tied against untied, for the interval (default {DEFAULT_SEEDS}; at least 2)",
+    )
     parser.add_argument("--out-dir", type=Path, default=REPORTS, help="where reports go (default: reports/)")
     parser.set_defaults(run=run_train)
 
 
 def run_training(backends: Sequence[str], command, timeout: float, console=None) -> dict[str, Record]:
     """Every backend's record. Progress: on a terminal, one live line per backend (elapsed time,
-    then its final state); otherwise plain lines, at most one per backend per tenth of its steps."""
+    then its final state); otherwise plain lines, at most one per backend per tenth of its work."""
     from rich.console import Console
     from rich.live import Live
 
@@ -786,18 +1031,20 @@ def run_training(backends: Sequence[str], command, timeout: float, console=None)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from common.errors import UsageError
-
-    if args.steps < 1 or not args.lr > 0:
-        raise UsageError(f"--steps={args.steps} and --lr={args.lr}, but should be >= 1 and > 0")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr={args.lr}, but should be a positive, finite number")
+    spec = args.model
     backends = parse_backend_list(args.backends)
     out = writable_folder(args.out_dir, "--out-dir")  # before the training, not after
     prepare_envs(backends)
-    command = module_command("common.commands.training", "--steps", str(args.steps), "--lr", str(args.lr))
+    command = module_command(
+        "common.commands.training",
+        *("--model", spec.name, "--steps", str(args.steps), "--lr", str(args.lr), "--seeds", str(args.seeds)),
+    )
     records = run_training(backends, command, args.timeout)
-    report = build_report(records, args.steps, args.lr)
-    for name, figure in report.figures.items():
-        write_output(out / name, figure.png)
+    report = build_report(records, args.steps, args.lr, spec, args.seeds)
+    from common.commands.train_page import render_html  # the page reads the report, not the reverse
+
     write_output(out / "train.html", render_html(report))
     for name, record in records.items():
         write_output(out / f"train_{name}.json", record_text(record))

@@ -321,6 +321,18 @@ class Adapter(abc.ABC):
     def seed(self, seed: int) -> None:  # noqa: B027 - optional: a no-op where init is already seeded
         """Seed the framework's own RNG, so default initial values are reproducible."""
 
+    # -- embeddings and transposed ties: declared by the embedding capability -------------------
+    def new_embedding(self, vocab: int, dim: int) -> Any:
+        """An embedding layer of the framework's own kind: a (vocab, dim) table, looked up by ids."""
+        raise self._lacks("embedding")
+
+    def tied_output(self, embedding: Any, units: int) -> Any:
+        """A Dense of ``units`` (= vocab) outputs whose weight is ``embedding``'s table, with its
+        own bias, through the framework's idiom (the same Parameter, ``Embed.attend``,
+        ``ReversibleEmbedding``...): the table applied transposed where kernels are (in, out).
+        It never copies values; ``param_object`` of its weight position returns the table."""
+        raise self._lacks("embedding")
+
     # -- state and freezing: declared by the batchnorm and freezing capabilities ------------------
     def new_batchnorm(self, features: int, momentum: float | None, eps: float | None) -> Any:
         """A BatchNorm of the framework's own kind over ``features``. ``momentum`` is canonical
@@ -409,7 +421,7 @@ class Adapter(abc.ABC):
         """Unique parameters by object identity, in walk order; the first position names each."""
         seen: dict[int, Observed] = {}
         for slot in model.spec.layer_slots:
-            for role in ROLES:
+            for role in model.spec.roles_at(slot.path):
                 position = param_name(slot.path, role)
                 param = self.param_object(model, position)
                 seen.setdefault(id(param), (position, param, []))[2].append(position)

@@ -78,3 +78,9 @@ def conventions_of(facts: Mapping[str, Any]) -> Conventions:
         statistics_update=facts["batchnorm_statistics_update"],
         inference_debias=facts["batchnorm_inference_debias"],
     )
+
+
+# embed_tied (common.core.models.EMBED_TIED): the table is used by the lookup and, as its weight,
+# by the output projection; the projection's bias is its own.
+EMBED_TIED_POSITIONS = {"layers.0.weight": ("layers.0.weight", "layers.3.weight")}
+EMBED_TIED_OWN = ("layers.1.weight", "layers.1.bias", "layers.3.bias")

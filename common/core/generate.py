@@ -438,7 +438,7 @@ def _tie_to_nothing(draw) -> InvalidCase:
         else:
             data, target = _with_layer(data, {"kind": "block", "label": "", "layers": [{"kind": "relu"}]})
     data["ties"].append([list(partner), list(target)])
-    message = f"tie to {layer_name(target)}, which is not a Dense layer"
+    message = f"tie to {layer_name(target)}, which holds no parameters"
     return InvalidCase(f"tie to a {kind} position", data, _quoted(message))
 
 

@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.core.spec import split_param_name
-
 if TYPE_CHECKING:
     from common.core.interface import Backend, Model
 
@@ -98,7 +96,7 @@ def own_entries(backend: Backend, model: Model) -> Entries:
     keys = backend.native_file_keys(model)
     values = {owner: backend.get_param(model, owner) for owner in set(keys.values())}
     return {
-        key: np.array(backend.to_native(split_param_name(owner)[1], values[owner]), dtype=np.float32)
+        key: np.array(backend.native_of(model.spec, owner, values[owner]), dtype=np.float32)
         for key, owner in keys.items()
     }
 

@@ -41,6 +41,7 @@ from common.core.spec import (
     BatchNorm,
     Block,
     Dense,
+    Embedding,
     Layer,
     LayerPath,
     ModelSpec,
@@ -79,6 +80,7 @@ class Backend(Adapter):
             spec = spec_from_dict(spec)
         self._check_capabilities(spec)
         owners = {slot.path: slot.owner for slot in spec.layer_slots}
+        tables = {slot.path: slot.table for slot in spec.dense_slots if slot.table is not None}
         widths = {slot.path: slot.in_features for slot in spec.dense_slots}
         features = {slot.path: slot.features for slot in spec.norm_slots}
         made: dict[LayerPath, Any] = {}
@@ -91,13 +93,17 @@ class Backend(Adapter):
                     path = prefix + (index,)
                     if isinstance(layer, Block):
                         children.append(build(layer.layers, path))
+                    elif isinstance(layer, Embedding):
+                        made[path] = self.new_embedding(layer.vocab, layer.dim)
+                        children.append(made[path])
                     elif isinstance(layer, Dense):
                         owner = owners[path]  # owners come first in walk order
-                        made[path] = (
-                            self.new_dense(layer.units, widths[path])
-                            if owner == path
-                            else self.share_dense(made[owner], layer.units)
-                        )
+                        if path in tables:
+                            made[path] = self.tied_output(made[tables[path]], layer.units)
+                        elif owner == path:
+                            made[path] = self.new_dense(layer.units, widths[path])
+                        else:
+                            made[path] = self.share_dense(made[owner], layer.units)
                         children.append(made[path])
                     elif isinstance(layer, BatchNorm):
                         owner = owners[path]
@@ -123,10 +129,9 @@ class Backend(Adapter):
     def _check_capabilities(self, spec: ModelSpec) -> None:
         """A spec that needs what this backend declares it lacks is refused in one line, before
         any adapter call."""
-        needs = {"batchnorm": spec.has_batchnorm, "freezing": spec.has_frozen}
-        for capability, needed in needs.items():
+        for capability in spec.needs:
             declared = self.declaration.capability(capability)
-            if needed and not declared.value:
+            if not declared.value:
                 raise UsageError(
                     f"backend {self.name!r} cannot build spec {spec.name!r}: it needs {capability}, "
                     f"which the backend declares it lacks ({declared.reason})"
@@ -146,8 +151,7 @@ class Backend(Adapter):
         infos = []
         for name, param, positions in self.observed_params(model):
             native_name, native_shape, dtype = self.describe_param(model, param)
-            role = split_param_name(name)[1]
-            swap = role == "weight" and self.weight_layout == WeightLayout.IN_OUT
+            swap = self.transposes(model.spec, name)
             infos.append(
                 ParamInfo(
                     name=name,
@@ -173,7 +177,9 @@ class Backend(Adapter):
             return {}
         paths = model.spec.ties[0]
         layers = [self.position_table(model)[path] for path in paths]
-        params = [[self.param_object(model, param_name(path, role)) for path in paths] for role in ROLES]
+        # A transposed tie shares the table only: the roles every position of the group has.
+        roles = [role for role in ROLES if all(role in model.spec.roles_at(path) for path in paths)]
+        params = [[self.param_object(model, param_name(path, role)) for path in paths] for role in roles]
         return {
             "same layer object": all(layer is layers[0] for layer in layers),
             "same parameter object": all(p is group[0] for group in params for p in group),
@@ -274,11 +280,28 @@ class Backend(Adapter):
         # A transpose is its own inverse.
         return self.to_canonical(role, canonical)
 
+    def transposes(self, spec: ModelSpec, name: str) -> bool:
+        """Whether the native value at ``name`` (a position or a parameter) is the canonical one
+        transposed: a Dense weight in an (in, out) framework. An embedding's table is (vocab, dim)
+        everywhere, also where a Dense reads it (a transposed tie applies it transposed instead)."""
+        return (
+            self.weight_layout == WeightLayout.IN_OUT
+            and split_param_name(name)[1] == "weight"
+            and spec.param_kind(name) == "dense"
+        )
+
+    def canonical_of(self, spec: ModelSpec, name: str, native: np.ndarray) -> np.ndarray:
+        """The native value at ``name`` in canonical layout (and back: a transpose is its own inverse)."""
+        return np.asarray(native).T.copy() if self.transposes(spec, name) else np.asarray(native)
+
+    def native_of(self, spec: ModelSpec, name: str, canonical: np.ndarray) -> np.ndarray:
+        return self.canonical_of(spec, name, canonical)
+
     def get_param(self, model: Model, name: str) -> np.ndarray:
         """Targeted access: the value at any position, canonical layout."""
         self._check_position(model, name)
         self.ensure_built(model)
-        return self.to_canonical(split_param_name(name)[1], self.native_value(model, name))
+        return self.canonical_of(model.spec, name, self.native_value(model, name))
 
     def get_by_native_name(self, model: Model, native_name: str) -> np.ndarray:
         """Access by the framework's own name (``0.0.0.weight``, ``params/layers_0/kernel``...),
@@ -290,15 +313,16 @@ class Backend(Adapter):
                 f"{native_name!r} is not a native parameter name of {model.spec.name!r}; "
                 f"native names: {', '.join(canonical)}"
             )
-        role = split_param_name(canonical[native_name])[1]
-        return self.to_canonical(role, self.native_value_by_name(model, native_name))
+        return self.canonical_of(
+            model.spec, canonical[native_name], self.native_value_by_name(model, native_name)
+        )
 
     def set_param(self, model: Model, name: str, value: np.ndarray) -> None:
         """In-place write through ``name``'s position; a tied partner must see it."""
         owner = self._check_position(model, name)
         array = check_value(model.spec, owner, value)
         self.ensure_built(model)
-        self.write_native_value(model, name, self.to_native(split_param_name(name)[1], array))
+        self.write_native_value(model, name, self.native_of(model.spec, name, array))
 
     def layer(self, model: Model, index: int | LayerPath) -> LayerParams:
         path = (index,) if isinstance(index, int) else tuple(index)
@@ -308,7 +332,7 @@ class Backend(Adapter):
         native_w, native_b = self.native_value(model, weight_name), self.native_value(model, bias_name)
         return LayerParams(
             path,
-            self.to_canonical("weight", native_w),
+            self.canonical_of(model.spec, weight_name, native_w),
             np.asarray(native_b),
             np.asarray(native_w),
             np.asarray(native_b),
@@ -334,7 +358,7 @@ class Backend(Adapter):
         x = self._input(model, x)
         self.ensure_built(model)
         native = self.native_grads(model, x, loss)
-        return {name: self.to_canonical(split_param_name(name)[1], grad) for name, grad in native.items()}
+        return {name: self.canonical_of(model.spec, name, grad) for name, grad in native.items()}
 
     def sgd_step(
         self, model: Model, x: np.ndarray, loss: Loss, lr: float
@@ -352,17 +376,18 @@ class Backend(Adapter):
         self.ensure_built(model)
         losses, native = self.native_train(model, x, loss, lr, steps, watch)
         grads = {
-            name: np.swapaxes(g, -1, -2) if self._swaps(name) and np.ndim(g) == 3 else np.asarray(g)
+            name: np.swapaxes(g, -1, -2)
+            if self.transposes(model.spec, name) and np.ndim(g) == 3
+            else np.asarray(g)
             for name, g in native.items()
         }
         return np.asarray(losses, dtype=np.float64), grads
 
     @staticmethod
     def _input(model: Model, x: object) -> np.ndarray:
-        return np.asarray(check_input(model.spec, x), dtype=np.float32)
-
-    def _swaps(self, name: str) -> bool:
-        return split_param_name(name)[1] == "weight" and self.weight_layout == WeightLayout.IN_OUT
+        """The checked input: float32 features, or int64 ids for a model that starts with an Embedding."""
+        checked = check_input(model.spec, x)
+        return checked if model.spec.input_kind == "ids" else np.asarray(checked, dtype=np.float32)
 
     def load_params(
         self, model: Model, values: Mapping[str, np.ndarray], *, allow_nonfinite: bool = False
@@ -374,10 +399,10 @@ class Backend(Adapter):
         before = self.snapshot(model)
         try:
             for name, value in checked.items():
-                self.write_native_value(model, name, self.to_native(split_param_name(name)[1], value))
+                self.write_native_value(model, name, self.native_of(model.spec, name, value))
         except Exception:
             for name, value in before.items():
-                self.write_native_value(model, name, self.to_native(split_param_name(name)[1], value))
+                self.write_native_value(model, name, self.native_of(model.spec, name, value))
             raise
 
     def read_native_file(self, model: Model, path: str) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -402,7 +427,7 @@ class Backend(Adapter):
                 f"{where}: cannot read it as a {self.name} native parameter file "
                 f"({error.type_name}: {cause_line(error.message)})"
             ) from None
-        values = {name: self.to_canonical(split_param_name(name)[1], v) for name, v in native.items()}
+        values = {name: self.canonical_of(model.spec, name, v) for name, v in native.items()}
         return entries, values
 
     def import_native_file(self, model: Model, path: str) -> None:

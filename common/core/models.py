@@ -1,10 +1,11 @@
-"""The book's three models (D2L section 6.2 and the NestMLP of 6.3) as named specs."""
+"""Named specs: the book's three models (D2L section 6.2 and the NestMLP of 6.3), the state
+models (BatchNorm and freezing) and the embedding tied to the output projection."""
 
 from __future__ import annotations
 
 import os
 
-from common.core.spec import BatchNorm, Block, Dense, ModelSpec, ReLU, spec_from_dict
+from common.core.spec import BatchNorm, Block, Dense, Embedding, ModelSpec, ReLU, spec_from_dict
 from common.core.untrusted import printable, read_json_file
 from common.errors import SpecError
 
@@ -54,16 +55,27 @@ TIED_BATCHNORM = ModelSpec(
 )
 STATE_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (BATCHNORM, TIED_BATCHNORM)}
 
+# The tie language models use: the input embedding's table is the output projection's weight (a
+# transposed tie; the projection keeps its own bias). Book-sized: 16 ids, 8 dimensions.
+EMBED_TIED = ModelSpec(
+    "embed_tied",
+    in_features=16,
+    layers=(Embedding(16, 8), Dense(8), ReLU(), Dense(16)),
+    ties=((0, 3),),
+)
+EMBED_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (EMBED_TIED,)}
+NAMED_SPECS: dict[str, ModelSpec] = {**BOOK_SPECS, **STATE_SPECS, **EMBED_SPECS}
+
 
 def load_spec(name_or_path: str) -> ModelSpec:
     """A named book or state spec, or a JSON spec file read with limits: a regular file (no FIFO, no
     device) of at most MAX_SPEC_FILE bytes, parsed by ``untrusted.load_json`` (bounded nesting and
     integers, linear time). Anything wrong is one SpecError line."""
-    if name_or_path in BOOK_SPECS or name_or_path in STATE_SPECS:
-        return {**BOOK_SPECS, **STATE_SPECS}[name_or_path]
+    if name_or_path in NAMED_SPECS:
+        return NAMED_SPECS[name_or_path]
     if not os.path.lexists(name_or_path):
         raise SpecError(
-            f"unknown model '{printable(name_or_path)}': not a book model ({', '.join(BOOK_SPECS)}) "
+            f"unknown model '{printable(name_or_path)}': not a named model ({', '.join(NAMED_SPECS)}) "
             "and not a JSON file"
         )
     data = read_json_file(name_or_path, max_bytes=MAX_SPEC_FILE, error=SpecError, what="spec file")

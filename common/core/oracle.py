@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from common.core.spec import ROLES, BatchNorm, Dense, ModelSpec, layer_name, param_name
+from common.core.spec import ROLES, BatchNorm, Dense, Embedding, ModelSpec, layer_name, param_name
 from common.core.untrusted import shown
 
 MODES = ("inference", "training")
@@ -145,17 +145,15 @@ def initial_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded float32 weights in canonical layout, uniform(+-1/sqrt(fan_in)) like torch's default;
     a BatchNorm's scale uniform(0.5, 1.5) and shift uniform(-0.5, 0.5), so neither is trivial."""
     rng = np.random.default_rng(seed)
+    in_features = {slot.path: slot.in_features for slot in spec.dense_slots}
     weights = {}
     for param in spec.params:
         if param.kind == "batchnorm":
             low, high = (0.5, 1.5) if param.role == "weight" else (-0.5, 0.5)
             weights[param.name] = rng.uniform(low, high, size=param.shape).astype(np.float32)
             continue
-        fan_in = (
-            param.shape[-1]
-            if param.role == "weight"
-            else spec.param_shapes[param.name.replace(".bias", ".weight")][1]
-        )
+        # A weight's fan-in is its last axis (an embedding's table: dim, as for the Dense that reads it).
+        fan_in = param.shape[-1] if param.role == "weight" else in_features[param.owner]
         bound = 1.0 / np.sqrt(fan_in)
         weights[param.name] = rng.uniform(-bound, bound, size=param.shape).astype(np.float32)
     return weights
@@ -177,9 +175,32 @@ def initial_state(spec: ModelSpec, seed: int | None = None) -> dict[str, np.ndar
 
 
 def check_input(spec: ModelSpec, x: object) -> np.ndarray:
-    """``x`` as an array of shape (batch, spec.in_features), or a ValueError that names both
-    shapes (rather than whatever a matrix product says three layers down)."""
+    """``x`` as an array of shape (batch, spec.in_features), or for a model of ``ids`` an int64
+    array of shape (batch,) in [0, vocab); otherwise a ValueError that names what was expected
+    (rather than whatever a matrix product or a gather says three layers down)."""
     array = np.asarray(x)
+    if spec.input_kind == "ids":
+        vocab = spec.embed_slot.vocab
+        if array.ndim != 1 or array.shape[0] < 1:
+            raise ValueError(
+                f"input x.shape={array.shape}, but should be (batch >= 1,): spec {shown(spec.name)} "
+                f"takes ids, one per sample"
+            )
+        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(
+                f"input x.dtype={array.dtype}, but spec {shown(spec.name)} takes integer ids in [0, {vocab})"
+            )
+        if array.min() < 0 or array.max() >= vocab:
+            raise ValueError(
+                f"input ids span [{array.min()}, {array.max()}], but spec {shown(spec.name)} takes ids "
+                f"in [0, {vocab})"
+            )
+        return array.astype(np.int64)
+    if np.issubdtype(array.dtype, np.integer) and array.ndim == 1:
+        raise ValueError(
+            f"input x is {array.ndim}-d {array.dtype}, ids, but spec {shown(spec.name)} takes features: "
+            f"floats of shape (batch, {spec.in_features})"
+        )
     if array.ndim != 2 or array.shape[1] != spec.in_features or array.shape[0] < 1:
         raise ValueError(
             f"input x.shape={array.shape}, but should be (batch >= 1, {spec.in_features}): "
@@ -224,9 +245,14 @@ def backward(
     position_grads = {}
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
     for path, layer, inputs, saved in reversed(tape):
+        if isinstance(layer, Embedding):
+            table = np.zeros(spec.param_shapes[param_name(path, "weight")])
+            np.add.at(table, inputs, upstream)  # a scatter-add: a repeated id sums its rows' gradients
+            position_grads[param_name(path, "weight")] = table
+            grads[param_name(path, "weight")] += table
+            continue
         if isinstance(layer, Dense):
-            owner = owners[path]
-            w = np.asarray(weights[param_name(owner, "weight")], dtype=np.float64)
+            w = np.asarray(weights[spec.owner_of(param_name(path, "weight"))], dtype=np.float64)
             contribution = {"weight": upstream.T @ inputs, "bias": upstream.sum(axis=0)}
             upstream = upstream @ w
         elif isinstance(layer, BatchNorm):
@@ -248,7 +274,7 @@ def backward(
             continue
         for role in ROLES:
             position_grads[param_name(path, role)] = contribution[role]
-            grads[param_name(owners[path], role)] += contribution[role]
+            grads[spec.owner_of(param_name(path, role))] += contribution[role]
     ordered = {name: position_grads[name] for p in spec.params for name in p.positions}
     return Backward(loss.value(y), y, grads, ordered, done.state, done.uses)
 
@@ -265,7 +291,7 @@ def run(
     """The forward pass, with everything ``backward`` and ``generate.bounds`` read from it."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}, but should be one of {MODES}")
-    h = np.asarray(x, dtype=np.float64)
+    h = np.asarray(x) if spec.input_kind == "ids" else np.asarray(x, dtype=np.float64)
     owners = {slot.path: slot.owner for slot in spec.layer_slots}
     running = {
         name: np.asarray(value, dtype=np.float64)
@@ -276,10 +302,11 @@ def run(
     trainable_before = False  # a trainable parameter is used at an earlier position
     for path, layer in spec.walk():
         inputs, saved = h, None
-        if isinstance(layer, Dense):
-            owner = owners[path]
-            w = np.asarray(weights[param_name(owner, "weight")], dtype=np.float64)
-            b = np.asarray(weights[param_name(owner, "bias")], dtype=np.float64)
+        if isinstance(layer, Embedding):
+            h = np.asarray(weights[param_name(path, "weight")], dtype=np.float64)[h]
+        elif isinstance(layer, Dense):
+            w = np.asarray(weights[spec.owner_of(param_name(path, "weight"))], dtype=np.float64)
+            b = np.asarray(weights[spec.owner_of(param_name(path, "bias"))], dtype=np.float64)
             h = h @ w.T + b
         elif isinstance(layer, BatchNorm):
             h, saved, update = _batchnorm(layer, owners[path], weights, running, counts, h, mode, conventions)
@@ -291,7 +318,7 @@ def run(
                     _apply(running, update)
         else:
             h = np.maximum(h, 0.0)
-        trainable_before |= isinstance(layer, Dense | BatchNorm) and layer.trainable
+        trainable_before |= isinstance(layer, Embedding | Dense | BatchNorm) and layer.trainable
         tape.append((path, layer, inputs, saved))
     if conventions.statistics_update == "backward":  # the backward pass, last use first
         updates = [update for update, hit in zip(updates, reached, strict=True) if hit][::-1]
@@ -378,8 +405,13 @@ def train(
 
 
 def sample_input(spec: ModelSpec, batch: int = 2, seed: int = 1) -> np.ndarray:
-    """The book's ``torch.rand(2, in_features)``, seeded."""
-    return np.random.default_rng(seed).uniform(size=(batch, spec.in_features)).astype(np.float32)
+    """The book's ``torch.rand(2, in_features)``, seeded; for a model of ids, ``batch`` ids drawn
+    from the first half of the vocabulary, so that a batch of more than vocab / 2 repeats some
+    (a repeated id is what the embedding's scatter-add gradient is about)."""
+    rng = np.random.default_rng(seed)
+    if spec.input_kind == "ids":
+        return rng.integers(0, max(1, spec.embed_slot.vocab // 2), size=batch).astype(np.int64)
+    return rng.uniform(size=(batch, spec.in_features)).astype(np.float32)
 
 
 def expand_tied(spec: ModelSpec, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

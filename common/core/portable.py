@@ -49,7 +49,7 @@ def metadata_for(spec: ModelSpec, framework: str, version: str) -> dict[str, str
         "spec": json.dumps(spec.to_dict(), sort_keys=True),
         "framework": framework,
         "framework_version": version,
-        "layout": "canonical: weight (out, in), bias (out,)",
+        "layout": "canonical: weight (out, in), bias (out,); an embedding table (vocab, dim)",
         "ties": json.dumps(tie_groups(spec)),
         "aliases": json.dumps(aliases(spec), sort_keys=True),
         "state": json.dumps(list(spec.state_shapes)),

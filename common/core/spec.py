@@ -1,4 +1,16 @@
-"""Declarative model specs: Dense, ReLU and BatchNorm layers, nested blocks and tie groups.
+"""Declarative model specs: Embedding, Dense, ReLU and BatchNorm layers, nested blocks and tie
+groups.
+
+An Embedding maps integer ids to rows of its table, of canonical shape ``(vocab, dim)`` and role
+``weight``. It must be the first layer a model runs, and then the model's input kind is ``ids``:
+a batch of integers in ``[0, vocab)``, shape ``(batch,)``, and ``in_features`` is the vocabulary
+(the width of the ids' one-hot view). Otherwise the input kind is ``features``: floats of shape
+``(batch, in_features)``. The input kind is checked before any framework sees the input.
+
+A tie group that holds an Embedding is a *transposed tie*: each Dense in it has ``units == vocab``
+and takes ``dim`` features, and reads the embedding's table as its weight. In the canonical
+``(out, in)`` layout that is the table itself, ``(vocab, dim)``; frameworks that store a kernel
+as ``(in, out)`` apply it transposed. Each such Dense keeps its own bias.
 
 A BatchNorm normalizes the features flowing into it. Its parameters have the canonical roles
 ``weight`` (the scale) and ``bias`` (the shift), each of shape ``(features,)``; its non-trainable
@@ -51,6 +63,15 @@ class ReLU:
 
 
 @dataclass(frozen=True)
+class Embedding:
+    """A lookup table of ``vocab`` rows of ``dim`` values (see the module docstring)."""
+
+    vocab: int
+    dim: int
+    trainable: bool = True
+
+
+@dataclass(frozen=True)
 class BatchNorm:
     """Batch normalization over the incoming features (see the module docstring)."""
 
@@ -67,8 +88,11 @@ class Block:
     label: str = ""
 
 
-Layer = Dense | ReLU | BatchNorm | Block
-ParamLayer = Dense | BatchNorm  # the kinds that hold parameters
+Layer = Embedding | Dense | ReLU | BatchNorm | Block
+ParamLayer = Embedding | Dense | BatchNorm  # the kinds that hold parameters
+INPUT_KINDS = ("features", "ids")
+# The roles each parameter-holding kind has; an Embedding's table is its only one.
+KIND_ROLES = {"dense": ROLES, "batchnorm": ROLES, "embedding": ("weight",)}
 
 
 def layer_name(path: LayerPath) -> str:
@@ -98,10 +122,30 @@ class DenseSlot:
     in_features: int
     units: int
     owner: LayerPath  # the position whose parameters this one uses (itself if untied)
+    table: LayerPath | None = None  # an Embedding whose table is this layer's weight (a transposed tie)
 
     @property
     def tied(self) -> bool:
         return self.owner != self.path
+
+
+@dataclass(frozen=True)
+class EmbedSlot:
+    """The Embedding position: its table's shape, and the Dense positions that read the table."""
+
+    path: LayerPath
+    vocab: int
+    dim: int
+    readers: tuple[LayerPath, ...]  # Dense positions tied to the table (transposed ties)
+    trainable: bool = True
+
+    @property
+    def owner(self) -> LayerPath:
+        return self.path
+
+    @property
+    def tied(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
@@ -125,9 +169,11 @@ class ParamSlot:
     name: str
     role: str
     owner: LayerPath
-    shape: tuple[int, ...]  # canonical: Dense weight (out, in), bias (out,); BatchNorm (features,)
+    shape: tuple[
+        int, ...
+    ]  # canonical: Dense weight (out, in), bias (out,); BatchNorm (features,); Embedding (vocab, dim)
     positions: tuple[str, ...]
-    kind: str = "dense"  # "dense" or "batchnorm": what layer owns it
+    kind: str = "dense"  # "dense", "batchnorm" or "embedding": what layer owns it
     trainable: bool = True
 
 
@@ -147,38 +193,67 @@ class ModelSpec:
 
     # -- derived views -------------------------------------------------------------------------
     def walk(self) -> Iterator[tuple[LayerPath, Layer]]:
-        """Every Dense and ReLU position in execution order (blocks are flattened)."""
+        """Every layer position in execution order (blocks are flattened)."""
         yield from _walk(self.layers, ())
 
     @cached_property
+    def _tie_owners(self) -> dict[LayerPath, LayerPath]:
+        return {path: group[0] for group in self.ties for path in group}
+
+    @cached_property
+    def embed_slot(self) -> EmbedSlot | None:
+        """The Embedding that takes the ids, if the model has one (always its first layer)."""
+        first_path, first = next(self.walk())
+        if not isinstance(first, Embedding):
+            return None
+        readers = tuple(p for p, owner in self._tie_owners.items() if owner == first_path and p != first_path)
+        return EmbedSlot(first_path, first.vocab, first.dim, tuple(sorted(readers)), first.trainable)
+
+    @property
+    def input_kind(self) -> str:
+        """``ids`` when the first layer is an Embedding, else ``features``."""
+        return "features" if self.embed_slot is None else "ids"
+
+    @cached_property
     def dense_slots(self) -> tuple[DenseSlot, ...]:
-        owners = {path: group[0] for group in self.ties for path in group}
+        owners, embed = self._tie_owners, self.embed_slot
+        table_path = None if embed is None else embed.path
         slots, width = [], self.in_features
         for path, layer in self.walk():
-            if isinstance(layer, Dense):
-                slots.append(DenseSlot(path, width, layer.units, owners.get(path, path)))
+            if isinstance(layer, Embedding):
+                width = layer.dim
+            elif isinstance(layer, Dense):
+                owner = owners.get(path, path)
+                if owner == table_path:  # a transposed tie: the table is the weight, the bias is its own
+                    slots.append(DenseSlot(path, width, layer.units, path, table_path))
+                else:
+                    slots.append(DenseSlot(path, width, layer.units, owner))
                 width = layer.units
         return tuple(slots)
 
     @cached_property
     def norm_slots(self) -> tuple[NormSlot, ...]:
-        owners = {path: group[0] for group in self.ties for path in group}
+        owners = self._tie_owners
         slots, width = [], self.in_features
         for path, layer in self.walk():
             if isinstance(layer, Dense):
                 width = layer.units
+            elif isinstance(layer, Embedding):
+                width = layer.dim
             elif isinstance(layer, BatchNorm):
                 slots.append(NormSlot(path, width, layer, owners.get(path, path)))
         return tuple(slots)
 
     @cached_property
-    def layer_slots(self) -> tuple[DenseSlot | NormSlot, ...]:
-        """Every position that holds parameters, Dense and BatchNorm, in execution order."""
+    def layer_slots(self) -> tuple[EmbedSlot | DenseSlot | NormSlot, ...]:
+        """Every position that holds parameters, Embedding, Dense and BatchNorm, in execution order."""
         order = {path: k for k, (path, _) in enumerate(self.walk())}
-        return tuple(sorted((*self.dense_slots, *self.norm_slots), key=lambda slot: order[slot.path]))
+        embed = () if self.embed_slot is None else (self.embed_slot,)
+        slots = (*embed, *self.dense_slots, *self.norm_slots)
+        return tuple(sorted(slots, key=lambda slot: order[slot.path]))
 
     @cached_property
-    def _slot_by_path(self) -> dict[LayerPath, DenseSlot | NormSlot]:
+    def _slot_by_path(self) -> dict[LayerPath, EmbedSlot | DenseSlot | NormSlot]:
         return {slot.path: slot for slot in self.layer_slots}
 
     @cached_property
@@ -220,13 +295,31 @@ class ModelSpec:
             + (_listed([layer_name(s.path) for s in self.norm_slots]) or "none")
         )
 
+    def roles_at(self, path: LayerPath) -> tuple[str, ...]:
+        """The parameter roles of the layer at ``path``: an Embedding has its table only."""
+        return KIND_ROLES[_slot_kind(self._slot_by_path[path])]
+
     def trainable_at(self, path: LayerPath) -> bool:
-        layer = self._slot_by_path[path]
-        return layer.layer.trainable if isinstance(layer, NormSlot) else self._dense_trainable[path]
+        slot = self._slot_by_path[path]
+        if isinstance(slot, NormSlot):
+            return slot.layer.trainable
+        if isinstance(slot, EmbedSlot):
+            return slot.trainable
+        return self._dense_trainable[path]
 
     @cached_property
     def _dense_trainable(self) -> dict[LayerPath, bool]:
         return {path: layer.trainable for path, layer in self.walk() if isinstance(layer, Dense)}
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The backend capabilities (common.declarations.CAPABILITIES) building this spec takes."""
+        wanted = {
+            "batchnorm": self.has_batchnorm,
+            "freezing": self.has_frozen,
+            "embedding": self.embed_slot is not None,
+        }
+        return tuple(capability for capability, needed in wanted.items() if needed)
 
     @property
     def has_batchnorm(self) -> bool:
@@ -250,19 +343,36 @@ class ModelSpec:
         for slot in self.layer_slots:
             if slot.tied:
                 continue
-            dense = isinstance(slot, DenseSlot)
             trainable = self.trainable_at(slot.path)
-            for role in ROLES:
-                if dense:
+            kind = _slot_kind(slot)
+            for role in KIND_ROLES[kind]:
+                if isinstance(slot, EmbedSlot):
+                    shape: tuple[int, ...] = (slot.vocab, slot.dim)
+                    paths = [slot.path, *slot.readers]
+                elif isinstance(slot, DenseSlot):
                     shape = (slot.units, slot.in_features) if role == "weight" else (slot.units,)
+                    if role == "weight" and slot.table is not None:
+                        continue  # the table's, listed with the Embedding
+                    paths = users[slot.path]
                 else:
-                    shape = (slot.features,)
-                positions = tuple(param_name(path, role) for path in users[slot.path])
-                kind = "dense" if dense else "batchnorm"
+                    shape, paths = (slot.features,), users[slot.path]
+                positions = tuple(param_name(path, role) for path in paths)
                 result.append(
                     ParamSlot(param_name(slot.path, role), role, slot.path, shape, positions, kind, trainable)
                 )
         return tuple(result)
+
+    @cached_property
+    def _param_by_position(self) -> dict[str, str]:
+        return {position: p.name for p in self.params for position in p.positions}
+
+    def param_kind(self, name: str) -> str:
+        """The kind of layer that owns the parameter at position ``name``: what its layout is."""
+        return self._param_kind[self.owner_of(name)]
+
+    @cached_property
+    def _param_kind(self) -> dict[str, str]:
+        return {p.name: p.kind for p in self.params}
 
     @cached_property
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -275,10 +385,14 @@ class ModelSpec:
         except KeyError:
             raise KeyError(f"{shown(name)} is not a parameter name of {shown(self.name)}") from None
         slot = self._slot_by_path.get(path)
+        if slot is not None and role in KIND_ROLES[_slot_kind(slot)]:
+            return self._param_by_position[name]
         if slot is not None:
-            return param_name(slot.owner, role)
+            raise KeyError(
+                f"{shown(name)}: an Embedding has one parameter, its table ({param_name(path, 'weight')})"
+            )
         raise KeyError(
-            f"{shown(name)} names no Dense or BatchNorm layer of {shown(self.name)}; such layers: "
+            f"{shown(name)} names no Embedding, Dense or BatchNorm layer of {shown(self.name)}; such layers: "
             + _listed([layer_name(s.path) for s in self.layer_slots])
         )
 
@@ -295,8 +409,14 @@ class ModelSpec:
         }
 
 
+def _slot_kind(slot: EmbedSlot | DenseSlot | NormSlot) -> str:
+    if isinstance(slot, EmbedSlot):
+        return "embedding"
+    return "dense" if isinstance(slot, DenseSlot) else "batchnorm"
+
+
 # -- construction from data ---------------------------------------------------------------------
-LAYER_KINDS = ("dense", "relu", "batchnorm", "block")
+LAYER_KINDS = ("embedding", "dense", "relu", "batchnorm", "block")
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> ModelSpec:
@@ -331,6 +451,9 @@ def _layer_from_dict(item: Any, path: LayerPath, counter: Iterator[int]) -> Laye
         return Dense(item.get("units"), item.get("trainable", True))
     if kind == "relu":
         return ReLU()
+    if kind == "embedding":
+        _check_fields(path, item, {"kind", "vocab", "dim", "trainable"})
+        return Embedding(item.get("vocab"), item.get("dim"), item.get("trainable", True))
     if kind == "batchnorm":
         _check_fields(path, item, {"kind", "momentum", "eps", "trainable"})
         return BatchNorm(item.get("momentum"), item.get("eps"), item.get("trainable", True))
@@ -358,6 +481,9 @@ def _layer_to_dict(layer: Layer) -> dict[str, Any]:
         return {"kind": "dense", "units": layer.units, **({} if layer.trainable else {"trainable": False})}
     if isinstance(layer, ReLU):
         return {"kind": "relu"}
+    if isinstance(layer, Embedding):
+        fields = {"kind": "embedding", "vocab": layer.vocab, "dim": layer.dim}
+        return {**fields, **({} if layer.trainable else {"trainable": False})}
     if isinstance(layer, BatchNorm):
         fields = {"momentum": layer.momentum, "eps": layer.eps}
         return {
@@ -417,9 +543,14 @@ def _validate(spec: ModelSpec) -> None:
     _validate_layers(where, spec.layers, (), itertools.count(1))
     if not any(isinstance(layer, Dense) for _, layer in spec.walk()):
         raise SpecError(f"{where}: has no Dense layer")
+    _validate_embedding(where, spec)
     shapes, width = {}, spec.in_features  # position -> what a tie must agree on
     for path, layer in spec.walk():
-        if isinstance(layer, Dense):
+        if isinstance(layer, Embedding):
+            # Its table is the weight of a Dense taking dim features to vocab units: (in, out) = (dim, vocab).
+            shapes[path] = ("Embedding", (layer.dim, layer.vocab), layer.trainable)
+            width = layer.dim
+        elif isinstance(layer, Dense):
             shapes[path] = ("Dense", (width, layer.units), layer.trainable)
             width = layer.units
         elif isinstance(layer, BatchNorm):
@@ -439,8 +570,8 @@ def _validate(spec: ModelSpec) -> None:
             if path not in shapes:
                 valid = _listed([str(list(p)) for p in shapes])
                 raise SpecError(
-                    f"{where}: tie to {layer_name(path)}, which is not a Dense layer; "
-                    f"Dense positions: {valid}"
+                    f"{where}: tie to {layer_name(path)}, which holds no parameters; "
+                    f"Embedding, Dense and BatchNorm positions: {valid}"
                 )
             if path in seen:
                 raise SpecError(f"{where}: {layer_name(path)} appears in more than one tie")
@@ -449,6 +580,13 @@ def _validate(spec: ModelSpec) -> None:
         kind, shape, settings = shapes[owner]
         for path in group[1:]:
             other_kind, other_shape, other_settings = shapes[path]
+            if other_kind == "Embedding":
+                raise SpecError(
+                    f"{where}: a model has one Embedding, its first layer; {layer_name(path)} is another"
+                )
+            if kind == "Embedding":
+                _check_transposed_tie(where, owner, shape, settings, path, shapes[path])
+                continue
             if other_kind != kind:
                 raise SpecError(
                     f"{where}: cannot tie {layer_name(path)} ({other_kind}) to {layer_name(owner)} ({kind})"
@@ -466,6 +604,48 @@ def _validate(spec: ModelSpec) -> None:
                     f"{where}: cannot tie {layer_name(path)} to {layer_name(owner)}: one layer has one "
                     f"setting, but they differ ({other_settings} against {settings})"
                 )
+
+
+def _validate_embedding(where: str, spec: ModelSpec) -> None:
+    """An Embedding takes the model's ids, so it runs first; in_features is then its vocabulary."""
+    embeddings = [path for path, layer in spec.walk() if isinstance(layer, Embedding)]
+    if not embeddings:
+        return
+    first_path, first = next(spec.walk())
+    if embeddings[0] != first_path:
+        raise SpecError(
+            f"{where}: the Embedding at {layer_name(embeddings[0])} must be the first layer the model "
+            f"runs (it takes the input ids), but {layer_name(first_path)} runs first"
+        )
+    if len(embeddings) > 1:
+        raise SpecError(
+            f"{where}: a model has one Embedding, its first layer; {layer_name(embeddings[1])} is another"
+        )
+    if spec.in_features != first.vocab:
+        raise SpecError(
+            f"{where}: in_features={spec.in_features}, but its Embedding takes ids below "
+            f"vocab={first.vocab}, so in_features (the ids' one-hot width) should be {first.vocab}"
+        )
+
+
+def _check_transposed_tie(where: str, owner: LayerPath, shape, settings, path: LayerPath, other) -> None:
+    other_kind, other_shape, other_settings = other
+    dim, vocab = shape
+    if other_kind != "Dense":
+        raise SpecError(
+            f"{where}: cannot tie {layer_name(path)} ({other_kind}) to the Embedding at {layer_name(owner)}: "
+            "only a Dense can read an embedding's table"
+        )
+    if other_shape != shape:
+        raise SpecError(
+            f"{where}: cannot tie {layer_name(path)} (in, out)={other_shape} to the Embedding at "
+            f"{layer_name(owner)}: a Dense reading its table takes dim={dim} features to vocab={vocab} units"
+        )
+    if other_settings != settings:
+        raise SpecError(
+            f"{where}: cannot tie {layer_name(path)} to the Embedding at {layer_name(owner)}: one is frozen "
+            "and the other is not, but they share one table"
+        )
 
 
 def _check_limits(where: str, path: LayerPath, count: int) -> None:
@@ -488,6 +668,15 @@ def _validate_layers(where: str, layers: tuple[Any, ...], prefix: LayerPath, cou
                     "but should be a positive int"
                 )
             _check_trainable(where, path, layer.trainable)
+        elif isinstance(layer, Embedding):
+            for field_name in ("vocab", "dim"):
+                value = getattr(layer, field_name)
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise SpecError(
+                        f"{where}: {layer_name(path)} Embedding {field_name}={shown(value)}, "
+                        "but should be a positive int"
+                    )
+            _check_trainable(where, path, layer.trainable)
         elif isinstance(layer, BatchNorm):
             _check_batchnorm(where, path, layer)
         elif isinstance(layer, Block):
@@ -497,7 +686,7 @@ def _validate_layers(where: str, layers: tuple[Any, ...], prefix: LayerPath, cou
         elif not isinstance(layer, ReLU):
             raise SpecError(
                 f"{where}: {layer_name(path)} has unknown layer kind "
-                f"{type(layer).__name__!r}; valid kinds: Dense, ReLU, BatchNorm, Block"
+                f"{type(layer).__name__!r}; valid kinds: Embedding, Dense, ReLU, BatchNorm, Block"
             )
 
 

@@ -16,11 +16,11 @@ INVALID_SPECS: dict[str, tuple[dict, str]] = {
     ),
     "tie to a missing layer": (
         {"in_features": 4, "layers": [DENSE8, RELU, DENSE8], "ties": [[0, 7]]},
-        "tie to layers.7, which is not a Dense layer",
+        "tie to layers.7, which holds no parameters",
     ),
     "tie to a ReLU": (
         {"in_features": 4, "layers": [DENSE8, RELU, DENSE8], "ties": [[0, 1]]},
-        "tie to layers.1, which is not a Dense layer",
+        "tie to layers.1, which holds no parameters",
     ),
     "zero width": (
         {"in_features": 4, "layers": [{"kind": "dense", "units": 0}]},
@@ -30,7 +30,7 @@ INVALID_SPECS: dict[str, tuple[dict, str]] = {
     "zero input width": ({"in_features": 0, "layers": [DENSE8]}, "in_features=0"),
     "unknown layer kind": (
         {"in_features": 4, "layers": [DENSE8, {"kind": "conv2d"}]},
-        "unknown layer kind 'conv2d'; valid kinds: dense, relu, batchnorm, block",
+        "unknown layer kind 'conv2d'; valid kinds: embedding, dense, relu, batchnorm, block",
     ),
     "no layers": ({"in_features": 4, "layers": []}, "has no layers"),
     "position in two ties": (

@@ -1,5 +1,6 @@
-"""diff.html in a real browser (headless Chromium): no horizontal scrollbar at 1400 px or on a
-narrow screen, a readable behaviour column, the stacked layout below 900 px.
+"""diff.html and train.html in a real browser (headless Chromium): no horizontal scrollbar at
+1400 px or on a narrow screen; diff.html's readable behaviour column and stacked layout below
+900 px; train.html's per-layer charts for every backend, legible at 1400 and 480 px.
 
 Skipped, saying so, where no Chromium is installed (``apt-get install chromium``).
 """
@@ -89,34 +90,88 @@ TRAIN_ERRORS = """<script>window.errors = [];
 addEventListener("error", e => errors.push(e.message || "failed to load " + e.target.tagName), true);
 </script>"""
 TRAIN_MEASURE = """<script>addEventListener("load", () => {
-const root = document.documentElement, images = [...document.images];
+const root = document.documentElement;
+const cards = [...document.querySelectorAll("section.card")].map(card => ({
+  id: card.id,
+  panels: [...card.querySelectorAll("figure.panel")].map(figure => {
+    const box = figure.querySelector("svg").getBoundingClientRect();
+    return {title: figure.querySelector("figcaption b").textContent, width: box.width,
+            height: box.height, lines: figure.querySelectorAll("svg path.s").length};
+  }),
+}));
+const text = [...document.querySelectorAll("svg.plot text")].map(t => t.getBoundingClientRect().height);
 document.body.setAttribute("data-measured", JSON.stringify({
-  scrollWidth: root.scrollWidth, clientWidth: root.clientWidth, images: images.length,
-  broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).length, errors: window.errors,
+  scrollWidth: root.scrollWidth, clientWidth: root.clientWidth, cards, errors: window.errors,
+  images: document.images.length, svgText: text.length, smallestSvgText: Math.min(...text),
+  intervals: document.querySelectorAll("svg.intervals g.row").length,
 }));
 });</script>"""
+LEGIBLE_PX = 10  # the smallest rendered height of any chart's text
+TRAIN_MODELS = ("tied", "batchnorm")
 
 
-@pytest.mark.parametrize("width", [1400, 480])
-def test_train_page_fits_without_errors(width, tmp_path):
-    """train.html (8 backends, one failed with a long error) has no horizontal scrollbar, loads its
-    three embedded figures and logs nothing to the console."""
-    from common.commands import train_report
+def train_page(model: str, path) -> tuple:
+    """train.html for ``model`` with every backend, one failed with a long error, instrumented."""
+    from common.commands import train_page
+    from common.commands.training import MODELS
     from tests.common.test_train_report import report_of
 
-    text = train_report.render_html(report_of())
-    path = tmp_path / "train.html"
+    report = report_of(spec=MODELS[model])
+    text = train_page.render_html(report)
     path.write_text(
         text.replace("<head>", "<head>" + TRAIN_ERRORS, 1).replace("</body>", TRAIN_MEASURE + "</body>")
     )
+    return report, path
+
+
+@pytest.mark.parametrize("model", TRAIN_MODELS)
+@pytest.mark.parametrize("width", [1400, 480])
+def test_train_page_draws_every_layer_of_every_backend_legibly(model, width, tmp_path):
+    """train.html has no horizontal scrollbar, no raster image and logs nothing to the console;
+    every finished backend has its card of per-layer parameter and gradient panels (and running
+    statistics for BatchNorm), each drawn at least 200 px wide with its curves over the oracle's,
+    and every chart's text renders at least LEGIBLE_PX tall, at 1400 px and at 480 px."""
+    report, path = train_page(model, tmp_path / "train.html")
     result = chromium(
         path, width, tmp_path, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom"
     )
     seen = measured(result)
-    assert seen["scrollWidth"] <= seen["clientWidth"], seen
-    assert (seen["images"], seen["broken"], seen["errors"]) == (3, 0, []), seen
+    assert seen["scrollWidth"] <= seen["clientWidth"], {k: seen[k] for k in ("scrollWidth", "clientWidth")}
+    assert (seen["images"], seen["errors"]) == (0, []), seen["errors"]
+    expected = {f"layers-{name}": [p.title for p in panels] for name, (panels, _) in report.cards.items()}
+    assert {card["id"]: [p["title"] for p in card["panels"]] for card in seen["cards"]} == expected
+    titles = {title for titles in expected.values() for title in titles}
+    assert any("gradient norm" in t for t in titles) and any("parameter norm" in t for t in titles)
+    assert any("running statistics" in t for t in titles) == bool(report.spec.state)
+    for card in seen["cards"]:
+        for panel in card["panels"]:
+            where = f"{card['id']}: {panel['title']} at {width}px"
+            assert panel["width"] >= 200, f"{where} is {panel['width']:.0f}px wide"
+            assert panel["lines"] >= 2, (
+                f"{where} draws {panel['lines']} curves: a backend's over the oracle's"
+            )
+    smallest = seen["smallestSvgText"]
+    assert seen["svgText"] > 0 and smallest >= LEGIBLE_PX, (
+        f"chart text {smallest:.1f}px, but should be >= {LEGIBLE_PX}"
+    )
+    assert seen["intervals"] == (len(report.sharing) if report.spec.ties else 0)
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], f"console messages={console}, but should be none"
+
+
+@pytest.mark.parametrize("width", [1400, 480])
+def test_screenshots_of_the_train_page_are_left_in_reports(width, tmp_path):
+    """reports/browser-test-train-<width>.png: the whole tied-model page, as the browser drew it."""
+    from common.envs import ROOT
+
+    _, path = train_page("tied", tmp_path / "train.html")
+    target = ROOT / "reports" / f"browser-test-train-{width}.png"
+    target.parent.mkdir(exist_ok=True)
+    target.unlink(missing_ok=True)
+    result = chromium(path, width, tmp_path, "--hide-scrollbars", f"--screenshot={target}", height=9000)
+    assert result.returncode == 0, f"{BROWSER} exited {result.returncode}: {result.stderr[-2000:]}"
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{target} is not a PNG"
+    assert target.stat().st_size > 50_000, f"{target} is {target.stat().st_size} bytes: a blank page?"
 
 
 @pytest.mark.parametrize("width", [1400, 480])

@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import pytest
 from common.commands import testing
 from common.commands.cli import main
 from common.commands.testing import SuiteResult
-from common.config import backend_names
+from common.config import backend_names, canonical_backend
 from common.core.models import TIED
 from common.core.oracle import initial_weights
 from common.core.portable import write_portable
@@ -97,6 +98,7 @@ def seconds_record(monkeypatch, tmp_path):
     """test-all's record of suite times, away from the real one."""
     record = tmp_path / "test-all-seconds.json"
     monkeypatch.setattr(testing, "SECONDS_RECORD", record)
+    monkeypatch.setattr(testing, "REPORTS", tmp_path / "reports")  # and its summary record
     return record
 
 
@@ -317,3 +319,163 @@ def test_bench_times_with_the_garbage_collector_off_and_restores_it(enabled):
         assert gc.isenabled() is enabled
     finally:
         gc.enable()
+
+
+# -- test-all's results, for people and for CI ----------------------------------------------------
+def _fake_suites(monkeypatch, reasons_of):
+    """test-all over fake suites, each backend's with the skip and xfail reasons ``reasons_of(name)``;
+    returns the extra pytest arguments each suite was given."""
+    calls: list[list[str]] = []
+
+    def fake_backend(name, extra, timeout, env_ready=None, cache_root=None):
+        calls.append(extra)
+        return SuiteResult(name, {"passed": 2, "skipped": 1}, 0, 0.1, reasons=reasons_of(name))
+
+    def fake_base(name, python, suite, extra, backend, **kwargs):
+        calls.append(extra)
+        return SuiteResult(name, {"passed": 3}, 0, 0.1)
+
+    monkeypatch.setattr(testing, "run_backend", fake_backend)
+    monkeypatch.setattr(testing, "run_suite", fake_base)
+    monkeypatch.setattr(testing, "ensure_venv", lambda *a, **k: None)
+    return calls
+
+
+def test_every_skip_and_xfail_reason_is_listed_once_with_its_suites(monkeypatch, capsys, seconds_record):
+    names = backend_names()[:3]
+    shared, own = "no CUDA device here", "only in the first"
+    calls = _fake_suites(
+        monkeypatch,
+        lambda name: {"skipped": {shared: 1, **({own: 2} if name == names[0] else {})}, "xfailed": {}},
+    )
+    assert testing.test_all(names, []) == 0
+    out = capsys.readouterr().out
+    assert out.count(shared) == 1 and out.count(own) == 1
+    assert f"in: {', '.join(names)}" in out and f"in: {names[0]} (2)" in out
+    assert len(calls) == len(names) + 1
+
+
+def test_junitxml_names_a_folder_with_one_file_per_suite(monkeypatch, capsys, seconds_record, tmp_path):
+    names = backend_names()[:2]
+    calls = _fake_suites(monkeypatch, lambda name: {})
+    folder = tmp_path / "junit"
+    assert testing.test_all(names, ["-q", "--junitxml", str(folder)]) == 0
+    files = sorted(arg.split("=", 1)[1] for extra in calls for arg in extra if arg.startswith("--junitxml="))
+    assert files == sorted(str(folder / f"{name}.xml") for name in ("base", *names))
+    assert all("-q" in extra for extra in calls)
+
+
+def test_junitxml_refuses_a_file_and_a_missing_folder(tmp_path):
+    existing = tmp_path / "report.xml"
+    existing.write_text("")
+    with pytest.raises(UsageError, match="is a file; test-all writes one JUnit file per suite"):
+        testing.split_junit([f"--junitxml={existing}"])
+    with pytest.raises(UsageError, match="--junitxml needs a folder"):
+        testing.split_junit(["--junitxml"])
+    assert testing.split_junit(["-k", "ties"]) == (["-k", "ties"], None)
+
+
+def test_the_summary_record_holds_every_suite(monkeypatch, capsys, seconds_record):
+    names = backend_names()[:2]
+    _fake_suites(monkeypatch, lambda name: {"skipped": {"why": 1}})
+    assert testing.test_all(names, []) == 0
+    record = json.loads((testing.REPORTS / testing.TEST_RECORD).read_text())
+    assert record["ok"] is True
+    assert [s["name"] for s in record["suites"]] == ["base (common)", *names]
+    assert record["suites"][1]["reasons"] == {"skipped": {"why": 1}}
+
+
+def test_the_status_line_names_the_running_suites(tmp_path):
+    with open(tmp_path / "log", "w+") as log:
+        status = testing.StatusLine(log, every=0.0)
+        status.update({"torch": time.monotonic() - 5}, 1, 3)
+        log.seek(0)
+        assert re.match(r"\.\.\. 1/3 suites done; running: torch [5-9]s", log.read())
+
+
+def test_reasons_are_read_from_a_real_pytest_run(tmp_path):
+    suite = tmp_path / "test_reasons.py"
+    suite.write_text(
+        "import pytest\n"
+        "def test_a(): pytest.skip('no widget here')\n"
+        "@pytest.mark.xfail(strict=True, reason='widgets differ')\n"
+        "def test_b(): assert 0\n"
+    )
+    result = testing.run_suite("tiny", sys.executable, str(suite), ["-p", "tests.conftest"], None)
+    assert result.reasons == {"skipped": {"no widget here": 1}, "xfailed": {"widgets differ": 1}}
+
+
+@pytest.mark.parametrize(
+    ("typo", "suggestion"), [("torh", "torch"), ("tensorflw", "tensorflow"), ("kears2", "keras2")]
+)
+def test_a_typo_gets_the_closest_name(typo, suggestion):
+    result = subprocess.run(
+        [sys.executable, "-m", "common", "test", typo], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert f"(did you mean {suggestion!r}?)" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_name_far_from_any_gets_no_suggestion():
+    with pytest.raises(UsageError) as error:
+        canonical_backend("zzzzzz")
+    assert "did you mean" not in str(error.value)
+
+
+def test_version_is_the_project_version():
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    result = subprocess.run(
+        [sys.executable, "-m", "common", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, f"paramparity {version}")
+
+
+def test_make_clean_removes_every_cache_and_build_folder():
+    """What tools leave in the checkout: make clean's recipe names each one."""
+    recipe = (ROOT / "Makefile").read_text().split("\nclean:", 1)[1].split("\n\n", 1)[0]
+    for leftover in (
+        "reports",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".hypothesis",
+        "build",
+        "*.egg-info",
+        ".jax-cache",
+        ".mlx-cache",
+    ):
+        assert leftover in recipe, f"make clean leaves {leftover}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "suite_given"),
+    [
+        ([], True),
+        (["-k", "ties"], True),
+        (["tests/conformance/test_ties.py", "-q"], False),
+        (["tests/conformance/test_ties.py::test_same_values_at_both_positions"], False),
+    ],
+)
+def test_make_test_narrows_to_the_test_paths_it_is_given(monkeypatch, extra, suite_given):
+    """`make test ARGS="tests/conformance/test_ties.py"` runs that file, not the whole suite beside it."""
+    started: list[list[str]] = []
+
+    class Recorded:
+        def __init__(self, argv, **kwargs):
+            started.append(argv)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(testing, "ensure_backend_env", lambda backend: Path(sys.executable))
+    monkeypatch.setattr(testing.children, "Child", Recorded)
+    assert testing.test_one(extra, backend_names()[0]) == 0
+    assert ("tests/conformance" in started[0]) is suite_given
+    assert started[0][len(started[0]) - len(extra) :] == extra  # pytest's own arguments, last and whole

@@ -74,6 +74,7 @@ lazy_input_size = { value = true, reason = "demo" }
 device_placement = { value = false, reason = "demo" }
 batchnorm = { value = false, reason = "demo" }
 freezing = { value = false, reason = "demo" }
+embedding = { value = false, reason = "demo" }
 
 [facts]
 weight_layout = "(out, in)"

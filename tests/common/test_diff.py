@@ -506,6 +506,37 @@ def test_the_readme_state_table_is_the_one_the_declarations_give():
         assert held == table(), f"README's {name} table is stale: run `paramparity facts {name}`"
 
 
+def test_a_partial_run_keeps_every_other_backends_record_and_refreshes_every_format(
+    tmp_path, monkeypatch, capsys
+):
+    """After a full run, ``--backends FIRST`` replaces FIRST's record only; the HTML and Markdown
+    written by the full run are written again from the merged records, never left stale."""
+    out = tmp_path / "reports"
+    probed: list[tuple[str, ...]] = []
+
+    def fake_probes(backends, timeout):
+        probed.append(tuple(backends))
+        records = {name: make_record(name) | {"timing": {"seconds": len(probed)}} for name in backends}
+        for record in records.values():
+            record["versions"] = {**record["versions"], "framework": f"9.9.{len(probed)}-run"}
+        return records
+
+    monkeypatch.setattr(diff, "run_probes", fake_probes)
+    assert main(["diff", "--format", "all", "--out-dir", str(out)]) == 0
+    assert main(["diff", "--backends", FIRST, "--format", "json", "--out-dir", str(out)]) == 0
+    assert probed == [BACKENDS, (FIRST,)]
+    saved = json.loads((out / "diff.json").read_text())
+    assert saved["backends"] == list(BACKENDS)
+    assert saved["records"][FIRST]["timing"]["seconds"] == 2  # the new one
+    assert all(saved["records"][name]["timing"]["seconds"] == 1 for name in BACKENDS[1:])
+    assert f"kept the earlier records of {', '.join(BACKENDS[1:])}" in capsys.readouterr().err
+    # The formats written together stay together: HTML and Markdown show the second run's record.
+    assert sorted(p.name for p in out.iterdir()) == ["diff.html", "diff.json", "diff.md"]
+    for name in ("diff.html", "diff.md"):
+        text = (out / name).read_text()
+        assert "9.9.2-run" in text and "9.9.1-run" in text, name  # the new record beside the kept ones
+
+
 def test_facts_prints_the_table(capsys):
     """The command the README names, starting no child (it was an AttributeError on --backends)."""
     from common.commands.facts import TABLES

@@ -4,12 +4,14 @@ through a real Markdown renderer, HTML as one self-contained page."""
 from __future__ import annotations
 
 import html
+import io
 import re
 import subprocess
 import sys
 
 import pytest
 from markdown_it import MarkdownIt
+from rich.console import Console
 
 from common.commands import diff
 from common.commands.textable import fit_columns, min_width, pieces, wrap
@@ -191,7 +193,11 @@ def test_markdown_claims_and_failures():
 def test_html_is_one_self_contained_page():
     page = diff.render_html(diff.merge({BACKENDS[0]: make_record(BACKENDS[0])}))
     assert page.startswith("<!doctype html>") and "<style>" in page
-    assert "src=" not in page and "href=" not in page and "@import" not in page
+    assert "src=" not in page and "@import" not in page
+    links = re.findall(r"href=['\"]([^'\"]*)", page)
+    assert links and all(link.startswith("#") for link in links), "only in-page links: the contents bar"
+    anchors = set(re.findall(r"id=['\"]([^'\"]*)", page))
+    assert {link[1:] for link in links} <= anchors, "every contents link lands on its section"
 
 
 def test_html_fits_by_construction():
@@ -216,3 +222,84 @@ def test_html_names_break_at_separators():
     page = diff.render_html(varied_doc())
     assert f"{BACKENDS[0]}_<wbr>net/<wbr>layers.<wbr>" in page
     assert "1.<wbr>7e" not in page
+
+
+# -- the answer first --------------------------------------------------------------------------------
+def _first_differing(doc) -> str:
+    row = next(r for r in doc["rows"] if r["differs"])
+    return f"{row['section']} / {row['label']}"
+
+
+@pytest.mark.parametrize("fmt", ["terminal", "markdown", "html"])
+def test_the_verdict_and_the_rows_that_differ_come_first(fmt):
+    """At 100 columns, the first 15 lines hold the summary (backends, claims, how many behaviours
+    differ) and the first rows that differ; the legend and the tables come after them."""
+    doc = varied_doc(failed=BACKENDS[1])
+    if fmt == "terminal":
+        lines = diff.render_terminal(doc, 100).splitlines()
+    elif fmt == "markdown":
+        lines = [line for line in _text(_rendered_markdown(doc)).splitlines() if line.strip()]
+    else:
+        body = diff.render_html(doc).split("<body>", 1)[1]
+        lines = [
+            html.unescape(re.sub(r"<[^>]+>", "", part)) for part in re.split(r"</(?:p|li|h1|nav)>", body)
+        ]
+        lines = [line.strip() for line in lines if line.strip()]
+    head = "\n".join(lines[:15])
+    differing = sum(r["differs"] for r in doc["rows"])
+    assert differing > 0, "the fixture must have differing rows"
+    assert "Backends: " in head and f"failed: {BACKENDS[1]}" in head
+    assert "Book claims:" in head and f"Behaviours: {differing} of" in head
+    assert _first_differing(doc) in head
+    assert head.index("Behaviours:") < head.index(_first_differing(doc))
+    legend = next(i for i, line in enumerate(lines) if "the backends differ in this behaviour" in line)
+    first = next(i for i, line in enumerate(lines) if _first_differing(doc) in line)
+    assert first < legend, "the rows that differ come before the legend and the tables"
+
+
+def test_each_differing_row_is_one_line_with_each_value_and_its_backends():
+    doc = varied_doc()
+    lines = diff.differing_lines(doc)
+    assert len(lines) == sum(r["differs"] for r in doc["rows"])
+    for line, row in zip(lines, [r for r in doc["rows"] if r["differs"]], strict=True):
+        assert "\n" not in line and line.startswith(f"{diff.DIFFERS} {row['section']} / {row['label']}: ")
+        assert all(name in line for name in row["cells"])
+
+
+def test_each_section_is_side_by_side_where_its_table_fits():
+    """Short values fit a table at a width where long ones must stack: each section decides."""
+    backends = BACKENDS[:3]
+
+    def row(section, label, value):
+        cells = {b: {"value": f"{value}-{b}"} for b in backends}
+        return {
+            "section": section,
+            "label": label,
+            "kind": "behaviour",
+            "cells": cells,
+            "differs": True,
+            "mark": "*",
+        }
+
+    doc = {
+        "backends": backends,
+        "failed": {},
+        "rows": [row("Short", "count", "1"), row("Long", "names", "x" * 150)],
+    }
+    buffer = io.StringIO()
+    Console(file=buffer, width=100, color_system=None).print(diff._behaviour_block(doc, 100))
+    lines = buffer.getvalue().splitlines()
+    assert any(line.split()[:1] == ["behaviour"] for line in lines), "the short section is a table"
+    assert sum(line.strip().startswith("behaviour") for line in lines) == 1, "the long one is not"
+    assert any(line.strip().startswith(f"{backends[0]}: xxx") for line in lines), "the long one is stacked"
+
+
+def test_stacked_claims_list_only_the_backends_they_apply_to():
+    """n/a is said once, in the legend: a stacked claim shows no line that says only n/a."""
+    doc = varied_doc()
+    text = diff.render_terminal(doc, 80)
+    claims = text.split(diff.CLAIMS_TITLE.split(" (")[0], 1)[1]
+    assert not [
+        line for line in claims.splitlines() if line.strip().endswith(": n/a") or line.strip() == "n/a"
+    ]
+    assert any(row.statuses[b] == "n/a" for row in diff.claim_rows(doc) for b in row.statuses)

@@ -1,0 +1,1 @@
+"""Committed test files and the scripts that make them."""
