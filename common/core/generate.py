@@ -162,19 +162,25 @@ def valid_specs(
     ``freezing`` say whether the backend builds them (its declared capabilities): without one,
     no spec uses it."""
     # Per Dense, one element of one list (so that a shrink deletes a Dense with all its draws):
-    # the ReLUs before it, whether it is frozen, and the BatchNorm after it, if any.
+    # the ReLUs before it, whether it is frozen, the BatchNorm after it, if any, and where these
+    # sit in blocks (``_nest``).
     flags = st.booleans() if freezing else st.just(False)
     norm = st.tuples(flags, MOMENTA, EPSILONS) if batchnorm else st.just(None)
+    depth = st.integers(0, MAX_BLOCK_DEPTH)
     dense = draw(
         st.lists(
-            st.tuples(st.integers(0, 2), flags, st.none() | norm), min_size=min_dense, max_size=MAX_DENSE
+            st.tuples(st.integers(0, 2), flags, st.none() | norm, depth, depth),
+            min_size=min_dense,
+            max_size=MAX_DENSE,
         )
     )
     count = len(dense)
-    items: list[int | _Norm | None] = []  # execution order: a Dense index, a BatchNorm, or None (ReLU)
-    for index, (relus, _, after) in enumerate(dense):
-        items += [None] * relus + [index] + ([] if after is None else [_Norm(index)])
-    items += [None] * draw(st.integers(0, 2))
+    runs: list[tuple[list, int, int]] = []  # items in execution order, each run in one block
+    for index, (relus, _, after, depth_drawn, closed) in enumerate(dense):
+        run = [None] * relus + [index] + ([] if after is None else [_Norm(index)])
+        runs.append((run, depth_drawn, closed))
+    runs.append(([None] * draw(st.integers(0, 2)), 0, 0))  # trailing ReLUs, at the top level
+    items: list[int | _Norm | None] = [item for run, _, _ in runs for item in run]
 
     norms = [item.dense for item in items if isinstance(item, _Norm)]
     norm_groups = _groups(draw, draw(st.permutations(norms)), MAX_TIE_GROUPS - min_ties, 0)
@@ -208,7 +214,7 @@ def valid_specs(
         norm_layers.update({k: layer for k in unit})
     dense_layers = {k: Dense(widths[k + 1], not frozen[("dense", k)]) for k in range(count)}
 
-    tree = _nest(draw, items)
+    tree = _nest(runs)
     paths: dict[int | _Norm, LayerPath] = {}
     layers = _layers(tree, (), dense_layers, norm_layers, paths)
     ties = tuple(tuple(paths[index] for index in group) for group in groups)
@@ -222,24 +228,23 @@ def _units(groups: list[list[int]], members) -> list[list[int]]:
     return [*groups, *([k] for k in members if k not in tied)]
 
 
-def _nest(draw, items: list) -> list:
-    """Wrap ``items`` in blocks. Each item draws how many blocks deep it sits (0 to
-    MAX_BLOCK_DEPTH) and how many of its innermost blocks are new rather than shared with the
-    item before it. Both come from fixed ranges and shrink to 0 (flat): a draw whose range
-    followed the items left would give later choices another meaning when a shrink deletes an
-    item, and a block could not be flattened without deleting a choice."""
+def _nest(runs: list[tuple[list, int, int]]) -> list:
+    """Wrap runs of items in blocks: each run sits ``depth`` blocks deep, and of the blocks the
+    run before it was in, it leaves the ``closed`` innermost ones and opens new ones down to its
+    depth. Both numbers are drawn with the run's Dense from fixed ranges and shrink to 0 (flat,
+    one open block kept): a range that followed the items left would give later draws another
+    meaning when a shrink deletes a Dense, and a block could not flatten without deleting one."""
     root: list = []
     stack = [root]  # the innermost open block at each level; level 0 is the model itself
     previous = 0
-    for item in items:
-        depth = draw(st.integers(0, MAX_BLOCK_DEPTH))
-        shared = max(0, min(previous, depth) - draw(st.integers(0, MAX_BLOCK_DEPTH)))
+    for run, depth, closed in runs:
+        shared = max(0, min(previous, depth) - closed)
         del stack[shared + 1 :]
         for _ in range(depth - shared):
             block: list = []
             stack[-1].append(block)
             stack.append(block)
-        stack[-1].append(item)
+        stack[-1].extend(run)
         previous = depth
     return root
 
