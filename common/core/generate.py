@@ -6,10 +6,15 @@ float32 error bound every backend is held to.
   unset, the framework's default, or set canonically), any Dense or BatchNorm frozen (at least
   one layer trains), blocks nested up to 3 deep, and 0 to 3 tie groups of 2 or 3 positions each,
   Dense with Dense or BatchNorm with BatchNorm, their shapes made equal by construction, free to
-  cross block boundaries. BatchNorm and freezing are drawn only where the backend declares the
-  capability (``batchnorm``, ``freezing`` arguments). ``cases()`` adds a batch size (1 to 16, 2
-  or more with a BatchNorm) and a loss; every draw shrinks towards one Dense layer of width 1,
-  no ReLU, no BatchNorm, nothing frozen, no block, no tie, batch 1 and the sum loss.
+  cross block boundaries. In one spec of three, an Embedding(vocab, dim) first (vocab 1 to 32,
+  the ids' range and in_features; dim the first Dense's input width), maybe frozen, and maybe
+  read by one Dense (units == vocab, input width == dim) as its weight: the transposed tie.
+  BatchNorm, freezing and embeddings are drawn only where the backend declares the capability
+  (``batchnorm``, ``freezing``, ``embedding`` arguments). ``cases()`` adds a batch size (1 to 16,
+  2 or more with a BatchNorm) and a loss; every draw shrinks towards one Dense layer of width 1,
+  no ReLU, no BatchNorm, no Embedding, nothing frozen, no block, no tie, batch 1 and the sum
+  loss. A case's input is floats, or for an Embedding ids drawn over the whole vocabulary (they
+  repeat whenever the batch outnumbers it).
 - ``invalid_specs()``: JSON-like dicts that ``spec_from_dict`` must refuse, each with the reason
   and a regular expression its SpecError message must match.
 - ``native_changes()``: changes to a model's own native file that every backend's reader must
@@ -19,8 +24,9 @@ float32 error bound every backend is held to.
   examples per property (default 10) and the seed (unset: derandomized, the same examples every
   run); ``configured`` applies them to a test.
 - ``bounds()``: per-element tolerances for a float32 computation against the float64 oracle, in
-  training or inference mode, for the output, the loss, the gradients and the running statistics
-  after the pass (the rule is written out in tests/conformance/test_properties.py).
+  training or inference mode, for the output, the loss, the gradients (an embedding's table:
+  its lookup's scatter-add plus the tied Dense's use) and the running statistics after the pass
+  (the rule is written out in tests/conformance/test_properties.py).
 
 Hypothesis is imported here and nowhere else in ``common/``; the base environment and every
 backend's environment have it (pyproject's extras).
@@ -50,11 +56,13 @@ from common.core.spec import (
     BatchNorm,
     Block,
     Dense,
+    Embedding,
     Layer,
     LayerPath,
     ModelSpec,
     ReLU,
     layer_name,
+    param_name,
     spec_from_dict,
 )
 from common.core.untrusted import shown
@@ -135,8 +143,16 @@ class _Norm:
     dense: int
 
 
+_EMBEDDING = "embedding"  # the Embedding among the items of valid_specs
 MOMENTA = st.none() | st.floats(0.05, 1.0)  # canonical: the weight of the new batch
 EPSILONS = st.none() | st.floats(1e-5, 0.1)
+
+
+def _shuffled(draw, items: list) -> list:
+    """``items`` in a drawn order: sorted by MAX_DENSE drawn keys, a fixed number of draws, so
+    that deleting an item leaves the later draws their meaning; all keys 0 keep the order."""
+    keys = draw(st.lists(st.integers(0, MAX_DENSE - 1), min_size=MAX_DENSE, max_size=MAX_DENSE))
+    return [item for _, item in sorted(zip(keys[: len(items)], items, strict=True), key=lambda pair: pair[0])]
 
 
 def _groups(draw, order: list, count: int, minimum: int) -> list[list]:
@@ -156,37 +172,59 @@ def _groups(draw, order: list, count: int, minimum: int) -> list[list]:
 
 @st.composite
 def valid_specs(
-    draw, min_dense: int = 1, min_ties: int = 0, batchnorm: bool = True, freezing: bool = True
+    draw,
+    min_dense: int = 1,
+    min_ties: int = 0,
+    batchnorm: bool = True,
+    freezing: bool = True,
+    embedding: bool = True,
 ) -> ModelSpec:
-    """A valid spec; ``min_ties`` > 0 needs ``min_dense`` >= 2 per group. ``batchnorm`` and
-    ``freezing`` say whether the backend builds them (its declared capabilities): without one,
-    no spec uses it."""
+    """A valid spec; ``min_ties`` > 0 needs ``min_dense`` >= 2 per group. ``batchnorm``,
+    ``freezing`` and ``embedding`` say whether the backend builds them (its declared
+    capabilities): without one, no spec uses it."""
+    flags = st.booleans() if freezing else st.just(False)
+    # An Embedding first, in one spec of three: (frozen, whether a Dense reads its table). Drawn
+    # first, and shrinking to none, so that a shrink drops it before anything else it touches.
+    embed = None
+    if embedding and draw(st.integers(0, 2)) == 2:
+        embed = draw(st.tuples(flags, st.booleans()))
     # Per Dense, one element of one list (so that a shrink deletes a Dense with all its draws):
     # the ReLUs before it, whether it is frozen, the BatchNorm after it, if any, and where these
     # sit in blocks (``_nest``).
-    flags = st.booleans() if freezing else st.just(False)
     norm = st.tuples(flags, MOMENTA, EPSILONS) if batchnorm else st.just(None)
-    depth = st.integers(0, MAX_BLOCK_DEPTH)
+    # The placement is one number (depth, closed): an element of five draws, which Hypothesis's
+    # shrinker deletes in one step (it deletes at most five consecutive draws at a time).
+    places = (MAX_BLOCK_DEPTH + 1) ** 2
+    placement = st.integers(0, places - 1).map(lambda v: divmod(v, MAX_BLOCK_DEPTH + 1)[::-1])
     dense = draw(
         st.lists(
-            st.tuples(st.integers(0, 2), flags, st.none() | norm, depth, depth),
+            st.tuples(st.integers(0, 2), flags, st.none() | norm, placement),
             min_size=min_dense,
             max_size=MAX_DENSE,
         )
     )
     count = len(dense)
     runs: list[tuple[list, int, int]] = []  # items in execution order, each run in one block
-    for index, (relus, _, after, depth_drawn, closed) in enumerate(dense):
+    for index, (relus, _, after, (depth_drawn, closed)) in enumerate(dense):
         run = [None] * relus + [index] + ([] if after is None else [_Norm(index)])
         runs.append((run, depth_drawn, closed))
+    if embed is not None:  # it runs first, in the first Dense's block
+        runs[0][0].insert(0, _EMBEDDING)
     runs.append(([None] * draw(st.integers(0, 2)), 0, 0))  # trailing ReLUs, at the top level
-    items: list[int | _Norm | None] = [item for run, _, _ in runs for item in run]
+    items: list[int | _Norm | str | None] = [item for run, _, _ in runs for item in run]
 
     norms = [item.dense for item in items if isinstance(item, _Norm)]
-    norm_groups = _groups(draw, draw(st.permutations(norms)), MAX_TIE_GROUPS - min_ties, 0)
-    groups = _groups(draw, draw(st.permutations(range(count))), MAX_TIE_GROUPS - len(norm_groups), min_ties)
+    norm_groups = _groups(draw, _shuffled(draw, norms), MAX_TIE_GROUPS - min_ties, 0)
+    order = _shuffled(draw, list(range(count)))
+    groups = _groups(draw, order, MAX_TIE_GROUPS - len(norm_groups), min_ties)
+    # The Dense that reads the table (a transposed tie): the first one no Dense tie took.
+    untied = [k for k in order if not any(k in group for group in groups)]
+    reader = untied[0] if embed is not None and embed[1] and untied else None
 
-    sets = _Sets(count + 1)
+    # Width variables: k is the input width of Dense k (0: in_features, or the embedding's dim),
+    # k + 1 its output width, count + 1 the vocabulary.
+    vocab = count + 1
+    sets = _Sets(count + 2)
     for group in groups:  # tied Dense layers: the same (in, out)
         for other in group[1:]:
             sets.union(group[0], other)
@@ -194,32 +232,52 @@ def valid_specs(
     for group in norm_groups:  # tied BatchNorms: the same features, the outputs of their Dense
         for other in group[1:]:
             sets.union(group[0] + 1, other + 1)
+    if reader is not None:  # it takes dim features to vocab units
+        sets.union(reader, 0)
+        sets.union(reader + 1, vocab)
+    inputs = {sets.find(0), sets.find(vocab)}  # the model's input width: at most MAX_INPUT
+    # Ids behind a BatchNorm take two values at least: one id repeated is a constant feature.
+    fewest = {sets.find(vocab): 2 if embed is not None and norms else 1}
     values: dict[int, int] = {}
-    for variable in range(count + 1):
+    for variable in range(count + 2):
         root = sets.find(variable)
         if root not in values:
-            values[root] = draw(st.integers(1, MAX_INPUT if root == 0 else MAX_WIDTH))
-    widths = [values[sets.find(v)] for v in range(count + 1)]
+            high = MAX_INPUT if root in inputs else MAX_WIDTH
+            values[root] = draw(st.integers(fewest.get(root, 1), high))
+    widths = [values[sets.find(v)] for v in range(count + 2)]
 
-    # One layer per tie group, so one setting: its first member's, shared by the others.
+    # One layer per tie group, so one setting: its first member's, shared by the others; the
+    # table's reader takes the embedding's.
     dense_units, norm_units = _units(groups, range(count)), _units(norm_groups, norms)
     frozen = {("dense", k): dense[unit[0]][1] for unit in dense_units for k in unit}
     frozen |= {("batchnorm", k): dense[unit[0]][2][0] for unit in norm_units for k in unit}
+    if embed is not None:
+        frozen[("embedding", 0)] = embed[0]
+    if reader is not None:
+        frozen[("dense", reader)] = embed[0]
     if all(frozen.values()):  # something must train: the first Dense's layer does
         frozen.update({("dense", k): False for k in next(u for u in dense_units if 0 in u)})
+        if reader == 0:
+            frozen[("embedding", 0)] = False
     norm_layers = {}
     for unit in norm_units:
         _, momentum, eps = dense[unit[0]][2]
         layer = BatchNorm(momentum, eps, not frozen[("batchnorm", unit[0])])
         norm_layers.update({k: layer for k in unit})
     dense_layers = {k: Dense(widths[k + 1], not frozen[("dense", k)]) for k in range(count)}
+    table = None
+    if embed is not None:
+        table = Embedding(widths[vocab], widths[0], not frozen[("embedding", 0)])
 
     tree = _nest(runs)
-    paths: dict[int | _Norm, LayerPath] = {}
-    layers = _layers(tree, (), dense_layers, norm_layers, paths)
+    paths: dict[int | _Norm | str, LayerPath] = {}
+    layers = _layers(tree, (), dense_layers, norm_layers, table, paths)
     ties = tuple(tuple(paths[index] for index in group) for group in groups)
     ties += tuple(tuple(paths[_Norm(index)] for index in group) for group in norm_groups)
-    return ModelSpec("generated", widths[0], layers, ties)
+    if reader is not None:
+        ties += ((paths[_EMBEDDING], paths[reader]),)
+    in_features = widths[0] if table is None else table.vocab
+    return ModelSpec("generated", in_features, layers, ties)
 
 
 def _units(groups: list[list[int]], members) -> list[list[int]]:
@@ -254,15 +312,19 @@ def _layers(
     prefix: LayerPath,
     dense: dict[int, Dense],
     norms: dict[int, BatchNorm],
-    paths: dict[int | _Norm, LayerPath],
+    table: Embedding | None,
+    paths: dict[int | _Norm | str, LayerPath],
 ) -> tuple:
     layers: list[Layer] = []
     for index, node in enumerate(tree):
         path = prefix + (index,)
         if isinstance(node, list):
-            layers.append(Block(_layers(node, path, dense, norms, paths)))
+            layers.append(Block(_layers(node, path, dense, norms, table, paths)))
         elif node is None:
             layers.append(ReLU())
+        elif node == _EMBEDDING:
+            paths[node] = path
+            layers.append(table)
         elif isinstance(node, _Norm):
             paths[node] = path
             layers.append(norms[node.dense])
@@ -324,7 +386,7 @@ class Case(NamedTuple):
             loss = Loss("mse", target.astype(np.float32))
         first = None
         for seed in INPUT_SEEDS:
-            x = oracle.sample_input(self.spec, batch=self.batch, seed=seed)
+            x = _input(self.spec, self.batch, seed)
             passes = {
                 mode: bounds(self.spec, weights, x, loss, state=state, mode=mode, conventions=conventions)
                 for mode in ("training", "inference")
@@ -337,20 +399,34 @@ class Case(NamedTuple):
         return first
 
 
+def _input(spec: ModelSpec, batch: int, seed: int) -> np.ndarray:
+    """The oracle's sample input; ids drawn from the whole vocabulary (the oracle's sample takes
+    its first half, so that ids repeat: over a small vocabulary that is one id, and a BatchNorm
+    behind it normalizes a constant). Ids still repeat whenever the batch outnumbers the vocab."""
+    if spec.input_kind != "ids":
+        return oracle.sample_input(spec, batch=batch, seed=seed)
+    return np.random.default_rng(seed).integers(0, spec.embed_slot.vocab, size=batch).astype(np.int64)
+
+
 def case_from_dict(data: Mapping[str, Any]) -> Case:
     return Case(spec_from_dict(data["spec"]), int(data["batch"]), str(data.get("loss", "sum")))
 
 
 @st.composite
-def cases(draw, min_ties: int = 0, batchnorm: bool = True, freezing: bool = True) -> Case:
+def cases(
+    draw, min_ties: int = 0, batchnorm: bool = True, freezing: bool = True, embedding: bool = True
+) -> Case:
     """A spec, a batch and a loss. A spec with a BatchNorm gets a batch of 2 or more: one row
     has no variance to normalize by (torch refuses it in training mode)."""
-    spec = draw(valid_specs(2 * min_ties or 1, min_ties, batchnorm, freezing))
-    batch = draw(st.integers(2 if spec.has_batchnorm else 1, MAX_BATCH))
-    return Case(spec, batch, draw(st.sampled_from(LOSS_KINDS)))
+    # Batch and loss first: the spec's width draws come last, and their count follows the ties,
+    # so a shrink that deletes a Dense leaves no draw after them another meaning.
+    batch, loss = draw(st.integers(1, MAX_BATCH)), draw(st.sampled_from(LOSS_KINDS))
+    spec = draw(valid_specs(2 * min_ties or 1, min_ties, batchnorm, freezing, embedding))
+    return Case(spec, max(batch, 2) if spec.has_batchnorm else batch, loss)
 
 
 # == invalid specs ================================================================================
+# Each starts from a spec of feature inputs (no Embedding): the messages are derived for those.
 class InvalidCase(NamedTuple):
     """A dict ``spec_from_dict`` must refuse, why, and what its SpecError message must match."""
 
@@ -392,7 +468,7 @@ def _quoted(text: str) -> str:
 
 @st.composite
 def _incompatible_tie(draw) -> InvalidCase:
-    spec = draw(valid_specs())
+    spec = draw(valid_specs(embedding=False))
     slots = dict(_dense_slots(spec))
     out = spec.out_features
     units = max(max(w) for w in slots.values()) + 1  # an out width no other Dense has
@@ -421,7 +497,7 @@ def _missing_paths(spec: ModelSpec) -> st.SearchStrategy[LayerPath]:
 
 @st.composite
 def _tie_to_nothing(draw) -> InvalidCase:
-    spec = draw(valid_specs())
+    spec = draw(valid_specs(embedding=False))
     free = _free(spec)
     data = spec.to_dict()
     if not free:  # every Dense is tied already: drop the ties, the point is the missing position
@@ -458,7 +534,7 @@ def _block_paths(layers: tuple[Layer, ...], prefix: LayerPath) -> list[LayerPath
 
 @st.composite
 def _position_in_two_ties(draw) -> InvalidCase:
-    spec = draw(valid_specs(min_dense=2, min_ties=1))
+    spec = draw(valid_specs(min_dense=2, min_ties=1, embedding=False))
     group = draw(st.sampled_from(spec.ties))
     first = group[0]
     others = [s.path for s in spec.dense_slots if s.path != first]
@@ -475,7 +551,7 @@ def _position_in_two_ties(draw) -> InvalidCase:
 
 @st.composite
 def _repeated_in_one_tie(draw) -> InvalidCase:
-    spec = draw(valid_specs())
+    spec = draw(valid_specs(embedding=False))
     data = spec.to_dict()
     free = _free(spec)
     if not free:
@@ -490,7 +566,7 @@ BAD_WIDTHS = st.one_of(st.integers(-5, 0), st.sampled_from([2.5, "8", True, None
 
 @st.composite
 def _bad_width(draw) -> InvalidCase:
-    spec = draw(valid_specs())
+    spec = draw(valid_specs(embedding=False))
     width = draw(BAD_WIDTHS)
     data = spec.to_dict()
     if draw(st.booleans()):
@@ -506,7 +582,7 @@ def _bad_width(draw) -> InvalidCase:
 
 @st.composite
 def _unknown_kind(draw) -> InvalidCase:
-    spec = draw(valid_specs())
+    spec = draw(valid_specs(embedding=False))
     path = draw(st.sampled_from([p for p, _ in spec.walk()] + _block_paths(spec.layers, ())))
     kind = draw(st.sampled_from(["conv2d", "Dense", "RELU", "", "dropout", 3, None]))
     data = _replace(spec.to_dict(), path, {"kind": kind, "units": 4})
@@ -536,7 +612,7 @@ def _too_many(draw) -> InvalidCase:
 
 @st.composite
 def _empty(draw) -> InvalidCase:
-    spec = draw(valid_specs())
+    spec = draw(valid_specs(embedding=False))
     kind = draw(st.sampled_from(["no layers", "empty block", "no Dense"]))
     data = spec.to_dict()
     if kind == "no layers":
@@ -551,7 +627,7 @@ def _empty(draw) -> InvalidCase:
 
 @st.composite
 def _malformed_layer(draw) -> InvalidCase:
-    spec = draw(valid_specs())
+    spec = draw(valid_specs(embedding=False))
     path = draw(st.sampled_from([p for p, _ in spec.walk()]))
     layer = draw(st.sampled_from([{"units": 4}, 5, "dense", None, []]))
     data = _replace(spec.to_dict(), path, layer)
@@ -561,7 +637,7 @@ def _malformed_layer(draw) -> InvalidCase:
 
 @st.composite
 def _malformed_ties(draw) -> InvalidCase:
-    spec = draw(valid_specs())
+    spec = draw(valid_specs(embedding=False))
     data = spec.to_dict()
     kind = draw(st.sampled_from(["one position", "not a path", "too long", "not a list"]))
     if kind == "one position":
@@ -583,7 +659,7 @@ def _malformed_ties(draw) -> InvalidCase:
 
 @st.composite
 def _malformed_top(draw) -> InvalidCase:
-    spec = draw(valid_specs())
+    spec = draw(valid_specs(embedding=False))
     if draw(st.booleans()):
         data: Any = draw(st.sampled_from([[spec.to_dict()], "spec", 3, None]))
         message = f"a model spec must be a JSON object, got {type(data).__name__}"
@@ -652,7 +728,7 @@ class InvalidInput(NamedTuple):
 @st.composite
 def invalid_inputs(draw, batchnorm: bool = True, freezing: bool = True) -> InvalidInput:
     """A wrong input for a valid spec (one the backend can build: ``batchnorm``, ``freezing``)."""
-    spec = draw(valid_specs(batchnorm=batchnorm, freezing=freezing))
+    spec = draw(valid_specs(batchnorm=batchnorm, freezing=freezing, embedding=False))
     width, batch = spec.in_features, draw(st.integers(1, MAX_BATCH))
     wrong_width = draw(st.integers(1, MAX_INPUT + 1).filter(lambda w: w != width))
     reason, shape, dtype = draw(
@@ -737,18 +813,19 @@ def bounds(
     batch: its Jacobian per feature, (inv_std / n) (n I - 1 - z z^T) with z the normalized
     values, is (n, n), and batches are small."""
     u = UNIT_ROUNDOFF
-    x = np.asarray(x, np.float64)
+    x = np.asarray(x) if spec.input_kind == "ids" else np.asarray(x, np.float64)
     done = oracle.run(spec, weights, x, state, mode, conventions, uses)
-    owners = {slot.path: slot.owner for slot in spec.layer_slots}
 
     def param(path: LayerPath, role: str) -> np.ndarray:
-        return np.asarray(weights[f"{layer_name(owners[path])}.{role}"], np.float64)
+        return np.asarray(weights[spec.owner_of(param_name(path, role))], np.float64)
 
-    var_h, risky, near_constant = np.zeros_like(x), 0, 0
+    var_h, risky, near_constant = np.zeros(x.shape), 0, 0
     tape, errors, batch_errors = [], {}, {}
     for path, layer, h, saved in done.tape:
         tape.append((path, layer, h, var_h))
-        if isinstance(layer, Dense):
+        if isinstance(layer, Embedding):  # a lookup copies the table's rows: exact
+            var_h = np.zeros((len(h), layer.dim))
+        elif isinstance(layer, Dense):
             w, b = param(path, "weight"), param(path, "bias")
             local = u * (w.shape[1] + 1) * (np.abs(h) @ np.abs(w).T + np.abs(b))
             var_h = var_h @ (w * w).T + local**2
@@ -779,7 +856,18 @@ def bounds(
     saved_by_path = {path: saved for path, _, _, saved in done.tape}
     for path, layer, h_in, var_in in reversed(tape):
         batch = len(h_in)
-        owner = layer_name(owners[path]) if path in owners else ""
+        if isinstance(layer, Embedding):
+            # A scatter-add: each row of the table sums the gradients of the rows that read it.
+            table = spec.owner_of(param_name(path, "weight"))
+            grad, var, size = (np.zeros((layer.vocab, layer.dim)) for _ in range(3))
+            np.add.at(grad, h_in, g)
+            np.add.at(var, h_in, var_g)
+            np.add.at(size, h_in, np.abs(g))
+            reads = np.bincount(h_in, minlength=layer.vocab)[:, None]
+            parts.setdefault(table, []).append((grad, var + (u * (reads + 1) * size) ** 2))
+            continue
+        if isinstance(layer, Dense | BatchNorm):
+            weight, bias = (spec.owner_of(param_name(path, role)) for role in ("weight", "bias"))
         if isinstance(layer, Dense):
             w = param(path, "weight")
             grad_w = g.T @ h_in
@@ -789,8 +877,8 @@ def bounds(
             var_w = var_g.T @ h_in**2 + (g**2).T @ var_in + var_g.T @ var_in + rounding**2
             grad_b = g.sum(axis=0)
             var_b = var_g.sum(axis=0) + (u * (batch + 1) * np.abs(g).sum(axis=0)) ** 2
-            parts.setdefault(f"{owner}.weight", []).append((grad_w, var_w))
-            parts.setdefault(f"{owner}.bias", []).append((grad_b, var_b))
+            parts.setdefault(weight, []).append((grad_w, var_w))  # a table read: its second use
+            parts.setdefault(bias, []).append((grad_b, var_b))
             local = u * (w.shape[0] + 1) * (np.abs(g) @ np.abs(w))
             g, var_g = g @ w, var_g @ (w * w) + local**2
         elif isinstance(layer, BatchNorm):
@@ -800,8 +888,8 @@ def bounds(
             var_gamma = (var_g * z**2 + (g**2 + var_g) * error.var_normalized).sum(axis=0)
             var_gamma += (u * (batch + 1) * np.abs(g * z).sum(axis=0)) ** 2
             var_beta = var_g.sum(axis=0) + (u * (batch + 1) * np.abs(g).sum(axis=0)) ** 2
-            parts.setdefault(f"{owner}.weight", []).append((grad_gamma, var_gamma))
-            parts.setdefault(f"{owner}.bias", []).append((grad_beta, var_beta))
+            parts.setdefault(weight, []).append((grad_gamma, var_gamma))
+            parts.setdefault(bias, []).append((grad_beta, var_beta))
             g, var_g = _batchnorm_backward(g, var_g, saved, error, param(path, "weight"))
         else:
             mask = h_in > 0

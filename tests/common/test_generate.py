@@ -34,6 +34,7 @@ from common.core.spec import (
     BatchNorm,
     Block,
     Dense,
+    Embedding,
     ModelSpec,
     NormSlot,
     ReLU,
@@ -65,6 +66,11 @@ def test_generated_specs_construct_and_round_trip(case):
             f"{path}: a BatchNorm after {before}"
         )
     assert case.batch >= 2 or not spec.has_batchnorm, "a BatchNorm needs a batch of 2 or more"
+    for path, layer in walked:
+        assert not isinstance(layer, Embedding) or path == walked[0][0], f"{path}: an Embedding not first"
+    if spec.embed_slot is not None:
+        assert spec.in_features == spec.embed_slot.vocab and len(spec.embed_slot.readers) <= 1
+        assert spec.embed_slot.vocab >= 2 or not spec.has_batchnorm, "one id makes a constant feature"
     assert any(p.trainable for p in spec.params), "something trains"
     text = case.to_json()
     assert case_from_dict(json.loads(text)) == case
@@ -75,15 +81,25 @@ def test_generated_specs_construct_and_round_trip(case):
 @given(spec=valid_specs())
 def test_unique_parameters_follow_from_the_ties(spec):
     """spec.params, derived independently: each group's first position (in walk order) owns it;
-    a Dense and a BatchNorm each hold a weight and a bias."""
+    a Dense and a BatchNorm each hold a weight and a bias; an Embedding holds its table, which a
+    Dense tied to it reads as its weight (its position listed after the table's), with a bias of
+    its own."""
     owner = {path: group[0] for group in spec.ties for path in group}
-    holders = [path for path, layer in spec.walk() if isinstance(layer, Dense | BatchNorm)]
-    expected = [
-        (param_name(path, role), tuple(param_name(p, role) for p in holders if owner.get(p, p) == path))
-        for path in holders
-        if owner.get(path, path) == path
-        for role in ("weight", "bias")
-    ]
+    holders = [path for path, layer in spec.walk() if isinstance(layer, Embedding | Dense | BatchNorm)]
+    kinds = dict(spec.walk())
+    table = next((path for path in holders if isinstance(kinds[path], Embedding)), None)
+    expected = []
+    for path in holders:
+        if isinstance(kinds[path], Embedding):  # its table, read by the Dense layers tied to it
+            readers = tuple(param_name(p, "weight") for p in holders if owner.get(p) == path != p)
+            expected.append((param_name(path, "weight"), (param_name(path, "weight"), *readers)))
+            continue
+        for role in ("weight", "bias"):
+            if owner.get(path, path) == table and role == "weight":
+                continue  # the table is this Dense's weight; its bias is its own
+            if owner.get(path, path) == path or owner.get(path) == table:
+                users = (p for p in holders if p == path or owner.get(p) == path != table)
+                expected.append((param_name(path, role), tuple(param_name(p, role) for p in users)))
     assert [(p.name, p.positions) for p in spec.params] == expected
 
 
@@ -123,6 +139,16 @@ COVERAGE = {
     "Dense and BatchNorm ties together": lambda s: (
         any(slot.tied for slot in s.norm_slots) and any(slot.tied for slot in s.dense_slots)
     ),
+    "an Embedding": lambda s: s.embed_slot is not None,
+    "a transposed tie (a Dense reading the table)": lambda s: bool(s.embed_slot and s.embed_slot.readers),
+    "a frozen transposed tie": lambda s: (
+        bool(s.embed_slot and s.embed_slot.readers) and not s.embed_slot.trainable
+    ),
+    "a transposed tie beside a Dense tie": lambda s: (
+        bool(s.embed_slot and s.embed_slot.readers) and any(slot.tied for slot in s.dense_slots)
+    ),
+    "an Embedding and a BatchNorm": lambda s: s.embed_slot is not None and s.has_batchnorm,
+    "an Embedding inside a block": lambda s: s.embed_slot is not None and len(s.embed_slot.path) > 1,
     "adjacent tied layers (square)": lambda s: any(
         (a.path, b.path) in {(g[i], g[j]) for g in s.ties for i in range(len(g)) for j in range(len(g))}
         for a, b in itertools.pairwise(s.dense_slots)
@@ -184,6 +210,30 @@ def test_a_failing_case_shrinks_to_the_smallest_tied_batchnorm_model():
     }
 
 
+def test_a_failing_case_shrinks_to_the_smallest_transposed_tie():
+    """One id, one dimension: an Embedding(1, 1) whose table the one Dense reads."""
+    smallest = find(
+        cases(), lambda case: bool(case.spec.embed_slot and case.spec.embed_slot.readers), settings=SEARCH
+    )
+    assert smallest.to_dict() == {
+        "spec": {
+            "name": "generated",
+            "in_features": 1,
+            "layers": [{"kind": "embedding", "vocab": 1, "dim": 1}, {"kind": "dense", "units": 1}],
+            "ties": [[[0], [1]]],
+        },
+        "batch": 1,
+        "loss": "sum",
+    }
+
+
+def test_materials_repeat_ids(sample):
+    """The lookup's gradient is a scatter-add: a repeated id is what tests its accumulation."""
+    inputs = [case.materials().x for case in sample if case.spec.embed_slot is not None]
+    repeated = [x for x in inputs if len(np.unique(x)) < len(x)]
+    assert len(repeated) >= len(inputs) // 4, f"{len(repeated)} of {len(inputs)} repeat an id"
+
+
 def test_a_failing_case_shrinks_to_the_smallest_frozen_model():
     """Something must train, so the smallest frozen model is two layers of width 1, one of them
     frozen: a Dense and a Dense (batch 1), or a Dense and a BatchNorm at its defaults (batch 2).
@@ -200,14 +250,20 @@ def test_a_failing_case_shrinks_to_the_smallest_frozen_model():
     assert (spec["in_features"], spec["ties"], smallest["batch"], smallest["loss"]) == (1, [], batch, "sum")
 
 
-@pytest.mark.parametrize("batchnorm, freezing", [(False, False), (False, True), (True, False)])
-def test_a_backend_without_a_capability_gets_no_spec_that_needs_it(batchnorm, freezing):
+@pytest.mark.parametrize("missing", ["batchnorm", "freezing", "embedding", "all three"])
+def test_a_backend_without_a_capability_gets_no_spec_that_needs_it(missing):
+    capabilities = {
+        name: missing not in (name, "all three") for name in ("batchnorm", "freezing", "embedding")
+    }
+
     @settings(max_examples=200, derandomize=True, database=None, deadline=None)
-    @given(case=cases(batchnorm=batchnorm, freezing=freezing), invalid=invalid_inputs(batchnorm, freezing))
+    @given(
+        case=cases(**capabilities),
+        invalid=invalid_inputs(capabilities["batchnorm"], capabilities["freezing"]),
+    )
     def check(case, invalid):
         for spec in (case.spec, invalid.spec):
-            assert batchnorm or not spec.has_batchnorm
-            assert freezing or not spec.has_frozen
+            assert set(spec.needs) <= {name for name, built in capabilities.items() if built}, spec.needs
 
     check()
 
@@ -359,7 +415,8 @@ def test_oracle_gradients_match_finite_differences_on_generated_tied_specs(case)
 def _kink_clearance(spec: ModelSpec, weights, x, margin: float = 1e-4):
     """(smallest nonzero ReLU input of a training pass, whether it is above ``margin``)."""
     smallest = np.inf
-    for _, layer, inputs, _ in oracle.run(spec, weights, np.asarray(x, np.float64), mode="training").tape:
+    x = np.asarray(x) if spec.input_kind == "ids" else np.asarray(x, np.float64)
+    for _, layer, inputs, _ in oracle.run(spec, weights, x, mode="training").tape:
         if isinstance(layer, ReLU):
             nonzero = np.abs(inputs[inputs != 0])
             smallest = min(smallest, float(nonzero.min())) if nonzero.size else smallest
@@ -379,12 +436,18 @@ def _float32_pass(
     done = oracle.run(spec, weights, x, state, mode, conventions, uses)
     owners = {s.path: s.owner for s in spec.layer_slots}
     saved = {path: record for path, _, _, record in done.tape}
-    h, tape, batch_stats = np.asarray(x, f32), [], {}
+    h, tape, batch_stats = (np.asarray(x) if spec.input_kind == "ids" else np.asarray(x, f32)), [], {}
+
+    def param(path, role):  # a Dense tied to the table reads it as its weight
+        return spec.owner_of(param_name(path, role))
+
     for path, layer in spec.walk():
         tape.append((path, layer, h))
         owner = layer_name(owners[path]) if path in owners else ""
-        if isinstance(layer, Dense):
-            h = h @ weights[f"{owner}.weight"].T + weights[f"{owner}.bias"]
+        if isinstance(layer, Embedding):
+            h = weights[f"{owner}.weight"][h]
+        elif isinstance(layer, Dense):
+            h = h @ weights[param(path, "weight")].T + weights[param(path, "bias")]
         elif isinstance(layer, BatchNorm):
             eps = f32(conventions.settings(layer)[1])
             if saved[path].batch_stats:
@@ -417,10 +480,12 @@ def _float32_pass(
     grads = {name: np.zeros(shape, f32) for name, shape in spec.param_shapes.items()}
     for path, layer, inputs, *norm in reversed(tape):
         owner = layer_name(owners[path]) if path in owners else ""
-        if isinstance(layer, Dense):
-            grads[f"{owner}.weight"] += g.T @ inputs
-            grads[f"{owner}.bias"] += g.sum(axis=0)
-            g = g @ weights[f"{owner}.weight"]
+        if isinstance(layer, Embedding):
+            np.add.at(grads[f"{owner}.weight"], inputs, g)
+        elif isinstance(layer, Dense):
+            grads[param(path, "weight")] += g.T @ inputs
+            grads[param(path, "bias")] += g.sum(axis=0)
+            g = g @ weights[param(path, "weight")]
         elif isinstance(layer, BatchNorm):
             mean, inv = norm[0]
             z = (inputs - mean) * inv
