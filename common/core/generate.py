@@ -726,9 +726,14 @@ class InvalidInput(NamedTuple):
 
 
 @st.composite
-def invalid_inputs(draw, batchnorm: bool = True, freezing: bool = True) -> InvalidInput:
-    """A wrong input for a valid spec (one the backend can build: ``batchnorm``, ``freezing``)."""
-    spec = draw(valid_specs(batchnorm=batchnorm, freezing=freezing, embedding=False))
+def invalid_inputs(
+    draw, batchnorm: bool = True, freezing: bool = True, embedding: bool = True
+) -> InvalidInput:
+    """A wrong input for a valid spec (one the backend can build: ``batchnorm``, ``freezing``,
+    ``embedding``): wrong features, or wrong ids for a spec that takes ids."""
+    spec = draw(valid_specs(batchnorm=batchnorm, freezing=freezing, embedding=embedding))
+    if spec.input_kind == "ids":
+        return _invalid_ids(draw, spec)
     width, batch = spec.in_features, draw(st.integers(1, MAX_BATCH))
     wrong_width = draw(st.integers(1, MAX_INPUT + 1).filter(lambda w: w != width))
     reason, shape, dtype = draw(
@@ -752,6 +757,33 @@ def invalid_inputs(draw, batchnorm: bool = True, freezing: bool = True) -> Inval
             f"input x.shape={shape}, but should be (batch >= 1, {width}): "
             f"spec {shown(spec.name)} takes in_features={width}"
         )
+    return InvalidInput(reason, spec, x, _quoted(message))
+
+
+def _invalid_ids(draw, spec: ModelSpec) -> InvalidInput:
+    vocab, batch = spec.embed_slot.vocab, draw(st.integers(1, MAX_BATCH))
+    reason, x = draw(
+        st.sampled_from(
+            [
+                ("features, not ids", np.zeros((batch, vocab), np.float32)),
+                ("one axis too many", np.zeros((batch, 1), np.int64)),
+                ("an empty batch", np.zeros((0,), np.int64)),
+                ("float ids", np.zeros((batch,), np.float32)),
+                ("booleans", np.zeros((batch,), np.bool_)),
+                ("an id past the vocabulary", np.append(np.zeros(batch - 1, np.int64), vocab)),
+                ("a negative id", np.append(np.zeros(batch - 1, np.int64), -1)),
+            ]
+        )
+    )
+    name = shown(spec.name)
+    if x.ndim != 1 or len(x) == 0:
+        message = (
+            f"input x.shape={x.shape}, but should be (batch >= 1,): spec {name} takes ids, one per sample"
+        )
+    elif x.dtype.kind not in "iu":
+        message = f"input x.dtype={x.dtype}, but spec {name} takes integer ids in [0, {vocab})"
+    else:
+        message = f"input ids span [{x.min()}, {x.max()}], but spec {name} takes ids in [0, {vocab})"
     return InvalidInput(reason, spec, x, _quoted(message))
 
 

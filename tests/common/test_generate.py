@@ -259,7 +259,7 @@ def test_a_backend_without_a_capability_gets_no_spec_that_needs_it(missing):
     @settings(max_examples=200, derandomize=True, database=None, deadline=None)
     @given(
         case=cases(**capabilities),
-        invalid=invalid_inputs(capabilities["batchnorm"], capabilities["freezing"]),
+        invalid=invalid_inputs(**capabilities),
     )
     def check(case, invalid):
         for spec in (case.spec, invalid.spec):

@@ -43,7 +43,7 @@ def declared_conventions(backend: Backend) -> Conventions:
 
 
 # The declared capabilities a generated spec may use (generate.cases() takes them by name).
-SPEC_CAPABILITIES = ("batchnorm", "freezing")
+SPEC_CAPABILITIES = ("batchnorm", "freezing", "embedding")
 
 
 def spec_capabilities(backend: Backend) -> dict[str, bool]:

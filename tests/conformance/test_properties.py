@@ -126,10 +126,11 @@ def assert_identical(name: str, actual, expected, context: str = "") -> None:
 
 
 def unique_count(spec: ModelSpec) -> int:
-    """Counted from the ties, not from spec.params: 2 per Dense or BatchNorm, less 2 per extra
-    tied position."""
-    layers = len(spec.dense_slots) + len(spec.norm_slots)
-    return 2 * (layers - sum(len(group) - 1 for group in spec.ties))
+    """Counted from the ties, not from spec.params: 2 per Dense or BatchNorm and 1 per Embedding,
+    less 2 per extra tied position, or 1 per Dense reading the table (its bias is its own)."""
+    table = spec.embed_slot.path if spec.embed_slot else None
+    count = 2 * (len(spec.dense_slots) + len(spec.norm_slots)) + (table is not None)
+    return count - sum((1 if group[0] == table else 2) * (len(group) - 1) for group in spec.ties)
 
 
 @configured
