@@ -58,8 +58,9 @@ JAX 0.79 on 100: 16 sigma leaves a margin of 18 for other summation orders. With
 and embeddings drawn, numpy's float32 on 100 cases in each of four conventions (torch's,
 Keras', MXNet's, Equinox's debiased reads) and both variance formulas reaches 0.76 sigma (the
 one-pass variance) and 0.65 (two-pass); tests/common/test_generate.py keeps checking it, within
-2 sigma (two-pass) and 8 (one-pass, which cancels). Yet 16 sigma stays below 4% of a gradient's largest element and 0.5% of an output's,
-while the bugs it is there for (a tie not summed, a transposed weight, a missing bias) are off by
+2 sigma (two-pass) and 8 (one-pass, which cancels). Yet 16 sigma stays below 4% of a
+gradient's largest element and 0.5% of an output's, while the bugs it is there for (a tie not
+summed, a transposed weight, a missing bias, a scatter-add that drops a repeated id) are off by
 the whole value. An SGD step allows lr times a gradient's tolerance, plus the rounding of
 ``w - lr * g``.
 
