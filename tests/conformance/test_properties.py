@@ -218,6 +218,23 @@ FOUND_CASES = {
         "batch": 1,
         "loss": "sum",
     },
+    # A BatchNorm right after an Embedding (make fuzz, seed 0): tf-keras's deferred Sequential
+    # expanded the 1-d ids to (batch, 1) when it built, so its BatchNormalization expected 3-d
+    # inputs and refused every call (keras2). Fixed in backends/keras2/adapter.py.
+    "batchnorm-after-an-embedding": {
+        "spec": {
+            "in_features": 2,
+            "layers": [
+                {"dim": 1, "kind": "embedding", "vocab": 2},
+                {"kind": "dense", "units": 1},
+                {"kind": "batchnorm"},
+            ],
+            "name": "generated",
+            "ties": [],
+        },
+        "batch": 2,
+        "loss": "sum",
+    },
 }
 FRESH_MODELS = 8
 
@@ -225,6 +242,11 @@ FRESH_MODELS = 8
 @pytest.mark.parametrize("found", list(FOUND_CASES.values()), ids=list(FOUND_CASES))
 def test_found_cases_agree_with_the_oracle(backend, found):
     case = case_from_dict(found)
+    lacking = [
+        need for need, built in spec_capabilities(backend).items() if need in case.spec.needs and not built
+    ]
+    if lacking:
+        pytest.skip(f"the case needs {', '.join(lacking)}, which backend {backend.name!r} declares it lacks")
     conventions = declared_conventions(backend)
     materials = case.materials(conventions)
     assert not materials.risky, "a found case keeps its ReLU inputs clear of 0, its BatchNorm features varied"
