@@ -53,7 +53,9 @@ class Keras2Backend(TensorFlowKerasBase):
         return keras.layers.Embedding(vocab, dim)
 
     def new_sequential(self, spec: ModelSpec, path: LayerPath) -> Any:
-        if not spec.ties:
+        # Deferred, tf-keras builds on the first call and expands its 1-d ids to (batch, 1): a
+        # BatchNormalization after the Embedding is then built for 3-d inputs and refuses 2-d.
+        if not spec.ties and spec.input_kind == "features":
             return keras.Sequential()
         width = _input_width(spec, path)
         if width is None:  # the block that starts with the Embedding takes the ids

@@ -126,6 +126,7 @@ class Normalized:
     var: np.ndarray  # the variance it divided by (without eps)
     batch_stats: bool  # True: the statistics depend on the batch, and their gradient flows
     debias: float = 1.0  # the running statistics were divided by this (use_count), else 1
+    uses: int = 0  # the training-mode uses that debias counted
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,7 @@ def _batchnorm(layer, owner, weights, running, counts, h, mode, conventions):
     beta = np.asarray(weights[param_name(owner, "bias")], dtype=np.float64)
     name = layer_name(owner)
     frozen_as_inference = not layer.trainable and conventions.frozen_batchnorm == "inference"
-    update, debias = None, 1.0
+    update, debias, uses = None, 1.0, 0
     if mode == "training" and not frozen_as_inference:
         n = h.shape[0]
         mean, var = h.mean(axis=0), h.var(axis=0)
@@ -350,15 +351,15 @@ def _batchnorm(layer, owner, weights, running, counts, h, mode, conventions):
         counts[name] += 1
         batch_stats = True
     else:
-        uses = counts[name]
-        if conventions.inference_debias == "use_count" and uses > 0:
+        if conventions.inference_debias == "use_count" and counts[name] > 0:
+            uses = counts[name]
             debias = 1.0 - (1.0 - momentum) ** uses
         mean = running[f"{name}.running_mean"] / debias
         var = running[f"{name}.running_var"] / debias
         batch_stats = False
     inv_std = 1.0 / np.sqrt(var + eps)
     normalized = (h - mean) * inv_std
-    saved = Normalized(normalized, inv_std, mean, var, batch_stats, debias)
+    saved = Normalized(normalized, inv_std, mean, var, batch_stats, debias, uses)
     return normalized * gamma + beta, saved, update
 
 

@@ -12,9 +12,10 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from common.core.expectations import conventions_of
 from common.core.interface import Backend, Model
 from common.core.models import BOOK_SPECS
-from common.core.oracle import initial_weights, sample_input
+from common.core.oracle import Conventions, initial_weights, sample_input
 from common.core.spec import ModelSpec
 from common.core.untrusted import printable
 from common.declarations import declaration
@@ -32,6 +33,22 @@ def loaded_model(backend: Backend, spec: ModelSpec, seed: int = 0) -> tuple[Mode
 
 def book_input(spec: ModelSpec) -> np.ndarray:
     return sample_input(spec, batch=2)
+
+
+def declared_conventions(backend: Backend) -> Conventions:
+    """The oracle's Conventions from the backend's declared BatchNorm facts; the oracle's defaults
+    where it builds no BatchNorm (no spec it builds holds one)."""
+    entry = declaration(backend.name)
+    return conventions_of(entry.facts) if entry.capability("batchnorm").value else Conventions()
+
+
+# The declared capabilities a generated spec may use (generate.cases() takes them by name).
+SPEC_CAPABILITIES = ("batchnorm", "freezing", "embedding")
+
+
+def spec_capabilities(backend: Backend) -> dict[str, bool]:
+    entry = declaration(backend.name)
+    return {name: entry.capability(name).value for name in SPEC_CAPABILITIES}
 
 
 # Every adapter primitive and hook: none may run for an invalid spec or input. build_mlp itself is

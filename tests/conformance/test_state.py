@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from common.core import oracle
-from common.core.expectations import STATE_ATOL, STATE_RTOL, conventions_of
+from common.core.expectations import STATE_ATOL, STATE_RTOL
 from common.core.models import BATCHNORM, STATE_SPECS, TIED_BATCHNORM
 from common.core.oracle import Loss
 from common.core.spec import BatchNorm, Dense, ModelSpec
 from common.declarations import declaration
 from common.errors import ParamFileError, UsageError
-from tests.conformance.fixtures import recording
+from tests.conformance.fixtures import declared_conventions, recording
 from tests.helpers import assert_close, assert_equal
 
 SPECS = list(STATE_SPECS.values())
@@ -31,10 +31,6 @@ def _requires(backend, *capabilities: str) -> None:
         declared = declaration(backend.name).capability(capability)
         if not declared.value:
             pytest.skip(f"{capability} is declared false: {declared.reason}")
-
-
-def _conventions(backend) -> oracle.Conventions:
-    return conventions_of(declaration(backend.name).facts)
 
 
 def _loaded(backend, spec, seed: int = 0):
@@ -65,7 +61,7 @@ def test_forward_matches_the_oracle_in_each_mode(backend, spec, mode):
     _requires(backend, "batchnorm")
     model, weights, state = _loaded(backend, spec)
     x, _ = _data(spec)
-    conventions = _conventions(backend)
+    conventions = declared_conventions(backend)
     expected = oracle.backward(spec, weights, x, Loss(), state=state, mode=mode, conventions=conventions)
     _close(f"net(X) in {mode} mode", backend.forward(model, x, mode=mode), expected.output, spec.name)
     for name, value in expected.state.items():
@@ -77,7 +73,7 @@ def test_gradients_match_the_oracle_in_training_mode(backend, spec):
     _requires(backend, "batchnorm")
     model, weights, state = _loaded(backend, spec)
     x, loss = _data(spec)
-    expected = oracle.backward(spec, weights, x, loss, state=state, conventions=_conventions(backend))
+    expected = oracle.backward(spec, weights, x, loss, state=state, conventions=declared_conventions(backend))
     grads = backend.backward(model, x, loss)
     trainable = {p.name for p in spec.params if p.trainable}
     assert_equal("parameters with a gradient", sorted(grads), sorted(trainable), "frozen ones have none")
@@ -92,7 +88,7 @@ def test_training_follows_the_declared_conventions(backend, spec):
     _requires(backend, "batchnorm", "freezing")
     model, weights, state = _loaded(backend, spec)
     x, loss = _data(spec)
-    conventions = _conventions(backend)
+    conventions = declared_conventions(backend)
     trained = oracle.train(spec, weights, x, loss, LR, STEPS, state=state, conventions=conventions)
     actual_losses, _ = backend.train(model, x, loss, LR, STEPS)
     _close("losses", actual_losses, trained.losses, f"{STEPS} SGD steps of {spec.name}")
@@ -110,7 +106,7 @@ def test_inference_after_training_uses_the_running_statistics(backend, spec):
     _requires(backend, "batchnorm", "freezing")
     model, weights, state = _loaded(backend, spec)
     x, loss = _data(spec)
-    conventions = _conventions(backend)
+    conventions = declared_conventions(backend)
     trained = oracle.train(spec, weights, x, loss, LR, STEPS, state=state, conventions=conventions)
     backend.train(model, x, loss, LR, STEPS)
     _close(
@@ -151,7 +147,7 @@ def test_unset_settings_are_the_declared_defaults(backend, unset):
     model, weights, state = _loaded(backend, spec)
     x = np.array([[1.0], [2.0], [4.0], [8.0]], np.float32)
     expected = oracle.backward(
-        spec, weights, x, Loss(), state=state, mode="training", conventions=_conventions(backend)
+        spec, weights, x, Loss(), state=state, mode="training", conventions=declared_conventions(backend)
     )
     _close("net(X)", backend.forward(model, x, mode="training"), expected.output, f"{unset} unset")
     for name, value in expected.state.items():
