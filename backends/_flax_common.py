@@ -45,13 +45,23 @@ from common.core.spec import STATE_ROLES, LayerPath, param_name, split_param_nam
 from common.core.untrusted import shown
 from common.errors import ParamFileError
 
-__all__ = ["FlaxBase", "FlaxLayers", "FlaxState", "batchnorm_settings", "named_leaves", "slash_path"]
+__all__ = [
+    "ROLE_NAMES",
+    "FlaxBase",
+    "FlaxLayers",
+    "FlaxState",
+    "batchnorm_settings",
+    "named_leaves",
+    "slash_path",
+]
 
 # Canonical role -> the attribute (and key) Flax gives it, in nn.Dense/nnx.Linear and BatchNorm.
 _DENSE_ROLE = {"weight": "kernel", "bias": "bias"}
 _NORM_ROLE = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 _TABLE = "embedding"  # where nn.Embed and nnx.Embed keep their table
 _CUSTOM_ROLE = {"weight": "weight", "bias": "bias"}  # the names D2L 6.5's MyDense gives its own
+# Parameter kind -> canonical role -> Flax's name, state roles included (linen and NNX alike).
+ROLE_NAMES = {"dense": _DENSE_ROLE, "batchnorm": _NORM_ROLE, "embedding": {"weight": _TABLE}}
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,7 @@ FAMILY_KEYS = (
     "suite_env_vars",
     "hostile",
     "native_writer",
+    "initializers",
     "capabilities",
     "facts",
     "xfails",

@@ -16,16 +16,9 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from backends._flax_common import ROLE_NAMES
 from common.commands.bench import HandwrittenLoop
 from common.core.spec import Dense, Embedding
-
-# linen's names for each kind's canonical parameter roles, and for the state roles
-_NAMES = {
-    "dense": {"weight": "kernel", "bias": "bias"},
-    "batchnorm": {"weight": "scale", "bias": "bias"},
-    "embedding": {"weight": "embedding"},
-}
-_STATS = {"running_mean": "mean", "running_var": "var"}
 
 
 class TiedOutput(nn.Module):
@@ -76,7 +69,7 @@ def make_handwritten(
     params = {name: dict(leaves) for name, leaves in variables["params"].items()}
     for p in spec.params:
         value = weights[p.name]
-        native = _NAMES[p.kind][p.role]
+        native = ROLE_NAMES[p.kind][p.role]
         params[f"layers_{p.owner[0]}"][native] = jnp.asarray(value.T if native == "kernel" else value)
     stats = {name: tree for name, tree in variables.items() if name != "params"}  # batch_stats, if any
     frozen = {f"layers_{owner[0]}" for owner in made if not spec.trainable_at(owner)}
@@ -113,6 +106,9 @@ def make_handwritten(
 
     def running_stats() -> dict[str, np.ndarray]:
         batch_stats = carry["stats"].get("batch_stats", {})
-        return {p.name: np.asarray(batch_stats[f"layers_{p.owner[0]}"][_STATS[p.role]]) for p in spec.state}
+        return {
+            p.name: np.asarray(batch_stats[f"layers_{p.owner[0]}"][ROLE_NAMES[p.kind][p.role]])
+            for p in spec.state
+        }
 
     return HandwrittenLoop(run, running_stats)

@@ -16,16 +16,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from backends._flax_common import ROLE_NAMES
 from common.commands.bench import HandwrittenLoop
 from common.core.spec import Dense, Embedding
-
-# NNX's names for each kind's canonical parameter roles, and for the state roles
-_NAMES = {
-    "dense": {"weight": "kernel", "bias": "bias"},
-    "batchnorm": {"weight": "scale", "bias": "bias"},
-    "embedding": {"weight": "embedding"},
-}
-_STATS = {"running_mean": "mean", "running_var": "var"}
 
 
 class TiedOutput(nnx.Module):
@@ -71,7 +64,7 @@ def make_handwritten(
             made[owner] = nnx.BatchNorm(features[path], rngs=rngs, **chosen)
         layers.append(made[owner])
     for p in spec.params:  # unique: a tied output's weight is the table, set with its Embed
-        native = _NAMES[p.kind][p.role]
+        native = ROLE_NAMES[p.kind][p.role]
         value = weights[p.name].T if native == "kernel" else weights[p.name]  # a kernel is (in, out)
         getattr(made[p.owner], native)[...] = jnp.asarray(value)
     model = nnx.Sequential(*layers)
@@ -103,6 +96,8 @@ def make_handwritten(
         return np.asarray(jnp.stack(losses))
 
     def running_stats() -> dict[str, np.ndarray]:
-        return {p.name: np.asarray(getattr(made[p.owner], _STATS[p.role])[...]) for p in spec.state}
+        return {
+            p.name: np.asarray(getattr(made[p.owner], ROLE_NAMES[p.kind][p.role])[...]) for p in spec.state
+        }
 
     return HandwrittenLoop(run, running_stats)

@@ -49,10 +49,12 @@ def module_file(module: str) -> Path | None:
 
 def backend_sources(entry) -> set[Path]:
     """The backend's own folder, the modules its declaration names (a family's hostile files,
-    backends/_flax_hostile.py...) and every module under backends/ that these import,
-    transitively: family code (backends/_flax_common.py...) counts against each backend that uses it."""
+    backends/_flax_hostile.py..., or initializers, backends/_keras3_initializers.py) and every
+    module under backends/ that these import, transitively: family code
+    (backends/_flax_common.py...) counts against each backend that uses it."""
     folder = ROOT / entry.adapter_module.rsplit(".", 1)[0].replace(".", "/")
-    declared = [module_file(ref.partition(":")[0]) for ref in (entry.hostile, entry.native_writer) if ref]
+    refs = (entry.hostile, entry.native_writer, entry.initializers)
+    declared = [module_file(ref.partition(":")[0]) for ref in refs if ref]
     pending, found = [*folder.glob("*.py"), *(path for path in declared if path)], set()
     while pending:
         path = pending.pop()

@@ -1,4 +1,6 @@
-"""D2L 6.3 in Keras 3 on PyTorch: backends/_keras_initializers.py with keras.ops and keras.random."""
+"""D2L 6.3 in Keras 3 on any engine (TensorFlow, JAX, PyTorch): backends/_keras_initializers.py
+with keras.ops and keras.random. A module of its own: tf-keras (Keras 2) shares the other one and
+may not import keras 3."""
 
 from __future__ import annotations
 
