@@ -135,6 +135,24 @@ def test_frozen_parameters_are_bit_identical_after_training(backend):
     assert moved, "nothing trained: the check above would pass vacuously"
 
 
+def test_training_after_a_load_uses_the_values_loaded(backend):
+    """A load between two trainings reaches the second, frozen values included: a compiled step
+    that holds frozen arrays as constants must not keep the old ones."""
+    _requires(backend, "batchnorm", "freezing")
+    model, _, _ = _loaded(backend, BATCHNORM)
+    x, loss = _data(BATCHNORM)
+    backend.train(model, x, loss, LR, STEPS)  # compiled here, with the first values
+    weights, state = oracle.initial_weights(BATCHNORM, seed=1), oracle.initial_state(BATCHNORM, seed=1)
+    backend.load_params(model, weights)
+    backend.load_state(model, state)
+    conventions = declared_conventions(backend)
+    trained = oracle.train(BATCHNORM, weights, x, loss, LR, STEPS, state=state, conventions=conventions)
+    actual_losses, _ = backend.train(model, x, loss, LR, STEPS)
+    _close("losses after the load", actual_losses, trained.losses, f"{STEPS} SGD steps of {BATCHNORM.name}")
+    for name, value in trained.params.items():
+        _close(name, backend.get_param(model, name), value, f"after the load and {STEPS} steps")
+
+
 @pytest.mark.parametrize("unset", ["momentum", "eps"])
 def test_unset_settings_are_the_declared_defaults(backend, unset):
     """One training forward on x = [1, 2, 4, 8]: the running statistics show the default
