@@ -41,7 +41,9 @@ GRACE_S = 2.0  # from the stop signal to SIGKILL
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _GUARD = os.path.abspath(__file__)
 
-_lock = threading.Lock()
+# Reentrant: a signal handler runs in the main thread, maybe while that thread holds the lock
+# (a second Ctrl-C during the clean-up), and takes it again to stop the children.
+_lock = threading.RLock()
 _live: set[Child] = set()
 _scratch: list[str] = []  # the parent's temp folders: a guard removes them if the parent dies
 _interrupted = 0  # the signal that interrupted this process, once one has
@@ -116,9 +118,10 @@ class Child(subprocess.Popen):
     def _release(self) -> None:
         with _lock:
             _live.discard(self)
-            if self._control is not None:
-                os.close(self._control)
-                self._control = None
+            # None first: a signal handler that runs in between sees no descriptor, never a closed one.
+            control, self._control = self._control, None
+            if control is not None:
+                os.close(control)
 
 
 def run(args, *, input=None, capture_output=False, timeout=None, check=False, **kwargs):

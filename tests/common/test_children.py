@@ -161,6 +161,40 @@ def test_a_second_ctrl_c_prints_no_traceback_and_leaves_no_child(hanging, tmp_pa
     assert not gone(mark)
 
 
+SECOND_SIGNAL_UNDER_THE_LOCK = """\
+import os, signal, sys
+from common import children
+child = children.Child([sys.executable, "-c", "import time; time.sleep(600)"])
+with children.handling_signals():
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        while True:
+            pass
+    except KeyboardInterrupt:
+        with children._lock:  # where the clean-up is when the second Ctrl-C lands
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between these bytecodes
+                pass
+        children.wait_all()
+print("exited")
+"""
+
+
+def test_a_second_ctrl_c_while_the_clean_up_holds_the_lock_does_not_hang(mark):
+    """The race behind a rare hang of the test above, made certain: the second signal's handler
+    takes the children's lock in the thread that already holds it."""
+    result = subprocess.run(
+        [sys.executable, "-c", SECOND_SIGNAL_UNDER_THE_LOCK],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (0, "exited\n"), result.stderr[-900:]
+    assert not gone(mark)
+
+
 # -- the guard, alone -----------------------------------------------------------------------------
 def test_the_guard_passes_on_output_and_status():
     result = children.run(
