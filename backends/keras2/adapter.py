@@ -52,6 +52,14 @@ class Keras2Backend(TensorFlowKerasBase):
     def new_embedding(self, vocab: int, dim: int) -> Any:
         return keras.layers.Embedding(vocab, dim)
 
+    def tied_output(self, embedding: Any, units: int) -> Any:
+        # A tied spec's Sequentials have a keras.Input, so each layer runs as it is added; a block
+        # is finished (its TiedProjection run) before the outer Sequential adds the Embedding.
+        # Calling the Embedding once builds its table under its own name (found by make fuzz).
+        if not embedding.built:
+            embedding(tf.zeros((1,), "int64"))
+        return super().tied_output(embedding, units)
+
     def new_sequential(self, spec: ModelSpec, path: LayerPath) -> Any:
         # Deferred, tf-keras builds on the first call and expands its 1-d ids to (batch, 1): a
         # BatchNormalization after the Embedding is then built for 3-d inputs and refuses 2-d.

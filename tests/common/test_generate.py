@@ -65,7 +65,7 @@ def test_generated_specs_construct_and_round_trip(case):
         assert not isinstance(layer, BatchNorm) or isinstance(before, Dense), (
             f"{path}: a BatchNorm after {before}"
         )
-    assert case.batch >= 2 or not spec.has_batchnorm, "a BatchNorm needs a batch of 2 or more"
+    assert case.batch >= generate.MIN_BATCHNORM_BATCH or not spec.has_batchnorm, "a BatchNorm batch too small"
     for path, layer in walked:
         assert not isinstance(layer, Embedding) or path == walked[0][0], f"{path}: an Embedding not first"
     if spec.embed_slot is not None:
