@@ -205,7 +205,7 @@ def test_a_failing_case_shrinks_to_the_smallest_tied_batchnorm_model():
             "layers": [dense, norm, dense, norm],
             "ties": [[[1], [3]]],
         },
-        "batch": 2,
+        "batch": generate.MIN_BATCHNORM_BATCH,
         "loss": "sum",
     }
 
@@ -236,7 +236,7 @@ def test_materials_repeat_ids(sample):
 
 def test_a_failing_case_shrinks_to_the_smallest_frozen_model():
     """Something must train, so the smallest frozen model is two layers of width 1, one of them
-    frozen: a Dense and a Dense (batch 1), or a Dense and a BatchNorm at its defaults (batch 2).
+    frozen: a Dense and a Dense (batch 1), or a Dense and a BatchNorm at its defaults (batch MIN_BATCHNORM_BATCH).
     Each is minimal, and which one the search meets first varies."""
     smallest = find(cases(), lambda case: case.spec.has_frozen, settings=SEARCH).to_dict()
     spec = smallest["spec"]
@@ -246,7 +246,7 @@ def test_a_failing_case_shrinks_to_the_smallest_frozen_model():
     assert plain[0] == {"kind": "dense", "units": 1}, smallest
     assert plain[1] in ({"kind": "dense", "units": 1}, {"kind": "batchnorm"}), smallest
     assert [layer.get("trainable", True) for layer in (first, second)].count(False) == 1, smallest
-    batch = 2 if plain[1]["kind"] == "batchnorm" else 1
+    batch = generate.MIN_BATCHNORM_BATCH if plain[1]["kind"] == "batchnorm" else 1
     assert (spec["in_features"], spec["ties"], smallest["batch"], smallest["loss"]) == (1, [], batch, "sum")
 
 
