@@ -42,6 +42,8 @@ BatchNorm model. A write to a frozen array makes the next step compile anew.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +74,11 @@ STATE_CALL = "eqx.nn.State keys (net, state = eqx.nn.make_with_state(...))"
 AXIS = "batch"  # the vmapped batch axis a BatchNorm reduces over (its axis_name)
 NPY_VERSIONS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 NPY_HEADER_BUDGET = 4096  # bytes per record beyond its data: np.save pads a header to 64 bytes
+# The placeholder eqx.nn.Shared stores at a tied place; its class is not public, so it is read
+# off a Shared made through the public API.
+SharedNode = type(
+    eqx.nn.Shared((jnp.zeros(()), jnp.zeros(())), where=lambda t: t[1], get=lambda t: t[0]).pytree[1]
+)
 
 
 class MyLinear(eqx.Module):
@@ -115,6 +122,33 @@ def _apply(net: Any, x: jax.Array, state: eqx.nn.State | None = None) -> tuple[j
     return jax.vmap(net, in_axes=(0, None), out_axes=(0, None), axis_name=AXIS)(x, state)
 
 
+@dataclass(frozen=True)
+class _Where:
+    """``where`` of eqx.nn.Shared: the tied layers, then the weights reading the table. A value,
+    not a closure, so two nets of one architecture have equal static halves and share their
+    compiled programs (_programs)."""
+
+    users: tuple[LayerPath, ...]
+    readers: tuple[LayerPath, ...]
+
+    def __call__(self, tree: Any) -> tuple[Any, ...]:
+        return (*(_walk(tree, path) for path in self.users), *(_walk(tree, path).weight for path in self.readers))
+
+
+@dataclass(frozen=True)
+class _Get:
+    """``get`` of eqx.nn.Shared: what fills each of _Where's places, the owner's very layer or
+    the embedding's table."""
+
+    owners: tuple[LayerPath, ...]
+    table: LayerPath | None
+    readers: int
+
+    def __call__(self, tree: Any) -> tuple[Any, ...]:
+        layers = tuple(_walk(tree, path) for path in self.owners)
+        return (*layers, *(_walk(tree, self.table).weight for _ in range(self.readers)))
+
+
 def _tie(spec: ModelSpec, net: eqx.nn.Sequential) -> Any:
     """Equinox's sharing mechanism: each tied position (a Linear or a BatchNorm) becomes a
     SharedNode in the stored tree and is filled with its owner's layer on ``shared()``; the weight
@@ -122,18 +156,11 @@ def _tie(spec: ModelSpec, net: eqx.nn.Sequential) -> Any:
     users = tuple(slot.path for slot in spec.layer_slots if slot.tied)
     owners = tuple(slot.owner for slot in spec.layer_slots if slot.tied)
     embed = spec.embed_slot
-    readers = () if embed is None else embed.readers
+    readers = () if embed is None else tuple(embed.readers)
     if not users and not readers:
         return net
-
-    def where(tree: Any) -> tuple[Any, ...]:
-        return (*(_walk(tree, path) for path in users), *(_walk(tree, path).weight for path in readers))
-
-    def get(tree: Any) -> tuple[Any, ...]:
-        layers = tuple(_walk(tree, path) for path in owners)
-        return (*layers, *(_walk(tree, embed.path).weight for _ in readers))
-
-    return eqx.nn.Shared(net, where=where, get=get)
+    table = None if embed is None else embed.path
+    return eqx.nn.Shared(net, where=_Where(users, readers), get=_Get(owners, table, len(readers)))
 
 
 @dataclass(frozen=True)
@@ -182,6 +209,7 @@ class Split:
     trainable_def: Any  # the tree structures of the two parts
     frozen_def: Any
     static: Any  # everything but arrays: SharedNode, functions, BatchNorm's flags and StateIndex
+    architecture: Any  # equal for two nets one program serves (_architecture); None: not hashable
 
     @classmethod
     def of(cls, tables: Tables, filter_spec: Any) -> Split:
@@ -199,6 +227,7 @@ class Split:
             trainable_def=jax.tree_util.tree_structure(diff),
             frozen_def=jax.tree_util.tree_structure(frozen),
             static=static,
+            architecture=_architecture(diff, frozen, static),
         )
 
     def parts(self, tables: Tables) -> tuple[list[jax.Array], list[jax.Array]]:
@@ -211,6 +240,42 @@ class Split:
         return eqx.combine(
             unflatten(self.trainable_def, trainable), unflatten(self.frozen_def, frozen), self.static
         )
+
+
+def _architecture(trainable: Any, frozen: Any, static: Any) -> Any:
+    """What a compiled program of the split depends on: the structures of its parts and the static
+    leaves, each ``SharedNode`` placeholder (compared by identity, a new one per net) as one
+    mark. Two nets with an equal key run the same program; None when a static leaf cannot be
+    hashed (the program is then the net's own)."""
+    leaves, structure = jax.tree_util.tree_flatten(static)
+    marks = tuple(SharedNode if isinstance(leaf, SharedNode) else leaf for leaf in leaves)
+    key = (jax.tree_util.tree_structure(trainable), jax.tree_util.tree_structure(frozen), structure, marks)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+# Compiled programs shared by every net of one architecture: the suite builds the book's models
+# hundreds of times, and a program per net traced and compiled each of them anew. Bounded, so
+# a campaign over random architectures does not keep every one.
+_PROGRAMS: OrderedDict[Any, Callable[..., Any]] = OrderedDict()
+MAX_PROGRAMS = 256
+_tracing = threading.local()  # the model a shared program is traced for (note_trace)
+
+
+def _shared(key: Any, make: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+    if key is None or key[0] is None:
+        return make()
+    program = _PROGRAMS.get(key)
+    if program is None:
+        program = _PROGRAMS[key] = make()
+        if len(_PROGRAMS) > MAX_PROGRAMS:
+            _PROGRAMS.popitem(last=False)
+    else:
+        _PROGRAMS.move_to_end(key)
+    return program
 
 
 @dataclass
@@ -379,15 +444,14 @@ class EquinoxBackend(JaxPlacement, Backend):
     def native_forward(self, model: Model, x: np.ndarray) -> np.ndarray:
         """Inference mode: ``eqx.nn.inference_mode`` sets every BatchNorm's ``inference`` flag, so
         it normalizes by its running statistics and leaves the state as it was."""
-        net, state = self.net(model), _state(model).state
-        if state is not None:
-            net = eqx.nn.inference_mode(net)
-        return to_numpy(_apply(net, model_input(model.spec, x), state)[0])
+        run = self._compiled(model, "inference", lambda split: jax.jit(self._program(split, inference=True)))
+        trainable, frozen = self._split(model).parts(self._tables(model))
+        return to_numpy(run(trainable, frozen, _state(model).state, model_input(model.spec, x))[0])
 
     def native_forward_training(self, model: Model, x: np.ndarray) -> np.ndarray:
         """Training mode (every BatchNorm's ``inference`` is False, as built): normalized by the
         batch, and the new ``eqx.nn.State`` kept."""
-        run = self.compiled(model, "forward", lambda: jax.jit(self._program(model)))
+        run = self._compiled(model, "forward", lambda split: jax.jit(self._program(split)))
         trainable, frozen = self._split(model).parts(self._tables(model))
         y, _state(model).state = run(trainable, frozen, _state(model).state, model_input(model.spec, x))
         return to_numpy(y)
@@ -481,20 +545,31 @@ class EquinoxBackend(JaxPlacement, Backend):
         }
 
     # -- gradients and SGD ------------------------------------------------------------------------
-    def _program(self, model: Model) -> Callable[..., tuple[jax.Array, Any]]:
-        """(trainable arrays, frozen arrays, state, x) -> (net(x), state after it), in training
-        mode; pure, for jax.jit. The split's structure and static leaves never change."""
+    def _compiled(self, model: Model, name: Any, make: Callable[[Split], Callable[..., Any]]) -> Callable[..., Any]:
+        """The compiled program ``name`` for this model, shared with every model of its
+        architecture (``make`` builds it from the split; it must hold nothing of the model)."""
         split = self._split(model)
+        _tracing.model = model  # a shared program may trace again (a new batch size): count it here
+        return self.compiled(model, name, lambda: _shared((split.architecture, name), lambda: make(split)))
+
+    @staticmethod
+    def _program(split: Split, inference: bool = False) -> Callable[..., tuple[jax.Array, Any]]:
+        """(trainable arrays, frozen arrays, state, x) -> (net(x), state after it), in training
+        mode or in inference mode; pure, for jax.jit."""
 
         def run(trainable: list[jax.Array], frozen: list[jax.Array], state: Any, x: jax.Array) -> Any:
-            return _apply(split.net(trainable, frozen), x, state)
+            net = split.net(trainable, frozen)
+            if inference and state is not None:
+                net = eqx.nn.inference_mode(net)
+            return _apply(net, x, state)
 
         return run
 
-    def _objective(self, model: Model, kind: str) -> Callable[..., tuple[jax.Array, Any]]:
+    @staticmethod
+    def _objective(split: Split, kind: str) -> Callable[..., tuple[jax.Array, Any]]:
         """(trainable, frozen, state, x, target) -> (loss, state after the pass): differentiated in
         its first argument only, so frozen arrays get no gradient."""
-        run = self._program(model)
+        run = EquinoxBackend._program(split)
 
         def loss(
             trainable: list[jax.Array], frozen: list[jax.Array], state: Any, x: jax.Array, target: Any
@@ -510,11 +585,10 @@ class EquinoxBackend(JaxPlacement, Backend):
         return {owner: place[k] for owner, k in self.owners(model).items() if k in place}
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
-        # Jitted once per model: eager autodiff re-runs Python for every layer on every call.
-        grad = self.compiled(
+        grad = self._compiled(
             model,
             ("grad", loss.kind),
-            lambda: jax.jit(jax.grad(self._objective(model, loss.kind), has_aux=True)),
+            lambda split: jax.jit(jax.grad(self._objective(split, loss.kind), has_aux=True)),
         )
         trainable, frozen = self._split(model).parts(self._tables(model))
         state = _state(model)
@@ -523,14 +597,14 @@ class EquinoxBackend(JaxPlacement, Backend):
         grads, state.state = grad(trainable, frozen, state.state, inputs, target_array(loss))
         return {owner: to_numpy(grads[j]) for owner, j in self._trained_owners(model).items()}
 
-    def _sgd(self, model: Model, kind: str, frozen: tuple[jax.Array, ...]) -> Callable[..., Any]:
-        loss = self._objective(model, kind)
+    def _sgd(self, split: Split, kind: str, frozen: tuple[jax.Array, ...]) -> Callable[..., Any]:
+        loss = self._objective(split, kind)
         frozen_list = list(frozen)
 
         def step(
             trainable: list[jax.Array], state: Any, lr: jax.Array, x: jax.Array, target: Any, watch: bool
         ) -> Any:
-            self.note_trace(model)  # Python runs here once per trace
+            self.note_trace(_tracing.model)  # Python runs here once per trace
             (value, state), grads = jax.value_and_grad(loss, has_aux=True)(
                 trainable, frozen_list, state, x, target
             )
@@ -544,12 +618,16 @@ class EquinoxBackend(JaxPlacement, Backend):
         return jax.jit(step, static_argnames="watch")
 
     def _sgd_step(self, model: Model, kind: str, frozen: list[jax.Array]) -> Callable[..., Any]:
-        """The compiled step for ``kind`` with these very frozen arrays as constants: reused until
-        a write replaces one of them."""
+        """The compiled step for ``kind``: shared by the architecture when nothing is frozen;
+        else the model's own, with these very frozen arrays as constants, reused until a write
+        replaces one of them."""
+        if not frozen:
+            return self._compiled(model, ("sgd", kind), lambda split: self._sgd(split, kind, ()))
+        _tracing.model = model
         steps = _state(model).sgd_steps
         held = steps.get(kind)
         if held is None or len(held[0]) != len(frozen) or any(a is not b for a, b in zip(held[0], frozen)):
-            held = steps[kind] = (tuple(frozen), self._sgd(model, kind, tuple(frozen)))
+            held = steps[kind] = (tuple(frozen), self._sgd(self._split(model), kind, tuple(frozen)))
         return held[1]
 
     def native_train(
