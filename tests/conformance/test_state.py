@@ -153,6 +153,32 @@ def test_training_after_a_load_uses_the_values_loaded(backend):
         _close(name, backend.get_param(model, name), value, f"after the load and {STEPS} steps")
 
 
+def test_nets_that_differ_only_in_what_is_frozen_each_follow_the_oracle(backend):
+    """Two nets of one shape, frozen at different layers, in one process: a backend that caches
+    compiled programs by architecture must tell them apart (a program shared by the two trains
+    the other net's layer)."""
+    _requires(backend, "freezing")
+    nets = [
+        ModelSpec(f"frozen-at-{k}", 3, tuple(Dense(3, trainable=i != k) for i in range(3)))
+        for k in (0, 1)
+    ]
+    for spec in nets:
+        model = backend.build_mlp(spec)
+        weights = oracle.initial_weights(spec)
+        backend.load_params(model, weights)
+        x, loss = _data(spec)
+        expected = oracle.backward(spec, weights, x, loss)
+        grads = backend.backward(model, x, loss)
+        trainable = sorted(p.name for p in spec.params if p.trainable)
+        assert_equal("parameters with a gradient", sorted(grads), trainable, spec.name)
+        for name in trainable:
+            _close(f"grad {name}", grads[name], expected.grads[name], spec.name)
+        trained = oracle.train(spec, weights, x, loss, LR, STEPS)
+        backend.train(model, x, loss, LR, STEPS)
+        for name, value in trained.params.items():
+            _close(name, backend.get_param(model, name), value, f"{spec.name}, after {STEPS} steps")
+
+
 @pytest.mark.parametrize("unset", ["momentum", "eps"])
 def test_unset_settings_are_the_declared_defaults(backend, unset):
     """One training forward on x = [1, 2, 4, 8]: the running statistics show the default
