@@ -132,7 +132,8 @@ class _Where:
     readers: tuple[LayerPath, ...]
 
     def __call__(self, tree: Any) -> tuple[Any, ...]:
-        return (*(_walk(tree, path) for path in self.users), *(_walk(tree, path).weight for path in self.readers))
+        layers = tuple(_walk(tree, path) for path in self.users)
+        return (*layers, *(_walk(tree, path).weight for path in self.readers))
 
 
 @dataclass(frozen=True)
@@ -545,7 +546,9 @@ class EquinoxBackend(JaxPlacement, Backend):
         }
 
     # -- gradients and SGD ------------------------------------------------------------------------
-    def _compiled(self, model: Model, name: Any, make: Callable[[Split], Callable[..., Any]]) -> Callable[..., Any]:
+    def _compiled(
+        self, model: Model, name: Any, make: Callable[[Split], Callable[..., Any]]
+    ) -> Callable[..., Any]:
         """The compiled program ``name`` for this model, shared with every model of its
         architecture (``make`` builds it from the split; it must hold nothing of the model)."""
         split = self._split(model)
@@ -626,7 +629,8 @@ class EquinoxBackend(JaxPlacement, Backend):
         _tracing.model = model
         steps = _state(model).sgd_steps
         held = steps.get(kind)
-        if held is None or len(held[0]) != len(frozen) or any(a is not b for a, b in zip(held[0], frozen)):
+        stale = held is None or len(held[0]) != len(frozen)
+        if stale or any(a is not b for a, b in zip(held[0], frozen, strict=True)):
             held = steps[kind] = (tuple(frozen), self._sgd(self._split(model), kind, tuple(frozen)))
         return held[1]
 

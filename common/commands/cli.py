@@ -64,13 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         inspect,
         matrix,
         roundtrip,
-        train_report,
+        train,
     )  # subcommands register themselves
 
     diff.add_parser(commands)
     matrix.add_parser(commands)
     bench.add_parser(commands)
-    train_report.add_parser(commands)
+    train.add_parser(commands)
     roundtrip.add_parser(commands)
     inspect.add_parsers(commands)
     checkpoints.add_parsers(commands)

@@ -236,7 +236,8 @@ def test_materials_repeat_ids(sample):
 
 def test_a_failing_case_shrinks_to_the_smallest_frozen_model():
     """Something must train, so the smallest frozen model is two layers of width 1, one of them
-    frozen: a Dense and a Dense (batch 1), or a Dense and a BatchNorm at its defaults (batch MIN_BATCHNORM_BATCH).
+    frozen: a Dense and a Dense (batch 1), or a Dense and a BatchNorm at its defaults (batch
+    MIN_BATCHNORM_BATCH).
     Each is minimal, and which one the search meets first varies."""
     smallest = find(cases(), lambda case: case.spec.has_frozen, settings=SEARCH).to_dict()
     spec = smallest["spec"]

@@ -159,8 +159,7 @@ def test_nets_that_differ_only_in_what_is_frozen_each_follow_the_oracle(backend)
     the other net's layer)."""
     _requires(backend, "freezing")
     nets = [
-        ModelSpec(f"frozen-at-{k}", 3, tuple(Dense(3, trainable=i != k) for i in range(3)))
-        for k in (0, 1)
+        ModelSpec(f"frozen-at-{k}", 3, tuple(Dense(3, trainable=i != k) for i in range(3))) for k in (0, 1)
     ]
     for spec in nets:
         model = backend.build_mlp(spec)
