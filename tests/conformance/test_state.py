@@ -53,6 +53,31 @@ def _close(name, actual, expected, context=""):
     assert_close(name, actual, expected, context, rtol=STATE_RTOL, atol=STATE_ATOL)
 
 
+def _gradients_agree(backend, model, spec, weights, state, x, loss) -> None:
+    """Training-mode gradients of the trainable parameters, and of no frozen one, as the oracle's."""
+    __tracebackhide__ = True
+    conventions = declared_conventions(backend)
+    expected = oracle.backward(spec, weights, x, loss, state=state, conventions=conventions)
+    grads = backend.backward(model, x, loss)
+    trainable = sorted(p.name for p in spec.params if p.trainable)
+    assert_equal("parameters with a gradient", sorted(grads), trainable, f"{spec.name}: none if frozen")
+    for name in trainable:
+        _close(f"grad {name}", grads[name], expected.grads[name], spec.name)
+
+
+def _trains_as_the_oracle(backend, model, spec, weights, state, x, loss, context: str) -> None:
+    """STEPS framework-SGD steps from ``weights`` and ``state``: losses, parameters and running
+    statistics as the oracle's under the backend's declared conventions."""
+    __tracebackhide__ = True
+    conventions = declared_conventions(backend)
+    trained = oracle.train(spec, weights, x, loss, LR, STEPS, state=state, conventions=conventions)
+    actual_losses, _ = backend.train(model, x, loss, LR, STEPS)
+    _close("losses", actual_losses, trained.losses, f"{spec.name}, {STEPS} SGD steps {context}")
+    for name, value in (*trained.params.items(), *trained.state.items()):
+        read = backend.get_state if name in trained.state else backend.get_param
+        _close(name, read(model, name), value, f"{spec.name}, after {STEPS} steps {context}")
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 @pytest.mark.parametrize("mode", oracle.MODES)
 def test_forward_matches_the_oracle_in_each_mode(backend, spec, mode):
@@ -72,13 +97,7 @@ def test_forward_matches_the_oracle_in_each_mode(backend, spec, mode):
 def test_gradients_match_the_oracle_in_training_mode(backend, spec):
     _requires(backend, "batchnorm")
     model, weights, state = _loaded(backend, spec)
-    x, loss = _data(spec)
-    expected = oracle.backward(spec, weights, x, loss, state=state, conventions=declared_conventions(backend))
-    grads = backend.backward(model, x, loss)
-    trainable = {p.name for p in spec.params if p.trainable}
-    assert_equal("parameters with a gradient", sorted(grads), sorted(trainable), "frozen ones have none")
-    for name in trainable:
-        _close(f"grad {name}", grads[name], expected.grads[name], spec.name)
+    _gradients_agree(backend, model, spec, weights, state, *_data(spec))
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
@@ -87,15 +106,7 @@ def test_training_follows_the_declared_conventions(backend, spec):
     under this backend's declared momentum, epsilon, running variance and frozen behaviour."""
     _requires(backend, "batchnorm", "freezing")
     model, weights, state = _loaded(backend, spec)
-    x, loss = _data(spec)
-    conventions = declared_conventions(backend)
-    trained = oracle.train(spec, weights, x, loss, LR, STEPS, state=state, conventions=conventions)
-    actual_losses, _ = backend.train(model, x, loss, LR, STEPS)
-    _close("losses", actual_losses, trained.losses, f"{STEPS} SGD steps of {spec.name}")
-    for name, value in trained.params.items():
-        _close(name, backend.get_param(model, name), value, f"after {STEPS} steps")
-    for name, value in trained.state.items():
-        _close(name, backend.get_state(model, name), value, f"after {STEPS} steps")
+    _trains_as_the_oracle(backend, model, spec, weights, state, *_data(spec), "from the start")
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
@@ -145,12 +156,7 @@ def test_training_after_a_load_uses_the_values_loaded(backend):
     weights, state = oracle.initial_weights(BATCHNORM, seed=1), oracle.initial_state(BATCHNORM, seed=1)
     backend.load_params(model, weights)
     backend.load_state(model, state)
-    conventions = declared_conventions(backend)
-    trained = oracle.train(BATCHNORM, weights, x, loss, LR, STEPS, state=state, conventions=conventions)
-    actual_losses, _ = backend.train(model, x, loss, LR, STEPS)
-    _close("losses after the load", actual_losses, trained.losses, f"{STEPS} SGD steps of {BATCHNORM.name}")
-    for name, value in trained.params.items():
-        _close(name, backend.get_param(model, name), value, f"after the load and {STEPS} steps")
+    _trains_as_the_oracle(backend, model, BATCHNORM, weights, state, x, loss, "after the load")
 
 
 def test_nets_that_differ_only_in_what_is_frozen_each_follow_the_oracle(backend):
@@ -166,16 +172,8 @@ def test_nets_that_differ_only_in_what_is_frozen_each_follow_the_oracle(backend)
         weights = oracle.initial_weights(spec)
         backend.load_params(model, weights)
         x, loss = _data(spec)
-        expected = oracle.backward(spec, weights, x, loss)
-        grads = backend.backward(model, x, loss)
-        trainable = sorted(p.name for p in spec.params if p.trainable)
-        assert_equal("parameters with a gradient", sorted(grads), trainable, spec.name)
-        for name in trainable:
-            _close(f"grad {name}", grads[name], expected.grads[name], spec.name)
-        trained = oracle.train(spec, weights, x, loss, LR, STEPS)
-        backend.train(model, x, loss, LR, STEPS)
-        for name, value in trained.params.items():
-            _close(name, backend.get_param(model, name), value, f"{spec.name}, after {STEPS} steps")
+        _gradients_agree(backend, model, spec, weights, None, x, loss)
+        _trains_as_the_oracle(backend, model, spec, weights, None, x, loss, "beside the other")
 
 
 @pytest.mark.parametrize("unset", ["momentum", "eps"])
