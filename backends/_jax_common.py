@@ -59,8 +59,9 @@ class CompiledPerSpec:
         return function
 
 
-# (carry, x, target) -> (carry, loss, gradients as a nested dict keyed like the native names)
-Step = Callable[[Any, jax.Array, Any], tuple[Any, jax.Array, Tree]]
+# (carry, lr, x, target) -> (carry, loss, gradients as a nested dict keyed like the native names);
+# the carry is a tuple of what the step threads, the rate is not threaded (it never changes)
+Step = Callable[[tuple[Any, ...], jax.Array, jax.Array, Any], tuple[tuple[Any, ...], jax.Array, Tree]]
 
 
 def to_numpy(value: Any) -> np.ndarray:

@@ -344,24 +344,24 @@ class FlaxBackend(FlaxBase):
     def pure_step(self, model: Model, kind: str) -> Step:
         loss, optimizer = self._objective(model, kind), functools.partial(self._optimizer, model)
 
-        def step(carry: Any, x: jax.Array, target: Any) -> Any:
-            params, rest, opt_state, lr = carry
-            tx = optimizer(lr)  # lr is traced (it rides in the carry): a new rate never retraces
+        def step(carry: Any, lr: jax.Array, x: jax.Array, target: Any) -> Any:
+            params, rest, opt_state = carry
+            tx = optimizer(lr)  # lr is traced: a new rate never retraces
             (value, rest), grads = jax.value_and_grad(loss, has_aux=True)(params, rest, x, target)
             updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), rest, opt_state, lr), value, {"params": grads}
+            return (optax.apply_updates(params, updates), rest, opt_state), value, {"params": grads}
 
         return step
 
-    def train_carry(self, model: Model, lr: float) -> Any:
+    def train_carry(self, model: Model) -> tuple[Any, ...]:
         params, rest = _split(_state(model).variables)
         if _state(model).opt_state is None:
             # SGD's state holds nothing that depends on the rate, so it serves every rate.
-            _state(model).opt_state = self._optimizer(model, lr).init(params)
-        return params, rest, _state(model).opt_state, jnp.asarray(lr, jnp.float32)
+            _state(model).opt_state = self._optimizer(model, 0.0).init(params)
+        return params, rest, _state(model).opt_state
 
-    def keep_carry(self, model: Model, carry: Any) -> None:
-        params, rest, opt_state, _ = carry
+    def keep_carry(self, model: Model, carry: tuple[Any, ...]) -> None:
+        params, rest, opt_state = carry
         _state(model).opt_state = opt_state
         self.keep_state(model, {"params": params, **rest})
 
