@@ -38,7 +38,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
-from backends._jax_common import JaxPlacement, Step, Tree, model_input, stacked, target_array, to_numpy
+from backends._jax_common import (
+    JaxPlacement,
+    Step,
+    Tree,
+    device_array,
+    model_input,
+    stacked,
+    target_array,
+    to_numpy,
+)
 from common.core.interface import NOT_STORED, Backend, Model
 from common.core.oracle import Loss
 from common.core.spec import STATE_ROLES, LayerPath, param_name, split_param_name
@@ -300,7 +309,7 @@ class FlaxBase(JaxPlacement, Backend):
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         step = self.compiled(model, ("sgd", loss.kind, watch), lambda: self._jit(model, loss.kind, watch))
         inputs, target = model_input(model.spec, x), target_array(loss)
-        rate = jnp.asarray(lr, jnp.float32)  # traced: a new rate never retraces
+        rate = device_array("rate", lr, np.float32)  # traced: a new rate never retraces
         carry, losses, grads = self.train_carry(model), [], []
         for _ in range(steps):
             *carry, value, applied = step(rate, inputs, target, *carry)

@@ -18,6 +18,7 @@ from common.commands.training import (
     seed_runs,
     train,
 )
+from common.core import oracle
 from common.core.expectations import STATE_ATOL, STATE_RTOL, conventions_of
 from common.core.models import BATCHNORM, NEST, STATE_SPECS, TIED
 from common.core.oracle import Loss
@@ -182,6 +183,23 @@ def test_bulk_training_matches_step_by_step(backend):
     unwatched_losses, unwatched = backend.train(bulk, x, loss, 0.05, steps=2, watch=False)
     assert_equal("gradients returned without watch", unwatched, {})
     assert_equal("losses shape", np.shape(unwatched_losses), (2,))
+
+
+def test_data_changed_in_place_between_calls_is_trained_on(backend):
+    """An adapter may keep device copies of the data from one call to the next (a hand-written
+    loop copies its data once); the caller's arrays stay the caller's, so after an in-place change
+    of the input and the target, the next call trains on the new values, as the oracle does."""
+    x, loss = _regression_loss()
+    x, target = x.copy(), loss.target.copy()
+    loss = Loss("mse", target)
+    model, _ = loaded_model(backend, TIED)
+    backend.train(model, x, loss, 0.05, steps=1)
+    after_one = backend.snapshot(model)
+    x *= -1.0
+    target += 1.0
+    losses, _ = backend.train(model, x, loss, 0.05, steps=3)
+    expected = oracle.train(TIED, after_one, x, loss, 0.05, 3).losses
+    assert_close("losses after x and the target changed in place", losses, expected, rtol=LOSS_RTOL, atol=0.0)
 
 
 def test_the_compiled_step_is_built_once_per_model(backend):
