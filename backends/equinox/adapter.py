@@ -645,9 +645,7 @@ class EquinoxBackend(JaxPlacement, Backend):
         loss = self._objective(split, kind)
         frozen_list = list(frozen)
 
-        def step(
-            trainable: list[jax.Array], state: Any, lr: jax.Array, x: jax.Array, target: Any
-        ) -> Any:
+        def step(trainable: list[jax.Array], state: Any, lr: jax.Array, x: jax.Array, target: Any) -> Any:
             self.note_trace(_tracing.model)  # Python runs here once per trace
             (value, state), grads = jax.value_and_grad(loss, has_aux=True)(
                 trainable, frozen_list, state, x, target
