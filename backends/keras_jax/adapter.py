@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from backends._jax_common import device_array, stacked
 from backends._keras_common import KerasBackendBase
 from common.core.interface import Model
 from common.core.oracle import Loss
@@ -53,7 +54,7 @@ class KerasJaxBackend(KerasBackendBase):
 
     @staticmethod
     def _target(loss: Loss) -> Any:
-        return jnp.asarray(0.0 if loss.target is None else loss.target, dtype=jnp.float32)
+        return device_array("target", 0.0 if loss.target is None else loss.target, np.float32)
 
     def native_grads(self, model: Model, x: np.ndarray, loss: Loss) -> dict[str, np.ndarray]:
         net = model.native
@@ -62,7 +63,9 @@ class KerasJaxBackend(KerasBackendBase):
         value_and_grad = self.compiled(
             model, ("grad", loss.kind), lambda: jax.jit(self._value_and_grad(model, loss.kind))
         )
-        (_, non_trainable), grads = value_and_grad(*state, jnp.asarray(x), self._target(loss))
+        (_, non_trainable), grads = value_and_grad(
+            *state, device_array("input", x, x.dtype), self._target(loss)
+        )
         for variable, value in zip(net.non_trainable_variables, non_trainable, strict=True):
             variable.assign(value)  # the moving statistics, as the training forward left them
         return {name: self.to_numpy(grads[i]) for name, i in self._indices(model)}
@@ -93,7 +96,7 @@ class KerasJaxBackend(KerasBackendBase):
         trainable = [v.value for v in net.trainable_variables]
         non_trainable = [v.value for v in net.non_trainable_variables]
         slots = [v.value for v in optimizer.variables]
-        inputs, target = jnp.asarray(x), self._target(loss)
+        inputs, target = device_array("input", x, x.dtype), self._target(loss)
         losses, grads = [], []
         for _ in range(steps):
             value, applied, trainable, non_trainable, slots = step(
@@ -109,7 +112,5 @@ class KerasJaxBackend(KerasBackendBase):
         ):
             for variable, value in zip(variables, values, strict=True):
                 variable.assign(value)
-        watched = (
-            self.split_watched(np.asarray(jnp.stack(grads)), self.unique_variables(model)) if watch else {}
-        )
-        return np.asarray(jnp.stack(losses), dtype=np.float64), watched
+        watched = self.split_watched(stacked(grads), self.unique_variables(model)) if watch else {}
+        return stacked(losses).astype(np.float64), watched
