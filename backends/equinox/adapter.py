@@ -37,7 +37,9 @@ Fast path: ``eqx.partition`` the net once per model, one ``jax.jit`` step over t
 trainable arrays and the ``eqx.nn.State`` (``eqx.combine`` inside, ``eqx.apply_updates``), the
 rate a traced scalar. The frozen arrays are constants of that step, as the static half of
 Equinox's freezing example is: passed as arguments they cost 10 to 17 us of a 60 us step on the
-BatchNorm model. A write to a frozen array makes the next step compile anew.
+BatchNorm model. A write to a frozen array makes the next step compile anew. After the last
+step the new tree is unflattened from the stored leaves with the trained arrays in place, not
+rebuilt by ``eqx.combine`` and walked again.
 """
 
 from __future__ import annotations
@@ -302,6 +304,10 @@ def _architecture(trainable: Any, frozen: Any, static: Any) -> Any:
 _PROGRAMS: OrderedDict[Any, Callable[..., Any]] = OrderedDict()
 MAX_PROGRAMS = 256
 _tracing = threading.local()  # the model a shared program is traced for (note_trace)
+
+
+# Fresh buffers for a whole tree in one call (jnp.copy per array is a dispatch each).
+_copied = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.copy, tree))
 
 
 def _shared(key: Any, make: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
@@ -641,7 +647,10 @@ class EquinoxBackend(JaxPlacement, Backend):
         return {owner: to_numpy(grads[j]) for owner, j in self._trained_owners(model).items()}
 
     def _sgd(self, split: Split, kind: str, frozen: tuple[jax.Array, ...], watch: bool) -> Callable[..., Any]:
-        """One program per ``watch``: a keyword argument is slower to dispatch than none."""
+        """One program per ``watch``: a keyword argument is slower to dispatch than none. It
+        donates the trainable arrays and the state it is given (native_train passes copies), so
+        XLA writes the new ones into their buffers: on the BatchNorm model a step allocating
+        fresh ones took 1.3 to 1.6 times as long (measured here, 200 steps alternating)."""
         loss = self._objective(split, kind)
         frozen_list = list(frozen)
 
@@ -657,7 +666,7 @@ class EquinoxBackend(JaxPlacement, Backend):
             # output of a jitted call costs dispatch time, which is most of a step at this size.
             return trainable, state, jnp.concatenate([value[None], *(g.ravel() for g in grads)])
 
-        return jax.jit(step)
+        return jax.jit(step, donate_argnums=(0, 1))
 
     def _sgd_step(self, model: Model, kind: str, frozen: list[jax.Array], watch: bool) -> Callable[..., Any]:
         """The compiled step for ``kind``: shared by the architecture when nothing is frozen;
@@ -683,6 +692,9 @@ class EquinoxBackend(JaxPlacement, Backend):
         step = self._sgd_step(model, loss.kind, frozen, watch)
         rate = device_array("rate", lr, np.float32)  # traced, never static
         inputs, target, records = model_input(model.spec, x), target_array(loss), []
+        # The step donates what it is given: the model keeps its own arrays until the last step,
+        # so an interrupted call leaves it as it was.
+        trainable, state = _copied((trainable, state))
         for _ in range(steps):
             trainable, state, record = step(trainable, state, rate, inputs, target)
             records.append(record)  # device arrays until the last step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import subprocess
 import sys
 
@@ -200,6 +201,41 @@ def test_data_changed_in_place_between_calls_is_trained_on(backend):
     losses, _ = backend.train(model, x, loss, 0.05, steps=3)
     expected = oracle.train(TIED, after_one, x, loss, 0.05, 3).losses
     assert_close("losses after x and the target changed in place", losses, expected, rtol=LOSS_RTOL, atol=0.0)
+
+
+INTERRUPT_AFTER_S = 0.3
+LONG_RUN_STEPS = 1_000_000  # far more than any backend runs in INTERRUPT_AFTER_S
+
+
+def test_a_training_call_interrupted_by_ctrl_c_leaves_the_model_usable(backend):
+    """An adapter may let its compiled step reuse the buffers it is given (Equinox donates them);
+    the model's own arrays must never be given, so Ctrl-C in the middle of a call leaves a model
+    that reads back finite and trains on as the oracle does from where it stands."""
+    x, loss = _regression_loss()
+    model, _ = loaded_model(backend, TIED)
+    backend.train(model, x, loss, 0.05, steps=2)  # compiled before the clock starts
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    interrupted = False
+    try:
+        signal.setitimer(signal.ITIMER_REAL, INTERRUPT_AFTER_S)
+        backend.train(model, x, loss, 0.05, steps=LONG_RUN_STEPS)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert interrupted, f"{LONG_RUN_STEPS} steps finished within {INTERRUPT_AFTER_S}s: nothing interrupted"
+    now = backend.snapshot(model)
+    assert_equal("parameters readable", sorted(now), sorted(TIED.param_shapes))
+    for name, value in now.items():
+        assert np.isfinite(value).all(), f"{name} is not finite after the interrupted call"
+    losses, _ = backend.train(model, x, loss, 0.05, steps=2)
+    expected = oracle.train(TIED, now, x, loss, 0.05, 2).losses
+    assert_close("losses after the interrupted call", losses, expected, rtol=LOSS_RTOL, atol=0.0)
 
 
 def test_the_compiled_step_is_built_once_per_model(backend):
