@@ -25,6 +25,7 @@ __all__ = [
     "checked_value",
     "compiles_build",
     "device_array",
+    "fresh_copies",
     "model_input",
     "objective",
     "stacked",
@@ -109,6 +110,12 @@ def device_array(use: str, value: Any, dtype: Any) -> jax.Array:
     """``value`` as a jax array of ``dtype`` on the default device: the one made for ``use`` last
     time when the bits are the same (_DeviceCopies)."""
     return _DEVICE_COPIES.get(use, np.asarray(value, dtype))
+
+
+# Fresh buffers for a whole tree in one call (jnp.copy per array is a dispatch each): what a
+# training loop gives a step that donates its arguments, so the model keeps its own arrays until
+# the last step and an interrupted call leaves it as it was.
+fresh_copies = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.copy, tree))
 
 
 def model_input(spec: ModelSpec, x: Any) -> jax.Array:

@@ -60,6 +60,7 @@ from backends._jax_common import (
     JaxPlacement,
     checked_value,
     device_array,
+    fresh_copies,
     model_input,
     objective,
     target_array,
@@ -304,10 +305,6 @@ def _architecture(trainable: Any, frozen: Any, static: Any) -> Any:
 _PROGRAMS: OrderedDict[Any, Callable[..., Any]] = OrderedDict()
 MAX_PROGRAMS = 256
 _tracing = threading.local()  # the model a shared program is traced for (note_trace)
-
-
-# Fresh buffers for a whole tree in one call (jnp.copy per array is a dispatch each).
-_copied = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.copy, tree))
 
 
 def _shared(key: Any, make: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
@@ -692,9 +689,7 @@ class EquinoxBackend(JaxPlacement, Backend):
         step = self._sgd_step(model, loss.kind, frozen, watch)
         rate = device_array("rate", lr, np.float32)  # traced, never static
         inputs, target, records = model_input(model.spec, x), target_array(loss), []
-        # The step donates what it is given: the model keeps its own arrays until the last step,
-        # so an interrupted call leaves it as it was.
-        trainable, state = _copied((trainable, state))
+        trainable, state = fresh_copies((trainable, state))  # the step donates what it is given
         for _ in range(steps):
             trainable, state, record = step(trainable, state, rate, inputs, target)
             records.append(record)  # device arrays until the last step
