@@ -11,6 +11,7 @@ non-trainable too, unchanged): the step threads them, and every call writes them
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from backends._jax_common import device_array, stacked
+from backends._jax_common import device_array, fresh_copies, stacked
 from backends._keras_common import KerasBackendBase
 from common.core.interface import Model
 from common.core.oracle import Loss
@@ -74,7 +75,9 @@ class KerasJaxBackend(KerasBackendBase):
         value_and_grad = self._value_and_grad(model, kind)
         order = [i for _, i in self._indices(model)]  # watched: one flat row, in unique order
 
-        @jax.jit
+        # The state is donated (native_train passes copies), so XLA writes the new values into
+        # its buffers rather than allocating (train vs hand, tied MLP: 0.95 before, 0.80 after).
+        @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
         def step(trainable: Any, non_trainable: Any, slots: Any, x: Any, target: Any) -> Any:
             self.note_trace(model)
             (value, non_trainable), grads = value_and_grad(trainable, non_trainable, x, target)
@@ -93,9 +96,13 @@ class KerasJaxBackend(KerasBackendBase):
         step = self.compiled(
             model, ("step", loss.kind, watch), lambda: self._train_step(model, optimizer, loss.kind, watch)
         )
-        trainable = [v.value for v in net.trainable_variables]
-        non_trainable = [v.value for v in net.non_trainable_variables]
-        slots = [v.value for v in optimizer.variables]
+        trainable, non_trainable, slots = fresh_copies(  # the step donates them
+            (
+                [v.value for v in net.trainable_variables],
+                [v.value for v in net.non_trainable_variables],
+                [v.value for v in optimizer.variables],
+            )
+        )
         inputs, target = device_array("input", x, x.dtype), self._target(loss)
         losses, grads = [], []
         for _ in range(steps):
