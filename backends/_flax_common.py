@@ -20,10 +20,12 @@ the gradients and of the optimizer by its native name (an optax partition in lin
 ``nnx.Optimizer``/``nnx.DiffState`` filter in NNX); the layer's mode is not changed, so a frozen
 BatchNorm still normalizes by the batch and updates its statistics.
 
-Fast path: one ``jax.jit`` step per model and loss kind, ``watch`` a static argument; the
-learning rate rides in the carry as a device scalar, so a new rate never retraces; the running
-statistics ride in the carry too; losses and watched gradients stay device arrays until the last
-step, then cross to numpy once.
+Fast path: one ``jax.jit`` step per model, loss kind and ``watch``, called flat as
+``(lr, x, target, *carry)``: the carry (parameters, running statistics, optimizer state) is donated
+to the step, which writes the next one into its buffers (the first step gets copies, so the model
+keeps its own arrays until the last); the learning rate is a traced device scalar, so a new rate
+never retraces; the input, target and rate keep their device copies while unchanged; losses and
+watched gradients stay device arrays until the last step, then cross to numpy once.
 """
 
 from __future__ import annotations
