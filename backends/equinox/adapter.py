@@ -34,12 +34,12 @@ Equinox quirks this adapter is built around:
 Writes are collected and applied together, by one ``eqx.tree_at``, before the next read: a write
 per parameter rebuilding the whole tree made loading a deep net quadratic.
 Fast path: ``eqx.partition`` the net once per model, one ``jax.jit`` step over the flat list of its
-trainable arrays and the ``eqx.nn.State`` (``eqx.combine`` inside, ``eqx.apply_updates``), the
-rate a traced scalar; the step donates the arrays and state it is given (copies of the model's),
-so XLA writes the next ones into their buffers. The frozen arrays are constants of that step, as
-the static half of Equinox's freezing example is: passed as arguments they cost 10 to 17 us of a 60 us step on the
-BatchNorm model. A write to a frozen array makes the next step compile anew. After the last
-step the new tree is unflattened from the stored leaves with the trained arrays in place, not
+trainable arrays and the ``eqx.nn.State`` (``eqx.combine`` inside, ``eqx.apply_updates``), the rate
+a traced scalar; the step donates the arrays and state it is given (copies of the model's), so XLA
+writes the next ones into their buffers. The frozen arrays are constants of that step, as the
+static half of Equinox's freezing example is: passed as arguments they cost 10 to 17 us of a 60 us
+step on the BatchNorm model. A write to a frozen array makes the next step compile anew. After the
+last step the new tree is unflattened from the stored leaves with the trained arrays in place, not
 rebuilt by ``eqx.combine`` and walked again.
 """
 
