@@ -4,6 +4,8 @@ may not import keras 3."""
 
 from __future__ import annotations
 
+import warnings
+
 from backends._keras_initializers import KerasInitializers
 
 
@@ -14,6 +16,11 @@ class Keras3Initializers(KerasInitializers):
         def uniform(shape, low, high, dtype, seed):
             return keras.random.uniform(shape, low, high, dtype=dtype, seed=seed)
 
-        super().__init__(
-            keras, keras.ops, uniform, lambda variable: keras.ops.convert_to_numpy(variable.value)
-        )
+        def to_numpy(variable):
+            with warnings.catch_warnings():
+                # On PyTorch, Keras 3.15 converts with np.array(tensor), and numpy 2 warns that
+                # torch's __array__ takes no copy keyword: Keras' code, 2366 lines per suite.
+                warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+                return keras.ops.convert_to_numpy(variable.value)
+
+        super().__init__(keras, keras.ops, uniform, to_numpy)
