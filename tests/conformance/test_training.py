@@ -207,6 +207,9 @@ INTERRUPT_AFTER_S, INTERRUPT_EVERY_S = 0.3, 0.1
 LONG_RUN_STEPS = 1_000_000  # far more than any backend runs in INTERRUPT_AFTER_S
 
 
+# An interrupt that lands in a finalizer or a gc callback (jax's, hypothesis') is printed and
+# ignored by Python, and pytest reports each as a warning: expected here, hence the repeats below.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_training_call_interrupted_by_ctrl_c_leaves_the_model_usable(backend):
     """An adapter may let its compiled step reuse the buffers it is given (Equinox donates them);
     the model's own arrays must never be given, so Ctrl-C in the middle of a call leaves a model
