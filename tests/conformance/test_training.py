@@ -195,12 +195,17 @@ def test_data_changed_in_place_between_calls_is_trained_on(backend):
     loss = Loss("mse", target)
     model, _ = loaded_model(backend, TIED)
     backend.train(model, x, loss, 0.05, steps=1)
-    after_one = backend.snapshot(model)
     x *= -1.0
     target += 1.0
-    losses, _ = backend.train(model, x, loss, 0.05, steps=3)
-    expected = oracle.train(TIED, after_one, x, loss, 0.05, 3).losses
-    assert_close("losses after x and the target changed in place", losses, expected, rtol=LOSS_RTOL, atol=0.0)
+    _trains_on_as_the_oracle(backend, model, x, loss, "after x and the target changed in place")
+
+
+def _trains_on_as_the_oracle(backend, model, x, loss, what: str, steps: int = 3) -> None:
+    """The model's next ``steps`` losses are the oracle's, started from the model as it reads now."""
+    now = backend.snapshot(model)
+    losses, _ = backend.train(model, x, loss, 0.05, steps=steps)
+    expected = oracle.train(TIED, now, x, loss, 0.05, steps).losses
+    assert_close(f"losses {what}", losses, expected, rtol=LOSS_RTOL, atol=0.0)
 
 
 INTERRUPT_AFTER_S, INTERRUPT_EVERY_S = 0.3, 0.1
@@ -242,9 +247,7 @@ def test_a_training_call_interrupted_by_ctrl_c_leaves_the_model_usable(backend):
     assert_equal("parameters readable", sorted(now), sorted(TIED.param_shapes))
     for name, value in now.items():
         assert np.isfinite(value).all(), f"{name} is not finite after the interrupted call"
-    losses, _ = backend.train(model, x, loss, 0.05, steps=2)
-    expected = oracle.train(TIED, now, x, loss, 0.05, 2).losses
-    assert_close("losses after the interrupted call", losses, expected, rtol=LOSS_RTOL, atol=0.0)
+    _trains_on_as_the_oracle(backend, model, x, loss, "after the interrupted call", steps=2)
 
 
 def test_the_compiled_step_is_built_once_per_model(backend):
